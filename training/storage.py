@@ -1,0 +1,302 @@
+"""URI-addressed storage over fsspec: the one I/O layer for ``file://`` and ``s3://``.
+
+Every component reads and writes through these functions, so the same code runs against a
+local folder, a moto server on 127.0.0.1, LocalStack or real S3; only the URI and the
+endpoint change. The S3 endpoint comes from :func:`configure` (Hydra's ``storage`` group) or
+from ``AWS_ENDPOINT_URL``.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+import threading
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import fsspec
+
+
+class StorageError(RuntimeError):
+    """Base class for storage failures that a caller may want to handle."""
+
+
+class PreconditionFailed(StorageError):
+    """A conditional write lost a race: the object changed since it was read."""
+
+
+@dataclass
+class StorageSettings:
+    """Process-wide S3 settings. ``endpoint_url`` None means AWS_ENDPOINT_URL or real S3."""
+
+    endpoint_url: str | None = None
+    region: str | None = None
+    profile: str | None = None
+
+
+_settings = StorageSettings()
+
+
+def configure(endpoint_url: str | None = None, region: str | None = None, profile: str | None = None) -> None:
+    """Set the S3 endpoint, region and AWS profile used for every later ``s3://`` call."""
+    global _settings
+    _settings = StorageSettings(endpoint_url or None, region or None, profile or None)
+    _s3_filesystem_cache.clear()
+    _cached_client.cache_clear()
+
+
+def endpoint_url() -> str | None:
+    """The S3 endpoint in force: configured, else ``AWS_ENDPOINT_URL``, else None (real AWS)."""
+    return _settings.endpoint_url or os.environ.get("AWS_ENDPOINT_URL") or None
+
+
+def boto3_session(profile: str | None = None) -> Any:
+    """A boto3 session. The ``local`` profile goes through localstack-client.
+
+    ``localstack_client.session`` points every client at the emulator's edge port
+    (``LOCALSTACK_HOST``, default localhost:4566), which is where the compose stack runs the
+    moto server; LocalStack itself answers there the same way for users who have a token.
+    """
+    profile = profile or _settings.profile or os.environ.get("AWS_PROFILE")
+    if profile == "local":
+        import localstack_client.session
+
+        return localstack_client.session.Session(region_name=_settings.region or "us-east-1")
+    import boto3
+
+    return boto3.session.Session(profile_name=profile, region_name=_settings.region)
+
+
+def boto3_client(service: str, profile: str | None = None) -> Any:
+    """A boto3 client for ``service`` at the configured endpoint, cached (clients are thread-safe)."""
+    profile = profile or _settings.profile or os.environ.get("AWS_PROFILE")
+    return _cached_client(service, profile, endpoint_url(), _settings.region)
+
+
+@functools.lru_cache(maxsize=32)
+def _cached_client(service: str, profile: str | None, endpoint: str | None, region: str | None) -> Any:
+    session = boto3_session(profile)
+    if profile == "local":
+        return session.client(service)
+    return session.client(service, endpoint_url=endpoint)
+
+
+_s3_filesystem_cache: dict[tuple, fsspec.AbstractFileSystem] = {}
+
+
+def _s3_filesystem() -> fsspec.AbstractFileSystem:
+    key = (endpoint_url(), _settings.region)
+    if key not in _s3_filesystem_cache:
+        client_kwargs: dict[str, Any] = {}
+        if key[0]:
+            client_kwargs["endpoint_url"] = key[0]
+        if key[1]:
+            client_kwargs["region_name"] = key[1]
+        # skip_instance_cache: each endpoint gets its own filesystem, never a stale shared one.
+        _s3_filesystem_cache[key] = fsspec.filesystem(
+            "s3", client_kwargs=client_kwargs, skip_instance_cache=True, use_listings_cache=False
+        )
+    return _s3_filesystem_cache[key]
+
+
+def filesystem(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
+    """The filesystem for ``uri`` and the path inside it. Bare paths are local files."""
+    scheme, _, rest = uri.partition("://")
+    if not rest:
+        return fsspec.filesystem("file"), str(Path(uri).absolute())
+    if scheme == "file":
+        return fsspec.filesystem("file"), rest
+    if scheme == "s3":
+        return _s3_filesystem(), rest
+    raise StorageError(f"unsupported URI scheme {scheme!r} in {uri!r}; use file:// or s3://")
+
+
+def to_uri(path_or_uri: str | os.PathLike[str]) -> str:
+    """Normalise a local path or URI to a URI (``/a/b`` -> ``file:///a/b``)."""
+    text = str(path_or_uri)
+    if "://" in text:
+        return text
+    return "file://" + str(Path(text).absolute())
+
+
+def join(uri: str, *parts: str) -> str:
+    """Join path parts onto a URI with single slashes."""
+    out = uri.rstrip("/")
+    for part in parts:
+        out += "/" + str(part).strip("/")
+    return out
+
+
+def local_path(uri: str) -> Path | None:
+    """The local path of a ``file://`` URI or bare path; None for remote URIs."""
+    scheme, _, rest = str(uri).partition("://")
+    if not rest:
+        return Path(uri)
+    return Path(rest) if scheme == "file" else None
+
+
+def exists(uri: str) -> bool:
+    fs, path = filesystem(uri)
+    return fs.exists(path)
+
+
+def read_bytes(uri: str) -> bytes:
+    fs, path = filesystem(uri)
+    try:
+        return fs.cat_file(path)
+    except FileNotFoundError as exc:
+        raise FileNotFoundError(f"no object at {uri}") from exc
+
+
+def read_text(uri: str) -> str:
+    return read_bytes(uri).decode("utf-8")
+
+
+def write_bytes(uri: str, data: bytes) -> None:
+    """Write ``data`` to ``uri``. Local writes are atomic (temp file + rename); S3 PUTs are atomic."""
+    fs, path = filesystem(uri)
+    local = local_path(uri)
+    if local is not None:
+        local.parent.mkdir(parents=True, exist_ok=True)
+        tmp = local.with_name(f".{local.name}.{uuid.uuid4().hex}.tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, local)
+        return
+    fs.pipe_file(path, data)
+
+
+def write_text(uri: str, text: str) -> None:
+    write_bytes(uri, text.encode("utf-8"))
+
+
+def upload(local_file: str | os.PathLike[str], uri: str) -> None:
+    """Copy a local file to ``uri`` (atomic, as :func:`write_bytes`)."""
+    fs, path = filesystem(uri)
+    dest = local_path(uri)
+    if dest is not None:
+        write_bytes(uri, Path(local_file).read_bytes())
+        return
+    fs.put_file(str(local_file), path)
+
+
+def download(uri: str, local_file: str | os.PathLike[str]) -> Path:
+    """Copy ``uri`` to a local file atomically and return its path."""
+    target = Path(local_file)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
+    fs, path = filesystem(uri)
+    fs.get_file(path, str(tmp))
+    os.replace(tmp, target)
+    return target
+
+
+def list_uris(prefix: str, suffix: str = "", recursive: bool = True) -> list[str]:
+    """Sorted URIs of the objects under ``prefix`` whose names end with ``suffix``.
+
+    S3 listings are paginated by s3fs; a prefix that does not exist lists as empty.
+    """
+    fs, path = filesystem(prefix)
+    scheme = prefix.partition("://")[0] if "://" in prefix else "file"
+    try:
+        found = fs.find(path) if recursive else fs.ls(path, detail=False)
+    except FileNotFoundError:
+        return []
+    base = "s3://" if scheme == "s3" else "file://"
+    return sorted(base + p.lstrip("/") if scheme == "s3" else base + p for p in found if p.endswith(suffix))
+
+
+def delete(uri: str, recursive: bool = False) -> None:
+    fs, path = filesystem(uri)
+    if fs.exists(path):
+        fs.rm(path, recursive=recursive)
+
+
+@contextmanager
+def open_uri(uri: str, mode: str = "rb") -> Iterator[IO[bytes]]:
+    """A file object for ``uri`` (seekable for reads, so rasterio can do windowed reads)."""
+    fs, path = filesystem(uri)
+    if "w" in mode and local_path(uri) is not None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with fs.open(path, mode) as handle:
+        yield handle
+
+
+def version_tag(uri: str) -> str | None:
+    """An opaque tag that changes whenever the content changes (S3 ETag, local sha256).
+
+    Locally it hashes the content: mtimes are too coarse to tell two quick writes apart.
+    Meant for small objects such as pointers.
+    """
+    local = local_path(uri)
+    if local is not None:
+        if not local.exists():
+            return None
+        return hashlib.sha256(local.read_bytes()).hexdigest()
+    fs, path = filesystem(uri)
+    try:
+        info = fs.info(path)
+    except FileNotFoundError:
+        return None
+    return str(info.get("ETag", "")).strip('"') or None
+
+
+def put_if_match(uri: str, data: bytes, expected_tag: str | None) -> None:
+    """Compare-and-swap write: store ``data`` only if ``uri`` still has ``expected_tag``.
+
+    ``expected_tag=None`` means "only if the object does not exist yet". On S3 this is a
+    conditional PUT (``If-Match`` / ``If-None-Match``). AWS S3 evaluates the condition and
+    the write atomically. moto 5.2.5 enforces both headers but checks and stores in two
+    steps without a lock, so two concurrent conditional PUTs can both succeed there; the
+    PUT is therefore also serialised per object inside this process, which makes threads
+    safe on any server, while separate processes rely on the server's atomicity.
+    Locally the check and the rename happen under an exclusive ``flock`` on a sidecar lock file.
+    Raises :class:`PreconditionFailed` when another writer got there first (or, for
+    ``If-Match``, when the object was deleted since it was read).
+    """
+    local = local_path(uri)
+    if local is not None:
+        import fcntl
+
+        local.parent.mkdir(parents=True, exist_ok=True)
+        lock_path = local.with_name(f".{local.name}.lock")
+        with open(lock_path, "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                if version_tag(uri) != expected_tag:
+                    raise PreconditionFailed(f"{uri} changed since it was read")
+                write_bytes(uri, data)
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+        return
+
+    bucket, _, key = filesystem(uri)[1].partition("/")
+    client = boto3_client("s3")
+    kwargs: dict[str, Any] = {"Bucket": bucket, "Key": key, "Body": data}
+    if expected_tag is None:
+        kwargs["IfNoneMatch"] = "*"
+    else:
+        kwargs["IfMatch"] = f'"{expected_tag}"'
+    try:
+        with _put_lock(endpoint_url(), bucket, key):
+            client.put_object(**kwargs)
+    except client.exceptions.ClientError as exc:
+        code = exc.response.get("Error", {}).get("Code", "")
+        if code in {"PreconditionFailed", "ConditionalRequestConflict", "412", "409"}:
+            raise PreconditionFailed(f"{uri} changed since it was read ({code})") from exc
+        if code in {"NoSuchKey", "404"} and expected_tag is not None:
+            raise PreconditionFailed(f"{uri} was deleted since it was read ({code})") from exc
+        raise
+
+
+# Striped process-local locks: a fixed set, so the table never grows with the number of keys.
+_put_locks = tuple(threading.Lock() for _ in range(64))
+
+
+def _put_lock(endpoint: str | None, bucket: str, key: str) -> threading.Lock:
+    """The process-local lock that serialises conditional PUTs to one object (see put_if_match)."""
+    return _put_locks[hash((endpoint, bucket, key)) % len(_put_locks)]
