@@ -45,3 +45,13 @@ download_data: setup_env ## Download the real CVPR 2019 Chesapeake Land Cover re
 preview: setup_env ## Write outputs/preview.png: a scene beside its label coloured by the class table
 	@test -d data/synthetic || $(MAKE) synthetic_data
 	$(PY) -m training.data.preview --out outputs/preview.png $(ARGS)
+
+.PHONY: train_baseline
+train_baseline: setup_env ## Train the baseline (Airflow in-process, or AIRFLOW_URL's Airflow) and promote if better
+	$(PY) -m training.data.synthetic
+	$(PY) -m training.airflow_runner baseline $(ARGS)
+
+.PHONY: train
+train: setup_env ## Run the training pipeline without Airflow: make train ARGS="model=clay_small training.epochs=3"
+	$(PY) -m training.data.synthetic
+	$(PY) -m training.train $(ARGS)

@@ -1,0 +1,1 @@
+"""Tiny-data builders shared by the test suites (see builders.py)."""

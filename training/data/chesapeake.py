@@ -1,0 +1,124 @@
+"""The Chesapeake CVPR 2019 layout: find image/label pairs per split and read labels as ids 0..6.
+
+Two folder styles are supported, because the real release and our synthetic data differ:
+
+* the release: ``<root>/<state>_1m_2013_extended-debuffered-{train,val,test}_tiles/<tile>_naip-new.tif``
+  next to ``<tile>_lc.tif`` (plus other layers we ignore);
+* synthetic data (``make synthetic_data``): ``<root>/{train,val,test}/<scene>_naip-new.tif``.
+
+A scene belongs to a split when its parent folder is named after the split or ends with
+``-{split}_tiles``.
+"""
+
+from __future__ import annotations
+
+from contextlib import ExitStack
+from dataclasses import dataclass
+
+import numpy as np
+from rasterio.windows import Window
+
+from training import storage
+from training.data.classes import remap_lc
+from training.data.naip import open_raster
+
+SPLITS: tuple[str, ...] = ("train", "val", "test")
+IMAGE_SUFFIX = "_naip-new.tif"
+LABEL_SUFFIX = "_lc.tif"
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """No scenes were found under a dataset root."""
+
+
+class MissingLabelError(FileNotFoundError):
+    """An image has no ``*_lc.tif`` label next to it."""
+
+
+@dataclass(frozen=True)
+class SceneRecord:
+    """One image/label pair. ``scene_id`` is the tile name without the layer suffix."""
+
+    scene_id: str
+    image_uri: str
+    label_uri: str
+    split: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {
+            "scene_id": self.scene_id,
+            "image_uri": self.image_uri,
+            "label_uri": self.label_uri,
+            "split": self.split,
+        }
+
+
+def split_of_folder(folder: str) -> str | None:
+    """The split a folder name stands for (``train``/``val``/``test``), or None."""
+    for split in SPLITS:
+        if folder == split or folder.endswith(f"-{split}_tiles"):
+            return split
+    return None
+
+
+def find_scenes(root_uri: str, split: str | None = None) -> list[SceneRecord]:
+    """All scenes under ``root_uri`` (optionally of one split), sorted by split then URI.
+
+    Raises:
+        ValueError: ``split`` is not one of train/val/test.
+        DatasetNotFoundError: nothing matched, naming the root and how to get data.
+        MissingLabelError: an image has no matching label file.
+    """
+    if split is not None and split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
+    root = storage.to_uri(root_uri)
+    uris = storage.list_uris(root, suffix=".tif")
+    present = set(uris)
+    records: list[SceneRecord] = []
+    for uri in uris:
+        if not uri.endswith(IMAGE_SUFFIX):
+            continue
+        parent = uri.rsplit("/", 2)[-2] if uri.count("/") >= 2 else ""
+        scene_split = split_of_folder(parent)
+        if scene_split is None or (split is not None and scene_split != split):
+            continue
+        label_uri = uri[: -len(IMAGE_SUFFIX)] + LABEL_SUFFIX
+        if label_uri not in present:
+            raise MissingLabelError(
+                f"image {uri} has no label; expected {label_uri} next to it "
+                "(every *_naip-new.tif needs its *_lc.tif)"
+            )
+        scene_id = uri.rsplit("/", 1)[-1][: -len(IMAGE_SUFFIX)]
+        records.append(SceneRecord(scene_id, uri, label_uri, scene_split))
+    if not records:
+        which = f" for split {split!r}" if split else ""
+        raise DatasetNotFoundError(
+            f"no Chesapeake scenes{which} under {root}: expected <split>/<id>_naip-new.tif with <id>_lc.tif "
+            "(split folders named train/val/test or *-{train,val,test}_tiles). "
+            "Run `make synthetic_data` to generate synthetic scenes, or `make download_data` for the "
+            "real CVPR 2019 release, or point the data root at an existing copy."
+        )
+    order = {s: i for i, s in enumerate(SPLITS)}
+    return sorted(records, key=lambda r: (order[r.split], r.image_uri))
+
+
+def read_label(uri: str, window: Window | None = None) -> np.ndarray:
+    """Read an ``lc`` raster (or a window of it) remapped to model ids 0..6, uint8 ``(h, w)``.
+
+    Raises:
+        UnknownLabelValueError: the raster holds values outside the Chesapeake table.
+    """
+    with ExitStack() as stack:
+        ds = open_raster(uri, stack)
+        raw = ds.read(1, window=window)
+    try:
+        return remap_lc(raw)
+    except ValueError as exc:
+        raise type(exc)(f"{uri}: {exc}") from exc
+
+
+def label_shape(uri: str) -> tuple[int, int]:
+    """``(height, width)`` of a label raster, read from its header only."""
+    with ExitStack() as stack:
+        ds = open_raster(uri, stack)
+        return (int(ds.height), int(ds.width))
