@@ -1,0 +1,277 @@
+"""LightningModule for the Chesapeake segmentation head on Clay features.
+
+Lifecycle as in torchgeo's ``BaseTask``: ``save_hyperparameters`` -> ``configure_models`` ->
+``configure_losses`` -> ``configure_metrics``. Train, val and test share one step.
+
+Batches are dicts:
+
+- ``{"image": float32 (B, 4, H, W), "mask": int64 (B, H, W)}``: end to end from normalised
+  pixels (``training.data.naip.normalize``); or
+- ``{"features": (B, dim, H/8, W/8), "mask": int64 (B, H, W)}``: from cached encoder
+  features (the grid of :meth:`ClaySegmenter.forward_features`; fp16 caches are upcast).
+
+With a frozen encoder (the default) both give identical logits, so the head can be trained on
+a feature cache computed once.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from torch import nn
+from torchmetrics import MetricCollection
+from torchmetrics.classification import MulticlassConfusionMatrix, MulticlassF1Score, MulticlassJaccardIndex
+
+from training.models.checkpoint import load_encoder, load_encoder_state_dict
+from training.models.clay import build_encoder
+from training.models.head import ChesapeakeHead, ClaySegmenter
+from training.models.losses import build_loss
+
+__all__ = ["SegmentationTask", "metrics_to_dict", "warmup_cosine"]
+
+STAGES = ("train", "val", "test")
+
+
+def warmup_cosine(step: int, warmup_steps: int, total_steps: int, min_ratio: float = 0.0) -> float:
+    """LR multiplier: linear warmup from ~0 to 1 over ``warmup_steps``, then cosine to ``min_ratio``."""
+    if warmup_steps > 0 and step < warmup_steps:
+        return (step + 1) / warmup_steps
+    span = max(1, total_steps - warmup_steps)
+    progress = min(1.0, (step - warmup_steps) / span)
+    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def build_metrics(num_classes: int, ignore_index: int | None = None) -> MetricCollection:
+    """mIoU, per-class IoU, support-weighted IoU (Clay's number), macro F1 and the confusion matrix."""
+    k, ignore = num_classes, ignore_index
+    return MetricCollection(
+        {
+            "miou": MulticlassJaccardIndex(k, average="macro", ignore_index=ignore),
+            "per_class_iou": MulticlassJaccardIndex(k, average="none", ignore_index=ignore),
+            "weighted_iou": MulticlassJaccardIndex(k, average="weighted", ignore_index=ignore),
+            "f1": MulticlassF1Score(k, average="macro", ignore_index=ignore),
+            "confusion_matrix": MulticlassConfusionMatrix(k, ignore_index=ignore),
+        }
+    )
+
+
+def metrics_to_dict(
+    computed: Mapping[str, torch.Tensor], class_names: Sequence[str], ignore_index: int | None = None
+) -> dict[str, Any]:
+    """Plain-Python form of the computed metric collection.
+
+    Returns ``{"miou", "weighted_iou", "f1", "per_class_iou": {name: iou or None},
+    "confusion_matrix": [[...]] (rows = target, cols = prediction)}``. A class with neither
+    target nor predicted pixels (or the ignored class) gets ``None``, not a misleading 0.
+    """
+    confmat = computed["confusion_matrix"].long()
+    seen = (confmat.sum(0) + confmat.sum(1)) > 0
+    per_class = computed["per_class_iou"].float()
+    per_class_iou = {
+        name: (float(per_class[i]) if bool(seen[i]) and i != ignore_index else None)
+        for i, name in enumerate(class_names)
+    }
+    return {
+        "miou": float(computed["miou"]),
+        "weighted_iou": float(computed["weighted_iou"]),
+        "f1": float(computed["f1"]),
+        "per_class_iou": per_class_iou,
+        "confusion_matrix": confmat.tolist(),
+    }
+
+
+class SegmentationTask(pl.LightningModule):
+    """Train the Chesapeake head (and optionally the encoder) with focal or CE loss.
+
+    Args:
+        preset: Clay preset (``tiny``, ``small``, ``base``, ``large``).
+        num_classes: output classes.
+        head_width: channels of the head's conv rounds (512 in Clay).
+        encoder_weights: path/URI of Clay encoder weights (official ``.ckpt``, our exports of
+            the encoder, ``.safetensors``); None keeps the random init (only sensible with
+            ``freeze_encoder=False``).
+        freeze_encoder: keep the encoder frozen and in eval mode (the Clay recipe).
+        features_only: build only the head; batches must carry ``features``. Saves the
+            encoder's memory when training from a feature cache.
+        loss: ``focal`` or ``ce``.
+        focal_gamma: focal loss gamma.
+        class_weights: optional per-class loss weights (focal alpha / CE weight).
+        ignore_index: class id excluded from loss and metrics (6 = No Data), or None.
+        lr: AdamW learning rate (Clay: 1e-5).
+        weight_decay: AdamW weight decay (Clay: 0.05).
+        warmup_steps: linear warmup steps before the cosine decay.
+        total_steps: steps of the schedule; None uses the trainer's estimate.
+        min_lr_ratio: final LR as a fraction of ``lr``.
+        class_names: names for per-class metrics; defaults to the Chesapeake table.
+        model: a ready :class:`ClaySegmenter` (e.g. imported from the seed) to use instead of
+            building one; not saved in the hyperparameters.
+    """
+
+    def __init__(
+        self,
+        preset: str = "large",
+        num_classes: int = 7,
+        head_width: int = 512,
+        encoder_weights: str | None = None,
+        freeze_encoder: bool = True,
+        features_only: bool = False,
+        loss: str = "focal",
+        focal_gamma: float = 2.0,
+        class_weights: Sequence[float] | None = None,
+        ignore_index: int | None = None,
+        lr: float = 1e-5,
+        weight_decay: float = 0.05,
+        warmup_steps: int = 0,
+        total_steps: int | None = None,
+        min_lr_ratio: float = 0.0,
+        class_names: Sequence[str] | None = None,
+        model: ClaySegmenter | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["model"])
+        if class_names is None:
+            from training.data.classes import CLASS_NAMES
+
+            class_names = CLASS_NAMES[:num_classes] if num_classes <= len(CLASS_NAMES) else None
+        self.class_names = list(class_names or [f"class_{i}" for i in range(num_classes)])
+        if len(self.class_names) != num_classes:
+            raise ValueError(f"{len(self.class_names)} class names given for {num_classes} classes")
+        self._given_model = model
+        self.configure_models()
+        self.configure_losses()
+        self.configure_metrics()
+        self.epoch_metrics: dict[str, dict[str, Any]] = {}
+
+    # -- lifecycle -----------------------------------------------------------------------
+    def configure_models(self) -> None:
+        hp = self.hparams
+        if self._given_model is not None:
+            self.model = self._given_model
+        elif hp.features_only:
+            self.model = ClaySegmenter(None, self._build_head(build_encoder(hp.preset, device="meta").dim))
+        else:
+            encoder = build_encoder(hp.preset)
+            if hp.encoder_weights:
+                load_encoder(encoder, load_encoder_state_dict(hp.encoder_weights))
+            self.model = ClaySegmenter(encoder, self._build_head(encoder.dim))
+        self._given_model = None
+        if self.model.encoder is not None and hp.freeze_encoder:
+            self.model.encoder.requires_grad_(False)
+            self.model.encoder.eval()
+
+    def _build_head(self, dim: int) -> ChesapeakeHead:
+        return ChesapeakeHead(dim, self.hparams.num_classes, self.hparams.head_width)
+
+    def configure_losses(self) -> None:
+        hp = self.hparams
+        self.criterion = build_loss(hp.loss, hp.focal_gamma, hp.class_weights, hp.ignore_index)
+
+    def configure_metrics(self) -> None:
+        metrics = build_metrics(self.hparams.num_classes, self.hparams.ignore_index)
+        self.train_metrics = metrics.clone(prefix="train/")
+        self.val_metrics = metrics.clone(prefix="val/")
+        self.test_metrics = metrics.clone(prefix="test/")
+
+    def train(self, mode: bool = True) -> SegmentationTask:
+        """Keep a frozen encoder in eval mode whatever the trainer asks."""
+        super().train(mode)
+        if self.hparams.freeze_encoder and self.model.encoder is not None:
+            self.model.encoder.eval()
+        return self
+
+    # -- forward -------------------------------------------------------------------------
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.model(image)
+
+    def logits(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Logits (B, K, H, W) from a batch with ``features`` or ``image``."""
+        if "features" in batch:
+            return self.model.forward_from_features(batch["features"])
+        if "image" not in batch:
+            raise ValueError(f"batch needs an 'image' or a 'features' entry, got keys {sorted(batch)}")
+        if self.model.encoder is None:
+            raise ValueError("this task was built with features_only=True; pass 'features', not 'image'")
+        if self.hparams.freeze_encoder:
+            with torch.no_grad():
+                features = self.model.forward_features(batch["image"])  # (B, dim, h, w)
+            return self.model.forward_from_features(features)
+        return self.model(batch["image"])
+
+    def _shared_step(self, batch: Mapping[str, torch.Tensor], stage: str) -> torch.Tensor:
+        mask = batch["mask"].long()  # (B, H, W)
+        logits = self.logits(batch)  # (B, K, H, W)
+        if logits.shape[-2:] != mask.shape[-2:]:
+            raise ValueError(f"mask is {tuple(mask.shape[-2:])} but logits are {tuple(logits.shape[-2:])}")
+        loss = self.criterion(logits, mask)
+        self.log(
+            f"{stage}/loss",
+            loss,
+            on_step=stage == "train",
+            on_epoch=True,
+            prog_bar=True,
+            batch_size=len(mask),
+        )
+        getattr(self, f"{stage}_metrics").update(logits.argmax(1), mask)
+        return loss
+
+    def training_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        return self._shared_step(batch, "train")
+
+    def validation_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        return self._shared_step(batch, "val")
+
+    def test_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        return self._shared_step(batch, "test")
+
+    def predict_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        return self.logits(batch).argmax(1)
+
+    # -- epoch metrics -------------------------------------------------------------------
+    def _log_epoch(self, stage: str) -> None:
+        collection: MetricCollection = getattr(self, f"{stage}_metrics")
+        if not any(m.update_called for m in collection.values(copy_state=False)):
+            return  # e.g. a stage with no batches
+        computed = {k.removeprefix(f"{stage}/"): v for k, v in collection.compute().items()}
+        result = metrics_to_dict(computed, self.class_names, self.hparams.ignore_index)
+        scalars = {f"{stage}/{k}": result[k] for k in ("miou", "weighted_iou", "f1")}
+        for name, value in result["per_class_iou"].items():
+            if value is not None:
+                scalars[f"{stage}/iou/{name}"] = value
+        self.log_dict(scalars)
+        self.epoch_metrics[stage] = result
+        collection.reset()
+
+    def on_train_epoch_end(self) -> None:
+        self._log_epoch("train")
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_epoch("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_epoch("test")
+
+    # -- optimisation --------------------------------------------------------------------
+    def configure_optimizers(self) -> dict[str, Any]:
+        hp = self.hparams
+        params = [p for p in self.parameters() if p.requires_grad]
+        if not params:
+            raise ValueError("nothing to train: every parameter is frozen")
+        optimizer = torch.optim.AdamW(params, lr=hp.lr, weight_decay=hp.weight_decay)
+        total = hp.total_steps or int(self.trainer.estimated_stepping_batches)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: warmup_cosine(step, hp.warmup_steps, total, hp.min_lr_ratio)
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def segmenter(self, encoder: nn.Module | None = None) -> ClaySegmenter:
+        """The trained :class:`ClaySegmenter`; a features-only task needs the ``encoder`` it
+        was trained on (for export)."""
+        if self.model.encoder is not None:
+            return self.model
+        if encoder is None:
+            raise ValueError("this task trained the head only; pass the encoder used for its features")
+        return ClaySegmenter(encoder, self.model.head, self.model.wavelengths.tolist(), float(self.model.gsd))
