@@ -1,0 +1,601 @@
+"""Ledger operations used by the process / infer / observe steps.
+
+Every write is idempotent, because Step Functions retries, redrives and re-runs: registering
+the same bytes twice, recording the same prediction twice, re-running observe or starting the
+same execution twice leaves one row each. Upserts use ``INSERT ... ON CONFLICT`` through the
+dialect's own ``insert`` (Postgres and SQLite share the syntax). All SQL is built by the ORM or
+Core with bound parameters; no value is ever formatted into a SQL string.
+
+Functions take a :class:`~sqlalchemy.orm.Session` and never commit: the caller owns the
+transaction (see :func:`inference.ledger.db.session_scope`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from inference.ledger.models import (
+    ALLOWED_TRANSITIONS,
+    SHA256_LENGTH,
+    Metric,
+    Prediction,
+    Run,
+    RunStatus,
+    Scene,
+    SceneSource,
+    SceneStatus,
+    utcnow,
+)
+
+#: A scene gets this many prediction attempts before scenes_to_predict stops offering it.
+DEFAULT_MAX_ATTEMPTS = 3
+
+
+class LedgerError(RuntimeError):
+    """Base class of the ledger's domain errors."""
+
+
+class IllegalTransition(LedgerError):
+    """A scene status change that :data:`~inference.ledger.models.ALLOWED_TRANSITIONS` forbids."""
+
+    def __init__(self, scene: Scene, current: SceneStatus, requested: SceneStatus) -> None:
+        allowed = sorted(s.value for s in ALLOWED_TRANSITIONS[current]) or ["(none)"]
+        super().__init__(
+            f"scene {scene.id} (sha256 {scene.sha256[:12]}…) cannot go from {current.value!r} to "
+            f"{requested.value!r}; allowed from {current.value!r}: {', '.join(allowed)}"
+        )
+        self.scene_id = scene.id
+        self.current = current
+        self.requested = requested
+
+
+class RunNotFound(LedgerError):
+    """No run with the given execution id."""
+
+
+def _insert(session: Session) -> Any:
+    """The dialect's own ``insert`` construct, which supports ``ON CONFLICT``."""
+    name = session.get_bind().dialect.name
+    if name == "postgresql":
+        return postgresql.insert
+    if name == "sqlite":
+        return sqlite.insert
+    raise LedgerError(f"the ledger supports postgresql and sqlite, not {name!r}")
+
+
+def _check_sha256(sha256: str) -> str:
+    value = sha256.lower()
+    if len(value) != SHA256_LENGTH or any(c not in "0123456789abcdef" for c in value):
+        raise ValueError(f"sha256 must be {SHA256_LENGTH} hex characters, got {sha256!r}")
+    return value
+
+
+# ---------------------------------------------------------------------------------------------
+# Scenes
+# ---------------------------------------------------------------------------------------------
+
+
+def register_scene(
+    session: Session,
+    sha256: str,
+    source_uri: str,
+    size_bytes: int,
+    *,
+    etag: str | None = None,
+    width: int | None = None,
+    height: int | None = None,
+    crs: str | None = None,
+    bounds: Sequence[float] | None = None,
+    bbox_wgs84: Sequence[float] | None = None,
+    area_km2: float | None = None,
+) -> tuple[Scene, bool]:
+    """Record an input by content hash. Returns ``(scene, created)``.
+
+    The same bytes seen again (a retry, or a duplicate upload under another key) return the
+    existing row with ``created=False``; the new URI is recorded as an alias in ``scene_sources``.
+    ``bounds`` is ``(minx, miny, maxx, maxy)`` in ``crs``.
+    """
+    sha256 = _check_sha256(sha256)
+    if size_bytes < 0:
+        raise ValueError(f"size_bytes must be >= 0, got {size_bytes}")
+    minx, miny, maxx, maxy = _bounds(bounds)
+    now = utcnow()
+    values = {
+        "sha256": sha256,
+        "source_uri": source_uri,
+        "size_bytes": size_bytes,
+        "width": width,
+        "height": height,
+        "crs": crs,
+        "minx": minx,
+        "miny": miny,
+        "maxx": maxx,
+        "maxy": maxy,
+        "bbox_wgs84": list(bbox_wgs84) if bbox_wgs84 is not None else None,
+        "area_km2": area_km2,
+        "status": SceneStatus.discovered,
+        "attempts": 0,
+        "discovered_at": now,
+        "updated_at": now,
+    }
+    stmt = (
+        _insert(session)(Scene)
+        .values(**values)
+        .on_conflict_do_nothing(index_elements=["sha256"])
+        .returning(Scene.id)  # a row back means inserted; rowcount is not reliable across drivers
+    )
+    created = session.execute(stmt).first() is not None
+    scene = session.execute(sa.select(Scene).where(Scene.sha256 == sha256)).scalar_one()
+    record_source(session, scene, source_uri, etag=etag)
+    return scene, created
+
+
+def record_source(session: Session, scene: Scene, uri: str, *, etag: str | None = None) -> None:
+    """Remember that ``scene``'s bytes are at ``uri`` (upsert: an overwritten key re-points)."""
+    stmt = _insert(session)(SceneSource).values(scene_id=scene.id, uri=uri, etag=etag, seen_at=utcnow())
+    stmt = stmt.on_conflict_do_update(
+        index_elements=["uri"],
+        set_={
+            "scene_id": stmt.excluded.scene_id,
+            "etag": stmt.excluded.etag,
+            "seen_at": stmt.excluded.seen_at,
+        },
+    )
+    session.execute(stmt)
+
+
+def known_source(session: Session, uri: str, etag: str | None = None) -> Scene | None:
+    """The scene last seen at ``uri`` — if its ETag still matches (when one is given) — else None.
+
+    Lets process skip re-downloading and re-hashing keys it has already registered.
+    """
+    stmt = sa.select(Scene).join(SceneSource, SceneSource.scene_id == Scene.id).where(SceneSource.uri == uri)
+    if etag is not None:
+        stmt = stmt.where(SceneSource.etag == etag)
+    return session.execute(stmt).scalar_one_or_none()
+
+
+def describe_scene(
+    session: Session,
+    scene: Scene,
+    *,
+    width: int | None = None,
+    height: int | None = None,
+    crs: str | None = None,
+    bounds: Sequence[float] | None = None,
+    bbox_wgs84: Sequence[float] | None = None,
+    area_km2: float | None = None,
+) -> Scene:
+    """Fill in raster metadata learned while validating; arguments left as None are unchanged."""
+    minx, miny, maxx, maxy = _bounds(bounds)
+    updates: dict[str, Any] = {
+        "width": width,
+        "height": height,
+        "crs": crs,
+        "minx": minx,
+        "miny": miny,
+        "maxx": maxx,
+        "maxy": maxy,
+        "bbox_wgs84": list(bbox_wgs84) if bbox_wgs84 is not None else None,
+        "area_km2": area_km2,
+    }
+    for field, value in updates.items():
+        if value is not None:
+            setattr(scene, field, value)
+    session.flush()
+    return scene
+
+
+def _bounds(bounds: Sequence[float] | None) -> tuple[float | None, ...]:
+    if bounds is None:
+        return (None, None, None, None)
+    if len(bounds) != 4:
+        raise ValueError(f"bounds must be (minx, miny, maxx, maxy), got {bounds!r}")
+    minx, miny, maxx, maxy = (float(b) for b in bounds)
+    if not (minx <= maxx and miny <= maxy):
+        raise ValueError(f"bounds must be (minx, miny, maxx, maxy) with min <= max, got {bounds!r}")
+    return (minx, miny, maxx, maxy)
+
+
+def transition(
+    session: Session,
+    scene: Scene,
+    new_status: SceneStatus,
+    error: str | None = None,
+    message: str | None = None,
+) -> Scene:
+    """Move ``scene`` to ``new_status``, enforcing the allowed-transitions table.
+
+    Re-applying the current status is a no-op. ``failed`` and ``quarantined`` need an ``error``
+    reason code; any other status clears the error fields. The update is a compare-and-set on
+    the current status, so two workers racing on one scene cannot both win.
+
+    Raises:
+        IllegalTransition: the change is not in ``ALLOWED_TRANSITIONS``.
+    """
+    new_status = SceneStatus(new_status)
+    session.flush()
+    session.refresh(scene)  # decide on the committed status, not a stale in-memory copy
+    current = scene.status
+    if current == new_status:
+        return scene
+    if new_status not in ALLOWED_TRANSITIONS[current]:
+        raise IllegalTransition(scene, current, new_status)
+    if new_status in (SceneStatus.failed, SceneStatus.quarantined):
+        if not error:
+            raise ValueError(f"moving scene {scene.id} to {new_status.value!r} needs an error reason code")
+    else:
+        error, message = None, None
+    values: dict[str, Any] = {
+        "status": new_status,
+        "error": error,
+        "error_message": message,
+        "updated_at": utcnow(),
+    }
+    if new_status == SceneStatus.predicting:
+        values["attempts"] = Scene.attempts + 1
+    return _compare_and_set(session, scene, current, new_status, values)
+
+
+def _compare_and_set(
+    session: Session, scene: Scene, current: SceneStatus, new_status: SceneStatus, values: dict[str, Any]
+) -> Scene:
+    stmt = (
+        sa.update(Scene)
+        .where(Scene.id == scene.id, Scene.status == current)
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    )
+    changed = session.execute(stmt).rowcount
+    session.refresh(scene)
+    if changed != 1 and scene.status != new_status:
+        # Someone else moved it meanwhile, to a status other than the one we wanted.
+        raise IllegalTransition(scene, scene.status, new_status)
+    return scene
+
+
+def claim_for_prediction(session: Session, scene: Scene) -> Scene:
+    """Start one prediction attempt: status ``predicting`` and ``attempts + 1``.
+
+    Unlike :func:`transition`, re-claiming a scene already in ``predicting`` (one whose earlier
+    attempt crashed) counts another attempt, so a scene that kills the Lambda every time runs
+    out of attempts instead of being retried forever.
+    """
+    session.flush()
+    session.refresh(scene)
+    if scene.status != SceneStatus.predicting:
+        return transition(session, scene, SceneStatus.predicting)
+    values = {"attempts": Scene.attempts + 1, "updated_at": utcnow()}
+    return _compare_and_set(session, scene, SceneStatus.predicting, SceneStatus.predicting, values)
+
+
+def quarantine(session: Session, scene: Scene, reason: str, message: str | None = None) -> Scene:
+    """Reject an input for good: status ``quarantined`` with a reason code and a message."""
+    return transition(session, scene, SceneStatus.quarantined, error=reason, message=message)
+
+
+def fail(session: Session, scene: Scene, reason: str, message: str | None = None) -> Scene:
+    """Record a failed attempt (retried by :func:`scenes_to_predict` while attempts remain)."""
+    return transition(session, scene, SceneStatus.failed, error=reason, message=message)
+
+
+def scenes_to_predict(
+    session: Session,
+    model_version: str,
+    *,
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+    stuck_before: datetime | None = None,
+    limit: int | None = None,
+) -> list[Scene]:
+    """Scenes that still need a prediction by ``model_version``, oldest first.
+
+    That is: ``validated`` scenes; ``failed`` scenes with attempts left; and ``predicting``
+    scenes with attempts left — an attempt that crashed (Lambda timeout, OOM) leaves its scene
+    there, and a re-run must finish it. Pass ``stuck_before`` to leave alone ``predicting``
+    scenes updated after that time (an attempt possibly still running in a concurrent
+    execution). Scenes that already have a prediction for ``model_version`` are never returned.
+    """
+    has_prediction = (
+        sa.select(Prediction.id)
+        .where(Prediction.scene_id == Scene.id, Prediction.model_version == model_version)
+        .exists()
+    )
+    retryable = Scene.attempts < max_attempts
+    stuck = sa.and_(Scene.status == SceneStatus.predicting, retryable)
+    if stuck_before is not None:
+        stuck = sa.and_(stuck, Scene.updated_at < stuck_before)
+    stmt = (
+        sa.select(Scene)
+        .where(
+            sa.or_(
+                Scene.status == SceneStatus.validated,
+                sa.and_(Scene.status == SceneStatus.failed, retryable),
+                stuck,
+            ),
+            ~has_prediction,
+        )
+        .order_by(Scene.discovered_at, Scene.id)
+    )
+    if limit is not None:
+        stmt = stmt.limit(limit)
+    return list(session.execute(stmt).scalars())
+
+
+def quarantined(session: Session) -> list[Scene]:
+    """Quarantined scenes with their reason (``error``) and detail (``error_message``)."""
+    stmt = (
+        sa.select(Scene).where(Scene.status == SceneStatus.quarantined).order_by(Scene.updated_at, Scene.id)
+    )
+    return list(session.execute(stmt).scalars())
+
+
+# ---------------------------------------------------------------------------------------------
+# Predictions
+# ---------------------------------------------------------------------------------------------
+
+
+def record_prediction(
+    session: Session,
+    scene: Scene,
+    model_version: str,
+    *,
+    input_sha256: str,
+    class_uri: str,
+    confidence_uri: str | None = None,
+    stac_uri: str | None = None,
+    started_at: datetime,
+    finished_at: datetime,
+    run_id: int | None = None,
+) -> Prediction:
+    """Record (or overwrite) the prediction of ``model_version`` on ``scene``; scene → predicted.
+
+    An upsert on (scene_id, model_version): recording the same prediction twice — a retried
+    Lambda, a redriven execution — leaves one row holding the latest outputs. The scene must
+    have been claimed (:func:`claim_for_prediction`) or already be ``predicted``.
+    """
+    if finished_at < started_at:
+        raise ValueError(f"finished_at {finished_at} is before started_at {started_at}")
+    values = {
+        "scene_id": scene.id,
+        "model_version": model_version,
+        "input_sha256": _check_sha256(input_sha256),
+        "class_uri": class_uri,
+        "confidence_uri": confidence_uri,
+        "stac_uri": stac_uri,
+        "started_at": started_at,
+        "finished_at": finished_at,
+        "seconds": (finished_at - started_at).total_seconds(),
+        "run_id": run_id,
+    }
+    stmt = _insert(session)(Prediction).values(**values)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=["scene_id", "model_version"],
+        set_={k: stmt.excluded[k] for k in values if k not in ("scene_id", "model_version")},
+    )
+    session.execute(stmt)
+    transition(session, scene, SceneStatus.predicted)
+    return session.execute(
+        sa.select(Prediction).where(
+            Prediction.scene_id == scene.id, Prediction.model_version == model_version
+        )
+    ).scalar_one()
+
+
+def predictions_for(session: Session, scene: Scene) -> list[Prediction]:
+    """All predictions of a scene, one per model version."""
+    stmt = sa.select(Prediction).where(Prediction.scene_id == scene.id).order_by(Prediction.finished_at)
+    return list(session.execute(stmt).scalars())
+
+
+# ---------------------------------------------------------------------------------------------
+# Runs
+# ---------------------------------------------------------------------------------------------
+
+
+def start_run(
+    session: Session,
+    execution_id: str,
+    *,
+    model_version: str | None = None,
+    started_at: datetime | None = None,
+) -> tuple[Run, bool]:
+    """Open the run of a state-machine execution. Returns ``(run, created)``.
+
+    Idempotent on ``execution_id``: a retried process step returns the existing run. A run that
+    had failed is reopened (a Step Functions redrive keeps the execution id).
+    """
+    now = started_at or utcnow()
+    stmt = _insert(session)(Run).values(
+        execution_id=execution_id,
+        status=RunStatus.running,
+        model_version=model_version,
+        started_at=now,
+        scenes_discovered=0,
+        scenes_quarantined=0,
+        scenes_predicted=0,
+        scenes_failed=0,
+    )
+    stmt = stmt.on_conflict_do_nothing(index_elements=["execution_id"]).returning(Run.id)
+    created = session.execute(stmt).first() is not None
+    if not created:
+        reopen: dict[str, Any] = {"status": RunStatus.running, "error": None, "finished_at": None}
+        if model_version is not None:
+            reopen["model_version"] = model_version
+        session.execute(
+            sa.update(Run)
+            .where(Run.execution_id == execution_id, Run.status == RunStatus.failed)
+            .values(**reopen)
+            .execution_options(synchronize_session=False)
+        )
+    return get_run(session, execution_id), created
+
+
+def get_run(session: Session, execution_id: str) -> Run:
+    """The run of ``execution_id`` (fresh from the database).
+
+    Raises:
+        RunNotFound: no run was started for it.
+    """
+    run = session.execute(
+        sa.select(Run).where(Run.execution_id == execution_id).execution_options(populate_existing=True)
+    ).scalar_one_or_none()
+    if run is None:
+        raise RunNotFound(f"no run with execution_id {execution_id!r}; was start_run called?")
+    return run
+
+
+_COUNT_FIELDS = ("scenes_discovered", "scenes_quarantined", "scenes_predicted", "scenes_failed")
+
+
+def update_run(
+    session: Session, execution_id: str, *, model_version: str | None = None, **counts: int
+) -> Run:
+    """Set some of a run's counts (``scenes_discovered=...`` etc.) and/or its model version."""
+    unknown = set(counts) - set(_COUNT_FIELDS)
+    if unknown:
+        raise TypeError(f"unknown run counts {sorted(unknown)}; expected some of {_COUNT_FIELDS}")
+    run = get_run(session, execution_id)
+    for field, value in counts.items():
+        if value < 0:
+            raise ValueError(f"{field} must be >= 0, got {value}")
+        setattr(run, field, value)
+    if model_version is not None:
+        run.model_version = model_version
+    session.flush()
+    return run
+
+
+def finish_run(
+    session: Session,
+    execution_id: str,
+    *,
+    status: RunStatus = RunStatus.succeeded,
+    error: str | None = None,
+    finished_at: datetime | None = None,
+    **counts: int,
+) -> Run:
+    """Close a run, optionally setting its final counts. Calling it again just updates it."""
+    status = RunStatus(status)
+    if status == RunStatus.running:
+        raise ValueError("finish_run needs a final status (succeeded or failed), not 'running'")
+    run = update_run(session, execution_id, **counts)
+    run.status = status
+    run.error = error
+    run.finished_at = finished_at or utcnow()
+    session.flush()
+    return run
+
+
+def fail_run(session: Session, execution_id: str, error: str) -> Run:
+    """Mark an execution failed — the state machine's Catch path.
+
+    Works even if the failure came before :func:`start_run` (the run is then created failed),
+    so no failed execution goes unrecorded. Scenes left in ``predicting`` are picked up by the
+    next run through :func:`scenes_to_predict`.
+    """
+    now = utcnow()
+    stmt = _insert(session)(Run).values(
+        execution_id=execution_id,
+        status=RunStatus.failed,
+        started_at=now,
+        finished_at=now,
+        error=error,
+        scenes_discovered=0,
+        scenes_quarantined=0,
+        scenes_predicted=0,
+        scenes_failed=0,
+    )
+    stmt = stmt.on_conflict_do_update(
+        index_elements=["execution_id"],
+        set_={"status": RunStatus.failed, "finished_at": now, "error": error},
+    )
+    session.execute(stmt)
+    return get_run(session, execution_id)
+
+
+def model_changes(session: Session) -> list[dict[str, Any]]:
+    """Runs where the model version differs from the previous run's (the ``model_changes`` view).
+
+    Each row: ``run_id``, ``execution_id``, ``started_at``, ``model_version``,
+    ``previous_model_version`` (None for the first run). Grafana annotates these.
+    """
+    rows = session.execute(
+        sa.text(
+            "SELECT run_id, execution_id, started_at, model_version, previous_model_version "
+            "FROM model_changes ORDER BY started_at, run_id"
+        )
+    ).mappings()
+    return [dict(row) for row in rows]
+
+
+# ---------------------------------------------------------------------------------------------
+# Metrics
+# ---------------------------------------------------------------------------------------------
+
+
+def record_metrics(
+    session: Session,
+    run_id: int,
+    scene_id: int | None,
+    model_version: str,
+    rows: Iterable[tuple[str, str | None, float]],
+) -> int:
+    """Upsert metrics ``(name, key, value)`` of a run (``scene_id=None``) or of one of its scenes.
+
+    Re-running observe overwrites the values instead of adding rows. Returns the number of
+    distinct metrics written. NaN and infinities are rejected: a dashboard cannot plot them and
+    SQLite would silently store NaN as NULL.
+    """
+    latest: dict[tuple[str, str], float] = {}
+    for name, key, value in rows:
+        value = float(value)
+        if not math.isfinite(value):
+            raise ValueError(f"metric {name!r} key {key!r} is {value}; only finite values are recorded")
+        # Last one wins; ON CONFLICT cannot touch one row twice in a statement (Postgres errors).
+        latest[(name, key or "")] = value
+    if not latest:
+        return 0
+    now = utcnow()
+    values = [
+        {
+            "run_id": run_id,
+            "scene_id": scene_id,
+            "model_version": model_version,
+            "name": name,
+            "key": key,
+            "value": value,
+            "recorded_at": now,
+        }
+        for (name, key), value in latest.items()
+    ]
+    stmt = _insert(session)(Metric).values(values)
+    # Pick the partial unique index that matches this batch (see Metric's docstring).
+    if scene_id is None:
+        target, where = ["run_id", "name", "key"], Metric.scene_id.is_(None)
+    else:
+        target, where = ["run_id", "scene_id", "name", "key"], Metric.scene_id.is_not(None)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=target,
+        index_where=where,
+        set_={
+            "value": stmt.excluded.value,
+            "model_version": stmt.excluded.model_version,
+            "recorded_at": stmt.excluded.recorded_at,
+        },
+    )
+    session.execute(stmt)
+    return len(values)
+
+
+def metrics_for(session: Session, run_id: int, scene_id: int | None = None) -> list[Metric]:
+    """A run's metrics: run-level ones when ``scene_id`` is None, else that scene's."""
+    where = Metric.scene_id.is_(None) if scene_id is None else Metric.scene_id == scene_id
+    stmt = sa.select(Metric).where(Metric.run_id == run_id, where).order_by(Metric.name, Metric.key)
+    return list(session.execute(stmt).scalars())
