@@ -45,6 +45,18 @@ def compose(overrides: Sequence[str] = ()) -> DictConfig:
         return hydra_compose(config_name="config", overrides=list(overrides))
 
 
+def training_variants() -> list[str]:
+    """Names of the training recipes (``setup/conf/training/*.yaml``); each becomes a DAG."""
+    return sorted(path.stem for path in (CONF_DIR / "training").glob("*.yaml"))
+
+
+def variant_overrides(variant: str) -> list[str]:
+    """The Hydra overrides that select a training variant."""
+    if variant not in training_variants():
+        raise ValueError(f"unknown training variant {variant!r}; choose from {', '.join(training_variants())}")
+    return [f"training={variant}"]
+
+
 def apply_storage(cfg: DictConfig) -> None:
     """Point the storage layer at the configured S3 endpoint, region and profile."""
     from training import storage

@@ -1,0 +1,194 @@
+"""Feature cache: frozen-encoder features computed once per chip, stored as fp16 shards.
+
+Head epochs then read shards instead of running the encoder. A cache lives under
+``<features_uri>/<fingerprint>/`` where the fingerprint hashes the encoder weights and the
+chip recipe, so a changed encoder or recipe never reuses stale features:
+
+    <fingerprint>/encoder.safetensors          the exact encoder the features came from
+    <fingerprint>/<split>/shard-00000.safetensors   features fp16 (N, dim, h, w), labels uint8 (N, S, S)
+    <fingerprint>/<split>/manifest.json        shards, chip windows, shapes (written last)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch.utils.data import Dataset
+from tqdm.auto import tqdm
+
+from training import storage
+from training.data.chesapeake import SceneRecord
+from training.data.chips import read_scene_chips
+from training.data.naip import normalize
+from training.models.clay import ClayEncoder
+from training.models.head import ClaySegmenter
+
+
+@dataclass(frozen=True)
+class ChipRecipe:
+    """How a split's chips are cut: ``random_count`` seeded chips per scene, or a full grid (None)."""
+
+    size: int = 256
+    random_count: int | None = None
+    overlap: int = 0
+    seed: int = 0
+    max_nodata_fraction: float = 0.5
+    max_pixels: int | None = None
+
+    def read_kwargs(self, scene_index: int) -> dict:
+        return {
+            "size": self.size,
+            "overlap": self.overlap,
+            "random_count": self.random_count,
+            "seed": self.seed + scene_index,
+            "max_nodata_fraction": self.max_nodata_fraction,
+            "max_pixels": self.max_pixels,
+        }
+
+
+def encoder_fingerprint(encoder: ClayEncoder) -> str:
+    """sha256 of the encoder's weights (names, shapes and values), first 16 hex digits."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(encoder.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(str(tuple(tensor.shape)).encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def cache_fingerprint(encoder: ClayEncoder, scenes: Sequence[SceneRecord], recipes: dict[str, ChipRecipe]) -> str:
+    """Identity of a cache: the encoder, the scenes and each split's chip recipe."""
+    payload = {
+        "encoder": encoder_fingerprint(encoder),
+        "scenes": sorted(s.image_uri for s in scenes),
+        "recipes": {split: vars(recipe) for split, recipe in sorted(recipes.items())},
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+@torch.inference_mode()
+def encode_chips(model: ClaySegmenter, images: np.ndarray, batch_size: int = 8) -> torch.Tensor:
+    """Encoder grids (N, dim, h, w) in fp32 for uint8 chips (N, 4, S, S)."""
+    model.eval()
+    out = []
+    for start in range(0, len(images), batch_size):
+        pixels = torch.from_numpy(normalize(images[start : start + batch_size]))  # (B, 4, S, S)
+        out.append(model.forward_features(pixels))  # (B, dim, h, w)
+    return torch.cat(out) if out else torch.empty(0)
+
+
+def _upload_tensors(tensors: dict[str, torch.Tensor], uri: str) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "shard.safetensors"
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(path))
+        storage.upload(path, uri)
+
+
+def _download_tensors(uri: str) -> dict[str, torch.Tensor]:
+    local = storage.local_path(uri)
+    if local is not None:
+        return load_file(str(local))
+    with tempfile.TemporaryDirectory() as tmp:
+        return load_file(str(storage.download(uri, Path(tmp) / "shard.safetensors")))
+
+
+def cache_split(
+    model: ClaySegmenter,
+    scenes: Sequence[SceneRecord],
+    recipe: ChipRecipe,
+    split_uri: str,
+    shard_size: int = 256,
+    batch_size: int = 8,
+) -> dict:
+    """Encode every chip of ``scenes`` into fp16 shards under ``split_uri``; returns the manifest.
+
+    Idempotent: an existing manifest is returned as is (it is written last, so it only
+    exists once every shard has landed).
+    """
+    manifest_uri = storage.join(split_uri, "manifest.json")
+    if storage.exists(manifest_uri):
+        return json.loads(storage.read_text(manifest_uri))
+
+    shards: list[dict] = []
+    windows: list[dict] = []
+    pending_feats: list[torch.Tensor] = []
+    pending_labels: list[np.ndarray] = []
+
+    def flush() -> None:
+        if not pending_feats:
+            return
+        uri = storage.join(split_uri, f"shard-{len(shards):05d}.safetensors")
+        feats = torch.cat(pending_feats).to(torch.float16)
+        labels = torch.from_numpy(np.concatenate(pending_labels))
+        _upload_tensors({"features": feats, "labels": labels}, uri)
+        shards.append({"uri": uri, "count": len(feats)})
+        pending_feats.clear()
+        pending_labels.clear()
+
+    progress = tqdm(scenes, desc=f"features {split_uri.rsplit('/', 1)[-1]}", unit="scene")
+    for index, scene in enumerate(progress):
+        chips = read_scene_chips(scene, **recipe.read_kwargs(index))
+        if len(chips) == 0:
+            continue
+        features = encode_chips(model, chips.images, batch_size)
+        for start in range(0, len(chips), shard_size):
+            pending_feats.append(features[start : start + shard_size])
+            pending_labels.append(chips.labels[start : start + shard_size])
+            if sum(len(f) for f in pending_feats) >= shard_size:
+                flush()
+        windows += [{"scene_id": scene.scene_id, "image_uri": scene.image_uri, **w.to_dict()} for w in chips.windows]
+        progress.set_postfix(chips=len(windows))
+    flush()
+    if not windows:
+        raise ValueError(f"no usable chips in {len(scenes)} scenes for {split_uri}: all were mostly nodata")
+
+    manifest = {
+        "count": len(windows),
+        "shards": shards,
+        "windows": windows,
+        "feature_shape": list(features.shape[1:]),
+        "chip_size": recipe.size,
+        "recipe": vars(recipe),
+    }
+    storage.write_text(manifest_uri, json.dumps(manifest))
+    return manifest
+
+
+def save_encoder(encoder: ClayEncoder, uri: str) -> None:
+    """The encoder weights (fp32) beside its features, so later steps rebuild the same encoder."""
+    if not storage.exists(uri):
+        _upload_tensors(dict(encoder.state_dict()), uri)
+
+
+def load_encoder_weights(encoder: ClayEncoder, uri: str) -> ClayEncoder:
+    """Load the weights saved by :func:`save_encoder` (strictly)."""
+    from training.models.checkpoint import load_encoder
+
+    return load_encoder(encoder, _download_tensors(uri))
+
+
+class CachedFeatures(Dataset):
+    """A split of the cache in memory: ``{"features": fp32 (dim, h, w), "mask": int64 (S, S)}``."""
+
+    def __init__(self, split_uri: str):
+        manifest = json.loads(storage.read_text(storage.join(split_uri, "manifest.json")))
+        parts = [_download_tensors(shard["uri"]) for shard in manifest["shards"]]
+        self.features = torch.cat([p["features"] for p in parts])  # (N, dim, h, w) fp16
+        self.labels = torch.cat([p["labels"] for p in parts])  # (N, S, S) uint8
+        self.windows: list[dict] = manifest["windows"]
+        if len(self.features) != manifest["count"]:
+            raise ValueError(f"cache at {split_uri} is incomplete: {len(self.features)} of {manifest['count']} chips")
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        return {"features": self.features[index].float(), "mask": self.labels[index].long()}

@@ -1,0 +1,478 @@
+"""The training pipeline as ordered, idempotent steps (the runner lives elsewhere).
+
+    validate_data -> cache_features -> train_head -> evaluate -> register -> promote
+
+A run is a folder, ``<storage.root_uri>/runs/<run_id>/``, holding the resolved config the
+run was started with. Each step rebuilds the config from that folder, does its work, and
+records its small JSON result in ``steps/<step>.json``; a step whose result exists is
+skipped, so a retried Airflow task or a re-run of ``python -m training.train`` resumes
+instead of redoing work. Steps hand each other URIs and ids only (what goes over XCom).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import re
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+from omegaconf import DictConfig, OmegaConf
+
+from training import storage
+from training.config import apply_storage, to_yaml
+
+STEPS = ("validate_data", "cache_features", "train_head", "evaluate", "register", "promote")
+SYNTHETIC_CAVEAT = (
+    "Trained and evaluated on procedurally generated NAIP-like scenes, with a Clay encoder that was "
+    "randomly initialised (not pretrained) and kept frozen. The figures show the pipeline works end "
+    "to end; they say nothing about accuracy on real NAIP imagery."
+)
+
+
+@dataclass(frozen=True)
+class Run:
+    """A pipeline run: its id, its folder and the config it was started with."""
+
+    run_id: str
+    uri: str
+    cfg: DictConfig
+
+    def step_uri(self, step: str) -> str:
+        return storage.join(self.uri, "steps", f"{step}.json")
+
+    def result(self, step: str) -> dict[str, Any]:
+        """The recorded result of an earlier step (raises if it has not run)."""
+        uri = self.step_uri(step)
+        if not storage.exists(uri):
+            raise RuntimeError(f"step {step!r} has not run yet for run {self.run_id} ({uri})")
+        return json.loads(storage.read_text(uri))
+
+
+def new_run_id(variant: str) -> str:
+    """``<variant>-<UTC timestamp>``: sortable and readable."""
+    return f"{variant}-{datetime.now(UTC):%Y%m%dT%H%M%S}"
+
+
+def _safe_id(run_id: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", run_id).strip("_")
+
+
+def run_uri_for(cfg: DictConfig, run_id: str) -> str:
+    return storage.join(cfg.storage.root_uri, "runs", _safe_id(run_id))
+
+
+def start_run(cfg: DictConfig, run_id: str | None = None) -> Run:
+    """Create the run folder and store the resolved config in it.
+
+    Starting a run id that exists resumes it, provided the config is the same.
+    """
+    apply_storage(cfg)
+    run_id = _safe_id(run_id or new_run_id(cfg.training.name))
+    uri = run_uri_for(cfg, run_id)
+    config_uri = storage.join(uri, "config.yaml")
+    text = to_yaml(cfg)
+    if not storage.exists(config_uri):
+        storage.write_text(config_uri, text)
+    elif storage.read_text(config_uri) != text:
+        raise ValueError(
+            f"run {run_id} already exists at {uri} with a different config; "
+            "start a new run id instead of changing an existing run"
+        )
+    return load_run(uri)
+
+
+def load_run(uri: str) -> Run:
+    """Rebuild a run from its folder (what every step after the first does)."""
+    cfg = OmegaConf.create(storage.read_text(storage.join(uri, "config.yaml")))
+    apply_storage(cfg)
+    return Run(run_id=uri.rstrip("/").rsplit("/", 1)[-1], uri=uri, cfg=cfg)
+
+
+def step(fn: Callable[[Run], dict[str, Any]]) -> Callable[[Run], dict[str, Any]]:
+    """Make a step idempotent: return the recorded result if it exists, else run and record it."""
+    name = fn.__name__
+
+    @functools.wraps(fn)
+    def wrapper(run: Run) -> dict[str, Any]:
+        uri = run.step_uri(name)
+        if storage.exists(uri):
+            print(f"[{name}] already done for run {run.run_id}; reusing its result", flush=True)
+            return json.loads(storage.read_text(uri))
+        print(f"[{name}] starting (run {run.run_id})", flush=True)
+        started = time.perf_counter()
+        result = fn(run)
+        result["seconds"] = round(time.perf_counter() - started, 2)
+        storage.write_text(uri, json.dumps(result, indent=2, default=str))
+        print(f"[{name}] done in {result['seconds']:.1f} s", flush=True)
+        return result
+
+    return wrapper
+
+
+# -- helpers -------------------------------------------------------------------------------
+
+
+def _scenes(cfg: DictConfig) -> dict[str, list]:
+    from training.data.chesapeake import SPLITS, find_scenes
+
+    return {split: find_scenes(cfg.data.root_uri, cfg.data.splits[split]) for split in SPLITS}
+
+
+def _build_segmenter(cfg: DictConfig):
+    """The encoder (seeded random init, or the configured pretrained weights) plus a fresh head."""
+    import torch
+
+    from training.models.checkpoint import load_encoder, load_encoder_state_dict
+    from training.models.head import build_segmenter
+
+    torch.manual_seed(cfg.seed)
+    model = build_segmenter(cfg.model.preset, cfg.model.num_classes, cfg.model.head_width)
+    if cfg.model.pretrained_uri:
+        load_encoder(model.encoder, load_encoder_state_dict(cfg.model.pretrained_uri))
+    return model
+
+
+def _chip_recipes(cfg: DictConfig) -> dict:
+    from training.features import ChipRecipe
+
+    common = {
+        "size": cfg.data.chip_size,
+        "max_nodata_fraction": cfg.data.max_nodata_fraction,
+        "max_pixels": cfg.data.max_pixels,
+    }
+    return {
+        "train": ChipRecipe(random_count=cfg.training.chips_per_scene, seed=cfg.seed, **common),
+        "val": ChipRecipe(random_count=cfg.training.val_chips_per_scene, seed=cfg.seed + 1000, **common),
+        # Held-out scenes are evaluated on their whole grid, not a sample.
+        "test": ChipRecipe(random_count=None, overlap=cfg.data.chip_overlap, **common),
+    }
+
+
+def _class_weights(cfg: DictConfig, stats: dict) -> list[float] | None:
+    """Per-class loss weights: none, or inverse training frequency (normalised to mean 1)."""
+    choice = cfg.training.class_weights
+    if choice in (None, "none"):
+        return None
+    if choice != "inverse_frequency":
+        raise ValueError(f"training.class_weights={choice!r}: use null or inverse_frequency")
+    fractions = list(stats["class_fractions"])
+    ignore = cfg.training.ignore_index
+    present = [i for i, f in enumerate(fractions) if f > 0 and i != ignore]
+    raw = [0.0 if i not in present else 1.0 / max(fractions[i], 1e-4) for i in range(len(fractions))]
+    scale = len(present) / sum(raw)
+    return [round(w * scale, 4) for w in raw]
+
+
+def _resolve_precision(requested: str) -> str:
+    """bf16-mixed only where this CPU has native bf16 (emulated bf16 is slower than fp32)."""
+    import torch
+
+    if requested.startswith("bf16") and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        print(f"[precision] {requested} requested but this CPU has no native bf16; using 32-true", flush=True)
+        return "32-true"
+    return requested
+
+
+def _task(cfg: DictConfig, class_weights: list[float] | None, total_steps: int | None = None):
+    from training.module import SegmentationTask
+
+    warmup = int(cfg.training.warmup_fraction * total_steps) if total_steps else 0
+    return SegmentationTask(
+        preset=cfg.model.preset,
+        num_classes=cfg.model.num_classes,
+        head_width=cfg.model.head_width,
+        features_only=True,
+        loss=cfg.training.loss,
+        focal_gamma=cfg.training.focal_gamma,
+        class_weights=class_weights,
+        ignore_index=cfg.training.ignore_index,
+        lr=cfg.training.lr,
+        weight_decay=cfg.training.weight_decay,
+        warmup_steps=warmup,
+        total_steps=total_steps,
+    )
+
+
+def _tracker(run: Run):
+    from training.tracking import open_tracker
+
+    return open_tracker(run.cfg, run.uri, run_name=run.run_id)
+
+
+# -- steps ---------------------------------------------------------------------------------
+
+
+@step
+def validate_data(run: Run) -> dict[str, Any]:
+    """Check every scene, keep splits disjoint, and compute the training-data statistics."""
+    from training.data.chesapeake import label_shape
+    from training.data.naip import validate_naip
+    from training.data.stats import compute_stats
+
+    cfg = run.cfg
+    scenes = _scenes(cfg)
+    for split, records in scenes.items():
+        for record in records:
+            meta = validate_naip(record.image_uri, max_pixels=cfg.data.max_pixels)
+            if label_shape(record.label_uri) != (meta["height"], meta["width"]):
+                raise ValueError(f"{record.label_uri} is not pixel-aligned with {record.image_uri}")
+        print(f"[validate_data] {split}: {len(records)} scenes ok", flush=True)
+    ids = {split: {r.scene_id for r in records} for split, records in scenes.items()}
+    leaked = (ids["train"] | ids["val"]) & ids["test"]
+    if leaked:
+        raise ValueError(f"held-out scenes also appear in train/val: {sorted(leaked)}")
+
+    stats = compute_stats(scenes["train"])
+    stats_uri = storage.join(run.uri, "data_stats.json")
+    stats.save(stats_uri)
+    return {"stats_uri": stats_uri, "scenes": {s: sorted(v) for s, v in ids.items()}}
+
+
+@step
+def cache_features(run: Run) -> dict[str, Any]:
+    """Run the frozen encoder once per chip and store fp16 feature shards (shared across runs)."""
+    from training.features import cache_fingerprint, cache_split, save_encoder
+
+    cfg = run.cfg
+    if not cfg.model.freeze_encoder:
+        raise ValueError("model.freeze_encoder=false trains end to end; the feature cache needs a frozen encoder")
+    model = _build_segmenter(cfg)
+    scenes = _scenes(cfg)
+    recipes = _chip_recipes(cfg)
+    root = storage.join(cfg.training.features_uri, cache_fingerprint(model.encoder, sum(scenes.values(), []), recipes))
+    save_encoder(model.encoder, storage.join(root, "encoder.safetensors"))
+    counts = {}
+    for split, recipe in recipes.items():
+        manifest = cache_split(model, scenes[split], recipe, storage.join(root, split), cfg.training.shard_size)
+        counts[split] = manifest["count"]
+    print(f"[cache_features] chips per split: {counts} at {root}", flush=True)
+    return {"features_uri": root, "chips": counts}
+
+
+class EpochLogger(pl.Callback):
+    """Per-epoch metrics to the tracker, and one progress line per epoch."""
+
+    def __init__(self, tracker: Any):
+        self.tracker = tracker
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        scalars = {k.replace("/", "_"): float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+        scalars = {k: v for k, v in scalars.items() if not k.endswith("_step")}
+        self.tracker.log_metrics(scalars, step=trainer.current_epoch)
+        shown = ", ".join(f"{k}={scalars[k]:.4f}" for k in ("train_loss_epoch", "val_loss", "val_miou") if k in scalars)
+        print(f"[train_head] epoch {trainer.current_epoch + 1}/{trainer.max_epochs}: {shown}", flush=True)
+
+
+@step
+def train_head(run: Run) -> dict[str, Any]:
+    """Fit the head on cached features; log per-epoch metrics; store the head weights."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    from training.features import CachedFeatures
+
+    cfg = run.cfg
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    features_uri = run.result("cache_features")["features_uri"]
+    stats = json.loads(storage.read_text(run.result("validate_data")["stats_uri"]))
+    train_set = CachedFeatures(storage.join(features_uri, "train"))
+    val_set = CachedFeatures(storage.join(features_uri, "val"))
+    batch = cfg.training.batch_size
+    train_loader = DataLoader(
+        train_set, batch_size=batch, shuffle=True, generator=torch.Generator().manual_seed(cfg.seed)
+    )
+    val_loader = DataLoader(val_set, batch_size=batch)
+    total_steps = len(train_loader) * cfg.training.epochs
+    weights = _class_weights(cfg, stats)
+    task = _task(cfg, weights, total_steps)
+
+    tracker = _tracker(run)
+    tracker.log_dict(stats, "data_stats.json")
+    tracker.log_params({"data.train_chips": len(train_set), "data.val_chips": len(val_set), "class_weights": weights})
+    trainer = pl.Trainer(
+        max_epochs=cfg.training.epochs,
+        precision=_resolve_precision(cfg.training.precision),
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        callbacks=[EpochLogger(tracker)],
+        deterministic=True,
+    )
+    trainer.fit(task, train_loader, val_loader)
+
+    head_uri = storage.join(run.uri, "head.safetensors")
+    with tempfile.TemporaryDirectory() as tmp:
+        from safetensors.torch import save_file
+
+        path = Path(tmp) / "head.safetensors"
+        save_file({k: v.contiguous() for k, v in task.model.head.state_dict().items()}, str(path))
+        storage.upload(path, head_uri)
+    val = task.epoch_metrics.get("val", {})
+    return {"head_uri": head_uri, "tracking": tracker.ids(), "val_miou": val.get("miou"), "class_weights": weights}
+
+
+def _trained_segmenter(run: Run, with_encoder: bool):
+    """The trained model: the head from train_head, plus (optionally) the cached encoder."""
+    from safetensors.torch import load_file
+
+    from training.features import load_encoder_weights
+    from training.models.head import ClaySegmenter
+
+    cfg = run.cfg
+    task = _task(cfg, None)
+    with tempfile.TemporaryDirectory() as tmp:
+        head_file = storage.download(run.result("train_head")["head_uri"], Path(tmp) / "head.safetensors")
+        task.model.head.load_state_dict(load_file(str(head_file)))
+    if not with_encoder:
+        return task.model.eval()
+    from training.models.clay import build_encoder
+
+    encoder = build_encoder(cfg.model.preset)
+    load_encoder_weights(encoder, storage.join(run.result("cache_features")["features_uri"], "encoder.safetensors"))
+    return ClaySegmenter(encoder, task.model.head).eval()
+
+
+@step
+def evaluate(run: Run) -> dict[str, Any]:
+    """Held-out metrics of the model and of a majority-class baseline on the same pixels."""
+    from training.evaluation import evaluate_cached, render_confusion_matrix, render_samples
+
+    cfg = run.cfg
+    features_uri = run.result("cache_features")["features_uri"]
+    stats = json.loads(storage.read_text(run.result("validate_data")["stats_uri"]))
+    model = _trained_segmenter(run, with_encoder=False)
+    report = evaluate_cached(
+        model,
+        storage.join(features_uri, "test"),
+        train_class_fractions=stats["class_fractions"],
+        ignore_index=cfg.training.ignore_index,
+        batch_size=cfg.training.batch_size,
+    )
+    metrics = report.metrics
+    metrics_uri = storage.join(run.uri, "metrics.json")
+    storage.write_text(metrics_uri, json.dumps(metrics, indent=2))
+
+    tracker = _tracker(run)
+    tracker.log_metrics(
+        {
+            "test_miou": metrics["miou"],
+            "test_weighted_iou": metrics["weighted_iou"],
+            "test_f1": metrics["f1"],
+            "baseline_miou": metrics["majority_baseline"]["miou"],
+            **{f"test_iou_{k}": v for k, v in metrics["per_class_iou"].items() if v is not None},
+        }
+    )
+    tracker.log_dict(metrics, "metrics.json")
+    tracker.log_figure(render_confusion_matrix(metrics), "confusion_matrix.png")
+    for i, figure in enumerate(render_samples(report, cfg.logging.num_sample_images)):
+        tracker.log_figure(figure, f"sample_{i}.png", folder="samples")
+    return {"metrics_uri": metrics_uri, "miou": metrics["miou"], "baseline_miou": metrics["majority_baseline"]["miou"]}
+
+
+@step
+def register(run: Run) -> dict[str, Any]:
+    """Export the model (folded patch embedding, fp16) and register an immutable version."""
+    from training import registry
+    from training.models.export import save_export
+
+    cfg = run.cfg
+    metrics = json.loads(storage.read_text(run.result("evaluate")["metrics_uri"]))
+    stats = json.loads(storage.read_text(run.result("validate_data")["stats_uri"]))
+    tracking = run.result("train_head")["tracking"]
+    model = _trained_segmenter(run, with_encoder=True)
+    synthetic = cfg.data.name == "synthetic" and not cfg.model.pretrained_uri
+    with tempfile.TemporaryDirectory() as tmp:
+        export_path = Path(tmp) / "model.safetensors"
+        save_export(model, str(export_path), reference_stats=stats, extra={"run_id": run.run_id, "tracking": tracking})
+        manifest = registry.register_version(
+            cfg.storage.registry_uri,
+            cfg.model_name,
+            export_path,
+            metrics,
+            storage.read_text(storage.join(run.uri, "config.yaml")),
+            run_id=tracking.get("mlflow") or run.run_id,
+            source={"kind": "training-run", "run_id": run.run_id, "run_uri": run.uri},
+            data_description=f"{cfg.data.name} data at {cfg.data.root_uri}; held-out split: test",
+            caveat=SYNTHETIC_CAVEAT if synthetic else None,
+            version=f"{run.run_id}",
+        )
+    return {"version": manifest["version"], "version_uri": registry.version_uri(cfg.storage.registry_uri, cfg.model_name, manifest["version"])}
+
+
+@step
+def promote(run: Run) -> dict[str, Any]:
+    """Gated promotion in the S3 registry, mirrored into the MLflow model registry."""
+    from training import registry
+
+    cfg = run.cfg
+    version = run.result("register")["version"]
+    decision = registry.promote_if_better(
+        cfg.storage.registry_uri, cfg.model_name, version, margin=cfg.training.promotion_margin
+    )
+    print(f"[promote] {decision.outcome}: {decision.reason}", flush=True)
+    result = {"decision": decision.to_dict()}
+    if cfg.logging.style in ("mlflow", "both") and cfg.logging.mlflow.register_model:
+        info = registry.get_version(cfg.storage.registry_uri, cfg.model_name, version)
+        result["mlflow"] = registry.register_in_mlflow(
+            info, cfg.logging.mlflow.tracking_uri, promoted=decision.promoted
+        )
+    tracker = _tracker(run)
+    tracker.set_tags({"registry_version": version, "promotion": decision.outcome})
+    tracker.close()
+    return result
+
+
+STEP_FUNCTIONS: dict[str, Callable[[Run], dict[str, Any]]] = {
+    "validate_data": validate_data,
+    "cache_features": cache_features,
+    "train_head": train_head,
+    "evaluate": evaluate,
+    "register": register,
+    "promote": promote,
+}
+
+
+def run_all(cfg: DictConfig, run_id: str | None = None) -> Run:
+    """Every step in order, in this process (what ``python -m training.train`` does)."""
+    run = start_run(cfg, run_id)
+    for name in STEPS:
+        STEP_FUNCTIONS[name](run)
+    print(summary(run), flush=True)
+    return run
+
+
+def summary(run: Run) -> str:
+    """A human summary of a finished run: metrics, baseline, tracking and the registry decision."""
+    metrics = json.loads(storage.read_text(run.result("evaluate")["metrics_uri"]))
+    promote_result = run.result("promote")
+    decision = promote_result["decision"]
+    tracking = run.result("train_head")["tracking"]
+    lines = [
+        "",
+        f"Run {run.run_id}  ({run.uri})",
+        f"  held-out mIoU         {metrics['miou']:.4f}   (majority-class baseline {metrics['majority_baseline']['miou']:.4f})",
+        f"  support-weighted IoU  {metrics['weighted_iou']:.4f}   F1 {metrics['f1']:.4f}",
+        "  per-class IoU:",
+    ]
+    for name, value in metrics["per_class_iou"].items():
+        lines.append(f"    {name:<24} {'n/a' if value is None else f'{value:.4f}'}")
+    if "mlflow" in tracking:
+        lines.append(f"  MLflow run            {tracking['mlflow']}  ({run.cfg.logging.mlflow.tracking_uri})")
+    if "wandb" in tracking:
+        lines.append(f"  W&B run               {tracking['wandb']}  ({run.cfg.logging.wandb.mode})")
+    lines.append(f"  registry version      {decision['version']}  -> {decision['outcome']}: {decision['reason']}")
+    if "mlflow" in promote_result:
+        m = promote_result["mlflow"]
+        lines.append(f"  MLflow model          {m['name']} v{m['version']} (alias champion moved: {m['alias_moved']})")
+    return "\n".join(lines)
