@@ -79,7 +79,9 @@ class AirflowClient:
             f"{self.url}/auth/token", json={"username": username, "password": password}, timeout=timeout
         )
         if response.status_code >= 400:
-            raise RuntimeError(f"Airflow at {self.url} refused the login ({response.status_code}): {response.text[:200]}")
+            raise RuntimeError(
+                f"Airflow at {self.url} refused the login ({response.status_code}): {response.text[:200]}"
+            )
         self.session.headers["Authorization"] = f"Bearer {response.json()['access_token']}"
 
     def _call(self, method: str, path: str, **kwargs) -> dict:
@@ -102,12 +104,20 @@ class AirflowClient:
         return {ti["task_id"]: ti["state"] for ti in found.get("task_instances", [])}
 
     def xcom(self, dag_id: str, run_id: str, task_id: str) -> object:
-        entry = self._call("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/xcomEntries/return_value")
+        entry = self._call(
+            "GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/xcomEntries/return_value"
+        )
         return entry.get("value")
 
 
-def run_remote(url: str, dag_id: str, overrides: Sequence[str], run_id: str, poll_seconds: float = 10.0,
-               timeout_seconds: float = 4 * 3600) -> dict:
+def run_remote(
+    url: str,
+    dag_id: str,
+    overrides: Sequence[str],
+    run_id: str,
+    poll_seconds: float = 10.0,
+    timeout_seconds: float = 4 * 3600,
+) -> dict:
     """Trigger ``dag_id`` on a running Airflow and wait for it, printing task progress."""
     client = AirflowClient(
         url, os.environ.get("AIRFLOW_USERNAME", "admin"), os.environ.get("AIRFLOW_PASSWORD", "admin")
@@ -125,14 +135,18 @@ def run_remote(url: str, dag_id: str, overrides: Sequence[str], run_id: str, pol
         run = client.dag_run(dag_id, run_id)
         if run["state"] in TERMINAL_STATES:
             if run["state"] != "success":
-                raise RuntimeError(f"DAG run {run_id} ended {run['state']}; see the task logs in the Airflow UI")
+                raise RuntimeError(
+                    f"DAG run {run_id} ended {run['state']}; see the task logs in the Airflow UI"
+                )
             return {"dag_run": run, "promote": client.xcom(dag_id, run_id, "promote")}
         time.sleep(poll_seconds)
     raise TimeoutError(f"DAG run {run_id} did not finish within {timeout_seconds:.0f} s")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("dag_id", help="baseline, useful or class_weighted")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. training.epochs=3")
     parser.add_argument("--run-id", default=None, help="name (or resume) a run; default: <dag>-<UTC time>")

@@ -8,11 +8,15 @@ Entry points use ``@hydra.main(config_path=CONF_DIR, ...)``; library code and te
 - ``${repo_sqlite:outputs/mlflow.db}`` -> ``sqlite:////<repo>/outputs/mlflow.db``
 
 ``LANDCOVER_HOME`` moves every repo-relative default elsewhere (the Airflow image sets it).
+``LANDCOVER_OVERRIDES`` (shell-quoted Hydra overrides, e.g. ``"storage=s3"``) is prepended to
+every :func:`compose` call: the compose stack selects S3 storage with it. Explicit overrides
+come later, so they win.
 """
 
 from __future__ import annotations
 
 import os
+import shlex
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -36,13 +40,21 @@ OmegaConf.register_new_resolver("repo_uri", lambda rel: "file://" + _repo_path(r
 OmegaConf.register_new_resolver("repo_sqlite", lambda rel: "sqlite:///" + _repo_path(rel), replace=True)
 
 
+def env_overrides() -> list[str]:
+    """Hydra overrides from ``LANDCOVER_OVERRIDES`` (shell-quoted, space-separated); [] if unset."""
+    return shlex.split(os.environ.get("LANDCOVER_OVERRIDES", ""))
+
+
 def compose(overrides: Sequence[str] = ()) -> DictConfig:
-    """Compose ``setup/conf/config.yaml`` with Hydra overrides, exactly as the CLI would."""
+    """Compose ``setup/conf/config.yaml`` with Hydra overrides, exactly as the CLI would.
+
+    ``LANDCOVER_OVERRIDES`` comes first, so an explicit override of the same key wins.
+    """
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return hydra_compose(config_name="config", overrides=list(overrides))
+        return hydra_compose(config_name="config", overrides=[*env_overrides(), *overrides])
 
 
 def training_variants() -> list[str]:
@@ -53,7 +65,9 @@ def training_variants() -> list[str]:
 def variant_overrides(variant: str) -> list[str]:
     """The Hydra overrides that select a training variant."""
     if variant not in training_variants():
-        raise ValueError(f"unknown training variant {variant!r}; choose from {', '.join(training_variants())}")
+        raise ValueError(
+            f"unknown training variant {variant!r}; choose from {', '.join(training_variants())}"
+        )
     return [f"training={variant}"]
 
 

@@ -78,7 +78,9 @@ def evaluate_cached(
         window = data.windows[index]
         with open_naip(window["image_uri"]) as scene:
             image = scene.read(window=Window(window["col"], window["row"], window["size"], window["size"]))
-        samples.append({"image": image, "truth": data.labels[index].numpy(), "prediction": pred, "window": window})
+        samples.append(
+            {"image": image, "truth": data.labels[index].numpy(), "prediction": pred, "window": window}
+        )
     return EvaluationReport(metrics, samples)
 
 
@@ -94,7 +96,15 @@ def render_confusion_matrix(metrics: dict[str, Any]) -> plt.Figure:
     ax.imshow(rows, cmap="Blues", vmin=0, vmax=1)
     for r in range(len(keep)):
         for c in range(len(keep)):
-            ax.text(c, r, f"{rows[r, c]:.2f}", ha="center", va="center", color="white" if rows[r, c] > 0.5 else "black", fontsize=8)
+            ax.text(
+                c,
+                r,
+                f"{rows[r, c]:.2f}",
+                ha="center",
+                va="center",
+                color="white" if rows[r, c] > 0.5 else "black",
+                fontsize=8,
+            )
     ax.set_xticks(range(len(keep)), labels, rotation=35, ha="right", fontsize=8)
     ax.set_yticks(range(len(keep)), labels, fontsize=8)
     ax.set_xlabel("predicted")
@@ -122,7 +132,14 @@ def render_samples(report: EvaluationReport, limit: int | None = None) -> list[p
             ax.axis("off")
         w = sample["window"]
         fig.suptitle(f"{w['scene_id']} row {w['row']} col {w['col']}", fontsize=9)
-        fig.legend(legend, [c.name for c in CLASSES], loc="lower center", ncol=len(CLASSES), fontsize=7, frameon=False)
+        fig.legend(
+            legend,
+            [c.name for c in CLASSES],
+            loc="lower center",
+            ncol=len(CLASSES),
+            fontsize=7,
+            frameon=False,
+        )
         fig.tight_layout(rect=(0, 0.06, 1, 1))
         figures.append(fig)
     return figures

@@ -64,7 +64,9 @@ def encoder_fingerprint(encoder: ClayEncoder) -> str:
     return digest.hexdigest()[:16]
 
 
-def cache_fingerprint(encoder: ClayEncoder, scenes: Sequence[SceneRecord], recipes: dict[str, ChipRecipe]) -> str:
+def cache_fingerprint(
+    encoder: ClayEncoder, scenes: Sequence[SceneRecord], recipes: dict[str, ChipRecipe]
+) -> str:
     """Identity of a cache: the encoder, the scenes and each split's chip recipe."""
     payload = {
         "encoder": encoder_fingerprint(encoder),
@@ -144,7 +146,9 @@ def cache_split(
             pending_labels.append(chips.labels[start : start + shard_size])
             if sum(len(f) for f in pending_feats) >= shard_size:
                 flush()
-        windows += [{"scene_id": scene.scene_id, "image_uri": scene.image_uri, **w.to_dict()} for w in chips.windows]
+        windows += [
+            {"scene_id": scene.scene_id, "image_uri": scene.image_uri, **w.to_dict()} for w in chips.windows
+        ]
         progress.set_postfix(chips=len(windows))
     flush()
     if not windows:
@@ -185,7 +189,9 @@ class CachedFeatures(Dataset):
         self.labels = torch.cat([p["labels"] for p in parts])  # (N, S, S) uint8
         self.windows: list[dict] = manifest["windows"]
         if len(self.features) != manifest["count"]:
-            raise ValueError(f"cache at {split_uri} is incomplete: {len(self.features)} of {manifest['count']} chips")
+            raise ValueError(
+                f"cache at {split_uri} is incomplete: {len(self.features)} of {manifest['count']} chips"
+            )
 
     def __len__(self) -> int:
         return len(self.features)

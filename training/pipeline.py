@@ -24,6 +24,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.loggers.logger import Logger
 
 from training import storage
 from training.config import apply_storage, to_yaml
@@ -242,34 +243,59 @@ def cache_features(run: Run) -> dict[str, Any]:
 
     cfg = run.cfg
     if not cfg.model.freeze_encoder:
-        raise ValueError("model.freeze_encoder=false trains end to end; the feature cache needs a frozen encoder")
+        raise ValueError(
+            "model.freeze_encoder=false trains end to end; the feature cache needs a frozen encoder"
+        )
     model = _build_segmenter(cfg)
     scenes = _scenes(cfg)
     recipes = _chip_recipes(cfg)
-    root = storage.join(cfg.training.features_uri, cache_fingerprint(model.encoder, sum(scenes.values(), []), recipes))
+    root = storage.join(
+        cfg.training.features_uri, cache_fingerprint(model.encoder, [s for split in scenes.values() for s in split], recipes)
+    )
     save_encoder(model.encoder, storage.join(root, "encoder.safetensors"))
     counts = {}
     for split, recipe in recipes.items():
-        manifest = cache_split(model, scenes[split], recipe, storage.join(root, split), cfg.training.shard_size)
+        manifest = cache_split(
+            model, scenes[split], recipe, storage.join(root, split), cfg.training.shard_size
+        )
         counts[split] = manifest["count"]
     print(f"[cache_features] chips per split: {counts} at {root}", flush=True)
     return {"features_uri": root, "chips": counts}
 
 
-class EpochLogger(pl.Callback):
-    """Per-epoch metrics to the tracker, and one progress line per epoch."""
+class TrackerLogger(Logger):
+    """Lightning logger that forwards epoch-level metrics to our tracker, one step per epoch,
+    and prints a progress line for each."""
 
     def __init__(self, tracker: Any):
+        super().__init__()
         self.tracker = tracker
 
-    def on_validation_epoch_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
-        if trainer.sanity_checking:
+    @property
+    def name(self) -> str:
+        return "tracker"
+
+    @property
+    def version(self) -> str:
+        return ",".join(self.tracker.ids().values())
+
+    def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
+        pass  # the composed config is logged when the tracker opens
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        epoch = int(metrics.get("epoch", step or 0))
+        scalars = {
+            k.replace("/", "_"): v for k, v in metrics.items() if k != "epoch" and not k.endswith("_step")
+        }
+        if not scalars:
             return
-        scalars = {k.replace("/", "_"): float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
-        scalars = {k: v for k, v in scalars.items() if not k.endswith("_step")}
-        self.tracker.log_metrics(scalars, step=trainer.current_epoch)
-        shown = ", ".join(f"{k}={scalars[k]:.4f}" for k in ("train_loss_epoch", "val_loss", "val_miou") if k in scalars)
-        print(f"[train_head] epoch {trainer.current_epoch + 1}/{trainer.max_epochs}: {shown}", flush=True)
+        self.tracker.log_metrics(scalars, step=epoch)
+        shown = ", ".join(
+            f"{k}={scalars[k]:.4f}"
+            for k in ("train_loss_epoch", "train_miou", "val_loss", "val_miou")
+            if k in scalars
+        )
+        print(f"[train_head] epoch {epoch + 1}: {shown}", flush=True)
 
 
 @step
@@ -297,16 +323,18 @@ def train_head(run: Run) -> dict[str, Any]:
 
     tracker = _tracker(run)
     tracker.log_dict(stats, "data_stats.json")
-    tracker.log_params({"data.train_chips": len(train_set), "data.val_chips": len(val_set), "class_weights": weights})
+    tracker.log_params(
+        {"data.train_chips": len(train_set), "data.val_chips": len(val_set), "class_weights": weights}
+    )
     trainer = pl.Trainer(
         max_epochs=cfg.training.epochs,
         precision=_resolve_precision(cfg.training.precision),
         accelerator="cpu",
-        logger=False,
+        logger=TrackerLogger(tracker),
+        log_every_n_steps=1,
         enable_checkpointing=False,
         enable_model_summary=False,
         num_sanity_val_steps=0,
-        callbacks=[EpochLogger(tracker)],
         deterministic=True,
     )
     trainer.fit(task, train_loader, val_loader)
@@ -319,7 +347,12 @@ def train_head(run: Run) -> dict[str, Any]:
         save_file({k: v.contiguous() for k, v in task.model.head.state_dict().items()}, str(path))
         storage.upload(path, head_uri)
     val = task.epoch_metrics.get("val", {})
-    return {"head_uri": head_uri, "tracking": tracker.ids(), "val_miou": val.get("miou"), "class_weights": weights}
+    return {
+        "head_uri": head_uri,
+        "tracking": tracker.ids(),
+        "val_miou": val.get("miou"),
+        "class_weights": weights,
+    }
 
 
 def _trained_segmenter(run: Run, with_encoder: bool):
@@ -339,7 +372,9 @@ def _trained_segmenter(run: Run, with_encoder: bool):
     from training.models.clay import build_encoder
 
     encoder = build_encoder(cfg.model.preset)
-    load_encoder_weights(encoder, storage.join(run.result("cache_features")["features_uri"], "encoder.safetensors"))
+    load_encoder_weights(
+        encoder, storage.join(run.result("cache_features")["features_uri"], "encoder.safetensors")
+    )
     return ClaySegmenter(encoder, task.model.head).eval()
 
 
@@ -377,7 +412,11 @@ def evaluate(run: Run) -> dict[str, Any]:
     tracker.log_figure(render_confusion_matrix(metrics), "confusion_matrix.png")
     for i, figure in enumerate(render_samples(report, cfg.logging.num_sample_images)):
         tracker.log_figure(figure, f"sample_{i}.png", folder="samples")
-    return {"metrics_uri": metrics_uri, "miou": metrics["miou"], "baseline_miou": metrics["majority_baseline"]["miou"]}
+    return {
+        "metrics_uri": metrics_uri,
+        "miou": metrics["miou"],
+        "baseline_miou": metrics["majority_baseline"]["miou"],
+    }
 
 
 @step
@@ -394,7 +433,9 @@ def register(run: Run) -> dict[str, Any]:
     synthetic = cfg.data.name == "synthetic" and not cfg.model.pretrained_uri
     with tempfile.TemporaryDirectory() as tmp:
         export_path = Path(tmp) / "model.safetensors"
-        save_export(model, str(export_path), reference_stats=stats, extra={"run_id": run.run_id, "tracking": tracking})
+        save_export(
+            model, str(export_path), reference_stats=stats, extra={"run_id": run.run_id, "tracking": tracking}
+        )
         manifest = registry.register_version(
             cfg.storage.registry_uri,
             cfg.model_name,
@@ -407,7 +448,10 @@ def register(run: Run) -> dict[str, Any]:
             caveat=SYNTHETIC_CAVEAT if synthetic else None,
             version=f"{run.run_id}",
         )
-    return {"version": manifest["version"], "version_uri": registry.version_uri(cfg.storage.registry_uri, cfg.model_name, manifest["version"])}
+    return {
+        "version": manifest["version"],
+        "version_uri": registry.version_uri(cfg.storage.registry_uri, cfg.model_name, manifest["version"]),
+    }
 
 
 @step
@@ -471,8 +515,12 @@ def summary(run: Run) -> str:
         lines.append(f"  MLflow run            {tracking['mlflow']}  ({run.cfg.logging.mlflow.tracking_uri})")
     if "wandb" in tracking:
         lines.append(f"  W&B run               {tracking['wandb']}  ({run.cfg.logging.wandb.mode})")
-    lines.append(f"  registry version      {decision['version']}  -> {decision['outcome']}: {decision['reason']}")
+    lines.append(
+        f"  registry version      {decision['version']}  -> {decision['outcome']}: {decision['reason']}"
+    )
     if "mlflow" in promote_result:
         m = promote_result["mlflow"]
-        lines.append(f"  MLflow model          {m['name']} v{m['version']} (alias champion moved: {m['alias_moved']})")
+        lines.append(
+            f"  MLflow model          {m['name']} v{m['version']} (alias champion moved: {m['alias_moved']})"
+        )
     return "\n".join(lines)

@@ -37,7 +37,9 @@ def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 class MlflowTracker:
     """An MLflow run, created on first use and resumed by id afterwards."""
 
-    def __init__(self, tracking_uri: str, experiment: str, artifact_uri: str, run_name: str, run_id: str | None):
+    def __init__(
+        self, tracking_uri: str, experiment: str, artifact_uri: str, run_name: str, run_id: str | None
+    ):
         import mlflow
 
         self._mlflow = mlflow
@@ -50,7 +52,9 @@ class MlflowTracker:
         experiment_id = (
             found.experiment_id
             if found
-            else client.create_experiment(experiment, artifact_location=f"{artifact_uri.rstrip('/')}/{experiment}")
+            else client.create_experiment(
+                experiment, artifact_location=f"{artifact_uri.rstrip('/')}/{experiment}"
+            )
         )
         if run_id is None:
             run_id = client.create_run(experiment_id, run_name=run_name).info.run_id
@@ -88,7 +92,9 @@ class MlflowTracker:
 class WandbTracker:
     """A W&B run (offline by default), resumed by id across pipeline steps."""
 
-    def __init__(self, project: str, entity: str | None, mode: str, directory: str, run_name: str, run_id: str | None):
+    def __init__(
+        self, project: str, entity: str | None, mode: str, directory: str, run_name: str, run_id: str | None
+    ):
         import wandb
 
         Path(directory).mkdir(parents=True, exist_ok=True)
@@ -205,7 +211,9 @@ def open_tracker(cfg: DictConfig, run_uri: str, run_name: str) -> Tracker:
         )
     if style in ("wandb", "both"):
         w = cfg.logging.wandb
-        backends["wandb"] = WandbTracker(cfg.logging.experiment, w.entity, w.mode, w.dir, run_name, ids.get("wandb"))
+        backends["wandb"] = WandbTracker(
+            cfg.logging.experiment, w.entity, w.mode, w.dir, run_name, ids.get("wandb")
+        )
     tracker = Tracker(backends)
     if tracker.ids() != ids:
         storage.write_text(ids_uri, json.dumps(tracker.ids()))

@@ -28,7 +28,9 @@ def build_training_dag(dag_id: str, variant_overrides: list[str]):
         default_args={"retries": 1, "retry_delay": timedelta(seconds=30)},
         params={
             "overrides": Param([], type="array", description="Extra Hydra overrides, e.g. training.epochs=3"),
-            "run_id": Param(None, type=["null", "string"], description="Resume or name a run; default: the DAG run id"),
+            "run_id": Param(
+                None, type=["null", "string"], description="Resume or name a run; default: the DAG run id"
+            ),
         },
         doc_md=f"Fine-tune the Chesapeake head on Clay features. Hydra overrides: `{variant_overrides or 'none'}`.",
     )
