@@ -1,0 +1,350 @@
+"""Per-scene products: a class COG, a confidence COG and a STAC item.
+
+COGs are built locally (an in-memory GeoTIFF turned into a COG with rio-cogeo: internal tiles,
+overviews, deflate) and then copied to the destination through :mod:`training.storage`, so a
+``s3://`` URI works the same as a local path and a crash never leaves half a COG behind. Both
+rasters keep the input's CRS and transform.
+
+- class COG: uint8 model class ids, nodata = ``NODATA_CLASS_ID`` (6, "No Data"), a GDAL colour
+  table from ``COLORMAP``, the class table as JSON in the ``CLASS_TABLE`` tag, class names as
+  ``CLASS_<id>`` tags, overviews by mode (majority), so zoomed-out views stay categorical.
+- confidence COG: uint8 max softmax x 255 (band scale 1/255 set, so GDAL-aware readers see
+  probabilities), nodata 0, overviews by average.
+- STAC item: projection extension (``proj:code``, ``proj:shape``, ``proj:transform``,
+  ``proj:bbox``), classification extension on the class asset, assets ``class``/``confidence``/
+  ``input`` and lineage properties ``model_version`` and ``input_sha256``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rasterio.io import MemoryFile
+
+from inference.predict import CONFIDENCE_SCALE, ScenePrediction
+from training import storage
+from training.data.classes import CLASS_NAMES, COLORMAP, NODATA_CLASS_ID, class_table
+
+__all__ = [
+    "COG_MEDIA_TYPE",
+    "CONFIDENCE_NODATA",
+    "stac_item",
+    "validate_stac_item",
+    "write_class_cog",
+    "write_confidence_cog",
+    "write_stac_item",
+]
+
+log = logging.getLogger(__name__)
+
+COG_MEDIA_TYPE = "image/tiff; application=geotiff; profile=cloud-optimized"
+CONFIDENCE_NODATA = 0
+
+
+def _blocksize(height: int, width: int) -> int:
+    return 512 if min(height, width) >= 512 else 256
+
+
+def _overview_level(height: int, width: int, block: int) -> int:
+    """Enough 2x levels to bring the longer side to one block (at least one level)."""
+    return max(1, math.ceil(math.log2(max(height, width, 2) / block)))
+
+
+def _write_cog(
+    array: np.ndarray,
+    uri: str,
+    pred: ScenePrediction,
+    *,
+    nodata: int,
+    resampling: str,
+    description: str,
+    tags: dict[str, str],
+    colormap: dict[int, tuple[int, int, int, int]] | None = None,
+    scale: float | None = None,
+) -> str:
+    from rio_cogeo.cogeo import cog_translate
+    from rio_cogeo.profiles import cog_profiles
+
+    if pred.crs is None or pred.transform is None:
+        raise ValueError(
+            "the prediction has no georeference (crs/transform); predict a GeoTIFF with predict_scene, "
+            "or set pred.crs and pred.transform before writing a COG"
+        )
+    height, width = array.shape
+    block = _blocksize(height, width)
+    src_profile = {
+        "driver": "GTiff",
+        "height": height,
+        "width": width,
+        "count": 1,
+        "dtype": "uint8",
+        "crs": pred.crs,
+        "transform": pred.transform,
+        "nodata": nodata,
+    }
+    dst_profile = cog_profiles.get("deflate")
+    dst_profile.update(blockxsize=block, blockysize=block, predictor=2)
+    with tempfile.TemporaryDirectory(prefix="cog-") as tmp:
+        local = Path(tmp) / "out.tif"
+        with MemoryFile() as mem:
+            with mem.open(**src_profile) as dst:
+                dst.write(array, 1)
+                dst.set_band_description(1, description)
+                if colormap is not None:
+                    dst.write_colormap(1, colormap)
+                if scale is not None:
+                    dst.scales = (scale,)
+                    dst.offsets = (0.0,)
+            with mem.open() as src:
+                cog_translate(
+                    src,
+                    str(local),
+                    dst_profile,
+                    nodata=nodata,
+                    overview_level=_overview_level(height, width, block),
+                    overview_resampling=resampling,
+                    additional_cog_metadata=tags,
+                    in_memory=True,
+                    quiet=True,
+                )
+        storage.upload(local, uri)
+    return uri
+
+
+def _lineage_tags(
+    pred: ScenePrediction, model_version: str | None, input_sha256: str | None
+) -> dict[str, str]:
+    tags = {
+        "SOURCE_URI": pred.source_uri or "",
+        "CHIP_SIZE": str(pred.chip_size),
+        "OVERLAP": str(pred.overlap),
+    }
+    if model_version is not None:
+        tags["MODEL_VERSION"] = str(model_version)
+    if input_sha256 is not None:
+        tags["INPUT_SHA256"] = input_sha256
+    return tags
+
+
+def write_class_cog(
+    pred: ScenePrediction,
+    uri: str,
+    *,
+    model_version: str | None = None,
+    input_sha256: str | None = None,
+) -> str:
+    """Write the class-id COG of ``pred`` to ``uri`` (local path, ``file://`` or ``s3://``); returns ``uri``."""
+    tags = _lineage_tags(pred, model_version, input_sha256)
+    tags["CLASS_TABLE"] = json.dumps(class_table())
+    tags.update({f"CLASS_{i}": name for i, name in enumerate(CLASS_NAMES)})
+    return _write_cog(
+        pred.classes,
+        uri,
+        pred,
+        nodata=NODATA_CLASS_ID,
+        resampling="mode",
+        description="class_id",
+        tags=tags,
+        colormap=COLORMAP,
+    )
+
+
+def write_confidence_cog(
+    pred: ScenePrediction,
+    uri: str,
+    *,
+    model_version: str | None = None,
+    input_sha256: str | None = None,
+) -> str:
+    """Write the confidence COG (uint8 max softmax x 255, scale 1/255, nodata 0) to ``uri``."""
+    tags = _lineage_tags(pred, model_version, input_sha256)
+    tags["CONFIDENCE_SCALE"] = repr(CONFIDENCE_SCALE)
+    tags["LOW_CONFIDENCE_THRESHOLD"] = str(pred.low_confidence_threshold)
+    return _write_cog(
+        pred.confidence,
+        uri,
+        pred,
+        nodata=CONFIDENCE_NODATA,
+        resampling="average",
+        description="max_softmax",
+        tags=tags,
+        scale=CONFIDENCE_SCALE,
+    )
+
+
+def _footprint_wgs84(pred: ScenePrediction) -> tuple[dict[str, Any], list[float], list[float]]:
+    """(GeoJSON polygon in WGS84, its bbox, the native bbox) of the scene's extent."""
+    from rasterio.transform import array_bounds
+    from rasterio.warp import transform_geom
+
+    height, width = pred.shape
+    west, south, east, north = array_bounds(height, width, pred.transform)
+    ring = [[west, south], [east, south], [east, north], [west, north], [west, south]]
+    native = {"type": "Polygon", "coordinates": [ring]}
+    geom = transform_geom(pred.crs, "EPSG:4326", native, antimeridian_cutting=True, precision=7)
+    # Corner-only transform: at NAIP tile extents (a few km) edge curvature is sub-metre.
+    coords = np.asarray(geom["coordinates"][0], dtype=float)
+    bbox = [
+        float(coords[:, 0].min()),
+        float(coords[:, 1].min()),
+        float(coords[:, 0].max()),
+        float(coords[:, 1].max()),
+    ]
+    return dict(geom), bbox, [float(west), float(south), float(east), float(north)]
+
+
+def stac_item(
+    pred: ScenePrediction,
+    *,
+    item_id: str,
+    class_uri: str,
+    confidence_uri: str,
+    input_uri: str | None = None,
+    model_version: str,
+    input_sha256: str,
+    model_name: str | None = None,
+    acquired: datetime | None = None,
+    properties: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """A STAC item (as a dict, validated with pystac) describing one predicted scene.
+
+    Args:
+        pred: the scene prediction (its georeference and summaries fill the item).
+        item_id: the item id (e.g. the scene's ledger id or file stem).
+        class_uri, confidence_uri: where the COGs were written.
+        input_uri: the input image (defaults to ``pred.source_uri``).
+        model_version, input_sha256: lineage, stored as properties and checked non-empty.
+        model_name: registry name of the model, stored as ``model_name``.
+        acquired: the item datetime (acquisition); defaults to now (UTC).
+        properties: extra properties to merge in.
+    """
+    import pystac
+    from pystac.extensions.classification import Classification, ClassificationExtension
+    from pystac.extensions.projection import ProjectionExtension
+
+    if not model_version:
+        raise ValueError("model_version is required for lineage")
+    if not input_sha256 or len(input_sha256) != 64:
+        raise ValueError(f"input_sha256 must be a 64-character hex digest, got {input_sha256!r}")
+    if pred.crs is None or pred.transform is None:
+        raise ValueError("the prediction has no georeference (crs/transform); cannot describe it in STAC")
+    input_uri = input_uri or pred.source_uri
+    geometry, bbox, native_bbox = _footprint_wgs84(pred)
+    now = datetime.now(UTC)
+    fractions = pred.class_fractions
+    props: dict[str, Any] = {
+        "created": now.isoformat(),
+        "model_version": str(model_version),
+        "input_sha256": input_sha256,
+        "landcover:class_fractions": {
+            name: round(float(f), 6) for name, f in zip(CLASS_NAMES, fractions, strict=False)
+        },
+        "landcover:valid_area_km2": round(pred.valid_area_km2, 6),
+        "landcover:mean_max_softmax": None if pred.n_valid == 0 else round(pred.mean_max_softmax, 6),
+        "landcover:chip_size": pred.chip_size,
+        "landcover:overlap": pred.overlap,
+    }
+    if model_name:
+        props["model_name"] = model_name
+    props.update(properties or {})
+    item = pystac.Item(
+        id=str(item_id),
+        geometry=geometry,
+        bbox=bbox,
+        datetime=acquired or now,
+        properties=props,
+    )
+    proj = ProjectionExtension.ext(item, add_if_missing=True)
+    epsg = pred.crs.to_epsg()
+    if epsg is not None:
+        proj.epsg = epsg
+    else:
+        proj.wkt2 = pred.crs.to_wkt()
+    height, width = pred.shape
+    proj.shape = [height, width]
+    proj.transform = [float(v) for v in list(pred.transform)[:6]]
+    proj.bbox = native_bbox
+
+    class_asset = pystac.Asset(
+        href=class_uri,
+        media_type=COG_MEDIA_TYPE,
+        title="Land-cover class ids (Chesapeake 7-class)",
+        roles=["data"],
+        extra_fields={"nodata": NODATA_CLASS_ID},
+    )
+    item.add_asset("class", class_asset)
+    ClassificationExtension.add_to(item)
+    ClassificationExtension.ext(class_asset).classes = [
+        Classification.create(
+            value=c["id"], description=c["name"], name=_slug(c["name"]), color_hint=c["color"][1:].upper()
+        )
+        for c in class_table()
+    ]
+    item.add_asset(
+        "confidence",
+        pystac.Asset(
+            href=confidence_uri,
+            media_type=COG_MEDIA_TYPE,
+            title="Max softmax probability x 255 (scale 1/255)",
+            roles=["data"],
+            extra_fields={"nodata": CONFIDENCE_NODATA},
+        ),
+    )
+    if input_uri:
+        item.add_asset(
+            "input",
+            pystac.Asset(
+                href=input_uri,
+                media_type="image/tiff; application=geotiff",
+                title="NAIP input (red, green, blue, nir)",
+                roles=["source"],
+                extra_fields={"file:checksum": "1220" + input_sha256},
+            ),
+        )
+    data = item.to_dict(include_self_link=False, transform_hrefs=False)
+    validate_stac_item(data)
+    return data
+
+
+def _slug(name: str) -> str:
+    return "".join(ch if ch.isalnum() else "_" for ch in name.lower()).strip("_")
+
+
+def validate_stac_item(item: dict[str, Any], require_extensions: bool = False) -> list[str]:
+    """Validate a STAC item dict with pystac; returns the extension schemas that were checked.
+
+    The core item schema ships with pystac and is always checked. Extension schemas are fetched
+    from the web; when they cannot be reached (an offline Lambda or CI) they are skipped with a
+    warning unless ``require_extensions`` is set.
+
+    Raises:
+        pystac.errors.STACValidationError: the item does not validate.
+    """
+    from pystac.validation import validate_dict
+    from pystac.validation.stac_validator import GetSchemaError
+
+    validate_dict(item, extensions=[])
+    checked = []
+    for ext in item.get("stac_extensions", []):
+        try:
+            validate_dict(item, extensions=[ext])
+        except GetSchemaError as exc:
+            if require_extensions:
+                raise
+            log.warning("STAC extension schema %s unreachable, skipped: %s", ext, exc)
+            continue
+        checked.append(ext)
+    return checked
+
+
+def write_stac_item(item: dict[str, Any], uri: str) -> str:
+    """Write a STAC item dict as JSON to ``uri``; returns ``uri``."""
+    storage.write_text(uri, json.dumps(item, indent=2))
+    return uri

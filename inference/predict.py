@@ -1,0 +1,626 @@
+"""Seam-free sliding-window prediction of whole scenes, and the synchronous chip API.
+
+How a scene is predicted (:func:`predict_scene`):
+
+- **Windows.** Square ``chip_size`` chips, their origins multiples of the model's patch size
+  (8), so every chip's patch grid lines up with the scene's. Per axis the fewest chips that keep
+  at least ``overlap`` pixels between neighbours are spread evenly over the scene; the last one
+  ends at the scene edge (no wasted chip of padding). A side shorter than a chip, or not a
+  multiple of 8, is reflection-padded and the padding cropped afterwards.
+- **Blending.** Each chip's softmax is weighted by a separable cosine (Hann-half) ramp across
+  each overlap it shares with a neighbour and 1 elsewhere; on the scene border there is no ramp.
+  Over an overlap the two ramps sum to one, so probabilities cross-fade rather than switch at a
+  seam, and every pixel's estimate leans on the chip that sees it with the most context.
+- **Bounded memory (streaming, as raster-vision's ``predict_scene_ss``).** Chips are predicted
+  one chip-row at a time in batches. Probabilities accumulate in a buffer of
+  ``K x chip_size x width`` floats; once a chip row is done, the rows no later chip touches are
+  final: they are turned into class ids, confidence and summary statistics, and the buffer
+  slides down. The full-scene state is the uint8 class and confidence rasters only.
+- **Nodata.** Pixels the input marks as nodata get class ``NODATA_CLASS_ID`` and confidence 0;
+  chips without a single valid pixel are not run at all.
+
+Per-scene sums for monitoring (class counts, max-softmax, low-confidence count, entropy, band
+histograms) are accumulated in the same pass over valid pixels, so the monitor never re-reads
+the scene.
+
+Nothing here imports torch: the model is any :class:`inference.runtime.Predictor`.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import math
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from rasterio.windows import Window
+
+from inference.runtime import Predictor
+from training.data.classes import CLASS_NAMES, NODATA_CLASS_ID, class_table
+from training.data.naip import DEFAULT_MAX_PIXELS, NAIP_BANDS, normalize, open_naip
+
+__all__ = [
+    "CONFIDENCE_SCALE",
+    "DEFAULT_BATCH_SIZE",
+    "DEFAULT_CHIP_SIZE",
+    "DEFAULT_LOW_CONFIDENCE",
+    "DEFAULT_OVERLAP",
+    "InvalidImageError",
+    "ScenePrediction",
+    "TilingPlan",
+    "axis_offsets",
+    "decode_image",
+    "plan_tiling",
+    "predict_array",
+    "predict_chip_array",
+    "predict_request",
+    "predict_scene",
+]
+
+DEFAULT_CHIP_SIZE = 256
+DEFAULT_OVERLAP = 32
+DEFAULT_BATCH_SIZE = 8
+#: Max-softmax below this counts as a low-confidence pixel.
+DEFAULT_LOW_CONFIDENCE = 0.5
+#: ``confidence`` rasters are uint8: max softmax = value * CONFIDENCE_SCALE; 0 means nodata
+#: (a real max softmax is at least 1/K, i.e. >= 36 for K = 7).
+CONFIDENCE_SCALE = 1.0 / 255.0
+#: Largest image the synchronous API accepts (a 6 MB Lambda payload holds ~1.1 Mpx of base64 uint8).
+DEFAULT_MAX_REQUEST_PIXELS = 4096 * 4096
+_PATCH = 8
+_MIN_WEIGHT = 1e-4
+#: Fraction of each overlap, at the chip edge, that gets (almost) no weight: the pixels whose
+#: receptive field the chip border cuts. The sin² cross-fade spans the middle of the overlap.
+BLEND_MARGIN = 0.25
+
+
+class InvalidImageError(ValueError):
+    """A synchronous request's image cannot be decoded or is not 4-band uint8 NAIP."""
+
+
+# --- tiling ------------------------------------------------------------------------------------
+
+
+def _round_up(n: int, m: int) -> int:
+    return -(-n // m) * m
+
+
+def axis_offsets(length: int, chip_size: int, overlap: int, align: int = _PATCH) -> list[int]:
+    """Chip origins along one axis of ``length`` pixels (padded to ``align``, at least a chip).
+
+    The fewest chips whose neighbours overlap by at least ``overlap`` pixels, spread evenly, each
+    origin a multiple of ``align``; the last chip ends at the padded length.
+    """
+    if length < 1:
+        raise ValueError(f"axis length must be >= 1, got {length}")
+    if chip_size < align or chip_size % align:
+        raise ValueError(
+            f"chip_size must be a positive multiple of {align} (the patch size), got {chip_size}"
+        )
+    if not 0 <= overlap < chip_size:
+        raise ValueError(f"overlap must be in [0, chip_size={chip_size}), got {overlap}")
+    padded = max(chip_size, _round_up(length, align))
+    span = padded - chip_size
+    if span == 0:
+        return [0]
+    stride = max(align, (chip_size - overlap) // align * align)
+    n = math.ceil(span / stride) + 1
+    step = span / (n - 1)
+    offsets = [int(i * step) // align * align for i in range(n - 1)] + [span]
+    return offsets
+
+
+@dataclass(frozen=True)
+class TilingPlan:
+    """Where the chips of an ``height x width`` scene go, and what that costs.
+
+    ``cost_ratio`` is chips run / chips of a non-overlapping tiling (``ceil(H/S) * ceil(W/S)``,
+    edge chips padded); ``area_ratio`` is chip pixels run / scene pixels.
+    """
+
+    height: int
+    width: int
+    chip_size: int
+    overlap: int
+    ys: tuple[int, ...]
+    xs: tuple[int, ...]
+
+    @property
+    def padded_shape(self) -> tuple[int, int]:
+        return self.ys[-1] + self.chip_size, self.xs[-1] + self.chip_size
+
+    @property
+    def n_chips(self) -> int:
+        return len(self.ys) * len(self.xs)
+
+    @property
+    def baseline_chips(self) -> int:
+        return math.ceil(self.height / self.chip_size) * math.ceil(self.width / self.chip_size)
+
+    @property
+    def cost_ratio(self) -> float:
+        return self.n_chips / self.baseline_chips
+
+    @property
+    def area_ratio(self) -> float:
+        return self.n_chips * self.chip_size**2 / (self.height * self.width)
+
+
+def plan_tiling(
+    height: int,
+    width: int,
+    chip_size: int = DEFAULT_CHIP_SIZE,
+    overlap: int = DEFAULT_OVERLAP,
+    align: int = _PATCH,
+) -> TilingPlan:
+    """The sliding-window plan :func:`predict_scene` uses for a scene of this size."""
+    return TilingPlan(
+        height,
+        width,
+        chip_size,
+        overlap,
+        tuple(axis_offsets(height, chip_size, overlap, align)),
+        tuple(axis_offsets(width, chip_size, overlap, align)),
+    )
+
+
+def _ramp(dist: np.ndarray, overlap: int, margin: float) -> np.ndarray:
+    """Weight by distance from a chip edge shared with a neighbour over ``overlap`` pixels.
+
+    ~0 over the outer ``margin * overlap`` pixels (where the chip lacks context), a sin² rise over
+    the middle, 1 beyond. Symmetric about the overlap's centre, so the two neighbours' weights
+    sum to one across the overlap.
+    """
+    lo = margin * overlap
+    width = max(overlap - 2.0 * lo, 1e-6)
+    t = np.clip((dist - lo) / width, 0.0, 1.0)
+    return np.sin(0.5 * np.pi * t) ** 2
+
+
+def _ramps(offsets: Sequence[int], chip_size: int, margin: float = BLEND_MARGIN) -> list[np.ndarray]:
+    """Per chip along one axis: a 1-D weight, ramped over each overlap with a neighbour."""
+    out = []
+    d = np.arange(chip_size, dtype=np.float64) + 0.5  # distance from the leading edge
+    for i, o in enumerate(offsets):
+        w = np.ones(chip_size, dtype=np.float64)
+        if i > 0:
+            lead = offsets[i - 1] + chip_size - o
+            if lead > 0:
+                w *= _ramp(d, lead, margin)
+        if i + 1 < len(offsets):
+            trail = o + chip_size - offsets[i + 1]
+            if trail > 0:
+                w *= _ramp(chip_size - d, trail, margin)
+        out.append(np.maximum(w, _MIN_WEIGHT).astype(np.float32))
+    return out
+
+
+# --- result ------------------------------------------------------------------------------------
+
+
+@dataclass
+class ScenePrediction:
+    """A predicted scene plus the per-scene sums the monitor needs.
+
+    Attributes:
+        classes: uint8 ``(H, W)`` model class ids; ``NODATA_CLASS_ID`` where the input is nodata.
+        confidence: uint8 ``(H, W)`` max softmax scaled by 255 (``* CONFIDENCE_SCALE`` for the
+            probability); 0 where the input is nodata.
+        valid: bool ``(H, W)``, True where the input holds data.
+        crs, transform: the input's georeference (None for in-memory arrays).
+        class_counts: int64 ``(K,)`` predicted pixels per class over valid pixels.
+        confidence_sum: sum of max softmax over valid pixels (float64, unquantised).
+        low_confidence_count: valid pixels with max softmax < ``low_confidence_threshold``.
+        entropy_sum: sum over valid pixels of the softmax entropy normalised by ``ln K`` (0..1).
+        band_counts: int64 ``(4, 256)`` histogram of each input band's uint8 values over valid
+            pixels (exact, so any binning and moments derive from it).
+    """
+
+    classes: np.ndarray
+    confidence: np.ndarray
+    valid: np.ndarray
+    class_counts: np.ndarray
+    confidence_sum: float
+    low_confidence_count: int
+    low_confidence_threshold: float
+    entropy_sum: float
+    band_counts: np.ndarray
+    crs: Any = None
+    transform: Any = None
+    profile: dict[str, Any] = field(default_factory=dict)
+    source_uri: str | None = None
+    band_names: tuple[str, ...] = NAIP_BANDS
+    class_names: tuple[str, ...] = CLASS_NAMES
+    chip_size: int = DEFAULT_CHIP_SIZE
+    overlap: int = DEFAULT_OVERLAP
+    n_chips: int = 0
+    n_chips_skipped: int = 0
+    seconds: float = 0.0
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return tuple(self.classes.shape)  # type: ignore[return-value]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_counts)
+
+    @property
+    def n_valid(self) -> int:
+        return int(self.class_counts.sum())
+
+    @property
+    def pixel_area_m2(self) -> float:
+        """Ground area of one pixel (1.0 when there is no transform: NAIP's 1 m GSD)."""
+        if self.transform is None:
+            return 1.0
+        t = self.transform
+        return float(abs(t.a * t.e - t.b * t.d))
+
+    @property
+    def valid_area_km2(self) -> float:
+        return self.n_valid * self.pixel_area_m2 / 1e6
+
+    @property
+    def class_fractions(self) -> np.ndarray:
+        n = self.n_valid
+        return self.class_counts / n if n else np.zeros(self.num_classes)
+
+    @property
+    def mean_max_softmax(self) -> float:
+        n = self.n_valid
+        return self.confidence_sum / n if n else float("nan")
+
+    @property
+    def low_confidence_share(self) -> float:
+        n = self.n_valid
+        return self.low_confidence_count / n if n else float("nan")
+
+    @property
+    def mean_entropy(self) -> float:
+        n = self.n_valid
+        return self.entropy_sum / n if n else float("nan")
+
+    def band_mean_std(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per-band mean and (population) std of the valid input pixels."""
+        values = np.arange(256, dtype=np.float64)
+        n = self.band_counts.sum(axis=1).astype(np.float64)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean = (self.band_counts * values).sum(axis=1) / n
+            var = (self.band_counts * (values[None, :] - mean[:, None]) ** 2).sum(axis=1) / n
+        return mean, np.sqrt(var)
+
+    def confidence_float(self) -> np.ndarray:
+        """Max softmax as float32 ``(H, W)`` (0 on nodata)."""
+        return self.confidence.astype(np.float32) * np.float32(CONFIDENCE_SCALE)
+
+
+# --- the engine ----------------------------------------------------------------------------------
+
+RowReader = Callable[[int, int], tuple[np.ndarray, np.ndarray]]
+
+
+def _pad_to(arr: np.ndarray, rows: int, cols: int, mode: str) -> np.ndarray:
+    """Pad the last two axes at the bottom/right to ``(rows, cols)``."""
+    pr, pc = rows - arr.shape[-2], cols - arr.shape[-1]
+    if pr == 0 and pc == 0:
+        return arr
+    widths = [(0, 0)] * (arr.ndim - 2) + [(0, pr), (0, pc)]
+    if mode == "constant":
+        return np.pad(arr, widths, mode="constant")
+    return np.pad(arr, widths, mode="reflect" if min(arr.shape[-2:]) > 1 else "edge")
+
+
+def _batches(items: list[int], size: int) -> Iterator[list[int]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+def _run(
+    predictor: Predictor,
+    read_rows: RowReader,
+    height: int,
+    width: int,
+    *,
+    chip_size: int,
+    overlap: int,
+    batch_size: int,
+    low_confidence_threshold: float,
+) -> ScenePrediction:
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    start = time.perf_counter()
+    align = int(getattr(predictor, "patch_size", _PATCH))
+    plan = plan_tiling(height, width, chip_size, overlap, align)
+    k = int(predictor.num_classes)
+    _, wp = plan.padded_shape
+    ys, xs = plan.ys, plan.xs
+    wy, wx = _ramps(ys, chip_size), _ramps(xs, chip_size)
+
+    classes = np.full((height, width), NODATA_CLASS_ID, dtype=np.uint8)
+    confidence = np.zeros((height, width), dtype=np.uint8)
+    valid_out = np.zeros((height, width), dtype=bool)
+    acc = np.zeros((k, chip_size, wp), dtype=np.float32)  # (K, S, Wp): one band of probabilities
+    wsum = np.zeros((chip_size, wp), dtype=np.float32)  # (S, Wp)
+    class_counts = np.zeros(k, dtype=np.int64)
+    band_counts = np.zeros((len(NAIP_BANDS), 256), dtype=np.int64)
+    conf_sum = ent_sum = 0.0
+    low_count = n_run = n_skipped = 0
+    log_k = math.log(k) if k > 1 else 1.0
+
+    for i, y in enumerate(ys):
+        y_end = min(y + chip_size, height)
+        image, valid = read_rows(y, y_end)  # (4, h, W) uint8, (h, W) bool
+        strip = _pad_to(image, chip_size, wp, "reflect")  # (4, S, Wp)
+        vstrip = _pad_to(valid, chip_size, wp, "constant")  # (S, Wp)
+        todo = [j for j, x in enumerate(xs) if vstrip[:, x : x + chip_size].any()]
+        n_skipped += len(xs) - len(todo)
+        for batch in _batches(todo, batch_size):
+            chips = np.stack([strip[:, :, xs[j] : xs[j] + chip_size] for j in batch])  # (B, 4, S, S)
+            probs = predictor.predict_proba(normalize(chips))  # (B, K, S, S)
+            if probs.shape != (len(batch), k, chip_size, chip_size):
+                raise ValueError(
+                    f"predictor returned shape {probs.shape}; expected {(len(batch), k, chip_size, chip_size)}"
+                )
+            n_run += len(batch)
+            for b, j in enumerate(batch):
+                x = xs[j]
+                w2 = wy[i][:, None] * wx[j][None, :]  # (S, S)
+                acc[:, :, x : x + chip_size] += probs[b] * w2
+                wsum[:, x : x + chip_size] += w2
+
+        # Rows above the next chip row's origin are final.
+        step = ys[i + 1] - y if i + 1 < len(ys) else chip_size
+        rows = min(y + step, height) - y
+        p = acc[:, :rows, :width]  # (K, r, W), normalised in place: these rows leave the buffer
+        ws = wsum[:rows, :width]
+        v = valid[:rows] & (ws > 0)
+        np.divide(p, np.maximum(ws, _MIN_WEIGHT)[None], out=p)
+        cls = p.argmax(axis=0).astype(np.uint8)  # (r, W)
+        top = p.max(axis=0)  # (r, W)
+        ent = np.zeros(top.shape, dtype=np.float32)
+        for c in range(k):
+            pc = p[c]
+            ent -= pc * np.log(np.maximum(pc, 1e-12))
+        ent /= np.float32(log_k)
+        out_rows = slice(y, y + rows)
+        classes[out_rows][v] = cls[v]
+        confidence[out_rows][v] = np.clip(np.rint(top[v] * 255.0), 1, 255).astype(np.uint8)
+        valid_out[out_rows] = v
+        class_counts += np.bincount(cls[v], minlength=k)[:k]
+        conf_sum += float(top[v].sum(dtype=np.float64))
+        ent_sum += float(ent[v].sum(dtype=np.float64))
+        low_count += int((top[v] < low_confidence_threshold).sum())
+        for b in range(band_counts.shape[0]):
+            band_counts[b] += np.bincount(image[b, :rows][v], minlength=256)
+
+        # Slide the buffer down by ``step`` rows.
+        if step < chip_size:
+            acc[:, : chip_size - step] = acc[:, step:]
+            wsum[: chip_size - step] = wsum[step:]
+        acc[:, chip_size - step :] = 0.0
+        wsum[chip_size - step :] = 0.0
+
+    return ScenePrediction(
+        classes=classes,
+        confidence=confidence,
+        valid=valid_out,
+        class_counts=class_counts,
+        confidence_sum=conf_sum,
+        low_confidence_count=low_count,
+        low_confidence_threshold=low_confidence_threshold,
+        entropy_sum=ent_sum,
+        band_counts=band_counts,
+        chip_size=chip_size,
+        overlap=overlap,
+        n_chips=n_run,
+        n_chips_skipped=n_skipped,
+        seconds=time.perf_counter() - start,
+    )
+
+
+# --- public entry points ----------------------------------------------------------------------------
+
+
+def predict_scene(
+    predictor: Predictor,
+    image_uri: str,
+    *,
+    chip_size: int = DEFAULT_CHIP_SIZE,
+    overlap: int = DEFAULT_OVERLAP,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    max_pixels: int | None = None,
+    low_confidence_threshold: float = DEFAULT_LOW_CONFIDENCE,
+) -> ScenePrediction:
+    """Predict a whole NAIP scene (local path, ``file://`` or ``s3://``) with a blended sliding window.
+
+    Args:
+        predictor: a loaded model (:func:`inference.runtime.load_predictor`).
+        image_uri: the 4-band uint8 GeoTIFF; validated with ``open_naip`` (raises
+            ``NaipValidationError`` subclasses with a ``reason`` code).
+        chip_size: model input side in pixels (a multiple of the patch size, 8).
+        overlap: minimum overlap between neighbouring chips, blended with cosine ramps.
+        batch_size: chips per model call.
+        max_pixels: refuse larger scenes; None means the NAIP default (100 Mpx).
+        low_confidence_threshold: max softmax below this counts as low confidence.
+    """
+    limit = DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels
+    with open_naip(image_uri, max_pixels=limit) as scene:
+        height, width = scene.shape
+
+        def read_rows(y0: int, y1: int) -> tuple[np.ndarray, np.ndarray]:
+            window = Window(0, y0, width, y1 - y0)
+            return scene.read(window), scene.valid_mask(window)
+
+        pred = _run(
+            predictor,
+            read_rows,
+            height,
+            width,
+            chip_size=chip_size,
+            overlap=overlap,
+            batch_size=batch_size,
+            low_confidence_threshold=low_confidence_threshold,
+        )
+        pred.crs, pred.transform, pred.profile = scene.crs, scene.transform, scene.profile
+        pred.source_uri = str(image_uri)
+    return pred
+
+
+def predict_array(
+    predictor: Predictor,
+    image: np.ndarray,
+    valid: np.ndarray | None = None,
+    *,
+    chip_size: int = DEFAULT_CHIP_SIZE,
+    overlap: int = DEFAULT_OVERLAP,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    low_confidence_threshold: float = DEFAULT_LOW_CONFIDENCE,
+) -> ScenePrediction:
+    """Predict an in-memory uint8 ``(4, H, W)`` image; ``valid`` defaults to "any band non-zero"."""
+    image = _check_image(image)
+    if valid is None:
+        valid = image.any(axis=0)
+    elif valid.shape != image.shape[1:]:
+        raise InvalidImageError(f"valid mask shape {valid.shape} does not match image {image.shape[1:]}")
+    valid = np.asarray(valid, dtype=bool)
+    _, height, width = image.shape
+
+    def read_rows(y0: int, y1: int) -> tuple[np.ndarray, np.ndarray]:
+        return image[:, y0:y1], valid[y0:y1]
+
+    return _run(
+        predictor,
+        read_rows,
+        height,
+        width,
+        chip_size=chip_size,
+        overlap=overlap,
+        batch_size=batch_size,
+        low_confidence_threshold=low_confidence_threshold,
+    )
+
+
+def predict_chip_array(predictor: Predictor, image: np.ndarray, **kwargs: Any) -> np.ndarray:
+    """Class ids uint8 ``(H, W)`` of a uint8 ``(4, H, W)`` image of any size (the sync API path)."""
+    return predict_array(predictor, image, **kwargs).classes
+
+
+# --- synchronous request/response (seed 000 shape) ---------------------------------------------------
+
+
+def _check_image(image: np.ndarray, max_pixels: int | None = None) -> np.ndarray:
+    arr = np.asarray(image)
+    if arr.ndim == 3 and arr.shape[0] != len(NAIP_BANDS) and arr.shape[-1] == len(NAIP_BANDS):
+        arr = np.moveaxis(arr, -1, 0)  # (H, W, 4) -> (4, H, W)
+    if arr.ndim != 3 or arr.shape[0] != len(NAIP_BANDS):
+        raise InvalidImageError(
+            f"image must have 4 bands (red, green, blue, nir) as (4, H, W); got shape {arr.shape}"
+        )
+    if min(arr.shape[1:]) < 1:
+        raise InvalidImageError(f"image is empty: shape {arr.shape}")
+    if max_pixels is not None and arr.shape[1] * arr.shape[2] > max_pixels:
+        raise InvalidImageError(
+            f"image is {arr.shape[2]}x{arr.shape[1]} = {arr.shape[1] * arr.shape[2]:,} pixels; "
+            f"the synchronous API takes at most {max_pixels:,} (use the batch pipeline for scenes)"
+        )
+    if arr.dtype != np.uint8:
+        if arr.dtype.kind in "iu" and arr.size and int(arr.min()) >= 0 and int(arr.max()) <= 255:
+            arr = arr.astype(np.uint8)
+        else:
+            detail = " containing NaN" if arr.dtype.kind == "f" and np.isnan(arr).any() else ""
+            raise InvalidImageError(
+                f"image must be uint8 NAIP digital numbers (0..255), got {arr.dtype}{detail}"
+            )
+    return np.ascontiguousarray(arr)
+
+
+def decode_image(
+    data: str | bytes, shape: Sequence[int] | None = None, dtype: str = "uint8"
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Decode a base64 image for the synchronous API. Returns ``(image (4, H, W), valid or None)``.
+
+    Accepted payloads (after base64): a raster GDAL reads (GeoTIFF, PNG, ...; its mask gives
+    ``valid``), a ``.npy`` array, or raw bytes of ``shape`` (``(4, H, W)``) and ``dtype``.
+    """
+    if isinstance(data, str):
+        data = data.encode("ascii", errors="replace")
+    try:
+        raw = base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise InvalidImageError(f"image is not valid base64: {exc}") from exc
+    if not raw:
+        raise InvalidImageError("image is empty")
+    if raw.startswith(b"\x93NUMPY"):
+        try:
+            return np.load(io.BytesIO(raw), allow_pickle=False), None
+        except ValueError as exc:
+            raise InvalidImageError(f"image .npy cannot be read: {exc}") from exc
+    if shape is not None:
+        try:
+            return np.frombuffer(raw, dtype=np.dtype(dtype)).reshape(tuple(int(s) for s in shape)), None
+        except (TypeError, ValueError) as exc:
+            raise InvalidImageError(
+                f"{len(raw)} raw bytes do not form an array of shape {list(shape)} and dtype {dtype}: {exc}"
+            ) from exc
+    from rasterio.errors import RasterioError
+    from rasterio.io import MemoryFile
+
+    try:
+        with MemoryFile(raw) as mem, mem.open() as ds:
+            image = ds.read()
+            valid = ds.dataset_mask() > 0 if ds.count == len(NAIP_BANDS) else None
+            return image, valid
+    except RasterioError as exc:
+        raise InvalidImageError(
+            "image is neither a raster GDAL can read (GeoTIFF, PNG), a .npy array, nor raw bytes "
+            f"with a 'shape': {exc}"
+        ) from exc
+
+
+def predict_request(
+    predictor: Predictor,
+    body: dict[str, Any],
+    *,
+    chip_size: int = DEFAULT_CHIP_SIZE,
+    overlap: int = DEFAULT_OVERLAP,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    max_pixels: int = DEFAULT_MAX_REQUEST_PIXELS,
+) -> dict[str, Any]:
+    """Serve the seed's request shape: ``{"image": base64, "shape"?, "dtype"?, "output_size"?}``.
+
+    Returns ``{"prediction": [[ids]], "shape": [H, W], "classes": class_table(), ...}`` with model
+    class ids 0..6 (the table names each id). ``output_size`` ``[H, W]`` resamples the class map
+    (nearest neighbour). Raises :class:`InvalidImageError` for a bad request.
+    """
+    if not isinstance(body, dict) or not body.get("image"):
+        raise InvalidImageError('request must be a JSON object with a base64 "image"')
+    image, valid = decode_image(body["image"], body.get("shape"), body.get("dtype", "uint8"))
+    image = _check_image(image, max_pixels)
+    pred = predict_array(predictor, image, valid, chip_size=chip_size, overlap=overlap, batch_size=batch_size)
+    classes = pred.classes
+    size = body.get("output_size")
+    if size is not None:
+        try:
+            oh, ow = (int(s) for s in size)
+        except (TypeError, ValueError) as exc:
+            raise InvalidImageError(f"output_size must be [height, width], got {size!r}") from exc
+        if oh < 1 or ow < 1 or oh * ow > max_pixels:
+            raise InvalidImageError(
+                f"output_size {size!r} must be positive and at most {max_pixels:,} pixels"
+            )
+        rows = (np.arange(oh) * classes.shape[0] // oh)[:, None]
+        cols = (np.arange(ow) * classes.shape[1] // ow)[None, :]
+        classes = classes[rows, cols]
+    return {
+        "prediction": classes.tolist(),
+        "shape": list(classes.shape),
+        "classes": class_table(),
+        "nodata_class_id": NODATA_CLASS_ID,
+        "mean_max_softmax": round(pred.mean_max_softmax, 6) if pred.n_valid else None,
+    }

@@ -1,0 +1,144 @@
+"""Model runtimes behind one small interface: normalised float32 chips in, class probabilities out.
+
+:class:`Predictor` is what :mod:`inference.predict` calls. :class:`TorchPredictor` runs the
+compact export (``training.models.export``) with PyTorch; the ONNX Runtime backend lives in
+``inference.runtime_onnx`` and is imported only when asked for, so each Lambda image carries
+just the runtime it uses. Nothing here imports torch at module scope.
+
+Inputs are already Clay-normalised (``training.data.naip.normalize``); the caller does that once
+per batch, so every backend sees exactly the same numbers.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+__all__ = ["BACKENDS", "Predictor", "TorchPredictor", "default_num_threads", "load_predictor"]
+
+log = logging.getLogger(__name__)
+
+BACKENDS: tuple[str, ...] = ("torch", "onnx")
+
+
+@runtime_checkable
+class Predictor(Protocol):
+    """A loaded segmentation model.
+
+    Attributes:
+        backend: ``"torch"`` or ``"onnx"``.
+        num_classes: K, the number of output classes.
+        metadata: the export's metadata (class table, normalisation, reference stats, ...).
+    """
+
+    backend: str
+    num_classes: int
+    metadata: dict[str, Any]
+
+    def predict_proba(self, chips: np.ndarray) -> np.ndarray:
+        """Softmax probabilities float32 ``[B, K, S, S]`` for normalised float32 ``[B, 4, S, S]``."""
+        ...
+
+
+def default_num_threads() -> int:
+    """Intra-op threads: ``OMP_NUM_THREADS`` if set, else the CPUs this process may use.
+
+    Lambda gives vCPUs in proportion to memory (up to 6); ``os.cpu_count()`` reports the host,
+    so the affinity mask is the honest number.
+    """
+    env = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if env.isdigit() and int(env) > 0:
+        return int(env)
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - macOS/Windows
+        return max(1, os.cpu_count() or 1)
+
+
+def check_chips(chips: np.ndarray, in_channels: int = 4) -> np.ndarray:
+    """Validate a chip batch: float ``[B, C, S, S]`` with finite values; returns float32."""
+    arr = np.asarray(chips)
+    if arr.ndim != 4 or arr.shape[1] != in_channels:
+        raise ValueError(f"expected chips shaped [B, {in_channels}, S, S], got {arr.shape}")
+    if arr.dtype.kind != "f":
+        raise ValueError(
+            f"predict_proba takes normalised float chips, got {arr.dtype}; "
+            "apply training.data.naip.normalize to uint8 NAIP first"
+        )
+    arr = arr.astype(np.float32, copy=False)
+    if not np.isfinite(arr).all():
+        raise ValueError("chips contain NaN or infinite values")
+    return arr
+
+
+class TorchPredictor:
+    """The compact export run with PyTorch on the CPU.
+
+    Args:
+        export_path: local path, ``file://`` or ``s3://`` URI of the ``.safetensors`` export.
+        dtype: ``"float32"`` (default) or ``"bfloat16"`` (half the weight memory; fast only on
+            CPUs with native bf16). Probabilities are always returned as float32.
+        num_threads: intra-op threads; None uses :func:`default_num_threads`.
+    """
+
+    backend = "torch"
+
+    def __init__(self, export_path: str, dtype: str = "float32", num_threads: int | None = None) -> None:
+        import torch
+
+        from training.models.export import load_export
+
+        dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+        if dtype not in dtypes:
+            raise ValueError(f"dtype must be one of {sorted(dtypes)}, got {dtype!r}")
+        threads = num_threads or default_num_threads()
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
+        self._torch = torch
+        self.export_path = str(export_path)
+        self.dtype = dtype
+        self.num_threads = threads
+        self.model, self.metadata = load_export(self.export_path, dtype=dtypes[dtype])
+        self.num_classes = int(self.model.num_classes)
+        self.patch_size = int(self.model.encoder.patch_size)
+        log.info(
+            "loaded %s (%s, %d classes, %s, %d threads)",
+            self.export_path,
+            self.metadata.get("preset"),
+            self.num_classes,
+            dtype,
+            threads,
+        )
+
+    def predict_proba(self, chips: np.ndarray) -> np.ndarray:
+        """Softmax probabilities float32 ``[B, K, S, S]`` for normalised float32 ``[B, 4, S, S]``."""
+        arr = check_chips(chips)
+        torch = self._torch
+        with torch.inference_mode():
+            logits = self.model.predict_logits(torch.from_numpy(np.ascontiguousarray(arr)))
+            return logits.float().softmax(dim=1).numpy()  # (B, K, S, S)
+
+    def __repr__(self) -> str:
+        return f"TorchPredictor({self.export_path!r}, dtype={self.dtype!r}, threads={self.num_threads})"
+
+
+def load_predictor(export_path: str, backend: str = "torch", **kwargs: Any) -> Predictor:
+    """Load the model at ``export_path`` with ``backend`` (``"torch"`` or ``"onnx"``).
+
+    Extra keyword arguments go to the backend's constructor (e.g. ``dtype``, ``num_threads``).
+    """
+    if backend == "torch":
+        return TorchPredictor(export_path, **kwargs)
+    if backend == "onnx":
+        try:
+            from inference.runtime_onnx import OnnxPredictor
+        except ImportError as exc:
+            raise ValueError(
+                "backend 'onnx' needs inference.runtime_onnx and onnxruntime, which are not "
+                f"available here ({exc}); use backend='torch' or install the ONNX runtime"
+            ) from exc
+        return OnnxPredictor(export_path, **kwargs)
+    raise ValueError(f"unknown backend {backend!r}; choose one of {list(BACKENDS)}")
