@@ -110,6 +110,18 @@ class AirflowClient:
         return entry.get("value")
 
 
+def default_credentials() -> tuple[str, str]:
+    """``AIRFLOW_USERNAME``/``AIRFLOW_PASSWORD``; without a password, the one ``make airflow_ui``
+    generated (``outputs/airflow_ui``), else ``admin``/``admin`` (the compose stack's default)."""
+    username = os.environ.get("AIRFLOW_USERNAME", "admin")
+    password = os.environ.get("AIRFLOW_PASSWORD")
+    if password is None:
+        generated = home() / "outputs" / "airflow_ui" / "simple_auth_manager_passwords.json.generated"
+        if generated.exists():
+            password = json.loads(generated.read_text()).get(username)
+    return username, password or "admin"
+
+
 def run_remote(
     url: str,
     dag_id: str,
@@ -119,20 +131,23 @@ def run_remote(
     timeout_seconds: float = 4 * 3600,
 ) -> dict:
     """Trigger ``dag_id`` on a running Airflow and wait for it, printing task progress."""
-    client = AirflowClient(
-        url, os.environ.get("AIRFLOW_USERNAME", "admin"), os.environ.get("AIRFLOW_PASSWORD", "admin")
-    )
+    client = AirflowClient(url, *default_credentials())
     client.trigger(dag_id, run_id, {"overrides": list(overrides), "run_id": run_id})
     print(f"[airflow] triggered {dag_id} run {run_id} on {url}", flush=True)
     deadline = time.monotonic() + timeout_seconds
     shown: dict[str, str | None] = {}
     while time.monotonic() < deadline:
-        states = client.task_states(dag_id, run_id)
+        try:
+            states = client.task_states(dag_id, run_id)
+            run = client.dag_run(dag_id, run_id)
+        except requests.RequestException as exc:  # a busy or restarting API server: keep following
+            print(f"[airflow] no answer from {url} ({type(exc).__name__}); retrying", flush=True)
+            time.sleep(poll_seconds)
+            continue
         for task_id, state in states.items():
             if shown.get(task_id) != state:
                 print(f"[airflow] {task_id}: {state}", flush=True)
         shown = states
-        run = client.dag_run(dag_id, run_id)
         if run["state"] in TERMINAL_STATES:
             if run["state"] != "success":
                 raise RuntimeError(
