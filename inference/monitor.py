@@ -210,7 +210,8 @@ def drift_rows(
     worst = 0.0
     counts = np.asarray(class_counts, dtype=np.float64)
     keep = np.arange(counts.size) != NODATA_CLASS_ID
-    if counts[keep].sum() > 0:
+    # Reference stats computed without labels carry no class fractions: no class drift then.
+    if counts[keep].sum() > 0 and sum(reference_stats.get("class_fractions") or ()) > 0:
         ref = reference_class_distribution(reference_stats)
         value = psi(counts[keep], ref)
         worst = max(worst, value)
@@ -292,6 +293,7 @@ def run_metrics(
     """Run-level rows over all scenes of a run (write them with ``scene_id`` NULL) and the flag.
 
     Adds ``scenes_predicted``, ``seconds_total`` (default: the scenes' prediction seconds),
+    ``reference_class_fraction`` per class (the training mix, without No Data),
     ``cost_usd`` (given, or estimated from ``memory_mb`` and the seconds) and ``cost_usd_per_km2``
     to the rows of :func:`scene_metrics` over the merged sums.
     """
@@ -310,6 +312,11 @@ def run_metrics(
         total = total + s
     scene_rows, flag = scene_metrics(total, reference_stats, threshold)
     rows += scene_rows
+    if reference_stats is not None and sum(reference_stats.get("class_fractions") or ()) > 0:
+        # What the dashboards draw the run's class mix against.
+        names = [n for i, n in enumerate(total.class_names) if i != NODATA_CLASS_ID]
+        reference = reference_class_distribution(reference_stats)
+        rows += [("reference_class_fraction", n, float(f)) for n, f in zip(names, reference, strict=True)]
     if cost_usd is not None and total.area_km2 > 0:
         rows.append(("cost_usd_per_km2", "", float(cost_usd) / total.area_km2))
     return rows, flag

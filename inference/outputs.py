@@ -317,31 +317,26 @@ def _slug(name: str) -> str:
     return "".join(ch if ch.isalnum() else "_" for ch in name.lower()).strip("_")
 
 
-def validate_stac_item(item: dict[str, Any], require_extensions: bool = False) -> list[str]:
+def validate_stac_item(item: dict[str, Any], check_extensions: bool = False) -> list[str]:
     """Validate a STAC item dict with pystac; returns the extension schemas that were checked.
 
-    The core item schema ships with pystac and is always checked. Extension schemas are fetched
-    from the web; when they cannot be reached (an offline Lambda or CI) they are skipped with a
-    warning unless ``require_extensions`` is set.
+    The core item schema ships with pystac and is always checked, offline. Extension schemas
+    live on the web, so they are checked only when asked (``check_extensions``): a Lambda in a
+    private subnet or an offline CI must not stall on schema downloads for every scene.
 
     Raises:
         pystac.errors.STACValidationError: the item does not validate.
+        pystac.validation.stac_validator.GetSchemaError: an extension schema is unreachable.
     """
     from pystac.validation import validate_dict
-    from pystac.validation.stac_validator import GetSchemaError
 
     validate_dict(item, extensions=[])
-    checked = []
-    for ext in item.get("stac_extensions", []):
-        try:
-            validate_dict(item, extensions=[ext])
-        except GetSchemaError as exc:
-            if require_extensions:
-                raise
-            log.warning("STAC extension schema %s unreachable, skipped: %s", ext, exc)
-            continue
-        checked.append(ext)
-    return checked
+    if not check_extensions:
+        return []
+    extensions = list(item.get("stac_extensions", []))
+    for ext in extensions:
+        validate_dict(item, extensions=[ext])
+    return extensions
 
 
 def write_stac_item(item: dict[str, Any], uri: str) -> str:

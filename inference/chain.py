@@ -1,0 +1,569 @@
+"""The process -> infer -> observe chain: the logic the three Lambda handlers call.
+
+Each step is idempotent, because Step Functions retries, redrives and re-runs:
+
+- :func:`process` lists the input prefix (one paginated listing), hashes only keys it has not
+  seen with the same ETag, registers each object by the sha256 of its bytes (a duplicate upload
+  under another key becomes an alias of the existing scene), validates new scenes (a bad input
+  is quarantined with its reason; the run goes on) and writes the run's manifest: every scene
+  that still lacks a prediction by the champion, including ones a crashed run left behind.
+- :func:`infer` predicts one manifest item with the champion (cached in ``MODEL_CACHE_DIR``
+  across warm calls, the pointer re-read every call), writes class + confidence COGs, a STAC
+  item and a summary under deterministic keys (``<OUTPUT_URI>/<sha256>/<model_version>/``, so
+  a re-run overwrites rather than duplicates), and records the prediction, its lineage and its
+  scene metrics in one transaction. A scene that already has a prediction by that model
+  version is a no-op.
+- :func:`observe` aggregates the run's scenes, computes drift against the export's reference
+  statistics, writes run metrics and closes the run.
+- :func:`record_failure` is the state machine's Catch path.
+
+State payloads carry ids and URIs only; the manifest itself lives in object storage.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import logging
+import re
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from pydantic import BaseModel
+from sqlalchemy.orm import Session
+
+from inference.ledger import db, repository
+from inference.ledger.models import Scene, SceneStatus, utcnow
+from inference.settings import ChainSettings, onnx_available
+from training import registry, storage
+from training.data.naip import NaipValidationError, validate_naip
+
+log = logging.getLogger(__name__)
+
+#: USD per GB-second of Lambda compute (x86, us-east-1 list price).
+LAMBDA_USD_PER_GB_S = 0.0000166667
+IMAGE_SUFFIXES = (".tif", ".tiff")
+_HASH_BLOCK = 8 << 20
+
+
+class ChainError(RuntimeError):
+    """Base class of the chain's domain errors."""
+
+
+class NoChampionError(ChainError):
+    """The registry has no champion model to predict with."""
+
+
+class ContentChangedError(ChainError):
+    """The bytes at a scene's URI no longer match its sha256 (the key was overwritten)."""
+
+
+class ManifestItem(BaseModel):
+    """One scene of a run's manifest: what the Map state hands each infer call."""
+
+    scene_id: int
+    uri: str
+    sha256: str
+
+
+# ---------------------------------------------------------------------------------------------
+# Cached infrastructure (module level, reused by warm Lambda calls)
+# ---------------------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=8)
+def _engine(url: str) -> sa.Engine:
+    return db.make_engine(url)
+
+
+def engine(settings: ChainSettings) -> sa.Engine:
+    """The ledger engine for ``settings`` (one per URL per process)."""
+    return _engine(settings.resolved_ledger_url())
+
+
+@contextmanager
+def session(settings: ChainSettings) -> Iterator[Session]:
+    """One ledger transaction."""
+    with db.session_scope(engine(settings)) as s:
+        yield s
+
+
+def configure_storage(settings: ChainSettings) -> None:
+    """Point the storage layer at the settings' S3 endpoint when one is set and differs."""
+    if settings.aws_endpoint_url and settings.aws_endpoint_url != storage.endpoint_url():
+        storage.configure(endpoint_url=settings.aws_endpoint_url, region=settings.aws_region)
+
+
+def champion(settings: ChainSettings) -> dict[str, Any]:
+    """The champion pointer (one small GET); raises :class:`NoChampionError` when there is none."""
+    pointer = registry.champion(settings.registry_uri, settings.model_name)
+    if pointer is None:
+        raise NoChampionError(
+            f"no champion model {settings.model_name!r} in the registry at {settings.registry_uri}; "
+            "train and promote one first (`make train_baseline`)"
+        )
+    return pointer
+
+
+@dataclass
+class _Loaded:
+    version: str
+    predictor: Any
+    metadata: dict[str, Any]
+
+
+_model_lock = threading.Lock()
+_loaded: _Loaded | None = None
+
+
+ONNX_NAME = "model.int8.onnx"  # written next to the export by training.models.onnx_export
+
+
+def model_artifact(settings: ChainSettings, pointer: dict[str, Any]) -> tuple[str, str]:
+    """``(backend, uri)`` of what to load for the champion, following ``BACKEND``.
+
+    ONNX runs ``model.int8.onnx`` from the version's folder; torch runs the compact export.
+    ``auto`` takes ONNX when the champion has one and this image has onnxruntime.
+    """
+    export_uri = str(pointer["export_uri"])
+    onnx_uri = export_uri.rsplit("/", 1)[0] + "/" + ONNX_NAME
+    if settings.backend == "torch":
+        return "torch", export_uri
+    if settings.backend == "onnx":
+        if not storage.exists(onnx_uri):
+            raise ChainError(
+                f"BACKEND=onnx but champion {pointer['version']} has no {ONNX_NAME} at {onnx_uri}; "
+                "export it with training.models.onnx_export.register_onnx, or set BACKEND=torch"
+            )
+        return "onnx", onnx_uri
+    if onnx_available() and storage.exists(onnx_uri):
+        return "onnx", onnx_uri
+    return "torch", export_uri
+
+
+def load_champion(settings: ChainSettings) -> _Loaded:
+    """The champion's predictor: re-reads the pointer, reuses the loaded model while it is unchanged.
+
+    Remote artifacts are copied once into ``MODEL_CACHE_DIR/<model>/<version>/`` (``/tmp`` on
+    Lambda), so a warm container that sees a new champion downloads only the new model.
+    """
+    global _loaded
+    pointer = champion(settings)
+    version = str(pointer["version"])
+    with _model_lock:
+        if _loaded is not None and _loaded.version == version:
+            return _loaded
+        from inference.runtime import load_predictor
+
+        backend, uri = model_artifact(settings, pointer)
+        local = storage.local_path(uri)
+        if local is None:
+            local = Path(settings.model_cache_dir) / settings.model_name / version / uri.rsplit("/", 1)[-1]
+            if not local.exists():
+                storage.download(uri, local)
+        predictor = load_predictor(str(local), backend=backend)
+        _loaded = _Loaded(version, predictor, dict(predictor.metadata))
+        log.info("loaded champion %s %s (%s)", settings.model_name, version, backend)
+        return _loaded
+
+
+def _safe_name(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]", "_", text)[:200]
+
+
+def manifest_uri(settings: ChainSettings, execution_id: str) -> str:
+    """Where the manifest of an execution is written."""
+    return storage.join(settings.manifest_prefix, _safe_name(execution_id) + ".json")
+
+
+def object_key(uri: str) -> str:
+    """The bucket key of an ``s3://`` URI; for ``file://`` the path without its leading slash."""
+    rest = uri.partition("://")[2]
+    return rest.partition("/")[2] if uri.startswith("s3://") else rest.lstrip("/")
+
+
+def scene_prefix(settings: ChainSettings, sha256: str, model_version: str) -> str:
+    """Deterministic output folder of one scene predicted by one model version."""
+    return storage.join(settings.output_uri, sha256, _safe_name(model_version))
+
+
+# ---------------------------------------------------------------------------------------------
+# process
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ListedObject:
+    uri: str
+    etag: str
+    size: int
+
+
+def list_objects(prefix: str) -> list[ListedObject]:
+    """Image objects under ``prefix`` with an ETag-like tag, from one (paginated) listing.
+
+    The same listing :func:`training.storage.list_uris` does, with details kept: S3's ETag, or
+    size + mtime for local files, so unchanged keys are recognised without reading them.
+    """
+    fs, path = storage.filesystem(prefix)
+    s3 = prefix.startswith("s3://")
+    try:
+        found = fs.find(path, detail=True)
+    except FileNotFoundError:
+        return []
+    out = []
+    for name, info in sorted(found.items()):
+        if not name.lower().endswith(IMAGE_SUFFIXES) or info.get("type") == "directory":
+            continue
+        uri = "s3://" + name.lstrip("/") if s3 else "file://" + name
+        tag = str(info.get("ETag", "")).strip('"') if s3 else f"{info.get('size')}-{info.get('mtime')}"
+        out.append(ListedObject(uri, tag or f"size-{info.get('size')}", int(info.get("size") or 0)))
+    return out
+
+
+def sha256_of(uri: str) -> tuple[str, int]:
+    """sha256 and size of the bytes at ``uri``, streamed in 8 MiB blocks."""
+    digest, size = hashlib.sha256(), 0
+    with storage.open_uri(uri, "rb") as handle:
+        for block in iter(lambda: handle.read(_HASH_BLOCK), b""):
+            digest.update(block)
+            size += len(block)
+    return digest.hexdigest(), size
+
+
+def _raster_metadata(info: dict[str, Any]) -> dict[str, Any]:
+    """Ledger fields from ``validate_naip``'s metadata: bounds, WGS84 bbox and area."""
+    from rasterio.crs import CRS
+    from rasterio.warp import transform_bounds
+
+    crs = CRS.from_user_input(info["crs"])
+    minx, miny, maxx, maxy = (float(b) for b in info["bounds"])
+    area_km2 = None
+    if crs.is_projected:
+        factor = float(crs.linear_units_factor[1])
+        area_km2 = abs(maxx - minx) * abs(maxy - miny) * factor * factor / 1e6
+    try:
+        bbox = [float(v) for v in transform_bounds(crs, "EPSG:4326", minx, miny, maxx, maxy)]
+    except Exception:  # a CRS PROJ cannot transform: keep the scene, skip the footprint
+        bbox = None
+    return {
+        "width": int(info["width"]),
+        "height": int(info["height"]),
+        "crs": crs.to_string(),
+        "bounds": [minx, miny, maxx, maxy],
+        "bbox_wgs84": bbox,
+        "area_km2": area_km2,
+    }
+
+
+def _validate_scene(settings: ChainSettings, s: Session, scene: Scene, uri: str) -> bool:
+    """Validate a discovered scene: validated with its metadata, or quarantined with its reason."""
+    try:
+        info = validate_naip(uri, max_pixels=settings.max_pixels)
+    except NaipValidationError as exc:
+        repository.quarantine(s, scene, exc.reason, exc.detail)
+        log.warning("quarantined %s (%s): %s", uri, exc.reason, exc.detail)
+        return False
+    repository.describe_scene(s, scene, **_raster_metadata(info))
+    repository.transition(s, scene, SceneStatus.validated)
+    return True
+
+
+def process(settings: ChainSettings, execution_id: str) -> dict[str, Any]:
+    """Discover, register and validate new inputs; write the run's manifest. See the module doc."""
+    configure_storage(settings)
+    version = str(champion(settings)["version"])
+    with session(settings) as s:
+        repository.start_run(s, execution_id, model_version=version)
+
+    discovered = quarantined = aliases = 0
+    for obj in list_objects(settings.input_uri):
+        with session(settings) as s:
+            known = repository.known_source(s, obj.uri, obj.etag)
+            if known is not None:
+                # Seen before with this ETag: no re-hash. Finish a validation a crash cut short.
+                if known.status == SceneStatus.discovered:
+                    quarantined += not _validate_scene(settings, s, known, obj.uri)
+                continue
+            try:
+                sha, size = sha256_of(obj.uri)
+            except FileNotFoundError:
+                log.warning("%s disappeared between listing and reading; skipped", obj.uri)
+                continue
+            scene, created = repository.register_scene(s, sha, obj.uri, size, etag=obj.etag)
+            if not created:
+                aliases += 1
+                log.info(
+                    "%s is a duplicate of scene %s (%s); recorded as an alias", obj.uri, scene.id, sha[:12]
+                )
+                if scene.status == SceneStatus.discovered:
+                    quarantined += not _validate_scene(settings, s, scene, obj.uri)
+                continue
+            discovered += 1
+            quarantined += not _validate_scene(settings, s, scene, obj.uri)
+
+    stuck_before = utcnow() - timedelta(seconds=settings.stuck_after_s)
+    with session(settings) as s:
+        todo = repository.scenes_to_predict(
+            s, version, max_attempts=settings.max_attempts, stuck_before=stuck_before
+        )
+        items = [ManifestItem(scene_id=t.id, uri=t.source_uri, sha256=t.sha256).model_dump() for t in todo]
+        repository.update_run(s, execution_id, scenes_discovered=discovered, scenes_quarantined=quarantined)
+    uri = manifest_uri(settings, execution_id)
+    storage.write_text(uri, json.dumps(items))
+    log.info(
+        "process %s: %d new, %d quarantined, %d aliases, %d to predict",
+        execution_id,
+        discovered,
+        quarantined,
+        aliases,
+        len(items),
+    )
+    return {
+        "execution_id": execution_id,
+        "manifest_uri": uri,
+        "manifest_key": object_key(uri),
+        "model_version": version,
+        "scenes": len(items),
+        "discovered": discovered,
+        "quarantined": quarantined,
+        "aliases": aliases,
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# infer
+# ---------------------------------------------------------------------------------------------
+
+
+def _local_copy(settings: ChainSettings, item: ManifestItem) -> tuple[str, bool]:
+    """A local path of the scene's bytes, checked against its sha256; (path, is_temporary)."""
+    local = storage.local_path(item.uri)
+    if local is not None:
+        path, temporary = local, False
+    else:
+        path = Path(settings.scene_cache_dir) / f"{item.sha256}.tif"
+        storage.download(item.uri, path)
+        temporary = True
+    sha, _ = sha256_of(storage.to_uri(path))
+    if sha != item.sha256:
+        if temporary:
+            path.unlink(missing_ok=True)
+        raise ContentChangedError(
+            f"{item.uri} now holds sha256 {sha[:12]}…, not scene {item.scene_id}'s {item.sha256[:12]}…; "
+            "the key was overwritten (the next process run registers the new content)"
+        )
+    return str(path), temporary
+
+
+def _write_outputs(settings: ChainSettings, pred: Any, item: ManifestItem, version: str) -> dict[str, str]:
+    """Class COG, confidence COG, STAC item and summary under the scene's deterministic prefix."""
+    from inference import monitor, outputs
+
+    base = scene_prefix(settings, item.sha256, version)
+    uris = {
+        "class_uri": base + "/classes.tif",
+        "confidence_uri": base + "/confidence.tif",
+        "stac_uri": base + "/item.json",
+        "summary_uri": base + "/summary.json",
+    }
+    lineage = {"model_version": version, "input_sha256": item.sha256}
+    outputs.write_class_cog(pred, uris["class_uri"], **lineage)
+    outputs.write_confidence_cog(pred, uris["confidence_uri"], **lineage)
+    stac = outputs.stac_item(
+        pred,
+        item_id=f"{item.sha256[:16]}-{_safe_name(version)}",
+        class_uri=uris["class_uri"],
+        confidence_uri=uris["confidence_uri"],
+        input_uri=item.uri,
+        model_name=settings.model_name,
+        **lineage,
+    )
+    outputs.write_stac_item(stac, uris["stac_uri"])
+    summary = monitor.SceneSummary.from_prediction(pred)
+    storage.write_text(uris["summary_uri"], json.dumps(summary.to_dict()))
+    return uris
+
+
+def _get_scene(s: Session, scene_id: int) -> Scene:
+    scene = s.get(Scene, scene_id)
+    if scene is None:
+        raise ChainError(f"scene {scene_id} is not in the ledger; the manifest does not match it")
+    return scene
+
+
+def _has_prediction(s: Session, scene: Scene, version: str) -> bool:
+    return any(p.model_version == version for p in repository.predictions_for(s, scene))
+
+
+def infer(settings: ChainSettings, execution_id: str, item: dict[str, Any] | ManifestItem) -> dict[str, Any]:
+    """Predict one scene with the champion; idempotent per (scene, model version)."""
+    from inference import monitor
+    from inference.predict import predict_scene
+
+    configure_storage(settings)
+    item = ManifestItem.model_validate(item)
+    model = load_champion(settings)
+    version = model.version
+    result = {"scene_id": item.scene_id, "model_version": version, "class_uri": None}
+
+    with session(settings) as s:
+        scene = _get_scene(s, item.scene_id)
+        if _has_prediction(s, scene, version):
+            done = next(p for p in repository.predictions_for(s, scene) if p.model_version == version)
+            return {**result, "status": "skipped", "class_uri": done.class_uri}
+        if scene.status == SceneStatus.quarantined:
+            return {**result, "status": "quarantined"}
+        repository.claim_for_prediction(s, scene)
+        run_id = repository.get_run(s, execution_id).id
+
+    started = utcnow()
+    temporary = False
+    path = item.uri
+    try:
+        path, temporary = _local_copy(settings, item)
+        pred = predict_scene(
+            model.predictor,
+            path,
+            chip_size=settings.chip_size,
+            overlap=settings.overlap,
+            batch_size=settings.batch_size,
+            max_pixels=settings.max_pixels,
+            low_confidence_threshold=settings.low_confidence_threshold,
+        )
+        uris = _write_outputs(settings, pred, item, version)
+        rows, drift = monitor.scene_metrics(
+            pred, model.metadata.get("reference_stats"), settings.drift_threshold
+        )
+    except NaipValidationError as exc:
+        with session(settings) as s:
+            repository.quarantine(s, _get_scene(s, item.scene_id), exc.reason, exc.detail)
+        return {**result, "status": "quarantined"}
+    except Exception as exc:
+        with session(settings) as s:
+            reason = "content_changed" if isinstance(exc, ContentChangedError) else type(exc).__name__
+            repository.fail(s, _get_scene(s, item.scene_id), reason[:64], str(exc)[:2000])
+        raise
+    finally:
+        if temporary:
+            Path(path).unlink(missing_ok=True)
+
+    with session(settings) as s:
+        scene = _get_scene(s, item.scene_id)
+        repository.record_prediction(
+            s,
+            scene,
+            version,
+            input_sha256=item.sha256,
+            class_uri=uris["class_uri"],
+            confidence_uri=uris["confidence_uri"],
+            stac_uri=uris["stac_uri"],
+            started_at=started,
+            finished_at=utcnow(),
+            run_id=run_id,
+        )
+        repository.record_metrics(s, run_id, scene.id, version, rows)
+    return {**result, "status": "predicted", "class_uri": uris["class_uri"], "drift": drift}
+
+
+# ---------------------------------------------------------------------------------------------
+# observe
+# ---------------------------------------------------------------------------------------------
+
+
+def _read_manifest(settings: ChainSettings, execution_id: str) -> list[ManifestItem]:
+    uri = manifest_uri(settings, execution_id)
+    try:
+        return [ManifestItem.model_validate(x) for x in json.loads(storage.read_text(uri))]
+    except FileNotFoundError:
+        return []
+
+
+def observe(settings: ChainSettings, execution_id: str) -> dict[str, Any]:
+    """Aggregate the run's predictions, compute drift, write run metrics and close the run."""
+    from inference import monitor
+
+    configure_storage(settings)
+    items = _read_manifest(settings, execution_id)
+    with session(settings) as s:
+        run = repository.get_run(s, execution_id)
+        run_id, version = run.id, run.model_version or str(champion(settings)["version"])
+        predicted, failed, seconds, summaries = [], 0, 0.0, []
+        for item in items:
+            scene = _get_scene(s, item.scene_id)
+            pred = next((p for p in repository.predictions_for(s, scene) if p.model_version == version), None)
+            if pred is not None:
+                predicted.append((scene, pred))
+                seconds += pred.seconds
+            elif scene.status != SceneStatus.quarantined:
+                failed += 1
+    for _, pred in predicted:
+        summary_uri = pred.class_uri.rsplit("/", 1)[0] + "/summary.json"
+        summaries.append(monitor.SceneSummary.from_dict(json.loads(storage.read_text(summary_uri))))
+
+    reference = _reference_stats(settings, version) if summaries else None
+    rows, drift = monitor.run_metrics(
+        summaries,
+        reference,
+        seconds_total=seconds,
+        cost_usd=cost_usd(settings.lambda_memory_mb, seconds),
+        threshold=settings.drift_threshold,
+    )
+    with session(settings) as s:
+        repository.record_metrics(s, run_id, None, version, rows)
+        repository.finish_run(s, execution_id, scenes_predicted=len(predicted), scenes_failed=failed)
+    return {
+        "execution_id": execution_id,
+        "scenes": len(predicted),
+        "failed": failed,
+        "drift": bool(drift),
+        "model_version": version,
+    }
+
+
+def _reference_stats(settings: ChainSettings, version: str) -> dict[str, Any] | None:
+    """The training reference statistics stored in the export of ``version`` (header only)."""
+    from training.models.export import read_export_metadata
+
+    loaded = _loaded
+    if loaded is not None and loaded.version == version:
+        return loaded.metadata.get("reference_stats")
+    manifest = registry.get_version(settings.registry_uri, settings.model_name, version)
+    return read_export_metadata(manifest["export_uri"]).get("reference_stats")
+
+
+def cost_usd(memory_mb: int, seconds: float) -> float:
+    """Estimated Lambda compute cost: memory (GB) x seconds x the GB-second price."""
+    return memory_mb / 1024.0 * seconds * LAMBDA_USD_PER_GB_S
+
+
+# ---------------------------------------------------------------------------------------------
+# failure (the Catch path)
+# ---------------------------------------------------------------------------------------------
+
+
+def record_failure(
+    settings: ChainSettings, execution_id: str, error: dict[str, Any] | None
+) -> dict[str, Any]:
+    """Mark the run failed with the state machine's error (``{"Error", "Cause"}``)."""
+    error = error or {}
+    name = str(error.get("Error") or error.get("error") or "UnknownError")
+    cause = error.get("Cause") or error.get("cause") or ""
+    if isinstance(cause, str):
+        try:  # a Lambda error's Cause is JSON {"errorType", "errorMessage", ...}
+            parsed = json.loads(cause)
+            cause = parsed.get("errorMessage", cause) if isinstance(parsed, dict) else cause
+        except ValueError:
+            pass
+    text = f"{name}: {cause}"[:4000]
+    with session(settings) as s:
+        run = repository.fail_run(s, execution_id, text)
+    log.error("execution %s failed: %s", execution_id, text)
+    return {"execution_id": execution_id, "status": str(run.status), "error": text}

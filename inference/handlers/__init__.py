@@ -1,0 +1,65 @@
+"""Lambda entry points: each handler parses its event, calls one :mod:`inference.chain` function
+and returns ids and URIs.
+
+One container image serves all four functions; each picks its entry point with the image CMD
+override (``inference.handlers.process.handler`` and so on, see ``inference/Dockerfile``).
+
+Settings are read from the environment once per container. On Lambda (``AWS_LAMBDA_FUNCTION_NAME``
+is set) that happens at import, i.e. at cold start, so a misconfigured function fails its init
+with a message naming the variable. The local runner injects settings with :func:`configure`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from inference.settings import ChainSettings
+
+log = logging.getLogger("inference.handlers")
+if os.environ.get("AWS_LAMBDA_FUNCTION_NAME"):
+    logging.getLogger().setLevel(os.environ.get("LOG_LEVEL", "INFO"))
+
+_settings: ChainSettings | None = None
+
+
+def settings() -> ChainSettings:
+    """The chain settings of this container (from the environment on first use)."""
+    global _settings
+    if _settings is None:
+        _settings = ChainSettings.from_env()
+    return _settings
+
+
+def configure(value: ChainSettings | None) -> None:
+    """Use ``value`` instead of the environment (``None`` re-reads the environment next time)."""
+    global _settings
+    _settings = value
+
+
+def cold_start() -> None:
+    """Validate the settings at import when running on Lambda."""
+    if os.environ.get("AWS_LAMBDA_FUNCTION_NAME"):
+        settings()
+
+
+class ExecutionEvent(BaseModel):
+    """``{"execution_id": ...}``: what the state machine passes process and observe."""
+
+    model_config = ConfigDict(extra="ignore")
+    execution_id: str
+
+
+class InferEvent(ExecutionEvent):
+    """One Map item: the execution id plus a manifest item (scene id, URI, sha256)."""
+
+    item: dict[str, Any]
+
+
+class FailureEvent(ExecutionEvent):
+    """The Catch path: the execution id and the caught ``{"Error", "Cause"}``."""
+
+    error: dict[str, Any] | None = None

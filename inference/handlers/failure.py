@@ -1,0 +1,16 @@
+"""Lambda ``failure``: the state machine's Catch path records the failed run in the ledger."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from inference import chain
+from inference.handlers import FailureEvent, cold_start, settings
+
+cold_start()
+
+
+def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
+    """``{"execution_id", "error": {"Error", "Cause"}}`` -> ``{"execution_id", "status", "error"}``."""
+    parsed = FailureEvent.model_validate(event)
+    return chain.record_failure(settings(), parsed.execution_id, parsed.error)

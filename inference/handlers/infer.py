@@ -1,0 +1,57 @@
+"""Lambda ``infer``: predict one scene of the Map state, or serve a synchronous request.
+
+Two event shapes:
+
+- a Map item ``{"execution_id", "item": {"scene_id", "uri", "sha256"}}`` -> ``{"scene_id",
+  "status", "class_uri", "model_version"}`` (the batch chain);
+- the seed's API request ``{"image": <base64>, "output_size"?: [H, W]}`` (directly or as an
+  API Gateway proxy ``body``) -> ``{"statusCode": 200, "body": {"prediction", "shape",
+  "classes", ...}}`` with model class ids 0..6 and the explicit class table. A bad image is a
+  400 with the reason, never a 500.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from inference import chain
+from inference.handlers import InferEvent, cold_start, settings
+
+cold_start()
+
+
+def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
+    """Dispatch on the event shape (see the module docstring)."""
+    request = _sync_request(event)
+    if request is not None:
+        return predict_sync(request)
+    parsed = InferEvent.model_validate(event)
+    return chain.infer(settings(), parsed.execution_id, parsed.item)
+
+
+def _sync_request(event: dict[str, Any]) -> dict[str, Any] | None:
+    if "image" in event:
+        return event
+    body = event.get("body")
+    if isinstance(body, str):
+        try:
+            body = json.loads(body)
+        except ValueError:
+            return None
+    return body if isinstance(body, dict) and "image" in body else None
+
+
+def predict_sync(request: dict[str, Any]) -> dict[str, Any]:
+    """The seed-000 response shape around :func:`inference.predict.predict_request`."""
+    from inference.predict import InvalidImageError, predict_request
+
+    s = settings()
+    model = chain.load_champion(s)
+    try:
+        body = predict_request(
+            model.predictor, request, chip_size=s.chip_size, overlap=s.overlap, batch_size=s.batch_size
+        )
+    except InvalidImageError as exc:
+        return {"statusCode": 400, "body": {"error": "invalid_image", "message": str(exc)}}
+    return {"statusCode": 200, "body": {**body, "model_version": model.version}}

@@ -1,0 +1,15 @@
+"""Lambda ``observe``: run metrics, drift flags, and closing the run in the ledger."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from inference import chain
+from inference.handlers import ExecutionEvent, cold_start, settings
+
+cold_start()
+
+
+def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
+    """``{"execution_id"}`` -> ``{"execution_id", "scenes", "failed", "drift", "model_version"}``."""
+    return chain.observe(settings(), ExecutionEvent.model_validate(event).execution_id)

@@ -1,0 +1,270 @@
+"""Run the inference chain locally: the real state machine on moto's interpreter, real handlers.
+
+``make run_inference`` -> ``python -m inference.run_local run [hydra overrides]``
+    One execution of ``pipeline.asl.json`` over the input prefix (Hydra ``inference.input_uri``).
+    If the prefix holds no image yet, the synthetic test scenes (``data/synthetic/test``) are
+    copied into it first. Storage is ``file://`` and the ledger SQLite by default;
+    ``--ledger-url postgresql+psycopg://...`` and ``--s3-prefix s3://bucket/prefix`` (with
+    ``storage=s3`` or ``AWS_ENDPOINT_URL`` for a moto server) switch to Postgres and S3.
+
+``make upload_and_run_inference`` -> ``python -m inference.run_local upload --scenes N --interval S``
+    Seed 004's demo: drops N new synthetic scenes into the input prefix, one every S seconds,
+    and runs the chain after each drop.
+
+Both print a summary table: scenes, km², class areas, drift flags, quarantined inputs, time.
+A champion must exist in the registry (``make train_baseline`` makes one).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from inference.settings import ChainSettings, settings_from_config
+
+log = logging.getLogger("inference.run_local")
+
+SYNTHETIC_TEST_GLOB = "data/synthetic/test/*_naip-new.tif"
+
+
+class RunLocalError(RuntimeError):
+    """A precondition of a local run is not met; the message says what to do."""
+
+
+def load_settings(overrides: Sequence[str], ledger_url: str | None, s3_prefix: str | None) -> ChainSettings:
+    """Compose the Hydra config and map it to chain settings, applying the CLI switches."""
+    from training.config import apply_storage, compose
+
+    cfg = compose(list(overrides))
+    apply_storage(cfg)
+    extra: dict[str, Any] = {
+        # One execution at a time here: a scene left "predicting" is from a crashed earlier run.
+        "stuck_after_s": 0.0,
+        "model_cache_dir": str(
+            Path(cfg.storage.root_uri.removeprefix("file://")) / "inference" / "model-cache"
+        )
+        if str(cfg.storage.root_uri).startswith("file://")
+        else "/tmp/model",
+    }
+    if ledger_url:
+        extra["ledger_url"] = ledger_url
+    if s3_prefix:
+        prefix = s3_prefix.rstrip("/")
+        extra.update(input_uri=f"{prefix}/input", output_uri=f"{prefix}/predictions")
+    return settings_from_config(cfg, **extra)
+
+
+def check_champion(settings: ChainSettings) -> dict[str, Any]:
+    from training import registry
+
+    pointer = registry.champion(settings.registry_uri, settings.model_name)
+    if pointer is None:
+        raise RunLocalError(
+            f"no champion {settings.model_name!r} in the registry at {settings.registry_uri}. "
+            "Run `make train_baseline` first: it trains the baseline and promotes it."
+        )
+    return pointer
+
+
+def prepare_ledger(settings: ChainSettings) -> None:
+    """Create/upgrade the ledger schema (idempotent); SQLite files get their folder made."""
+    import sqlalchemy as sa
+
+    from inference.ledger import db
+
+    url = settings.resolved_ledger_url()
+    parsed = sa.make_url(url)
+    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+    db.migrate(url)
+
+
+def seed_input(settings: ChainSettings, repo_root: Path) -> list[str]:
+    """Copy the synthetic test scenes into an input prefix that holds no image yet."""
+    from inference.chain import list_objects
+    from training import storage
+
+    if list_objects(settings.input_uri):
+        return []
+    sources = sorted(repo_root.glob(SYNTHETIC_TEST_GLOB))
+    if not sources:
+        raise RunLocalError(
+            f"the input prefix {settings.input_uri} is empty and there are no synthetic test scenes "
+            f"({SYNTHETIC_TEST_GLOB}); run `make synthetic_data` or put NAIP GeoTIFFs there"
+        )
+    copied = []
+    for src in sources:
+        dest = storage.join(settings.input_uri, src.name)
+        storage.upload(src, dest)
+        copied.append(dest)
+    return copied
+
+
+def run_once(settings: ChainSettings, concurrency: int = 1) -> dict[str, Any]:
+    """One execution of the state machine with the real handlers; returns the summary."""
+    from inference import handlers
+    from inference.statemachine import local
+
+    handlers.configure(settings)
+    try:
+        execution = local.run_execution(settings.manifest_prefix, concurrency=concurrency)
+    finally:
+        handlers.configure(None)
+    return summarize(settings, execution)
+
+
+def summarize(settings: ChainSettings, execution: Any) -> dict[str, Any]:
+    """The run as the ledger recorded it: counts, area, class areas, drift, quarantine."""
+    from inference import chain
+    from inference.ledger import repository
+
+    with chain.session(settings) as s:
+        try:
+            run = repository.get_run(s, execution.execution_id)
+        except repository.RunNotFound:
+            run = None
+        metrics = repository.metrics_for(s, run.id) if run is not None else []
+        quarantine = [(q.source_uri, q.error, q.error_message) for q in repository.quarantined(s)]
+        values: dict[str, dict[str, float]] = {}
+        for m in metrics:
+            values.setdefault(m.name, {})[m.key] = m.value
+        return {
+            "execution_id": execution.execution_id,
+            "status": execution.status,
+            "error": (run.error if run is not None else None) or execution.cause,
+            "model_version": run.model_version if run is not None else None,
+            "discovered": run.scenes_discovered if run is not None else 0,
+            "quarantined": run.scenes_quarantined if run is not None else 0,
+            "predicted": run.scenes_predicted if run is not None else 0,
+            "failed": run.scenes_failed if run is not None else 0,
+            "metrics": values,
+            "quarantine": quarantine,
+            "seconds": execution.seconds,
+        }
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """A plain-text table of one run."""
+    m = summary["metrics"]
+    lines = [
+        f"execution      {summary['execution_id']}  [{summary['status']}]",
+        f"model version  {summary['model_version']}",
+        f"scenes         {summary['predicted']} predicted, {summary['failed']} failed, "
+        f"{summary['discovered']} new, {summary['quarantined']} quarantined this run",
+        f"area           {m.get('area_km2', {}).get('', 0.0):.4f} km²",
+    ]
+    areas = m.get("class_area_km2", {})
+    if areas:
+        lines.append("class areas    " + "class".ljust(22) + "km²".rjust(10) + "share".rjust(9))
+        fractions = m.get("class_fraction", {})
+        for name, km2 in sorted(areas.items(), key=lambda kv: -kv[1]):
+            lines.append(" " * 15 + name.ljust(22) + f"{km2:10.4f}" + f"{fractions.get(name, 0.0):9.1%}")
+    drift_flag = m.get("drift_flag", {}).get("")
+    if drift_flag is not None:
+        detail = ", ".join(
+            f"{name}{'[' + key + ']' if key else ''}={value:.3f}"
+            for name in ("psi_class", "js_class", "psi_band")
+            for key, value in sorted(m.get(name, {}).items())
+        )
+        lines.append(f"drift          {'FLAGGED' if drift_flag >= 1 else 'ok'}  ({detail})")
+    if "mean_max_softmax" in m:
+        lines.append(
+            f"confidence     mean max softmax {m['mean_max_softmax'].get('', 0.0):.3f}, "
+            f"low-confidence share {m.get('low_confidence_share', {}).get('', 0.0):.1%}"
+        )
+    if "cost_usd" in m:
+        lines.append(
+            f"cost (est.)    ${m['cost_usd'].get('', 0.0):.6f} for {m.get('seconds_total', {}).get('', 0.0):.1f} s"
+        )
+    for uri, reason, message in summary["quarantine"]:
+        lines.append(f"quarantined    {uri}  [{reason}] {message or ''}")
+    if summary["error"] and summary["status"] != "SUCCEEDED":
+        lines.append(f"error          {summary['error']}")
+    lines.append(f"time           {summary['seconds']:.1f} s")
+    return "\n".join(lines)
+
+
+def upload_scenes(settings: ChainSettings, count: int, size: int, seed: int) -> list[str]:
+    """Write ``count`` new synthetic scenes (fresh seeds) into the input prefix."""
+    import tempfile
+
+    from training import storage
+    from training.data.synthetic import make_scene, write_naip_tif
+
+    uris = []
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+    with tempfile.TemporaryDirectory(prefix="upload-") as tmp:
+        for i in range(count):
+            scene = make_scene(seed + i, size)
+            name = f"upload-{stamp}-{seed + i}_naip-new.tif"
+            path = Path(tmp) / name
+            write_naip_tif(path, scene.image, scene.transform, scene.crs, synthetic_seed=str(seed + i))
+            uri = storage.join(settings.input_uri, name)
+            storage.upload(path, uri)
+            uris.append(uri)
+    return uris
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m inference.run_local", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name in ("run", "upload"):
+        p = sub.add_parser(name)
+        p.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. inference.chip_size=512")
+        p.add_argument(
+            "--ledger-url", help="SQLAlchemy URL of the ledger (default: Hydra inference.ledger_url)"
+        )
+        p.add_argument("--s3-prefix", help="put input/ and predictions/ under this s3:// prefix")
+        p.add_argument("--concurrency", type=int, default=1, help="Lambda calls at once (default 1)")
+        p.add_argument("-v", "--verbose", action="store_true")
+        if name == "run":
+            p.add_argument("--no-seed", action="store_true", help="do not copy the synthetic test scenes")
+        else:
+            p.add_argument("--scenes", type=int, default=3, help="scenes to drop (default 3)")
+            p.add_argument("--interval", type=float, default=10.0, help="seconds between drops (default 10)")
+            p.add_argument("--size", type=int, default=1024, help="scene side in pixels (default 1024)")
+            p.add_argument("--seed", type=int, default=None, help="first seed (default: from the clock)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
+
+    from training.config import REPO_ROOT
+
+    try:
+        settings = load_settings(args.overrides, args.ledger_url, args.s3_prefix)
+        pointer = check_champion(settings)
+        prepare_ledger(settings)
+        print(
+            f"champion {settings.model_name} {pointer['version']} (mIoU {pointer.get('miou')}); input {settings.input_uri}"
+        )
+        if args.command == "run":
+            if not args.no_seed:
+                for uri in seed_input(settings, REPO_ROOT):
+                    print(f"seeded {uri}")
+            summary = run_once(settings, args.concurrency)
+            print(format_summary(summary))
+            return 0 if summary["status"] == "SUCCEEDED" else 1
+        seed = args.seed if args.seed is not None else int(time.time()) % 1_000_000
+        status = 0
+        for drop in range(args.scenes):
+            if drop:
+                time.sleep(args.interval)
+            (uri,) = upload_scenes(settings, 1, args.size, seed + drop)
+            print(f"\n[{drop + 1}/{args.scenes}] dropped {uri}")
+            summary = run_once(settings, args.concurrency)
+            print(format_summary(summary))
+            status = status or (0 if summary["status"] == "SUCCEEDED" else 1)
+        return status
+    except RunLocalError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,178 @@
+"""Settings of the inference chain: environment variables on Lambda, Hydra config locally.
+
+On Lambda every value comes from the function's environment (Terraform sets it) and is checked
+by pydantic at cold start, so a missing or malformed variable fails the init with a message
+naming it instead of failing some scene later. Locally :func:`settings_from_config` maps the
+Hydra ``inference``/``storage`` groups onto the same model, and :meth:`ChainSettings.to_env`
+gives the environment a Lambda would see.
+
+The ledger URL is ``LEDGER_URL`` or, on AWS, built from the Secrets Manager secret named by
+``LEDGER_SECRET_ARN`` (JSON ``{username, password, host, port, dbname}``, the RDS layout).
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import json
+import os
+from collections.abc import Mapping
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+#: Lambda's default when nothing says otherwise (the seed's setting).
+DEFAULT_LAMBDA_MEMORY_MB = 3008
+DEFAULT_MAX_PIXELS = 100_000_000
+
+
+class SettingsError(RuntimeError):
+    """The chain's configuration is missing or invalid."""
+
+
+def onnx_available() -> bool:
+    """Whether this image can run the ONNX backend (its module and onnxruntime are installed)."""
+    return all(importlib.util.find_spec(m) is not None for m in ("onnxruntime", "inference.runtime_onnx"))
+
+
+class ChainSettings(BaseModel):
+    """Everything process / infer / observe need. Field aliases are the environment variable names."""
+
+    model_config = ConfigDict(populate_by_name=True, frozen=True, extra="ignore")
+
+    input_uri: str = Field(alias="INPUT_URI", description="prefix where new NAIP scenes (*.tif) arrive")
+    output_uri: str = Field(alias="OUTPUT_URI", description="prefix of class/confidence COGs and STAC items")
+    registry_uri: str = Field(alias="REGISTRY_URI", description="root of the model registry")
+    model_name: str = Field("chesapeake-landcover", alias="MODEL_NAME")
+    ledger_url: str | None = Field(None, alias="LEDGER_URL")
+    ledger_secret_arn: str | None = Field(None, alias="LEDGER_SECRET_ARN")
+    manifest_uri: str | None = Field(
+        None, alias="MANIFEST_URI", description="prefix of run manifests; default <OUTPUT_URI>/manifests"
+    )
+    # auto: ONNX when the champion has an ONNX export and onnxruntime is installed, else torch.
+    backend: Literal["auto", "torch", "onnx"] = Field("auto", alias="BACKEND")
+    chip_size: int = Field(256, alias="CHIP_SIZE", gt=0)
+    overlap: int = Field(32, alias="OVERLAP", ge=0)
+    batch_size: int = Field(8, alias="BATCH_SIZE", gt=0)
+    low_confidence_threshold: float = Field(0.5, alias="LOW_CONFIDENCE_THRESHOLD", ge=0.0, le=1.0)
+    drift_threshold: float = Field(0.2, alias="DRIFT_THRESHOLD", gt=0.0)
+    max_pixels: int = Field(DEFAULT_MAX_PIXELS, alias="MAX_PIXELS", gt=0)
+    lambda_memory_mb: int = Field(
+        default_factory=lambda: int(
+            os.environ.get("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", DEFAULT_LAMBDA_MEMORY_MB)
+        ),
+        alias="LAMBDA_MEMORY_MB",
+        gt=0,
+    )
+    model_cache_dir: str = Field("/tmp/model", alias="MODEL_CACHE_DIR")
+    scene_cache_dir: str = Field("/tmp/scenes", alias="SCENE_CACHE_DIR")
+    aws_endpoint_url: str | None = Field(None, alias="AWS_ENDPOINT_URL")
+    aws_region: str | None = Field(None, alias="AWS_REGION")
+    max_attempts: int = Field(3, alias="MAX_ATTEMPTS", gt=0)
+    # A scene left in "predicting" longer than this is taken to be from a crashed attempt
+    # (Lambda's 900 s timeout); younger ones may still be running in a concurrent execution.
+    stuck_after_s: float = Field(900.0, alias="STUCK_AFTER_S", ge=0.0)
+
+    @field_validator("input_uri", "output_uri", "registry_uri", "manifest_uri")
+    @classmethod
+    def _uri(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        value = value.strip().rstrip("/")
+        if not value.startswith(("file://", "s3://")):
+            raise ValueError(f"must be a file:// or s3:// URI, got {value!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _ledger(self) -> ChainSettings:
+        if not (self.ledger_url or self.ledger_secret_arn):
+            raise ValueError("set LEDGER_URL (an SQLAlchemy URL) or LEDGER_SECRET_ARN (an RDS secret)")
+        if self.overlap >= self.chip_size:
+            raise ValueError(f"OVERLAP ({self.overlap}) must be smaller than CHIP_SIZE ({self.chip_size})")
+        return self
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> ChainSettings:
+        """Settings from environment variables; raises :class:`SettingsError` naming what is wrong."""
+        env = dict(os.environ if environ is None else environ)
+        names = {f.alias for f in cls.model_fields.values() if f.alias}
+        values = {k: v for k, v in env.items() if k in names and v != ""}
+        try:
+            return cls.model_validate(values)
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: {err['msg']}" for err in exc.errors()
+            )
+            raise SettingsError(f"invalid inference chain environment: {problems}") from exc
+
+    @property
+    def manifest_prefix(self) -> str:
+        """Where run manifests go (``MANIFEST_URI``, else ``<OUTPUT_URI>/manifests``)."""
+        return self.manifest_uri or self.output_uri + "/manifests"
+
+    def resolved_ledger_url(self) -> str:
+        """``LEDGER_URL``, or the RDS URL built from the Secrets Manager secret (cached)."""
+        if self.ledger_url:
+            return self.ledger_url
+        return _url_from_secret(self.ledger_secret_arn or "", self.aws_endpoint_url)
+
+    def to_env(self) -> dict[str, str]:
+        """The environment variables a Lambda running with these settings would have."""
+        out: dict[str, str] = {}
+        for name, field in type(self).model_fields.items():
+            value = getattr(self, name)
+            if value is not None and field.alias:
+                out[field.alias] = str(value)
+        return out
+
+
+@functools.lru_cache(maxsize=4)
+def _url_from_secret(secret_arn: str, endpoint_url: str | None) -> str:
+    """An SQLAlchemy URL from an RDS-style secret; the password never passes through a string format."""
+    import sqlalchemy as sa
+
+    from training import storage
+
+    try:
+        raw = storage.boto3_client("secretsmanager").get_secret_value(SecretId=secret_arn)["SecretString"]
+        secret = json.loads(raw)
+        url = sa.URL.create(
+            "postgresql+psycopg",
+            username=secret["username"],
+            password=secret["password"],
+            host=secret["host"],
+            port=int(secret.get("port", 5432)),
+            database=secret.get("dbname") or secret.get("database") or "postgres",
+        )
+    except (KeyError, ValueError, TypeError) as exc:
+        raise SettingsError(
+            f"secret {secret_arn} must be JSON with username, password, host, port, dbname: {exc!r}"
+        ) from exc
+    return url.render_as_string(hide_password=False)
+
+
+def settings_from_config(cfg: Any, **overrides: Any) -> ChainSettings:
+    """Map a composed Hydra config (groups ``inference``, ``storage``, ``model_name``) to settings."""
+    inf, store = cfg.inference, cfg.storage
+    values: dict[str, Any] = {
+        "input_uri": inf.input_uri,
+        "output_uri": inf.output_uri,
+        "registry_uri": store.registry_uri,
+        "model_name": cfg.model_name,
+        "ledger_url": inf.ledger_url,
+        "chip_size": inf.chip_size,
+        "overlap": inf.overlap,
+        "batch_size": inf.batch_size,
+        "low_confidence_threshold": inf.low_confidence_threshold,
+        "drift_threshold": inf.drift_threshold,
+        "aws_endpoint_url": store.s3.endpoint_url,
+        "aws_region": store.s3.region,
+    }
+    for key in ("backend", "max_pixels", "lambda_memory_mb", "manifest_uri", "model_cache_dir"):
+        if key in inf and inf[key] is not None:
+            values[key] = inf[key]
+    values.update(overrides)
+    try:
+        return ChainSettings.model_validate({k: v for k, v in values.items() if v is not None})
+    except ValidationError as exc:
+        raise SettingsError(f"invalid inference config: {exc}") from exc

@@ -1,0 +1,8 @@
+"""The inference state machine: ``pipeline.asl.json`` (what Terraform deploys) and
+:mod:`inference.statemachine.local`, which runs that same file on moto's interpreter in-process."""
+
+from pathlib import Path
+
+DEFINITION_PATH = Path(__file__).with_name("pipeline.asl.json")
+
+__all__ = ["DEFINITION_PATH"]

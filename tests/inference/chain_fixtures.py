@@ -1,0 +1,109 @@
+"""Helpers for the inference-chain tests: a tiny champion in a registry, scenes, settings.
+
+Imported by ``test_chain_*.py``, ``test_statemachine.py`` and ``test_handlers.py``. The tiny
+random model is built and exported once per test session (a few seconds), then registered and
+promoted into each test's own registry.
+"""
+
+from __future__ import annotations
+
+import functools
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from inference.settings import ChainSettings
+from tests.data.builders import write_bad_naip
+from training import registry, storage
+
+MODEL_NAME = "chesapeake-landcover"
+SCENE_SIZE = 256
+
+
+@functools.cache
+def tiny_export() -> Path:
+    """A random tiny segmenter exported with reference stats from synthetic chips (built once)."""
+    import torch
+
+    from training.data.classes import remap_lc
+    from training.data.stats import compute_chip_stats
+    from training.data.synthetic import generate_scene
+    from training.models.export import save_export
+    from training.models.head import build_segmenter
+
+    torch.manual_seed(0)
+    model = build_segmenter("tiny", head_width=32).eval()
+    scenes = [generate_scene(seed, 64) for seed in range(4)]
+    chips = np.stack([image for image, _ in scenes])  # (4, 4, 64, 64) uint8
+    labels = np.stack([remap_lc(lc) for _, lc in scenes])  # model class ids
+    stats = compute_chip_stats(chips, labels)
+    path = Path(tempfile.mkdtemp(prefix="chain-export-")) / "model.safetensors"
+    save_export(model, str(path), reference_stats=stats.to_dict(), extra={"test": "tiny random"})
+    return path
+
+
+def make_champion(registry_uri: str, model_name: str = MODEL_NAME, miou: float = 0.5) -> dict[str, Any]:
+    """Register the tiny export in ``registry_uri`` and promote it; returns the champion pointer."""
+    manifest = registry.register_version(
+        registry_uri, model_name, tiny_export(), {"miou": miou}, "model: tiny\n", caveat="test model"
+    )
+    decision = registry.promote_if_better(registry_uri, model_name, manifest["version"])
+    assert decision.promoted
+    pointer = registry.champion(registry_uri, model_name)
+    assert pointer is not None
+    return pointer
+
+
+def write_scene(uri: str, seed: int, size: int = SCENE_SIZE) -> str:
+    """A synthetic NAIP scene (with its nodata border) written to ``uri``."""
+    from training.data.synthetic import make_scene, write_naip_tif
+
+    scene = make_scene(seed, size)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "scene.tif"
+        write_naip_tif(path, scene.image, scene.transform, scene.crs)
+        storage.upload(path, uri)
+    return uri
+
+
+def write_bad(uri: str, kind: str) -> str:
+    """A file failing NAIP validation with reason ``kind``, written to ``uri``."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = write_bad_naip(Path(tmp) / "bad.tif", kind)
+        storage.upload(path, uri)
+    return uri
+
+
+def chain_settings(root_uri: str, ledger_url: str, **overrides: Any) -> ChainSettings:
+    """Settings with input/, predictions/ and registry/ under ``root_uri``; small, fast defaults."""
+    values: dict[str, Any] = {
+        "input_uri": storage.join(root_uri, "input"),
+        "output_uri": storage.join(root_uri, "predictions"),
+        "registry_uri": storage.join(root_uri, "registry"),
+        "model_name": MODEL_NAME,
+        "ledger_url": ledger_url,
+        "backend": "torch",
+        "chip_size": 128,
+        "overlap": 16,
+        "batch_size": 4,
+        "stuck_after_s": 0.0,
+        "model_cache_dir": tempfile.mkdtemp(prefix="chain-model-"),
+        "scene_cache_dir": tempfile.mkdtemp(prefix="chain-scenes-"),
+        "lambda_memory_mb": 3008,
+    }
+    values.update(overrides)
+    return ChainSettings.model_validate(values)
+
+
+def migrated(url: str) -> str:
+    """Migrate the ledger at ``url`` to head and return the URL."""
+    from inference.ledger import db
+
+    db.migrate(url)
+    return url
+
+
+def no_sleep(seconds: float) -> None:
+    """Stand-in for the interpreter's Retry sleep."""

@@ -1,0 +1,172 @@
+"""Handlers and settings: environment checks, event parsing, the synchronous API, the image."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from inference import chain, handlers
+from inference.settings import ChainSettings, SettingsError, settings_from_config
+from tests.inference.chain_fixtures import chain_settings, make_champion
+
+REPO = Path(__file__).resolve().parents[2]
+ENV = {
+    "INPUT_URI": "s3://in/new",
+    "OUTPUT_URI": "s3://out/predictions/",
+    "REGISTRY_URI": "s3://registry",
+    "LEDGER_URL": "sqlite:///ledger.db",
+    "CHIP_SIZE": "512",
+    "BACKEND": "torch",
+}
+
+
+def test_settings_from_env_are_typed_and_checked() -> None:
+    s = ChainSettings.from_env(ENV)
+    assert (s.chip_size, s.output_uri, s.model_name) == (512, "s3://out/predictions", "chesapeake-landcover")
+    assert s.manifest_prefix == "s3://out/predictions/manifests"
+    assert ChainSettings.from_env(s.to_env()) == s
+    with pytest.raises(SettingsError, match="INPUT_URI"):
+        ChainSettings.from_env({k: v for k, v in ENV.items() if k != "INPUT_URI"})
+    with pytest.raises(SettingsError, match="LEDGER_URL"):
+        ChainSettings.from_env({k: v for k, v in ENV.items() if k != "LEDGER_URL"})
+    with pytest.raises(SettingsError, match="CHIP_SIZE"):
+        ChainSettings.from_env({**ENV, "CHIP_SIZE": "big"})
+    with pytest.raises(SettingsError, match="file:// or s3://"):
+        ChainSettings.from_env({**ENV, "INPUT_URI": "/local/path"})
+
+
+def test_ledger_url_from_secrets_manager(moto_server: str, monkeypatch) -> None:
+    import sqlalchemy as sa
+
+    from training import storage
+
+    storage.configure(endpoint_url=moto_server, region="us-east-1")
+    try:
+        secret = {
+            "username": "ledger",
+            "password": "p@ss:/word",
+            "host": "db.internal",
+            "port": 5432,
+            "dbname": "ledger",
+        }
+        arn = storage.boto3_client("secretsmanager").create_secret(
+            Name="ledger-test", SecretString=json.dumps(secret)
+        )["ARN"]
+        env = {k: v for k, v in ENV.items() if k != "LEDGER_URL"} | {"LEDGER_SECRET_ARN": arn}
+        url = sa.make_url(ChainSettings.from_env(env).resolved_ledger_url())
+        assert (url.username, url.password, url.host, url.database) == (
+            "ledger",
+            "p@ss:/word",
+            "db.internal",
+            "ledger",
+        )
+        assert url.drivername == "postgresql+psycopg"
+    finally:
+        storage.configure()
+
+
+def test_settings_from_hydra_config() -> None:
+    from training.config import compose
+
+    cfg = compose(["inference.chip_size=128", "inference.drift_threshold=0.3"])
+    s = settings_from_config(cfg)
+    assert s.input_uri == cfg.inference.input_uri.rstrip("/")
+    assert s.registry_uri == cfg.storage.registry_uri
+    assert (s.chip_size, s.drift_threshold, s.model_name) == (128, 0.3, cfg.model_name)
+    assert s.ledger_url.startswith("sqlite:///")
+
+
+def test_cost_estimate() -> None:
+    # 1024 MB for 100 s = 100 GB-s.
+    assert chain.cost_usd(1024, 100.0) == pytest.approx(100 * 0.0000166667)
+
+
+def test_handlers_reject_malformed_events() -> None:
+    from pydantic import ValidationError
+
+    from inference.handlers import infer, observe, process
+
+    handlers.configure(chain_settings("file:///nowhere", "sqlite://"))
+    try:
+        for handler, event in (
+            (process.handler, {}),
+            (observe.handler, {"id": 1}),
+            (infer.handler, {"execution_id": "x"}),
+        ):
+            with pytest.raises(ValidationError):
+                handler(event, None)
+    finally:
+        handlers.configure(None)
+
+
+def _geotiff_b64(image: np.ndarray) -> str:
+    from rasterio.io import MemoryFile
+
+    with MemoryFile() as mem:
+        with mem.open(
+            driver="GTiff", width=image.shape[2], height=image.shape[1], count=4, dtype="uint8"
+        ) as ds:
+            ds.write(image)
+        return base64.b64encode(mem.read()).decode()
+
+
+def test_sync_request_returns_model_ids_and_the_class_table(tmp_uri: str) -> None:
+    """The seed-000 API shape, served by the infer handler with the registry's champion."""
+    from inference.handlers import infer
+    from training.data.classes import CLASS_NAMES
+    from training.data.synthetic import generate_scene
+
+    settings = chain_settings(tmp_uri, "sqlite://")
+    pointer = make_champion(settings.registry_uri)
+    image = generate_scene(3, 96)[0]
+    handlers.configure(settings)
+    try:
+        ok = infer.handler({"image": _geotiff_b64(image), "output_size": [48, 48]}, None)
+        buf = io.BytesIO()
+        np.save(buf, image)
+        proxied = infer.handler(
+            {"body": json.dumps({"image": base64.b64encode(buf.getvalue()).decode()})}, None
+        )
+        bad = infer.handler({"image": base64.b64encode(b"not an image").decode()}, None)
+    finally:
+        handlers.configure(None)
+    assert ok["statusCode"] == 200
+    body = ok["body"]
+    assert body["shape"] == [48, 48] and len(body["prediction"]) == 48
+    ids = np.asarray(body["prediction"])
+    assert ids.min() >= 0 and ids.max() <= 6
+    assert [c["id"] for c in body["classes"]] == list(range(7))
+    assert [c["name"] for c in body["classes"]] == list(CLASS_NAMES)
+    assert body["model_version"] == pointer["version"]
+    assert proxied["statusCode"] == 200 and proxied["body"]["shape"] == [96, 96]
+    assert bad["statusCode"] == 400 and bad["body"]["error"] == "invalid_image"
+
+
+def test_dockerfile_is_the_lambda_image_without_training_stack() -> None:
+    text = (REPO / "inference" / "Dockerfile").read_text()
+    instructions = [line for line in text.splitlines() if line and not line.startswith("#")]
+    assert instructions[0] == "FROM public.ecr.aws/lambda/python:3.11"
+    assert re.search(r"pip install --index-url https://download.pytorch.org/whl/cpu \"?torch==", text)
+    assert 'pip install ".[inference]"' in text
+    code = "\n".join(instructions).lower()
+    for banned in ("airflow", "mlflow", "lightning", "moto", "[training]", "[dev]"):
+        assert banned not in code, banned
+    (cmd,) = [line for line in instructions if line.startswith("CMD")]
+    assert json.loads(cmd[len("CMD") :]) == ["inference.handlers.process.handler"]
+    for name in ("process", "infer", "observe", "failure"):
+        assert f'["inference.handlers.{name}.handler"]' in text  # documented per-function CMD
+        module = __import__(f"inference.handlers.{name}", fromlist=["handler"])
+        assert callable(module.handler)
+    # The pyproject's inference extra (what the image installs) has no training stack either.
+    import tomllib
+
+    extra = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"][
+        "inference"
+    ]
+    assert not [d for d in extra if re.match(r"(apache-airflow|mlflow|pytorch-lightning|lightning)\b", d)]
