@@ -18,6 +18,9 @@ $(STAMP): pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[inference,training,dev]'
+	@# moto's Step Functions parser needs antlr4 4.13, Hydra pins 4.9: the 4.13 runtime lives apart
+	@# and inference/statemachine/local.py swaps it in for the duration of a local run.
+	$(PY) -m pip install --quiet --no-deps --upgrade --target .cache/sfn-antlr4 antlr4-python3-runtime==4.13.2
 	@touch $(STAMP)
 
 .PHONY: setup_env
@@ -29,7 +32,7 @@ lint: setup_env ## Lint and format-check with ruff
 	$(VENV)/bin/ruff format --check .
 
 .PHONY: test
-test: setup_env ## Run the whole test suite (the CI command)
+test: setup_env iac_tools browser ## Run the whole test suite (the CI command)
 	@# pytest exits 5 when it collects no tests: not a failure of the code.
 	$(VENV)/bin/pytest -q; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
 
@@ -55,3 +58,122 @@ train_baseline: setup_env ## Train the baseline (Airflow in-process, or AIRFLOW_
 train: setup_env ## Run the training pipeline without Airflow: make train ARGS="model=clay_small training.epochs=3"
 	$(PY) -m training.data.synthetic
 	$(PY) -m training.train $(ARGS)
+
+# --- Observability (issue 7): Grafana provisioning, the static report, the headless browser ---
+
+.PHONY: browser
+browser: ## Install Debian's headless Chromium (for the report test) if /usr/bin/chromium is missing
+	@if [ -x /usr/bin/chromium ]; then \
+	  echo "chromium present: $$(/usr/bin/chromium --version 2>/dev/null)"; \
+	else \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y chromium fonts-dejavu-core; \
+	fi
+
+.PHONY: dashboards
+dashboards: setup_env ## Regenerate observability/grafana/dashboards/*.json from the panel SQL (observability/panels.py)
+	$(PY) -m observability.build_dashboards
+
+REPORT ?= outputs/report.html
+.PHONY: report
+report: setup_env ## Write outputs/report.html: the Grafana panels' SQL run on the ledger, as a static HTML report
+	$(PY) -m observability.report --out $(REPORT) $(ARGS)
+
+GRAFANA_URL ?= http://localhost:3000
+.PHONY: setup_inference_observability
+setup_inference_observability: ## Start Grafana (docker compose) on the ledger: datasource, dashboards, alerts provisioned
+	@if command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1 && docker compose version >/dev/null 2>&1; then \
+	  docker compose up -d --wait grafana && \
+	  echo "Grafana is up: $(GRAFANA_URL)  login admin / $${GRAFANA_ADMIN_PASSWORD:-admin}" && \
+	  echo "Dashboard 'Land cover inference' (folder 'Land cover'); alert rules under Alerting > Alert rules."; \
+	else \
+	  echo "No Docker engine available here: Grafana cannot start."; \
+	  echo "Building the embedded equivalent instead: the static report from the same SQL ($(REPORT))."; \
+	  echo "(With Docker: docker compose up -d grafana, then $(GRAFANA_URL), login admin / admin.)"; \
+	  $(MAKE) --no-print-directory report; \
+	fi
+
+.PHONY: run_inference
+run_inference: setup_env ## Run the inference state machine locally (moto interpreter + real handlers); ARGS="--ledger-url ... --s3-prefix ... overrides"
+	$(PY) -m inference.run_local run $(ARGS)
+
+.PHONY: upload_and_run_inference
+upload_and_run_inference: setup_env ## Drop N new synthetic scenes into the input prefix, running the chain after each (ARGS="--scenes 3 --interval 10")
+	$(PY) -m inference.run_local upload $(ARGS)
+
+# --- Training stack (issue 4): the Airflow UI without Docker, and the docker compose stack ---
+
+AIRFLOW_PORT ?= 8080
+.PHONY: airflow_ui
+airflow_ui: setup_env ## Airflow standalone on 127.0.0.1:$AIRFLOW_PORT (default 8080) without Docker; prints the URL and login
+	$(PY) -m training.airflow_ui --port $(AIRFLOW_PORT)
+
+# Fails with a clear message unless the docker CLI, its compose plugin and an engine are all there.
+define require_docker
+	@command -v docker >/dev/null 2>&1 || { echo "No docker CLI found: the compose stack needs Docker (docker.com)."; \
+	  echo "Without Docker: 'make airflow_ui' (Airflow UI) or 'make train_baseline' (in-process)."; exit 1; }
+	@docker compose version >/dev/null 2>&1 || { echo "The docker CLI has no 'compose' plugin (Docker Compose v2 is needed), or no Docker engine here."; \
+	  echo "Without Docker: 'make airflow_ui' (Airflow UI) or 'make train_baseline' (in-process)."; exit 1; }
+	@docker info >/dev/null 2>&1 || { echo "No Docker engine is reachable (docker info failed): start Docker first."; \
+	  echo "Without Docker: 'make airflow_ui' (Airflow UI) or 'make train_baseline' (in-process)."; exit 1; }
+endef
+
+.PHONY: launch_training_infra
+launch_training_infra: ## docker compose up the training stack (Airflow 3, Postgres, MLflow, AWS emulator, Grafana), wait for health, print URLs
+	$(require_docker)
+	@mkdir -p data
+	AIRFLOW_UID=$$(id -u) docker compose up -d --build --wait --wait-timeout 900
+	@echo ""
+	@echo "  Airflow   http://localhost:$${AIRFLOW_PORT:-8080}   (admin / $${AIRFLOW_ADMIN_PASSWORD:-admin})"
+	@echo "  MLflow    http://localhost:$${MLFLOW_PORT:-5000}"
+	@echo "  Grafana   http://localhost:3000   (admin / $${GRAFANA_ADMIN_PASSWORD:-admin})"
+	@echo "  AWS       http://localhost:4566   (moto server; buckets $${LANDCOVER_PROJECT:-landcover-demo}-{artifacts,registry,mlflow})"
+	@echo "  Postgres  localhost:$${POSTGRES_PORT:-5432}   (postgres / postgres; databases airflow, mlflow, ledger)"
+	@echo "  Train:    AIRFLOW_URL=http://localhost:$${AIRFLOW_PORT:-8080} make train_baseline"
+
+.PHONY: clean_up_training
+clean_up_training: ## docker compose down -v: stop the training stack and delete its volumes
+	$(require_docker)
+	docker compose down -v --remove-orphans
+
+# --- Inference infrastructure (inference/tf) ---------------------------------------------------
+# IaC checkers live in .cache/, outside the project's environment: checkov pins many packages.
+IAC_CACHE             := .cache
+CHECKOV_VERSION       := 3.3.30
+ASL_VALIDATOR_VERSION := 4.0.0
+CHECKOV_STAMP         := $(IAC_CACHE)/checkov-venv/.checkov-$(CHECKOV_VERSION)
+ASL_VALIDATOR_STAMP   := $(IAC_CACHE)/npm/.asl-validator-$(ASL_VALIDATOR_VERSION)
+
+$(CHECKOV_STAMP):
+	@echo "installing checkov==$(CHECKOV_VERSION) into $(IAC_CACHE)/checkov-venv"
+	@rm -rf $(IAC_CACHE)/checkov-venv
+	python3 -m venv $(IAC_CACHE)/checkov-venv
+	@$(IAC_CACHE)/checkov-venv/bin/pip install --quiet "checkov==$(CHECKOV_VERSION)" > $(IAC_CACHE)/checkov-install.log 2>&1 \
+		|| { cat $(IAC_CACHE)/checkov-install.log; exit 1; }
+	@touch $@
+
+$(ASL_VALIDATOR_STAMP):
+	@echo "installing asl-validator@$(ASL_VALIDATOR_VERSION) into $(IAC_CACHE)/npm"
+	@rm -f $(IAC_CACHE)/npm/.asl-validator-*
+	npm install --silent --no-save --no-fund --no-audit --prefix $(IAC_CACHE)/npm "asl-validator@$(ASL_VALIDATOR_VERSION)"
+	@touch $@
+
+.PHONY: iac_tools
+iac_tools: $(CHECKOV_STAMP) $(ASL_VALIDATOR_STAMP) ## Install checkov (own venv) and asl-validator (npm) into .cache/ (idempotent)
+
+.PHONY: setup_inference_infra
+setup_inference_infra: setup_env ## Render tfvars from the Hydra config, create ECR, build and push the Lambda image (needs AWS creds, Docker)
+	bash setup/infra.sh setup
+
+.PHONY: provision_inference_infra
+provision_inference_infra: setup_env ## terraform apply the inference stack (S3, RDS, Lambdas, Step Functions, schedule, alarms)
+	bash setup/infra.sh provision
+
+.PHONY: clean_up_infra
+clean_up_infra: setup_env ## Destroy the inference stack, buckets, ECR images and RDS included (asks first)
+	bash setup/infra.sh clean
+
+.PHONY: bench
+bench: setup_env ## CPU inference benchmark (GEMM peak, eager fp32 vs ONNX int8, RSS, cold start, scenes, cost) -> outputs/bench/bench.json
+	$(PY) -m inference.bench --out outputs/bench/bench.json $(ARGS)

@@ -29,7 +29,7 @@ DEPRECATED = [
 def dagbag():
     from airflow.dag_processing.dagbag import DagBag
 
-    return DagBag(dag_folder=str(DAGS_FOLDER), include_examples=False)
+    return DagBag(dag_folder=str(DAGS_FOLDER))
 
 
 def test_dags_import_without_errors(dagbag) -> None:
@@ -39,10 +39,10 @@ def test_dags_import_without_errors(dagbag) -> None:
 
 @pytest.mark.parametrize("dag_id", training_variants())
 def test_dag_shape(dagbag, dag_id: str) -> None:
-    dag = dagbag.get_dag(dag_id)
+    dag = dagbag.dags[dag_id]
     assert dag.catchup is False
     assert "training" in dag.tags
-    assert str(dag.timetable.summary) == "@daily" or "daily" in str(dag.timetable.description).lower()
+    assert dag.schedule == "@daily"
     assert [t.task_id for t in dag.topological_sort()] == list(STEPS)
     for task in dag.tasks:
         assert task.retries >= 1, f"{dag_id}.{task.task_id} has no retries"
