@@ -1,0 +1,218 @@
+# Root module of the inference stack:
+#   kms -> s3 (data, predictions, registry) -> ecr -> network -> rds (+ secret) ->
+#   cloudwatch (log groups) -> iam (one role per function) -> lambda (four functions, one image)
+#   -> sfn (the ASL file via templatefile) -> scheduler -> cloudwatch alarms; access (optional).
+data "aws_partition" "current" {}
+
+locals {
+  name = var.project
+  azs  = coalesce(var.availability_zones, ["${var.aws_region}a", "${var.aws_region}b"])
+
+  bucket_names = {
+    data        = coalesce(var.data_bucket_name, "${var.project}-data")
+    predictions = coalesce(var.predictions_bucket_name, "${var.project}-predictions")
+    registry    = coalesce(var.registry_bucket_name, "${var.project}-registry")
+  }
+
+  definition_file = coalesce(var.state_machine_definition_file, "${path.module}/../statemachine/pipeline.asl.json")
+
+  # The four steps of the chain, all in one image; each handler module has handler(event, context).
+  functions = {
+    process = {
+      handler   = "inference.handlers.process.handler"
+      memory_mb = var.process_memory_mb
+      timeout_s = var.process_timeout_s
+    }
+    infer = {
+      handler              = "inference.handlers.infer.handler"
+      memory_mb            = var.infer_memory_mb
+      timeout_s            = var.infer_timeout_s
+      ephemeral_storage_mb = var.infer_ephemeral_storage_mb
+      reserved_concurrency = var.infer_reserved_concurrency
+    }
+    observe = {
+      handler   = "inference.handlers.observe.handler"
+      memory_mb = var.observe_memory_mb
+      timeout_s = var.observe_timeout_s
+    }
+    failure = {
+      handler   = "inference.handlers.failure.handler"
+      memory_mb = var.failure_memory_mb
+      timeout_s = var.failure_timeout_s
+    }
+  }
+
+  # What each function may touch (bucket roles): read = list + get, write = put.
+  access = {
+    process = { read = ["data", "registry"], write = ["predictions"] }
+    infer   = { read = ["data", "registry", "predictions"], write = ["predictions"] }
+    observe = { read = ["predictions", "registry"], write = ["predictions"] }
+    failure = { read = [], write = [] }
+  }
+
+  ledger_secret_arn = var.enable_rds ? module.rds[0].secret_arn : var.ledger_secret_arn
+
+  # ChainSettings, shared by every function (LAMBDA_MEMORY_MB is set per function).
+  environment = merge(
+    {
+      INPUT_URI       = "s3://${local.bucket_names.data}/${var.input_prefix}"
+      OUTPUT_URI      = "s3://${local.bucket_names.predictions}/${var.output_prefix}"
+      MANIFEST_URI    = "s3://${local.bucket_names.predictions}/${trimsuffix(var.manifest_prefix, "/")}"
+      REGISTRY_URI    = "s3://${local.bucket_names.registry}"
+      MODEL_NAME      = var.model_name
+      BACKEND         = var.backend
+      MODEL_CACHE_DIR = "/tmp/model"
+    },
+    local.ledger_secret_arn == null ? {} : { LEDGER_SECRET_ARN = local.ledger_secret_arn },
+    var.chain_settings,
+  )
+}
+
+module "kms" {
+  source                  = "./modules/kms"
+  name                    = local.name
+  region                  = var.aws_region
+  deletion_window_in_days = var.allow_destroy ? 7 : 30
+}
+
+module "s3" {
+  source        = "./modules/s3"
+  kms_key_arn   = module.kms.key_arn
+  force_destroy = var.allow_destroy
+  buckets = {
+    data = {
+      name                   = local.bucket_names.data
+      noncurrent_days        = var.noncurrent_version_days
+      infrequent_access_days = var.data_infrequent_access_days
+    }
+    predictions = {
+      name            = local.bucket_names.predictions
+      noncurrent_days = var.noncurrent_version_days
+      expire_prefixes = { (var.manifest_prefix) = var.manifest_expiration_days }
+    }
+    registry = {
+      name            = local.bucket_names.registry
+      noncurrent_days = var.noncurrent_version_days
+    }
+  }
+}
+
+module "ecr" {
+  source       = "./modules/ecr"
+  name         = local.name
+  kms_key_arn  = module.kms.key_arn
+  force_delete = var.allow_destroy
+}
+
+module "network" {
+  source             = "./modules/network"
+  name               = local.name
+  region             = var.aws_region
+  cidr_block         = var.vpc_cidr
+  availability_zones = local.azs
+  interface_endpoints = concat(
+    ["secretsmanager"],
+    var.enable_access_host ? ["ssm", "ssmmessages", "ec2messages"] : [],
+  )
+  kms_key_arn        = module.kms.key_arn
+  log_retention_days = var.log_retention_days
+}
+
+module "rds" {
+  count          = var.enable_rds ? 1 : 0
+  source         = "./modules/rds"
+  providers      = { aws = aws, aws.secrets = aws.secrets }
+  name           = local.name
+  vpc_id         = module.network.vpc_id
+  subnet_ids     = module.network.private_subnet_ids
+  kms_key_arn    = module.kms.key_arn
+  instance_class = var.db_instance_class
+  engine_version = var.db_engine_version
+  multi_az       = var.db_multi_az
+
+  generate_password           = var.db_generate_password
+  master_password             = var.db_master_password
+  password_version            = var.db_password_version
+  deletion_protection         = !var.allow_destroy
+  secret_recovery_window_days = var.allow_destroy ? 0 : 7
+
+  client_security_group_ids = merge(
+    { lambda = module.network.lambda_security_group_id },
+    var.enable_access_host ? { access = module.access[0].security_group_id } : {},
+  )
+}
+
+module "access" {
+  count                      = var.enable_access_host && var.enable_rds ? 1 : 0
+  source                     = "./modules/access"
+  name                       = local.name
+  partition                  = data.aws_partition.current.partition
+  vpc_id                     = module.network.vpc_id
+  vpc_cidr                   = module.network.cidr_block
+  subnet_id                  = module.network.private_subnet_ids[0]
+  database_security_group_id = module.rds[0].security_group_id
+  kms_key_arn                = module.kms.key_arn
+}
+
+module "cloudwatch" {
+  source            = "./modules/cloudwatch"
+  name              = local.name
+  function_keys     = keys(local.functions)
+  function_names    = module.lambda.names
+  state_machine_arn = module.sfn.arn
+  retention_days    = var.log_retention_days
+  kms_key_arn       = module.kms.key_arn
+  alarm_email       = var.alarm_email
+}
+
+module "iam" {
+  source             = "./modules/iam"
+  name               = local.name
+  functions          = local.access
+  bucket_arns        = module.s3.arns
+  log_group_arns     = module.cloudwatch.function_log_group_arns
+  kms_key_arn        = module.kms.key_arn
+  ledger_secret_arn  = local.ledger_secret_arn
+  subnet_ids         = module.network.private_subnet_ids
+  security_group_ids = [module.network.lambda_security_group_id]
+}
+
+module "lambda" {
+  source             = "./modules/lambda"
+  name               = local.name
+  image_uri          = "${module.ecr.repository_url}:${var.image_tag}"
+  architecture       = var.lambda_architecture
+  functions          = local.functions
+  environment        = local.environment
+  role_arns          = module.iam.role_arns
+  log_group_names    = module.cloudwatch.function_log_group_names
+  kms_key_arn        = module.kms.key_arn
+  subnet_ids         = module.network.private_subnet_ids
+  security_group_ids = [module.network.lambda_security_group_id]
+}
+
+module "sfn" {
+  source          = "./modules/sfn"
+  name            = "${local.name}-pipeline"
+  definition_file = local.definition_file
+  definition_vars = {
+    process_function_arn = module.lambda.arns["process"]
+    infer_function_arn   = module.lambda.arns["infer"]
+    observe_function_arn = module.lambda.arns["observe"]
+    failure_function_arn = module.lambda.arns["failure"]
+    manifest_bucket      = module.s3.names["predictions"]
+  }
+  function_arns       = values(module.lambda.arns)
+  manifest_bucket_arn = module.s3.arns["predictions"]
+  kms_key_arn         = module.kms.key_arn
+  log_group_arn       = module.cloudwatch.state_machine_log_group_arn
+}
+
+module "scheduler" {
+  source              = "./modules/scheduler"
+  name                = "${local.name}-pipeline"
+  state_machine_arn   = module.sfn.arn
+  schedule_expression = var.schedule_expression
+  timezone            = var.schedule_timezone
+  enabled             = var.schedule_enabled
+}

@@ -1,0 +1,6 @@
+output "role_arns" {
+  description = "Execution role ARN by function key."
+  value       = { for k, r in aws_iam_role.function : k => r.arn }
+  # Lambda checks the ENI permissions at creation: hand out roles only once they hold them.
+  depends_on = [aws_iam_role_policy.function]
+}

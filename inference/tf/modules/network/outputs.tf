@@ -1,0 +1,19 @@
+output "vpc_id" {
+  description = "Id of the VPC."
+  value       = aws_vpc.this.id
+}
+
+output "cidr_block" {
+  description = "CIDR of the VPC."
+  value       = aws_vpc.this.cidr_block
+}
+
+output "private_subnet_ids" {
+  description = "Ids of the private subnets (Lambda, RDS, bastion)."
+  value       = aws_subnet.private[*].id
+}
+
+output "lambda_security_group_id" {
+  description = "Security group of the Lambda functions."
+  value       = aws_security_group.lambda.id
+}

@@ -1,0 +1,217 @@
+# Offline plan/apply of the whole stack against a mocked AWS provider: no credentials, no
+# network. Asserts the properties the issue asks for; run with `terraform test` in inference/tf.
+
+mock_provider "aws" {
+  # The few computed values the modules parse or compare need realistic shapes.
+  mock_data "aws_caller_identity" {
+    defaults = { account_id = "123456789012" }
+  }
+  mock_data "aws_region" {
+    defaults = { name = "us-east-1" }
+  }
+  mock_data "aws_partition" {
+    defaults = { partition = "aws" }
+  }
+  # Resources whose ARNs the provider validates where they are passed on. Lambda ARNs stay
+  # random so each function's ARN is distinct in the definition assertions.
+  mock_resource "aws_iam_role" {
+    defaults = { arn = "arn:aws:iam::123456789012:role/mock" }
+  }
+  mock_resource "aws_kms_key" {
+    defaults = { arn = "arn:aws:kms:us-east-1:123456789012:key/00000000-0000-0000-0000-000000000000" }
+  }
+  mock_resource "aws_cloudwatch_log_group" {
+    defaults = { arn = "arn:aws:logs:us-east-1:123456789012:log-group:mock" }
+  }
+  mock_resource "aws_sns_topic" {
+    defaults = { arn = "arn:aws:sns:us-east-1:123456789012:mock" }
+  }
+  mock_resource "aws_sfn_state_machine" {
+    defaults = { arn = "arn:aws:states:us-east-1:123456789012:stateMachine:landcover-test-pipeline" }
+  }
+  mock_resource "aws_secretsmanager_secret" {
+    defaults = { arn = "arn:aws:secretsmanager:us-east-1:123456789012:secret:landcover-test/ledger-AbCdEf" }
+  }
+  mock_resource "aws_ecr_repository" {
+    defaults = { repository_url = "123456789012.dkr.ecr.us-east-1.amazonaws.com/landcover-test" }
+  }
+}
+
+# Generates the ledger password in production; here a real provider that is configured
+# with dummy credentials and never called (db_generate_password = false below).
+provider "aws" {
+  alias                       = "secrets"
+  region                      = "us-east-1"
+  access_key                  = "mock"
+  secret_key                  = "mock"
+  skip_credentials_validation = true
+  skip_requesting_account_id  = true
+  skip_metadata_api_check     = true
+  skip_region_validation      = true
+}
+
+variables {
+  project    = "landcover-test"
+  model_name = "chesapeake-landcover"
+  image_tag  = "test"
+  # Mock providers cannot serve ephemeral resources (Terraform 1.11), so the generated
+  # password path is exercised by the opt-in apply against moto instead.
+  db_generate_password = false
+  db_master_password   = "mock-only-not-a-secret"
+}
+
+# One apply of the default stack carries most assertions: each run costs a provider start
+# and an apply, and the suite must stay fast on a shared 2-core machine.
+run "default_stack" {
+  command = apply
+
+  # --- The deployed definition is the ASL file with the ARNs substituted.
+  assert {
+    condition = jsondecode(module.sfn.definition) == jsondecode(templatefile(output.state_machine_definition_file, {
+      process_function_arn = module.lambda.arns["process"]
+      infer_function_arn   = module.lambda.arns["infer"]
+      observe_function_arn = module.lambda.arns["observe"]
+      failure_function_arn = module.lambda.arns["failure"]
+      manifest_bucket      = module.s3.names["predictions"]
+    }))
+    error_message = "The deployed definition is not the ASL file with the ARNs substituted."
+  }
+  assert {
+    condition     = length(distinct(values(module.lambda.arns))) == 4 && alltrue([for arn in values(module.lambda.arns) : strcontains(module.sfn.definition, arn)])
+    error_message = "Each of the four distinct Lambda ARNs must appear in the definition."
+  }
+  assert {
+    condition     = !strcontains(module.sfn.definition, "$${")
+    error_message = "A template variable was left unsubstituted."
+  }
+  assert {
+    condition     = strcontains(module.sfn.definition, module.s3.names["predictions"])
+    error_message = "The manifest bucket was not substituted."
+  }
+
+  # --- The schedule targets the state machine; its role only starts it.
+  assert {
+    condition     = module.scheduler.target_arn == module.sfn.arn
+    error_message = "The schedule does not target the state machine."
+  }
+  assert {
+    condition = jsondecode(module.scheduler.role_policy).Statement == [{
+      Effect   = "Allow"
+      Action   = "states:StartExecution"
+      Resource = module.sfn.arn
+    }]
+    error_message = "The scheduler role may do more than states:StartExecution on the machine."
+  }
+
+  # --- Lambda memory, timeouts, handlers, env and VPC config.
+  assert {
+    condition     = module.lambda.settings["infer"].memory_mb == var.infer_memory_mb && var.infer_memory_mb == 2048
+    error_message = "infer must default to infer_memory_mb (2048 until `make bench` says otherwise)."
+  }
+  assert {
+    condition     = module.lambda.settings["infer"].timeout_s == 900 && module.lambda.settings["process"].timeout_s == 300
+    error_message = "Default timeouts are not as configured."
+  }
+  assert {
+    condition     = length(module.lambda.arns) == 4
+    error_message = "Expected process, infer, observe and failure functions."
+  }
+  assert {
+    condition     = module.lambda.handlers["infer"][0] == "inference.handlers.infer.handler" && module.lambda.handlers["failure"][0] == "inference.handlers.failure.handler"
+    error_message = "Each function runs its own handler from the shared image."
+  }
+  assert {
+    condition = alltrue([for k, env in module.lambda.environments : alltrue([
+      for name in ["INPUT_URI", "OUTPUT_URI", "REGISTRY_URI", "MODEL_NAME", "LEDGER_SECRET_ARN", "BACKEND", "LAMBDA_MEMORY_MB", "MANIFEST_URI"] :
+      contains(keys(env), name)
+    ])])
+    error_message = "Every function needs the ChainSettings environment."
+  }
+  assert {
+    condition     = module.lambda.environments["infer"]["LEDGER_SECRET_ARN"] == module.rds[0].secret_arn
+    error_message = "Functions must read the generated ledger secret."
+  }
+  assert {
+    condition     = alltrue([for k, subnets in module.lambda.vpc_subnet_ids : toset(subnets) == toset(module.network.private_subnet_ids)])
+    error_message = "Every function runs in the private subnets."
+  }
+
+  # --- RDS is private and encrypted.
+  assert {
+    condition     = module.rds[0].publicly_accessible == false
+    error_message = "RDS must not be publicly accessible."
+  }
+  assert {
+    condition     = module.rds[0].storage_encrypted == true
+    error_message = "RDS storage must be encrypted."
+  }
+
+  # --- Every bucket blocks public access, is encrypted and versioned.
+  assert {
+    condition     = toset(keys(module.s3.names)) == toset(["data", "predictions", "registry"])
+    error_message = "Expected data, predictions and registry buckets."
+  }
+  assert {
+    condition     = alltrue([for k, flags in module.s3.public_access_blocks : alltrue(values(flags))])
+    error_message = "Every bucket must block all public access."
+  }
+  assert {
+    condition     = alltrue([for k, e in module.s3.encryption : e.sse_algorithm == "aws:kms" && e.kms_master_key_id == module.kms.key_arn])
+    error_message = "Every bucket must default to SSE-KMS with the stack key."
+  }
+  assert {
+    condition     = alltrue([for k, status in module.s3.versioning : status == "Enabled"])
+    error_message = "Every bucket must be versioned."
+  }
+  assert {
+    condition     = alltrue([for k, days in module.s3.abort_incomplete_upload_days : days == 7])
+    error_message = "Every bucket's lifecycle must abort incomplete multipart uploads."
+  }
+}
+
+run "configured_memory_timeouts_and_access_host" {
+  command = apply
+
+  variables {
+    infer_memory_mb   = 5120
+    infer_timeout_s   = 600
+    process_memory_mb = 512
+    observe_timeout_s = 120
+    # The optional SSM access path rides along on this apply.
+    enable_access_host = true
+  }
+
+  assert {
+    condition     = module.lambda.settings["infer"] == { memory_mb = 5120, timeout_s = 600 }
+    error_message = "infer memory/timeout not as configured."
+  }
+
+  assert {
+    condition     = module.lambda.settings["process"].memory_mb == 512 && module.lambda.settings["observe"].timeout_s == 120
+    error_message = "process/observe settings not as configured."
+  }
+
+  assert {
+    condition     = module.lambda.environments["infer"]["LAMBDA_MEMORY_MB"] == "5120"
+    error_message = "LAMBDA_MEMORY_MB must follow the configured memory."
+  }
+
+  assert {
+    condition     = length(module.access) == 1 && startswith(output.grafana_tunnel_command, "aws ssm start-session")
+    error_message = "enable_access_host must create the SSM host and print the port-forward command."
+  }
+}
+
+run "without_rds_uses_the_given_secret" {
+  command = plan
+
+  variables {
+    enable_rds        = false
+    ledger_secret_arn = "arn:aws:secretsmanager:us-east-1:123456789012:secret:ledger-AbCdEf"
+  }
+
+  assert {
+    condition     = length(module.rds) == 0 && output.ledger_secret_arn == var.ledger_secret_arn
+    error_message = "enable_rds=false must create no database and pass the given secret."
+  }
+}

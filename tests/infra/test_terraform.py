@@ -1,0 +1,402 @@
+"""Offline checks of the inference stack's Terraform (inference/tf), its ASL and its make targets.
+
+Runs with no network and no AWS: terraform uses the local provider mirror; ``terraform test``
+mocks the AWS provider; checkov runs with --skip-download. The IaC checkers are installed by
+``make iac_tools`` (idempotent; the first run downloads them). The opt-in ``apply`` test
+(``RUN_TF_APPLY=1``) applies and destroys the stack against a moto server on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+TF_DIR = REPO_ROOT / "inference" / "tf"
+ASL_FILE = REPO_ROOT / "inference" / "statemachine" / "pipeline.asl.json"
+CHECKOV = REPO_ROOT / ".cache" / "checkov-venv" / "bin" / "checkov"
+ASL_VALIDATOR = REPO_ROOT / ".cache" / "npm" / "node_modules" / ".bin" / "asl-validator"
+# The only variables the ASL template may use (the contract with the chain).
+ASL_VARIABLES = {
+    "process_function_arn",
+    "infer_function_arn",
+    "observe_function_arn",
+    "failure_function_arn",
+    "manifest_bucket",
+}
+# Where a provider mirror may be; TF_PLUGIN_MIRROR wins.
+MIRROR_CANDIDATES = (
+    "/opt/tf-plugins",
+    "/usr/share/terraform/plugins",
+    "/usr/local/share/terraform/plugins",
+    str(Path.home() / ".terraform.d" / "plugins"),
+    str(Path.home() / ".local" / "share" / "terraform" / "plugins"),
+)
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+
+def _tf_env() -> dict[str, str]:
+    """Terraform with no user config, no update check, and no AWS credentials from the caller."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "TF_VAR_"))}
+    env.update(TF_CLI_CONFIG_FILE=os.devnull, CHECKPOINT_DISABLE="1", TF_IN_AUTOMATION="1")
+    return env
+
+
+def _run(cmd: list[str], cwd: Path = TF_DIR, env: dict[str, str] | None = None, timeout: int = 300):
+    return subprocess.run(cmd, cwd=cwd, env=env or _tf_env(), capture_output=True, text=True, timeout=timeout)
+
+
+def _ok(proc: subprocess.CompletedProcess) -> str:
+    assert proc.returncode == 0, (
+        f"{' '.join(proc.args)} failed:\n{proc.stdout[-6000:]}\n{proc.stderr[-6000:]}"
+    )
+    return proc.stdout
+
+
+def find_provider_mirror() -> Path:
+    """The plugin directory holding hashicorp/aws 5.x, or a failure saying how to provide one."""
+    candidates = [os.environ["TF_PLUGIN_MIRROR"]] if os.environ.get("TF_PLUGIN_MIRROR") else []
+    for root in [*candidates, *MIRROR_CANDIDATES]:
+        if list(Path(root).glob("registry.terraform.io/hashicorp/aws/5.*/*/terraform-provider-aws_*")):
+            return Path(root)
+    pytest.fail(
+        "No local Terraform provider mirror with hashicorp/aws 5.x: looked in "
+        f"{', '.join([*candidates, *MIRROR_CANDIDATES])}. Set TF_PLUGIN_MIRROR to the directory that holds "
+        "registry.terraform.io/hashicorp/aws/<version>/<os_arch>/ (tests never download providers)."
+    )
+
+
+def _render_asl(arns: dict[str, str]) -> str:
+    """What templatefile() makes of the ASL file, for the five contract variables."""
+    text = ASL_FILE.read_text()
+    return re.sub(r"\$\{(\w+)\}", lambda m: arns[m.group(1)], text)
+
+
+FAKE_VALUES = {
+    "process_function_arn": "arn:aws:lambda:us-east-1:123456789012:function:lc-process",
+    "infer_function_arn": "arn:aws:lambda:us-east-1:123456789012:function:lc-infer",
+    "observe_function_arn": "arn:aws:lambda:us-east-1:123456789012:function:lc-observe",
+    "failure_function_arn": "arn:aws:lambda:us-east-1:123456789012:function:lc-failure",
+    "manifest_bucket": "lc-predictions",
+}
+
+
+# --- fixtures ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def terraform() -> str:
+    path = shutil.which("terraform")
+    if path is None:
+        pytest.fail("terraform is not on PATH (Terraform >= 1.11 is required for the IaC tests)")
+    return path
+
+
+@pytest.fixture(scope="module")
+def iac_tools() -> None:
+    """checkov and asl-validator in .cache/, installed by `make iac_tools` when missing."""
+    if CHECKOV.exists() and ASL_VALIDATOR.exists():
+        return
+    proc = subprocess.run(["make", "-s", "iac_tools"], cwd=REPO_ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0, (
+        f"make iac_tools failed (needs PyPI and npm once):\n{proc.stdout}\n{proc.stderr}"
+    )
+
+
+@pytest.fixture(scope="module")
+def checkov_run(iac_tools) -> Iterator[subprocess.Popen]:
+    """checkov started early in the background: it runs beside the terraform tests (2 cores)."""
+    env = dict(os.environ, HCL_PARSE_TIMEOUT_SEC="120", LOG_LEVEL="WARNING")
+    proc = subprocess.Popen(
+        [str(CHECKOV), "--config-file", str(TF_DIR / ".checkov.yaml"), "-d", str(TF_DIR), "-o", "json"],
+        cwd=TF_DIR,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    yield proc
+    if proc.poll() is None:
+        proc.kill()
+        proc.communicate()
+
+
+@pytest.fixture(scope="module")
+def initialised(terraform, checkov_run) -> Path:
+    """`terraform init` of inference/tf from the local mirror only (no backend, no network)."""
+    mirror = find_provider_mirror()
+    _ok(_run([terraform, "init", "-backend=false", "-input=false", f"-plugin-dir={mirror}"]))
+    return mirror
+
+
+# --- offline checks -----------------------------------------------------------------------------
+
+
+def test_fmt(terraform) -> None:
+    proc = _run([terraform, "fmt", "-check", "-recursive", "-diff"])
+    assert proc.returncode == 0, f"terraform fmt would change:\n{proc.stdout}{proc.stderr}"
+
+
+def test_validate(terraform, initialised) -> None:
+    out = _ok(_run([terraform, "validate", "-json"]))
+    result = json.loads(out)
+    assert result["valid"], result["diagnostics"]
+    assert result["warning_count"] == 0, result["diagnostics"]
+
+
+def test_terraform_test_with_mock_provider(terraform, initialised) -> None:
+    """tests/main.tftest.hcl: definition == ASL with ARNs, schedule target, memory/timeouts, RDS, S3."""
+    out = _ok(_run([terraform, "test", "-no-color"], timeout=600))
+    assert re.search(r"Success! \d+ passed, 0 failed", out), out[-3000:]
+
+
+def test_asl_uses_only_the_contract_variables() -> None:
+    used = set(re.findall(r"\$\{(\w+)\}", ASL_FILE.read_text()))
+    assert used == ASL_VARIABLES, f"ASL template variables {sorted(used)} != contract {sorted(ASL_VARIABLES)}"
+    assert "$${" not in ASL_FILE.read_text()
+
+
+def test_asl_validator(iac_tools, tmp_path) -> None:
+    """The definition Terraform deploys (template rendered with ARNs) passes asl-validator."""
+    rendered = tmp_path / "pipeline.json"
+    rendered.write_text(_render_asl(FAKE_VALUES))
+    json.loads(rendered.read_text())
+    proc = subprocess.run(
+        [str(ASL_VALIDATOR), "--json-path", str(rendered)], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0, f"asl-validator:\n{proc.stdout}{proc.stderr}"
+
+
+def test_every_checkov_skip_has_a_reason() -> None:
+    skips = []
+    for path in TF_DIR.rglob("*.tf"):
+        if ".terraform" in path.parts:
+            continue
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            if "checkov:skip" in line:
+                skips.append((path, n, line))
+                assert re.search(r"#checkov:skip=CKV2?_AWS_\d+:\s*\S.{10,}", line), (
+                    f"{path.relative_to(REPO_ROOT)}:{n}: a skip needs an inline reason: {line.strip()}"
+                )
+    assert skips, "expected the documented skips"
+
+
+def test_checkov_has_no_unexplained_failures(checkov_run) -> None:
+    stdout, stderr = checkov_run.communicate(timeout=600)
+    assert checkov_run.returncode in (0, 1), f"checkov crashed:\n{stderr[-4000:]}"
+    report = json.loads(stdout)
+    report = report[0] if isinstance(report, list) else report
+    summary = report["summary"]
+    failed = [
+        (c["check_id"], c["resource"], c["file_path"]) for c in report["results"].get("failed_checks", [])
+    ]
+    print(f"checkov {summary.get('checkov_version')}: {summary}")
+    assert summary["parsing_errors"] == 0, "checkov could not parse some files"
+    assert failed == [], f"checkov failures (fix, or skip inline with a reason): {failed}"
+    assert summary["passed"] > 100
+    for check in report["results"].get("skipped_checks", []):
+        reason = (check.get("check_result") or {}).get("suppress_comment", "")
+        assert len(reason.strip()) > 10, f"skip without a reason: {check['check_id']} on {check['resource']}"
+
+
+# --- tfvars rendering and make targets -----------------------------------------------------------
+
+
+def _variable_names() -> set[str]:
+    return set(re.findall(r'^variable "(\w+)"', (TF_DIR / "variables.tf").read_text(), flags=re.M))
+
+
+def test_render_tfvars_from_hydra(tmp_path) -> None:
+    out = tmp_path / "inference.tfvars.json"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "setup/render_tfvars.py",
+            "--out",
+            str(out),
+            "--image-tag",
+            "t1",
+            "infra.project=acme-lc",
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    tfvars = json.loads(out.read_text())
+    assert tfvars["project"] == "acme-lc"
+    assert tfvars["registry_bucket_name"] == "acme-lc-registry"  # the training registry bucket
+    assert tfvars["image_tag"] == "t1"
+    assert tfvars["chain_settings"]["CHIP_SIZE"] == "256"
+    assert "infer_memory_mb" not in tfvars, "null keeps the bench-decided Terraform default"
+    unknown = set(tfvars) - _variable_names()
+    assert not unknown, f"tfvars keys with no Terraform variable: {unknown}"
+
+
+@pytest.mark.parametrize("action", ["setup", "provision", "clean"])
+def test_make_targets_refuse_without_credentials(action, tmp_path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env.update(
+        HOME=str(tmp_path),
+        AWS_CONFIG_FILE=str(tmp_path / "none"),
+        AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "none"),
+        AWS_EC2_METADATA_DISABLED="true",
+        PY=sys.executable,
+    )
+    secrets = REPO_ROOT / "setup" / ".secrets"
+    if secrets.exists():
+        pytest.skip("setup/.secrets holds credentials on this machine")
+    proc = subprocess.run(
+        ["bash", "setup/infra.sh", action],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "about to" in proc.stdout  # it says what it would do first
+    assert "REFUSING: no AWS credentials found" in proc.stderr
+    assert "Nothing was changed" in proc.stderr
+
+
+# --- opt-in: apply and destroy against moto -------------------------------------------------------
+
+PROVIDER_OVERRIDE = """
+# Written by tests/infra/test_terraform.py: both AWS provider configurations talk to moto.
+%(blocks)s
+"""
+SERVICES = [
+    "cloudwatch", "cloudwatchlogs", "ec2", "ecr", "iam", "kms", "lambda", "rds", "s3", "scheduler",
+    "secretsmanager", "sfn", "sns", "ssm", "sts",
+]  # fmt: skip
+
+
+def _provider_block(alias: str | None, endpoint: str) -> str:
+    endpoints = "\n".join(f'    {name} = "{endpoint}"' for name in SERVICES)
+    alias_line = f'  alias = "{alias}"\n' if alias else ""
+    return f"""provider "aws" {{
+{alias_line}  region                      = var.aws_region
+  access_key                  = "testing"
+  secret_key                  = "testing"
+  s3_use_path_style           = true
+  skip_credentials_validation = true
+  skip_metadata_api_check     = true
+  skip_region_validation      = true
+  endpoints {{
+{endpoints}
+  }}
+}}
+"""
+
+
+@pytest.mark.apply
+@pytest.mark.skipif(os.environ.get("RUN_TF_APPLY") != "1", reason="opt-in: set RUN_TF_APPLY=1")
+def test_apply_and_destroy_against_moto(terraform, tmp_path) -> None:
+    import boto3
+    from moto_sfn_server import MotoSfnServer
+
+    mirror = find_provider_mirror()
+    work = tmp_path / "tf"
+    shutil.copytree(TF_DIR, work, ignore=shutil.ignore_patterns(".terraform*", "*.tfstate*", "tests", "vars"))
+    project = f"lc-apply-{uuid.uuid4().hex[:6]}"
+    tfvars = {
+        "project": project,
+        "model_name": "chesapeake-landcover",
+        "image_tag": "apply-test",
+        "state_machine_definition_file": str(ASL_FILE),
+        "allow_destroy": True,  # moto: let destroy empty buckets and drop RDS without a snapshot
+    }
+    (work / "test.auto.tfvars.json").write_text(json.dumps(tfvars))
+    timings: dict[str, float] = {}
+
+    with MotoSfnServer() as endpoint:
+        (work / "moto_override.tf").write_text(
+            PROVIDER_OVERRIDE
+            % {"blocks": _provider_block(None, endpoint) + _provider_block("secrets", endpoint)}
+        )
+        env = _tf_env()
+        _ok(_run([terraform, "init", "-input=false", f"-plugin-dir={mirror}"], cwd=work, env=env))
+
+        start = time.monotonic()
+        _ok(
+            _run(
+                [terraform, "apply", "-auto-approve", "-input=false", "-no-color"],
+                cwd=work,
+                env=env,
+                timeout=600,
+            )
+        )
+        timings["apply_s"] = time.monotonic() - start
+        outputs = {
+            k: v["value"]
+            for k, v in json.loads(_ok(_run([terraform, "output", "-json"], cwd=work, env=env))).items()
+        }
+
+        session = boto3.Session(
+            aws_access_key_id="testing", aws_secret_access_key="testing", region_name="us-east-1"
+        )
+        sfn = session.client("stepfunctions", endpoint_url=endpoint)
+        machine = sfn.describe_state_machine(stateMachineArn=outputs["state_machine_arn"])
+        lambdas = session.client("lambda", endpoint_url=endpoint)
+        arns = {
+            f"{key}_function_arn": lambdas.get_function(FunctionName=name)["Configuration"]["FunctionArn"]
+            for key, name in outputs["function_names"].items()
+        }
+        expected = json.loads(
+            _render_asl({**arns, "manifest_bucket": outputs["bucket_names"]["predictions"]})
+        )
+        assert json.loads(machine["definition"]) == expected
+
+        schedule = session.client("scheduler", endpoint_url=endpoint).get_schedule(Name=f"{project}-pipeline")
+        assert schedule["Target"]["Arn"] == outputs["state_machine_arn"]
+        infer = lambdas.get_function_configuration(FunctionName=outputs["function_names"]["infer"])
+        assert infer["MemorySize"] == 2048 and infer["Timeout"] == 900
+        rds = session.client("rds", endpoint_url=endpoint).describe_db_instances(DBInstanceIdentifier=project)
+        assert rds["DBInstances"][0]["PubliclyAccessible"] is False
+        secret = json.loads(
+            session.client("secretsmanager", endpoint_url=endpoint).get_secret_value(
+                SecretId=outputs["ledger_secret_arn"]
+            )["SecretString"]
+        )
+        assert (
+            set(secret) >= {"username", "password", "host", "port", "dbname"}
+            and len(secret["password"]) == 32
+        )
+        state = _ok(_run([terraform, "show", "-json"], cwd=work, env=env))
+        assert secret["password"] not in state, "the generated password must not be in the state"
+
+        execution = sfn.start_execution(
+            stateMachineArn=outputs["state_machine_arn"],
+            name=f"apply-test-{uuid.uuid4().hex[:8]}",
+            input="{}",
+        )
+        described = sfn.describe_execution(executionArn=execution["executionArn"])
+        assert described["stateMachineArn"] == outputs["state_machine_arn"]
+        assert described["status"] in {"RUNNING", "SUCCEEDED", "FAILED"}
+
+        start = time.monotonic()
+        _ok(
+            _run(
+                [terraform, "destroy", "-auto-approve", "-input=false", "-no-color"],
+                cwd=work,
+                env=env,
+                timeout=600,
+            )
+        )
+        timings["destroy_s"] = time.monotonic() - start
+        assert _run([terraform, "state", "list"], cwd=work, env=env).stdout.strip() == ""
+
+    print(f"terraform against moto: apply {timings['apply_s']:.1f} s, destroy {timings['destroy_s']:.1f} s")
