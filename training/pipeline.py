@@ -250,7 +250,8 @@ def cache_features(run: Run) -> dict[str, Any]:
     scenes = _scenes(cfg)
     recipes = _chip_recipes(cfg)
     root = storage.join(
-        cfg.training.features_uri, cache_fingerprint(model.encoder, [s for split in scenes.values() for s in split], recipes)
+        cfg.training.features_uri,
+        cache_fingerprint(model.encoder, [s for split in scenes.values() for s in split], recipes),
     )
     save_encoder(model.encoder, storage.join(root, "encoder.safetensors"))
     counts = {}
@@ -421,37 +422,46 @@ def evaluate(run: Run) -> dict[str, Any]:
 
 @step
 def register(run: Run) -> dict[str, Any]:
-    """Export the model (folded patch embedding, fp16) and register an immutable version."""
+    """Export the model (folded patch embedding, fp16), register an immutable version, and
+    put the int8 ONNX model the Lambda serves by default next to it."""
     from training import registry
     from training.models.export import save_export
+    from training.models.onnx_export import ONNX_INT8_NAME, register_onnx
 
     cfg = run.cfg
-    metrics = json.loads(storage.read_text(run.result("evaluate")["metrics_uri"]))
-    stats = json.loads(storage.read_text(run.result("validate_data")["stats_uri"]))
-    tracking = run.result("train_head")["tracking"]
-    model = _trained_segmenter(run, with_encoder=True)
-    synthetic = cfg.data.name == "synthetic" and not cfg.model.pretrained_uri
-    with tempfile.TemporaryDirectory() as tmp:
-        export_path = Path(tmp) / "model.safetensors"
-        save_export(
-            model, str(export_path), reference_stats=stats, extra={"run_id": run.run_id, "tracking": tracking}
-        )
-        manifest = registry.register_version(
-            cfg.storage.registry_uri,
-            cfg.model_name,
-            export_path,
-            metrics,
-            storage.read_text(storage.join(run.uri, "config.yaml")),
-            run_id=tracking.get("mlflow") or run.run_id,
-            source={"kind": "training-run", "run_id": run.run_id, "run_uri": run.uri},
-            data_description=f"{cfg.data.name} data at {cfg.data.root_uri}; held-out split: test",
-            caveat=SYNTHETIC_CAVEAT if synthetic else None,
-            version=f"{run.run_id}",
-        )
-    return {
-        "version": manifest["version"],
-        "version_uri": registry.version_uri(cfg.storage.registry_uri, cfg.model_name, manifest["version"]),
-    }
+    root, version = cfg.storage.registry_uri, run.run_id
+    version_uri = registry.version_uri(root, cfg.model_name, version)
+    # A retry after a crash between the two writes finds the version and only adds the ONNX model.
+    if version not in registry.list_versions(root, cfg.model_name):
+        metrics = json.loads(storage.read_text(run.result("evaluate")["metrics_uri"]))
+        stats = json.loads(storage.read_text(run.result("validate_data")["stats_uri"]))
+        tracking = run.result("train_head")["tracking"]
+        model = _trained_segmenter(run, with_encoder=True)
+        synthetic = cfg.data.name == "synthetic" and not cfg.model.pretrained_uri
+        with tempfile.TemporaryDirectory() as tmp:
+            export_path = Path(tmp) / "model.safetensors"
+            save_export(
+                model,
+                str(export_path),
+                reference_stats=stats,
+                extra={"run_id": run.run_id, "tracking": tracking},
+            )
+            registry.register_version(
+                root,
+                cfg.model_name,
+                export_path,
+                metrics,
+                storage.read_text(storage.join(run.uri, "config.yaml")),
+                run_id=tracking.get("mlflow") or run.run_id,
+                source={"kind": "training-run", "run_id": run.run_id, "run_uri": run.uri},
+                data_description=f"{cfg.data.name} data at {cfg.data.root_uri}; held-out split: test",
+                caveat=SYNTHETIC_CAVEAT if synthetic else None,
+                version=version,
+            )
+    onnx_uri = storage.join(version_uri, ONNX_INT8_NAME)
+    if not storage.exists(onnx_uri):
+        register_onnx(version_uri)
+    return {"version": version, "version_uri": version_uri, "onnx_uri": onnx_uri}
 
 
 @step

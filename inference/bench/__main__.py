@@ -1,0 +1,464 @@
+"""``make bench``: CPU peak, per-chip speed, memory, cold start, whole-scene scaling and cost.
+
+Usage::
+
+    python -m inference.bench --out outputs/bench/bench.json          # full (tiny, base, large)
+    python -m inference.bench --quick --out /tmp/bench.json            # tiny only, seconds
+
+Sections (printed, and written as JSON to ``--out`` for run-to-run comparison):
+
+1. GEMM peak of this CPU in fp32, bf16 and int8 (:mod:`inference.bench.gemm`).
+2. Per preset, 256² chips, eager fp32 vs optimised (ONNX Runtime int8): ms/chip, chips/s,
+   GFLOP/s (analytic FLOP count) and share of the matching peak, pixel agreement, the infer
+   handler's peak RSS and the cold start, each in a fresh child process
+   (:mod:`~inference.bench.chips`, :mod:`~inference.bench.coldstart`).
+3. Whole-scene time at 1, 4 and 16 km² with the optimised path (:mod:`~inference.bench.scene`).
+4. Estimated Lambda cost per km².
+
+All timings are medians over the stated number of runs; every ratio is between figures of the
+same run. Exports are cached under ``--workdir`` (``--rebuild`` forces a fresh build).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+#: AWS Lambda x86_64 price per GB-second (us-east-1, first tier) and per request.
+LAMBDA_USD_PER_GB_S = 0.0000166667
+LAMBDA_USD_PER_REQUEST = 0.20 / 1e6
+#: Lambda gives one full vCPU at 1,769 MB and CPU in proportion to memory below that.
+LAMBDA_MB_PER_VCPU = 1769
+CHIP = 256
+
+# Runs per preset: (eager fp32 chips, optimised chips, cold-start children eager, optimised).
+# Large eager fp32 gets fewer runs to keep the whole bench under 10 minutes on 2 cores.
+FULL_RUNS = {"tiny": (10, 20, 3, 3), "small": (5, 10, 3, 3), "base": (5, 10, 3, 3), "large": (3, 5, 2, 3)}
+QUICK_RUNS = {"tiny": (2, 3, 1, 1)}
+TARGETS = {"speedup": 4.0, "agreement": 0.99, "share_of_peak": 0.60, "rss_gb": 1.0, "cold_s": 3.0}
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _load_average() -> list[float] | None:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:  # pragma: no cover
+        return None
+
+
+def _cold_starts(
+    preset: str, backend: str, path: str, runs: int, chip_npy: str, scene_npy: str
+) -> dict[str, Any]:
+    from inference.bench.coldstart import measure
+
+    reports = [measure(backend, path, chip_npy, scene_npy if i == 0 else None) for i in range(runs)]
+    cold = [r["cold_start_s"] for r in reports]
+    return {
+        "backend": backend,
+        "runs": runs,
+        "cold_start_s": statistics.median(cold),
+        "cold_start_runs": cold,
+        "load_s": statistics.median(r["load_s"] for r in reports),
+        "import_s": statistics.median(r["import_s"] for r in reports),
+        "first_predict_s": statistics.median(r["first_predict_s"] for r in reports),
+        "peak_rss_bytes": reports[0]["peak_rss_bytes"],
+        "peak_rss_note": f"VmHWM of a child that loads the model and predicts a {reports[0].get('scene_shape')} "
+        f"uint8 image with predict_array (batch {reports[0].get('batch_size')})",
+        "rss_after_first_bytes": statistics.median(r["rss_after_first_bytes"] for r in reports),
+        "torch_imported": any(r["torch_imported"] for r in reports),
+    }
+
+
+def _champion_agreement(registry: str, model_name: str, workdir: Path, runs: int) -> dict[str, Any] | None:
+    """Eager vs int8 agreement on the registry's champion, if there is one (a trained model)."""
+    try:
+        from training.registry import champion
+    except ImportError:  # pragma: no cover
+        return None
+    if not Path(registry).exists():
+        return None
+    info = champion(str(Path(registry).resolve()), model_name)
+    if not info or not info.get("export_uri"):
+        return None
+    from inference.bench.chips import sample_chips
+    from inference.runtime import TorchPredictor
+    from inference.runtime_onnx import OnnxPredictor
+    from training import storage
+    from training.models.onnx_export import convert_export
+
+    folder = workdir / "champion" / str(info["version"])
+    folder.mkdir(parents=True, exist_ok=True)
+    export = folder / "model.safetensors"
+    onnx_path = folder / "model.int8.onnx"
+    if not export.exists():
+        storage.download(info["export_uri"], export)
+    if not onnx_path.exists():
+        convert_export(str(export), str(onnx_path))
+    chips = sample_chips(runs, CHIP, seed=23)
+    eager = TorchPredictor(str(export)).predict_proba(chips).argmax(1)
+    opt = OnnxPredictor(str(onnx_path)).predict_proba(chips).argmax(1)
+    return {
+        "version": info["version"],
+        "miou": info.get("miou"),
+        "preset": info.get("preset"),
+        "chips": runs,
+        "pixel_agreement": float((eager == opt).mean()),
+    }
+
+
+def _lambda_cost(s_per_km2: float, peak_rss_bytes: int, cores: int) -> dict[str, Any]:
+    need_mb = int(np.ceil(peak_rss_bytes / 2**20 * 1.10 / 64) * 64)  # +10 % headroom, 64 MB steps
+    memory_mb = max(1024, need_mb) if need_mb <= 1024 else need_mb
+    gb = memory_mb / 1024
+    naive = s_per_km2 * gb * LAMBDA_USD_PER_GB_S
+    # Lambda CPU share = memory / 1769 MB; a compute-bound job needs cores * s_per_km2 vCPU-seconds.
+    vcpu = min(memory_mb / LAMBDA_MB_PER_VCPU, 6.0)
+    lambda_s = s_per_km2 * cores / vcpu
+    adjusted = lambda_s * gb * LAMBDA_USD_PER_GB_S
+    return {
+        "memory_mb": memory_mb,
+        "memory_needed_mb": need_mb,
+        "usd_per_gb_s": LAMBDA_USD_PER_GB_S,
+        "s_per_km2_here": s_per_km2,
+        "usd_per_km2_same_cpu": naive,
+        "lambda_vcpu": vcpu,
+        "lambda_s_per_km2": lambda_s,
+        "usd_per_km2": adjusted,
+        "usd_per_1000_km2": adjusted * 1000,
+        "note": (
+            f"usd_per_km2 assumes Lambda's CPU share ({memory_mb} MB -> {vcpu:.2f} vCPU) and this "
+            f"machine's per-core speed: {cores} cores x {s_per_km2:.1f} s/km2 / {vcpu:.2f} vCPU; "
+            "usd_per_km2_same_cpu prices the measured wall time as if the Lambda had this CPU"
+        ),
+    }
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    import torch
+
+    from inference.bench import chips as chips_mod
+    from inference.bench.gemm import measure_peaks
+    from inference.bench.models import analytic_flops, prepare_model
+    from inference.bench.scene import bench_scenes, write_scenes
+    from inference.runtime_onnx import OnnxPredictor, cpu_count
+
+    t_start = time.perf_counter()
+    workdir = Path(args.workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    presets = ["tiny"] if args.quick else args.presets
+    runs_table = QUICK_RUNS if args.quick else FULL_RUNS
+    report: dict[str, Any] = {
+        "created_utc": datetime.now(UTC).isoformat(timespec="seconds"),
+        "quick": args.quick,
+        "machine": {
+            "cpu": _cpu_name(),
+            "cores": cpu_count(),
+            "torch": torch.__version__,
+            "onnxruntime": __import__("onnxruntime").__version__,
+            "python": platform.python_version(),
+            "load_average_start": _load_average(),
+        },
+        "chip": CHIP,
+    }
+
+    _log("[bench] building/reusing exports ...")
+    models = {p: prepare_model(p, workdir, rebuild=args.rebuild) for p in presets}
+    report["models"] = {p: m.to_dict() for p, m in models.items()}
+    t_models = time.perf_counter()
+
+    _log("[bench] GEMM peaks ...")
+    if args.quick:
+        peaks = measure_peaks(runs=3, sizes=[768], bf16_size=384)
+    else:
+        peaks = measure_peaks(runs=5, sizes=[2048, 3072], bf16_size=1024)
+    peaks["bf16"]["gflops"] = peaks["bf16"].get("gflops", 0.0)
+    report["peaks"] = peaks
+
+    chip_npy, scene_npy = workdir / "cold_chip.npy", workdir / "cold_scene.npy"
+    np.save(chip_npy, chips_mod.sample_chips(1, CHIP, seed=3)[0])
+    from training.data.synthetic import generate_scene
+
+    # 256 x 480 px: two overlapping chips in one predict_array batch (the handler's code path).
+    np.save(scene_npy, np.ascontiguousarray(generate_scene(5, 480)[0][:, :256]))
+
+    report["presets"] = {}
+    for preset in presets:
+        eager_runs, opt_runs, cold_eager, cold_opt = runs_table.get(preset, (3, 5, 3, 3))
+        m = models[preset]
+        flops = analytic_flops(preset, CHIP, m.head_width)
+        _log(f"[bench] {preset}: chips ({eager_runs} eager, {opt_runs} optimised) ...")
+        res = chips_mod.bench_chips(
+            m.export_path, m.onnx_path, flops["total"], peaks, eager_runs, opt_runs, CHIP
+        )
+        res["flops"] = flops
+        _log(f"[bench] {preset}: cold starts ({cold_eager} eager, {cold_opt} optimised) ...")
+        res["eager_fp32"]["cold"] = _cold_starts(
+            preset, "torch", m.export_path, cold_eager, str(chip_npy), str(scene_npy)
+        )
+        res["optimized"]["cold"] = _cold_starts(
+            preset, "onnx", m.onnx_path, cold_opt, str(chip_npy), str(scene_npy)
+        )
+        res["cold_start_ratio"] = (
+            res["eager_fp32"]["cold"]["cold_start_s"] / res["optimized"]["cold"]["cold_start_s"]
+        )
+        res["rss_ratio"] = (
+            res["eager_fp32"]["cold"]["peak_rss_bytes"] / res["optimized"]["cold"]["peak_rss_bytes"]
+        )
+        res["load_average_after"] = _load_average()
+        report["presets"][preset] = res
+
+    if args.champion:
+        _log("[bench] registry champion agreement ...")
+        try:
+            report["champion"] = _champion_agreement(
+                args.registry, args.model_name, workdir, 4 if args.quick else 8
+            )
+        except Exception as exc:  # report, never fail the bench on an optional section
+            report["champion"] = {"error": f"{type(exc).__name__}: {exc}"}
+
+    _log("[bench] whole scenes ...")
+    sizes = (300, 500) if args.quick else (1000, 2000, 4000)
+    scenes = write_scenes(workdir / "scenes", sizes)
+    scene_preset = "tiny" if args.quick else args.scene_preset
+    scaling = bench_scenes(
+        OnnxPredictor(models[scene_preset].onnx_path),
+        scenes,
+        {s: (1 if args.quick else (3 if s <= 1000 else 1)) for s in sizes},
+        chip=CHIP,
+    )
+    scaling["preset"] = scene_preset
+    scaling["load_average_after"] = _load_average()
+    report["scenes"] = {"scaling": scaling}
+    # Large-preset scene cost per km², from the largest scaling scene: its chips run with the
+    # top preset's measured chip time, plus the per-km² overhead outside the model (read,
+    # normalise, blend, write) measured in the scaling run. A measured 1 km² large scene would
+    # cost ~25 chips x the large chip time, which the 10-minute budget does not allow.
+    top = presets[-1]
+    top_res = report["presets"][top]
+    row = scaling["scenes"][-1]
+    overhead_per_km2 = max(0.0, (row["median_s"] - row["chips_run"] * scaling["chip_s"]) / row["km2"])
+    top_chip_s = top_res["optimized"]["ms_per_chip"] / 1e3
+    s_km2 = row["chips_run"] / row["km2"] * top_chip_s + overhead_per_km2
+    report["scenes"]["estimate"] = {
+        "preset": top,
+        "s_per_km2": s_km2,
+        "chips_run_per_km2": row["chips_run"] / row["km2"],
+        "chip_s": top_chip_s,
+        "overhead_s_per_km2": overhead_per_km2,
+        "cost_ratio": (s_km2 * row["km2"]) / (row["chips_nonoverlapping"] * top_chip_s),
+        "basis": f"{row['km2']:g} km² {scene_preset} scene: chips run/km² x {top} chip time + non-model overhead/km²",
+    }
+    basis = report["scenes"]["estimate"]["basis"]
+    cost = _lambda_cost(s_km2, top_res["optimized"]["cold"]["peak_rss_bytes"], cpu_count())
+    cost.update({"preset": top, "basis": basis})
+    eager_cost = _lambda_cost(
+        s_km2 * top_res["speedup"], top_res["eager_fp32"]["cold"]["peak_rss_bytes"], cpu_count()
+    )
+    report["lambda_cost"] = {
+        "optimized": cost,
+        "eager_fp32": {**eager_cost, "basis": "optimised s/km² x chip speedup"},
+    }
+    report["targets"] = _targets(report)
+    report["machine"]["load_average_end"] = _load_average()
+    report["timing_s"] = {"models": t_models - t_start, "total": time.perf_counter() - t_start}
+    return report
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:  # pragma: no cover
+        pass
+    return platform.processor() or "unknown"
+
+
+def _targets(report: dict[str, Any]) -> dict[str, Any]:
+    preset = "large" if "large" in report["presets"] else list(report["presets"])[-1]
+    res = report["presets"][preset]
+    opt = res["optimized"]
+    worst_ratio = max(r["cost_ratio"] for r in report["scenes"]["scaling"]["scenes"])
+    s_km2 = report["lambda_cost"]["optimized"]["s_per_km2_here"]
+    return {
+        "preset": preset,
+        "a_throughput": {
+            "speedup": res["speedup"],
+            "agreement": res["pixel_agreement"],
+            "met": res["speedup"] >= TARGETS["speedup"] and res["pixel_agreement"] >= TARGETS["agreement"],
+        },
+        "b_efficiency": {
+            "share_of_int8_peak": opt["share_of_peak"],
+            "met": opt["share_of_peak"] >= TARGETS["share_of_peak"],
+        },
+        "c_memory": {
+            "peak_rss_gb": opt["cold"]["peak_rss_bytes"] / 1e9,
+            "met": opt["cold"]["peak_rss_bytes"] <= TARGETS["rss_gb"] * 2**30,
+        },
+        "d_cold_start": {
+            "seconds": opt["cold"]["cold_start_s"],
+            "met": opt["cold"]["cold_start_s"] <= TARGETS["cold_s"],
+        },
+        "e_scene": {
+            "worst_cost_ratio": worst_ratio,
+            "cost_ratio_by_km2": {
+                f"{r['km2']:g}": round(r["cost_ratio"], 2) for r in report["scenes"]["scaling"]["scenes"]
+            },
+            "s_per_km2": s_km2,
+            "met": worst_ratio <= 1.5 and s_km2 <= 30.0,
+        },
+    }
+
+
+def _mb(b: float) -> str:
+    return f"{b / 2**20:,.0f} MB"
+
+
+def render(report: dict[str, Any]) -> str:
+    """The human-readable report."""
+    out: list[str] = []
+    m = report["machine"]
+    out.append(
+        f"# make bench  ({report['created_utc']}, {m['cpu']}, {m['cores']} cores, torch {m['torch']}, onnxruntime {m['onnxruntime']})"
+    )
+    out.append(f"load average at start {m['load_average_start']}, at end {m['load_average_end']}")
+    out.append("")
+    p = report["peaks"]
+    out.append("## 1. GEMM peak of this CPU (square matmuls, all cores, median)")
+    out.append(
+        f"  fp32 {p['fp32']['gflops']:8.1f} GFLOP/s  {p['fp32']['kernel']}, n={p['fp32']['n']}, {p['fp32']['runs']} runs"
+    )
+    native = "native" if p["bf16"].get("native") else "NOT native: emulated"
+    out.append(
+        f"  bf16 {p['bf16']['gflops']:8.1f} GFLOP/s  {p['bf16']['kernel']}, n={p['bf16']['n']}, {p['bf16']['runs']} runs ({native})"
+    )
+    out.append(
+        f"  int8 {p['int8']['gflops']:8.1f} GOP/s    {p['int8']['kernel']}, n={p['int8']['n']}, {p['int8']['runs']} runs (the peak used below)"
+    )
+    for name, k in p["int8_kernels"].items():
+        out.append(f"       {name:10s} {k['gflops']:8.1f} GOP/s  {k['kernel']}, n={k['n']}")
+    out.append("")
+    out.append(
+        f"## 2. Per chip ({report['chip']}², batch 1; FLOPs analytic; eager = TorchPredictor fp32, optimised = OnnxPredictor int8)"
+    )
+    hdr = f"  {'preset':6s} {'path':10s} {'runs':>4s} {'ms/chip':>9s} {'chips/s':>8s} {'GFLOP/s':>8s} {'of peak':>12s} {'peak RSS':>9s} {'cold s':>7s} {'(load)':>7s}"
+    out.append(hdr)
+    for preset, r in report["presets"].items():
+        for key, label in (("eager_fp32", "eager fp32"), ("optimized", "ort int8")):
+            x = r[key]
+            share = f"{x['share_of_peak']:.0%} {x['peak_name']}"
+            out.append(
+                f"  {preset:6s} {label:10s} {x['runs']:4d} {x['ms_per_chip']:9.1f} {x['chips_per_s']:8.2f} "
+                f"{x['gflops']:8.1f} {share:>12s} {_mb(x['cold']['peak_rss_bytes']):>9s} "
+                f"{x['cold']['cold_start_s']:7.2f} {x['cold']['load_s']:7.2f}"
+            )
+        out.append(
+            f"  {preset:6s} -> speedup {r['speedup']:.2f}x, pixel agreement {r['pixel_agreement']:.2%} "
+            f"({r['agreement_chips']} chips), RSS {r['rss_ratio']:.1f}x smaller, cold start {r['cold_start_ratio']:.1f}x faster; "
+            f"{r['flops']['total'] / 1e9:.1f} GFLOP/chip ({r['flops']['linear'] / r['flops']['total']:.0%} int8 matmuls); "
+            f"cold runs {r['eager_fp32']['cold']['runs']} eager/{r['optimized']['cold']['runs']} optimised, "
+            f"torch imported by onnx child: {r['optimized']['cold']['torch_imported']}; "
+            f"load average after: {r.get('load_average_after')}"
+        )
+    if report.get("champion"):
+        out.append(f"  registry champion: {report['champion']}")
+    else:
+        out.append("  registry champion: none found (agreement above is on random weights)")
+    out.append("")
+    sc = report["scenes"]["scaling"]
+    out.append(
+        f"## 3. Whole scenes (predict_scene, optimised path, preset {sc['preset']}, overlap {sc['overlap']}, batch {sc['batch_size']}; chip {sc['chip_s'] * 1e3:.1f} ms)"
+    )
+    rows = list(sc["scenes"])
+    out.append(
+        f"  {'preset':6s} {'km²':>5s} {'runs':>4s} {'seconds':>8s} {'s/km²':>7s} {'chips run':>9s} {'non-ovl':>7s} {'count x':>7s} {'time x':>7s}"
+    )
+    for r in rows:
+        out.append(
+            f"  {r.get('preset', sc['preset']):6s} {r['km2']:5.2f} {r['runs']:4d} {r['median_s']:8.2f} {r['s_per_km2']:7.2f} "
+            f"{r['chips_run']:9d} {r['chips_nonoverlapping']:7d} {r['chip_count_ratio']:7.2f} {r['cost_ratio']:7.2f}"
+        )
+    if sc["linear_fit"]:
+        f = sc["linear_fit"]
+        out.append(
+            f"  linear fit ({sc['preset']}): seconds = {f['intercept_s']:.2f} + {f['s_per_km2']:.2f} x km², R² = {f['r2']:.4f}"
+        )
+    est = report["scenes"]["estimate"]
+    out.append(
+        f"  {est['preset']} estimate: {est['s_per_km2']:.1f} s/km² = {est['chips_run_per_km2']:.1f} chips/km² x "
+        f"{est['chip_s']:.2f} s + {est['overhead_s_per_km2']:.2f} s/km² non-model overhead; "
+        f"{est['cost_ratio']:.2f}x its non-overlapping chip sum"
+    )
+    out.append("")
+    c = report["lambda_cost"]["optimized"]
+    e = report["lambda_cost"]["eager_fp32"]
+    out.append(f"## 4. Lambda cost ({c['preset']}, x86 ${c['usd_per_gb_s']}/GB-s; basis: {c['basis']})")
+    out.append(
+        f"  optimised: {c['memory_mb']} MB, {c['s_per_km2_here']:.1f} s/km² here -> {c['lambda_s_per_km2']:.1f} s/km² on "
+        f"{c['lambda_vcpu']:.2f} vCPU -> ${c['usd_per_km2']:.5f}/km² (${c['usd_per_1000_km2']:.2f} per 1000 km²; "
+        f"${c['usd_per_km2_same_cpu']:.5f}/km² at this CPU's speed)"
+    )
+    out.append(
+        f"  eager fp32: {e['memory_mb']} MB, {e['s_per_km2_here']:.1f} s/km² here -> ${e['usd_per_km2']:.5f}/km² "
+        f"(${e['usd_per_km2_same_cpu']:.5f}/km² at this CPU's speed)"
+    )
+    out.append(f"  {c['note']}")
+    out.append("")
+    t = report["targets"]
+    out.append(f"## Targets ({t['preset']})")
+    yes = {True: "MET", False: "MISSED"}
+    a, b, cm, d, es = t["a_throughput"], t["b_efficiency"], t["c_memory"], t["d_cold_start"], t["e_scene"]
+    out.append(
+        f"  (a) throughput >= 4x at >= 99 % agreement: {a['speedup']:.2f}x, {a['agreement']:.2%} -> {yes[a['met']]}"
+    )
+    out.append(f"  (b) >= 60 % of int8 peak: {b['share_of_int8_peak']:.0%} -> {yes[b['met']]}")
+    out.append(f"  (c) infer peak RSS <= 1 GiB: {cm['peak_rss_gb']:.2f} GB -> {yes[cm['met']]}")
+    out.append(f"  (d) cold start <= 3 s: {d['seconds']:.2f} s -> {yes[d['met']]}")
+    out.append(
+        f"  (e) scene <= 1.5x chip sum and ~30 s/km²: worst {es['worst_cost_ratio']:.2f}x, {es['s_per_km2']:.1f} s/km² -> {yes[es['met']]}"
+    )
+    ts = report["timing_s"]
+    out.append(
+        f"bench wall time {ts['total']:.0f} s (exports {ts['models']:.0f} s; cached: {[k for k, v in report['models'].items() if v['cached']]})"
+    )
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="CPU inference benchmark (issue 8)")
+    parser.add_argument("--out", default="outputs/bench/bench.json", help="JSON report path")
+    parser.add_argument("--workdir", default="outputs/bench/work", help="cached exports, scenes")
+    parser.add_argument("--quick", action="store_true", help="tiny preset only, few runs, small scenes")
+    parser.add_argument("--presets", nargs="+", default=["tiny", "base", "large"])
+    parser.add_argument("--scene-preset", default="tiny", help="preset of the 1/4/16 km² scaling runs")
+    parser.add_argument("--rebuild", action="store_true", help="rebuild cached exports")
+    parser.add_argument("--registry", default="outputs/registry")
+    parser.add_argument("--model-name", default="chesapeake-landcover")
+    parser.add_argument("--no-champion", dest="champion", action="store_false")
+    args = parser.parse_args(argv)
+    report = run(args)
+    text = render(report)
+    print(text, flush=True)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2, default=str))
+    out.with_suffix(".txt").write_text(text + "\n")
+    print(f"wrote {out}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,136 @@
+"""Benchmark models: random-weight exports per preset, their int8 ONNX, and analytic FLOPs.
+
+Random weights stand in for trained ones (same shapes, same cost); pixel agreement on random
+weights is pessimistic, because their logits sit close together (see the closing note).
+
+The exports are cached under ``<workdir>/models/<preset>-<key>/`` where ``key`` hashes the
+seed and the source of the model/export code, so a second bench run skips the build; the
+build seconds are reported either way (``cached: true`` says they are from the run that built).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = ["HEAD_WIDTH", "BenchModel", "analytic_flops", "prepare_model"]
+
+#: Head widths of the model configs (setup/conf/model/clay_*.yaml).
+HEAD_WIDTH = {"tiny": 64, "small": 256, "base": 512, "large": 512}
+
+_SOURCES = (
+    "training/models/clay.py",
+    "training/models/head.py",
+    "training/models/export.py",
+    "training/models/onnx_export.py",
+)
+
+
+@dataclass
+class BenchModel:
+    """Paths and build costs of one preset's bench model."""
+
+    preset: str
+    export_path: str
+    onnx_path: str
+    export_bytes: int
+    onnx_bytes: int
+    build_seconds: float
+    convert_seconds: float
+    cached: bool
+    head_width: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _key(preset: str, seed: int, root: Path) -> str:
+    digest = hashlib.sha256(f"{preset}:{seed}".encode())
+    for rel in _SOURCES:
+        path = root / rel
+        if path.exists():
+            digest.update(path.read_bytes())
+    return digest.hexdigest()[:12]
+
+
+def prepare_model(preset: str, workdir: Path, seed: int = 0, rebuild: bool = False) -> BenchModel:
+    """Build (or reuse) ``model.safetensors`` and ``model.int8.onnx`` of a random ``preset`` model.
+
+    The fp32 model is built, written as the compact (fp16) export and dropped before the
+    ONNX conversion reloads the export, so at most one torch copy of the weights is alive.
+    """
+    import torch
+
+    from training.models.export import save_export
+    from training.models.head import build_segmenter
+    from training.models.onnx_export import ONNX_INT8_NAME, convert_export
+
+    root = Path(__file__).resolve().parents[2]
+    folder = workdir / "models" / f"{preset}-{_key(preset, seed, root)}"
+    export_path, onnx_path = folder / "model.safetensors", folder / ONNX_INT8_NAME
+    info_path = folder / "build.json"
+    width = HEAD_WIDTH.get(preset, 512)
+    if not rebuild and export_path.exists() and onnx_path.exists() and info_path.exists():
+        info = json.loads(info_path.read_text())
+        return BenchModel(**{**info, "cached": True})
+    folder.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    torch.manual_seed(seed)
+    model = build_segmenter(preset, head_width=width).eval()
+    save_export(model, str(export_path), extra={"bench": True, "seed": seed})
+    del model
+    build_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    convert_export(str(export_path), str(onnx_path))
+    convert_s = time.perf_counter() - t0
+    result = BenchModel(
+        preset=preset,
+        export_path=str(export_path),
+        onnx_path=str(onnx_path),
+        export_bytes=export_path.stat().st_size,
+        onnx_bytes=onnx_path.stat().st_size,
+        build_seconds=build_s,
+        convert_seconds=convert_s,
+        cached=False,
+        head_width=width,
+    )
+    info_path.write_text(json.dumps(result.to_dict(), indent=2))
+    return result
+
+
+def analytic_flops(preset: str, chip: int = 256, head_width: int | None = None, num_classes: int = 7) -> dict:
+    """FLOPs of one chip, counted analytically (2 per multiply-add; matmuls and convs only).
+
+    Returns ``total`` and its parts: ``linear`` (qkv, attention output, MLP: what the int8
+    path quantises), ``attention`` (QK^T and AV products), ``patch_embed`` and ``head`` (convs).
+    LayerNorm, softmax, GELU and adds are not counted (< 1 % of the total).
+    """
+    from training.models.clay import PRESETS
+
+    c = PRESETS[preset]
+    p = c.patch_size
+    h = w = chip // p
+    n = 1 + h * w  # tokens incl. CLS
+    inner = c.heads * c.dim_head
+    width = head_width or HEAD_WIDTH.get(preset, 512)
+    up = 64
+    linear = c.depth * 2 * n * (c.dim * 3 * inner + inner * c.dim + 2 * c.dim * c.mlp_dim)
+    attention = c.depth * 2 * 2 * n * n * inner
+    patch = 2 * h * w * c.dim * 4 * p * p
+    head = (
+        2 * h * w * 9 * (c.dim * width + width * width + width * up * p * p)
+        + 2 * chip * chip * 9 * up * num_classes
+    )
+    total = linear + attention + patch + head
+    return {
+        "total": total,
+        "linear": linear,
+        "attention": attention,
+        "patch_embed": patch,
+        "head": head,
+        "method": "analytic per-layer formulas (2 FLOPs per multiply-add; matmuls and convs)",
+    }

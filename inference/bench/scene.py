@@ -1,0 +1,118 @@
+"""Whole-scene prediction time at 1, 4 and 16 km² (1000², 2000², 4000² px at 1 m).
+
+Scenes are synthetic NAIP GeoTIFFs (one 1000² generated scene, mirrored/tiled to the larger
+sizes) on local disk, predicted end to end with ``inference.predict.predict_scene`` (read,
+normalise, sliding window with overlap + blending, class/confidence rasters, monitor sums).
+
+For each size it reports the median seconds, seconds per km², the tiling plan (chips run vs
+the non-overlapping chip count ``ceil(H/256) * ceil(W/256)``), and the measured cost ratio:
+scene seconds / (non-overlapping chips x the median seconds of one chip through the same
+predictor, measured in the same run). Linearity: seconds per km² at each size and a
+least-squares fit ``seconds = a + b * km²`` with its R².
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["bench_scenes", "write_scenes"]
+
+SIZES_PX = (1000, 2000, 4000)
+
+
+def write_scenes(folder: Path, sizes: tuple[int, ...] = SIZES_PX, seed: int = 11) -> dict[int, str]:
+    """Synthetic NAIP GeoTIFFs of the given square sizes; returns {size: path}."""
+    from training.data.synthetic import make_scene, write_naip_tif
+
+    folder.mkdir(parents=True, exist_ok=True)
+    base = make_scene(seed, min(sizes[0], 1000))
+    out: dict[int, str] = {}
+    for size in sizes:
+        path = folder / f"scene_{size}.tif"
+        out[size] = str(path)
+        if path.exists():
+            continue
+        reps = -(-size // base.image.shape[1])
+        tile = np.concatenate([base.image, base.image[:, ::-1]], axis=1)
+        tile = np.concatenate([tile, tile[:, :, ::-1]], axis=2)
+        image = np.tile(tile, (1, reps, reps))[:, :size, :size]
+        write_naip_tif(path, np.ascontiguousarray(image), base.transform, base.crs)
+    return out
+
+
+def _chip_seconds(predictor: Any, runs: int, chip: int = 256) -> float:
+    from inference.bench.chips import sample_chips
+
+    chips = sample_chips(runs, chip)
+    predictor.predict_proba(chips[:1])
+    seconds = []
+    for c in chips:
+        t0 = time.perf_counter()
+        predictor.predict_proba(c[None])
+        seconds.append(time.perf_counter() - t0)
+    return statistics.median(seconds)
+
+
+def bench_scenes(
+    predictor: Any,
+    scenes: dict[int, str],
+    runs: dict[int, int],
+    *,
+    chip: int = 256,
+    overlap: int | None = None,
+    batch_size: int = 8,
+    chip_runs: int = 5,
+) -> dict[str, Any]:
+    """Time ``predict_scene`` on each scene; cost ratios against this predictor's chip time."""
+    from inference.predict import DEFAULT_OVERLAP, plan_tiling, predict_scene
+
+    overlap = DEFAULT_OVERLAP if overlap is None else overlap
+    chip_s = _chip_seconds(predictor, chip_runs, chip)
+    rows = []
+    for size, uri in scenes.items():
+        plan = plan_tiling(size, size, chip, overlap)
+        seconds = []
+        for _ in range(runs.get(size, 1)):
+            t0 = time.perf_counter()
+            predict_scene(predictor, uri, chip_size=chip, overlap=overlap, batch_size=batch_size)
+            seconds.append(time.perf_counter() - t0)
+        med = statistics.median(seconds)
+        km2 = size * size / 1e6
+        rows.append(
+            {
+                "size_px": size,
+                "km2": km2,
+                "runs": len(seconds),
+                "seconds": seconds,
+                "median_s": med,
+                "s_per_km2": med / km2,
+                "chips_run": plan.n_chips,
+                "chips_nonoverlapping": plan.baseline_chips,
+                "chip_count_ratio": plan.cost_ratio,
+                "cost_ratio": med / (plan.baseline_chips * chip_s),
+                "s_per_chip_run": med / plan.n_chips,
+            }
+        )
+    fit = _linear_fit([r["km2"] for r in rows], [r["median_s"] for r in rows]) if len(rows) > 1 else None
+    return {
+        "chip_s": chip_s,
+        "chip_runs": chip_runs,
+        "overlap": overlap,
+        "batch_size": batch_size,
+        "scenes": rows,
+        "linear_fit": fit,
+    }
+
+
+def _linear_fit(x: list[float], y: list[float]) -> dict[str, float]:
+    xa, ya = np.asarray(x), np.asarray(y)
+    b, a = np.polyfit(xa, ya, 1)
+    pred = a + b * xa
+    ss_res = float(((ya - pred) ** 2).sum())
+    ss_tot = float(((ya - ya.mean()) ** 2).sum()) or 1.0
+    return {"intercept_s": float(a), "s_per_km2": float(b), "r2": 1.0 - ss_res / ss_tot}

@@ -1,0 +1,161 @@
+"""ONNX Runtime predictor: the infer Lambda's default backend (needs onnxruntime + numpy only).
+
+It runs ``model.int8.onnx`` written by :mod:`training.models.onnx_export`: normalised float32
+chips (B, 4, S, S) in, softmax probabilities (B, K, S, S) out, with the model's metadata
+(class table, normalisation, reference statistics, ...) read from the ONNX ``metadata_props``.
+
+This module must never import torch: the Lambda image does not ship it (a test checks this in
+a fresh interpreter).
+
+Memory: a batch is run in micro-batches of at most ``max_batch`` chips (default 1), so peak
+activation memory does not grow with the caller's batch size (the large preset's attention
+scores alone are ~70 MB per chip); the CPU memory arena is kept, but with the
+``kSameAsRequested`` growth strategy so it does not over-allocate by powers of two.
+
+Determinism: activations are quantised dynamically with one scale per tensor, so a chip run
+together with others could come out slightly different than alone. With ``max_batch=1`` (the
+default) every chip's probabilities depend on that chip only, whatever the caller's batching.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["OnnxPredictor", "cpu_count", "read_metadata", "session_options"]
+
+
+def cpu_count() -> int:
+    """Intra-op threads: ``OMP_NUM_THREADS`` if set, else the CPUs this process may run on
+    (the Lambda's vCPUs; honours affinity masks, unlike ``os.cpu_count()``)."""
+    env = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if env.isdigit() and int(env) > 0:
+        return int(env)
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def session_options(threads: int | None = None, low_memory: bool = True) -> Any:
+    """ORT session options: all graph optimisations, ``threads`` intra-op threads, one inter-op
+    thread, sequential execution, and an arena that grows only by what is requested."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = threads or cpu_count()
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    if low_memory:
+        options.enable_mem_pattern = False
+    return options
+
+
+def _provider_options(low_memory: bool) -> list[tuple[str, dict[str, str]]]:
+    if not low_memory:
+        return [("CPUExecutionProvider", {})]
+    return [("CPUExecutionProvider", {"arena_extend_strategy": "kSameAsRequested"})]
+
+
+def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The model's metadata (JSON-decoded ``metadata_props``) without creating a session."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return _decode(session.get_modelmeta().custom_metadata_map)
+
+
+def _decode(raw: dict[str, str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in raw.items():
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+class OnnxPredictor:
+    """A :class:`~inference.runtime.Predictor` over an ONNX Runtime CPU session.
+
+    Args:
+        path: local path of ``model.int8.onnx`` (or any ONNX written by ``onnx_export``).
+        num_threads: intra-op threads; defaults to the CPUs this process may use.
+        max_batch: chips per session run; larger caller batches are split (bounds memory).
+        low_memory: arena/memory-pattern settings for a small resident set (default True).
+    """
+
+    backend = "onnx"
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        num_threads: int | None = None,
+        max_batch: int = 1,
+        low_memory: bool = True,
+    ) -> None:
+        import onnxruntime as ort
+
+        self.path = Path(path)
+        if not self.path.exists():
+            raise FileNotFoundError(f"no ONNX model at {self.path}")
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+        self.max_batch = max_batch
+        self.session = ort.InferenceSession(
+            str(self.path), session_options(num_threads, low_memory), providers=_provider_options(low_memory)
+        )
+        self.metadata: dict[str, Any] = _decode(self.session.get_modelmeta().custom_metadata_map)
+        inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
+        self.input_name = self.metadata.get("input_name", inputs[0].name)
+        self.output_name = self.metadata.get("output_name", outputs[0].name)
+        shape = inputs[0].shape  # ["batch", 4, S, S]
+        self.bands = int(shape[1]) if isinstance(shape[1], int) else 4
+        size = self.metadata.get("chip_size", shape[-1])
+        self.chip_size: int | None = int(size) if isinstance(size, int) else None
+        classes = self.metadata.get("num_classes")
+        if classes is None:
+            classes = outputs[0].shape[1] if isinstance(outputs[0].shape[1], int) else None
+        if classes is None:
+            raise ValueError(f"{self.path}: cannot tell the number of classes (no metadata)")
+        self.num_classes = int(classes)
+
+    def __repr__(self) -> str:
+        return f"OnnxPredictor({str(self.path)!r}, chip_size={self.chip_size}, classes={self.num_classes})"
+
+    def predict_proba(self, chips: np.ndarray) -> np.ndarray:
+        """Softmax probabilities (B, K, S, S) float32 for normalised float32 chips (B, 4, S, S)."""
+        chips = np.asarray(chips)
+        if chips.ndim != 4 or chips.shape[1] != self.bands:
+            raise ValueError(f"chips must be (B, {self.bands}, S, S), got shape {chips.shape}")
+        if not np.issubdtype(chips.dtype, np.floating):
+            raise ValueError(
+                f"predict_proba takes normalised float chips, got {chips.dtype}; normalise uint8 NAIP first"
+            )
+        if self.chip_size is not None and chips.shape[-2:] != (self.chip_size, self.chip_size):
+            raise ValueError(
+                f"this ONNX model was exported for {self.chip_size}x{self.chip_size} chips, "
+                f"got {chips.shape[-2]}x{chips.shape[-1]}; use chip_size={self.chip_size}"
+            )
+        chips = np.ascontiguousarray(chips, dtype=np.float32)
+        n = chips.shape[0]
+        if n == 0:
+            return np.zeros((0, self.num_classes, *chips.shape[-2:]), dtype=np.float32)
+        if n <= self.max_batch:
+            return self._run(chips)
+        out = np.empty((n, self.num_classes, *chips.shape[-2:]), dtype=np.float32)
+        for start in range(0, n, self.max_batch):
+            stop = min(n, start + self.max_batch)
+            out[start:stop] = self._run(chips[start:stop])
+        return out
+
+    def _run(self, chips: np.ndarray) -> np.ndarray:
+        (probs,) = self.session.run([self.output_name], {self.input_name: chips})
+        return np.asarray(probs, dtype=np.float32)
