@@ -107,9 +107,11 @@ variable "process_timeout_s" {
 # The infer function's memory is what `make bench` measured it needs (peak RSS of one scene
 # at the configured chip/batch size plus headroom), not a guess: update it from the bench report.
 variable "infer_memory_mb" {
-  description = "Memory of the infer function; `make bench` decides it (see the benchmark report)."
+  # `make bench`: the ONNX int8 infer path peaks at 0.87-0.91 GB RSS with the large preset.
+  # At 1024 MB Lambda gives ~0.58 vCPU: raise it for more CPU, not for memory.
+  description = "Memory of the infer function in MB, from the benchmark's measured peak RSS."
   type        = number
-  default     = 2048
+  default     = 1024
 }
 
 variable "infer_timeout_s" {

@@ -363,7 +363,7 @@ def test_apply_and_destroy_against_moto(terraform, tmp_path) -> None:
         schedule = session.client("scheduler", endpoint_url=endpoint).get_schedule(Name=f"{project}-pipeline")
         assert schedule["Target"]["Arn"] == outputs["state_machine_arn"]
         infer = lambdas.get_function_configuration(FunctionName=outputs["function_names"]["infer"])
-        assert infer["MemorySize"] == 2048 and infer["Timeout"] == 900
+        assert infer["MemorySize"] == 1024 and infer["Timeout"] == 900
         rds = session.client("rds", endpoint_url=endpoint).describe_db_instances(DBInstanceIdentifier=project)
         assert rds["DBInstances"][0]["PubliclyAccessible"] is False
         secret = json.loads(

@@ -105,8 +105,8 @@ run "default_stack" {
 
   # --- Lambda memory, timeouts, handlers, env and VPC config.
   assert {
-    condition     = module.lambda.settings["infer"].memory_mb == var.infer_memory_mb && var.infer_memory_mb == 2048
-    error_message = "infer must default to infer_memory_mb (2048 until `make bench` says otherwise)."
+    condition     = module.lambda.settings["infer"].memory_mb == var.infer_memory_mb && var.infer_memory_mb == 1024
+    error_message = "infer must default to infer_memory_mb (1024 MB, the benchmark's measured need)."
   }
   assert {
     condition     = module.lambda.settings["infer"].timeout_s == 900 && module.lambda.settings["process"].timeout_s == 300
