@@ -33,7 +33,7 @@ DASHBOARD_UID = "landcover-inference"
 DASHBOARD_TITLE = "Land cover inference"
 FOLDER = "Land cover"
 
-#: Metric names of the ledger contract (see /tmp/CONTRACTS.md and inference/monitor.py).
+#: Metric names the panels read from the ledger's metrics table (written by inference/monitor.py).
 METRIC_NAMES = (
     "class_fraction",
     "class_area_km2",
