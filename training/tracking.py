@@ -196,6 +196,13 @@ class Tracker:
             backend.close(status)
 
 
+def wandb_mode(configured: str) -> str:
+    """Offline by default, the cloud when an API key is set (unless WANDB_MODE says otherwise)."""
+    if configured == "offline" and os.environ.get("WANDB_API_KEY") and "WANDB_MODE" not in os.environ:
+        return "online"
+    return configured
+
+
 def open_tracker(cfg: DictConfig, run_uri: str, run_name: str) -> Tracker:
     """Open (or resume) the run's trackers; the ids are kept in ``<run_uri>/tracking.json``."""
     style = cfg.logging.style
@@ -212,7 +219,7 @@ def open_tracker(cfg: DictConfig, run_uri: str, run_name: str) -> Tracker:
     if style in ("wandb", "both"):
         w = cfg.logging.wandb
         backends["wandb"] = WandbTracker(
-            cfg.logging.experiment, w.entity, w.mode, w.dir, run_name, ids.get("wandb")
+            cfg.logging.experiment, w.entity, wandb_mode(w.mode), w.dir, run_name, ids.get("wandb")
         )
     tracker = Tracker(backends)
     if tracker.ids() != ids:

@@ -51,3 +51,15 @@ def test_unknown_logging_style_is_refused(tiny_cfg) -> None:
     cfg = compose([*TINY_OVERRIDES, "logging.style=tensorboard"])
     with pytest.raises(ValueError, match=r"logging\.style='tensorboard'"):
         open_tracker(cfg, storage.to_uri("/tmp/unused"), "x")
+
+
+def test_wandb_goes_online_only_with_a_key(monkeypatch) -> None:
+    from training.tracking import wandb_mode
+
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    assert wandb_mode("offline") == "offline"
+    monkeypatch.setenv("WANDB_API_KEY", "k")
+    assert wandb_mode("offline") == "online"
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    assert wandb_mode("offline") == "offline"
