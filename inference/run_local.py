@@ -4,7 +4,7 @@
     One execution of ``pipeline.asl.json`` over the input prefix (Hydra ``inference.input_uri``).
     If the prefix holds no image yet, the synthetic test scenes (``data/synthetic/test``) are
     copied into it first. Storage is ``file://`` and the ledger SQLite by default;
-    ``--ledger-url postgresql+psycopg://...`` and ``--s3-prefix s3://bucket/prefix`` (with
+    ``--ledger-url postgresql+psycopg2://...`` and ``--s3-prefix s3://bucket/prefix`` (with
     ``storage=s3`` or ``AWS_ENDPOINT_URL`` for a moto server) switch to Postgres and S3.
 
 ``make upload_and_run_inference`` -> ``python -m inference.run_local upload --scenes N --interval S``

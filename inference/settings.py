@@ -131,13 +131,14 @@ def _url_from_secret(secret_arn: str, endpoint_url: str | None) -> str:
     """An SQLAlchemy URL from an RDS-style secret; the password never passes through a string format."""
     import sqlalchemy as sa
 
+    from inference.ledger.db import POSTGRES_DRIVER
     from training import storage
 
     try:
         raw = storage.boto3_client("secretsmanager").get_secret_value(SecretId=secret_arn)["SecretString"]
         secret = json.loads(raw)
         url = sa.URL.create(
-            "postgresql+psycopg",
+            POSTGRES_DRIVER,
             username=secret["username"],
             password=secret["password"],
             host=secret["host"],

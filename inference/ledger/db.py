@@ -20,6 +20,8 @@ from sqlalchemy.orm import Session, sessionmaker
 log = logging.getLogger(__name__)
 
 LEDGER_URL_ENV = "LEDGER_URL"
+# The one Postgres driver the project installs (psycopg2-binary): ledger, Alembic, tests, compose.
+POSTGRES_DRIVER = "postgresql+psycopg2"
 PACKAGE_DIR = Path(__file__).resolve().parent
 MIGRATIONS_DIR = PACKAGE_DIR / "migrations"
 ALEMBIC_INI = PACKAGE_DIR / "alembic.ini"
@@ -38,14 +40,33 @@ def resolve_url(url: str | sa.URL | None = None) -> str:
         LedgerConfigError: neither is set.
     """
     if url is not None:
-        return url.render_as_string(hide_password=False) if isinstance(url, sa.URL) else str(url)
+        return with_driver(url.render_as_string(hide_password=False) if isinstance(url, sa.URL) else str(url))
     env = os.environ.get(LEDGER_URL_ENV)
     if not env:
         raise LedgerConfigError(
             f"no ledger database URL: pass one explicitly or set {LEDGER_URL_ENV} "
-            "(e.g. sqlite:///ledger.db or postgresql+psycopg://user@host:5432/ledger)"
+            f"(e.g. sqlite:///ledger.db or {POSTGRES_DRIVER}://user@host:5432/ledger)"
         )
-    return env
+    return with_driver(env)
+
+
+def with_driver(url: str) -> str:
+    """``url`` with the project's Postgres driver named: ``postgresql://`` becomes
+    ``postgresql+psycopg2://``; any other Postgres driver is refused with a clear error
+    (only psycopg2 is installed). Other databases pass through unchanged.
+
+    Raises:
+        LedgerConfigError: a Postgres URL names a driver other than psycopg2.
+    """
+    parsed = sa.make_url(url)
+    if parsed.get_backend_name() != "postgresql" or parsed.drivername == POSTGRES_DRIVER:
+        return url
+    if parsed.drivername != "postgresql":
+        raise LedgerConfigError(
+            f"the ledger URL names the driver {parsed.drivername!r}, but the project installs only "
+            f"psycopg2: write {POSTGRES_DRIVER}://... (got {redact_url(parsed)})"
+        )
+    return parsed.set(drivername=POSTGRES_DRIVER).render_as_string(hide_password=False)
 
 
 def redact_url(url: str | sa.URL) -> str:

@@ -66,7 +66,7 @@ def test_ledger_url_from_secrets_manager(moto_server: str, monkeypatch) -> None:
             "db.internal",
             "ledger",
         )
-        assert url.drivername == "postgresql+psycopg"
+        assert url.drivername == "postgresql+psycopg2"
     finally:
         storage.configure()
 

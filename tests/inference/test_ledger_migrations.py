@@ -169,7 +169,7 @@ def test_alembic_cli_with_the_ini(tmp_path: Path) -> None:
 
 def test_offline_sql_for_postgres_needs_no_database() -> None:
     """``alembic upgrade head --sql`` renders the DDL a DBA can review."""
-    config = db.alembic_config("postgresql+psycopg://nobody:secret@db.invalid:5432/ledger")
+    config = db.alembic_config("postgresql+psycopg2://nobody:secret@db.invalid:5432/ledger")
     out = io.StringIO()
     config.stdout = out
     with redirect_stdout(out):
@@ -181,4 +181,4 @@ def test_offline_sql_for_postgres_needs_no_database() -> None:
 
 
 def test_redact_url_hides_the_password() -> None:
-    assert "secret" not in db.redact_url("postgresql+psycopg://u:secret@h/db")
+    assert "secret" not in db.redact_url("postgresql+psycopg2://u:secret@h/db")

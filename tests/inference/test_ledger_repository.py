@@ -19,7 +19,7 @@ from inference.ledger.models import Metric, Prediction, Run, RunStatus, Scene, S
 INJECTION = "s3://bucket/x'); DROP TABLE scenes; --\" OR 1=1 %s %(x)s :param"
 
 
-POSTGRES_ADMIN_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+POSTGRES_ADMIN_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/test")
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgres"])
