@@ -23,10 +23,8 @@ State payloads carry ids and URIs only; the manifest itself lives in object stor
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import logging
-import re
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -42,15 +40,12 @@ from sqlalchemy.orm import Session
 from inference.ledger import db, repository
 from inference.ledger.models import Scene, SceneStatus, utcnow
 from inference.settings import ChainSettings, onnx_available
-from training import registry, storage
+from training import artifacts, registry, storage
 from training.data.naip import NaipValidationError, validate_naip
 
 log = logging.getLogger(__name__)
 
-#: USD per GB-second of Lambda compute (x86, us-east-1 list price).
-LAMBDA_USD_PER_GB_S = 0.0000166667
 IMAGE_SUFFIXES = (".tif", ".tiff")
-_HASH_BLOCK = 8 << 20
 
 
 class ChainError(RuntimeError):
@@ -123,9 +118,6 @@ _model_lock = threading.Lock()
 _loaded: _Loaded | None = None
 
 
-ONNX_NAME = "model.int8.onnx"  # written next to the export by training.models.onnx_export
-
-
 def model_artifact(settings: ChainSettings, pointer: dict[str, Any]) -> tuple[str, str]:
     """``(backend, uri)`` of what to load for the champion, following ``BACKEND``.
 
@@ -133,13 +125,13 @@ def model_artifact(settings: ChainSettings, pointer: dict[str, Any]) -> tuple[st
     ``auto`` takes ONNX when the champion has one and this image has onnxruntime.
     """
     export_uri = str(pointer["export_uri"])
-    onnx_uri = export_uri.rsplit("/", 1)[0] + "/" + ONNX_NAME
+    onnx_uri = artifacts.in_version(str(pointer["version_uri"]), artifacts.ONNX_INT8_NAME)
     if settings.backend == "torch":
         return "torch", export_uri
     if settings.backend == "onnx":
         if not storage.exists(onnx_uri):
             raise ChainError(
-                f"BACKEND=onnx but champion {pointer['version']} has no {ONNX_NAME} at {onnx_uri}; "
+                f"BACKEND=onnx but champion {pointer['version']} has no {artifacts.ONNX_INT8_NAME} at {onnx_uri}; "
                 "export it with training.models.onnx_export.register_onnx, or set BACKEND=torch"
             )
         return "onnx", onnx_uri
@@ -165,7 +157,8 @@ def load_champion(settings: ChainSettings) -> _Loaded:
         backend, uri = model_artifact(settings, pointer)
         local = storage.local_path(uri)
         if local is None:
-            local = Path(settings.model_cache_dir) / settings.model_name / version / uri.rsplit("/", 1)[-1]
+            name = artifacts.ONNX_INT8_NAME if backend == "onnx" else artifacts.EXPORT_NAME
+            local = Path(settings.model_cache_dir) / settings.model_name / artifacts.safe_name(version) / name
             if not local.exists():
                 storage.download(uri, local)
         predictor = load_predictor(str(local), backend=backend)
@@ -174,24 +167,15 @@ def load_champion(settings: ChainSettings) -> _Loaded:
         return _loaded
 
 
-def _safe_name(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]", "_", text)[:200]
-
-
 def manifest_uri(settings: ChainSettings, execution_id: str) -> str:
     """Where the manifest of an execution is written."""
-    return storage.join(settings.manifest_prefix, _safe_name(execution_id) + ".json")
+    return artifacts.manifest_uri(settings.manifest_prefix, execution_id)
 
 
 def object_key(uri: str) -> str:
     """The bucket key of an ``s3://`` URI; for ``file://`` the path without its leading slash."""
     rest = uri.partition("://")[2]
     return rest.partition("/")[2] if uri.startswith("s3://") else rest.lstrip("/")
-
-
-def scene_prefix(settings: ChainSettings, sha256: str, model_version: str) -> str:
-    """Deterministic output folder of one scene predicted by one model version."""
-    return storage.join(settings.output_uri, sha256, _safe_name(model_version))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -226,16 +210,6 @@ def list_objects(prefix: str) -> list[ListedObject]:
         tag = str(info.get("ETag", "")).strip('"') if s3 else f"{info.get('size')}-{info.get('mtime')}"
         out.append(ListedObject(uri, tag or f"size-{info.get('size')}", int(info.get("size") or 0)))
     return out
-
-
-def sha256_of(uri: str) -> tuple[str, int]:
-    """sha256 and size of the bytes at ``uri``, streamed in 8 MiB blocks."""
-    digest, size = hashlib.sha256(), 0
-    with storage.open_uri(uri, "rb") as handle:
-        for block in iter(lambda: handle.read(_HASH_BLOCK), b""):
-            digest.update(block)
-            size += len(block)
-    return digest.hexdigest(), size
 
 
 def _raster_metadata(info: dict[str, Any]) -> dict[str, Any]:
@@ -293,7 +267,7 @@ def process(settings: ChainSettings, execution_id: str) -> dict[str, Any]:
                     quarantined += not _validate_scene(settings, s, known, obj.uri)
                 continue
             try:
-                sha, size = sha256_of(obj.uri)
+                sha, size = storage.sha256_of(obj.uri)
             except FileNotFoundError:
                 log.warning("%s disappeared between listing and reading; skipped", obj.uri)
                 continue
@@ -352,7 +326,7 @@ def _local_copy(settings: ChainSettings, item: ManifestItem) -> tuple[str, bool]
         path = Path(settings.scene_cache_dir) / f"{item.sha256}.tif"
         storage.download(item.uri, path)
         temporary = True
-    sha, _ = sha256_of(storage.to_uri(path))
+    sha, _ = storage.sha256_of(storage.to_uri(path))
     if sha != item.sha256:
         if temporary:
             path.unlink(missing_ok=True)
@@ -367,19 +341,19 @@ def _write_outputs(settings: ChainSettings, pred: Any, item: ManifestItem, versi
     """Class COG, confidence COG, STAC item and summary under the scene's deterministic prefix."""
     from inference import monitor, outputs
 
-    base = scene_prefix(settings, item.sha256, version)
+    out = artifacts.scene_outputs(settings.output_uri, item.sha256, version)
     uris = {
-        "class_uri": base + "/classes.tif",
-        "confidence_uri": base + "/confidence.tif",
-        "stac_uri": base + "/item.json",
-        "summary_uri": base + "/summary.json",
+        "class_uri": out.class_uri,
+        "confidence_uri": out.confidence_uri,
+        "stac_uri": out.stac_uri,
+        "summary_uri": out.summary_uri,
     }
     lineage = {"model_version": version, "input_sha256": item.sha256}
     outputs.write_class_cog(pred, uris["class_uri"], **lineage)
     outputs.write_confidence_cog(pred, uris["confidence_uri"], **lineage)
     stac = outputs.stac_item(
         pred,
-        item_id=f"{item.sha256[:16]}-{_safe_name(version)}",
+        item_id=artifacts.stac_item_id(item.sha256, version),
         class_uri=uris["class_uri"],
         confidence_uri=uris["confidence_uri"],
         input_uri=item.uri,
@@ -399,10 +373,6 @@ def _get_scene(s: Session, scene_id: int) -> Scene:
     return scene
 
 
-def _has_prediction(s: Session, scene: Scene, version: str) -> bool:
-    return any(p.model_version == version for p in repository.predictions_for(s, scene))
-
-
 def infer(settings: ChainSettings, execution_id: str, item: dict[str, Any] | ManifestItem) -> dict[str, Any]:
     """Predict one scene with the champion; idempotent per (scene, model version)."""
     from inference import monitor
@@ -416,8 +386,8 @@ def infer(settings: ChainSettings, execution_id: str, item: dict[str, Any] | Man
 
     with session(settings) as s:
         scene = _get_scene(s, item.scene_id)
-        if _has_prediction(s, scene, version):
-            done = next(p for p in repository.predictions_for(s, scene) if p.model_version == version)
+        done = repository.prediction_by(s, scene, version)
+        if done is not None:
             return {**result, "status": "skipped", "class_uri": done.class_uri}
         if scene.status == SceneStatus.quarantined:
             return {**result, "status": "quarantined"}
@@ -498,22 +468,23 @@ def observe(settings: ChainSettings, execution_id: str) -> dict[str, Any]:
         predicted, failed, seconds, summaries = [], 0, 0.0, []
         for item in items:
             scene = _get_scene(s, item.scene_id)
-            pred = next((p for p in repository.predictions_for(s, scene) if p.model_version == version), None)
+            pred = repository.prediction_by(s, scene, version)
             if pred is not None:
-                predicted.append((scene, pred))
+                predicted.append(scene.sha256)
                 seconds += pred.seconds
             elif scene.status != SceneStatus.quarantined:
                 failed += 1
-    for _, pred in predicted:
-        summary_uri = pred.class_uri.rsplit("/", 1)[0] + "/summary.json"
+    for sha256 in predicted:
+        summary_uri = artifacts.scene_outputs(settings.output_uri, sha256, version).summary_uri
         summaries.append(monitor.SceneSummary.from_dict(json.loads(storage.read_text(summary_uri))))
 
     reference = _reference_stats(settings, version) if summaries else None
+    memory_mb = settings.lambda_memory_mb
     rows, drift = monitor.run_metrics(
         summaries,
         reference,
         seconds_total=seconds,
-        cost_usd=cost_usd(settings.lambda_memory_mb, seconds),
+        cost_usd=None if memory_mb is None else settings.lambda_cost_usd(seconds, memory_mb, len(predicted)),
         threshold=settings.drift_threshold,
     )
     with session(settings) as s:
@@ -537,11 +508,6 @@ def _reference_stats(settings: ChainSettings, version: str) -> dict[str, Any] | 
         return loaded.metadata.get("reference_stats")
     manifest = registry.get_version(settings.registry_uri, settings.model_name, version)
     return read_export_metadata(manifest["export_uri"]).get("reference_stats")
-
-
-def cost_usd(memory_mb: int, seconds: float) -> float:
-    """Estimated Lambda compute cost: memory (GB) x seconds x the GB-second price."""
-    return memory_mb / 1024.0 * seconds * LAMBDA_USD_PER_GB_S
 
 
 # ---------------------------------------------------------------------------------------------

@@ -26,18 +26,16 @@ from typing import Any
 
 import numpy as np
 
+from inference.settings import DEFAULTS
 from training.data.classes import CLASS_NAMES, NODATA_CLASS_ID
 from training.data.naip import NAIP_BANDS
 
 __all__ = [
-    "DEFAULT_DRIFT_THRESHOLD",
-    "LAMBDA_PRICE_PER_GB_S",
     "MetricRow",
     "SceneSummary",
     "band_histogram",
     "drift_rows",
     "js_divergence",
-    "lambda_cost_usd",
     "psi",
     "reference_class_distribution",
     "run_metrics",
@@ -45,11 +43,7 @@ __all__ = [
 ]
 
 MetricRow = tuple[str, str, float]
-DEFAULT_DRIFT_THRESHOLD = 0.2
 PSI_EPSILON = 1e-4
-#: AWS Lambda x86 on-demand compute price (USD per GB-second) and per-request price.
-LAMBDA_PRICE_PER_GB_S = 0.0000166667
-LAMBDA_PRICE_PER_REQUEST = 0.0000002
 
 
 # --- divergences -------------------------------------------------------------------------------
@@ -201,7 +195,7 @@ def drift_rows(
     class_counts: np.ndarray,
     band_counts: np.ndarray,
     reference_stats: Mapping[str, Any],
-    threshold: float = DEFAULT_DRIFT_THRESHOLD,
+    threshold: float = DEFAULTS.drift_threshold,
     band_names: Sequence[str] = NAIP_BANDS,
 ) -> tuple[list[MetricRow], bool]:
     """PSI / JS rows of the class and band distributions against ``reference_stats``
@@ -257,7 +251,7 @@ def _summary_rows(summary: SceneSummary) -> list[MetricRow]:
 def scene_metrics(
     pred: Any,
     reference_stats: Mapping[str, Any] | None = None,
-    threshold: float = DEFAULT_DRIFT_THRESHOLD,
+    threshold: float = DEFAULTS.drift_threshold,
 ) -> tuple[list[MetricRow], bool]:
     """Ledger rows of one scene (a ``ScenePrediction`` or :class:`SceneSummary`) and its drift flag.
 
@@ -276,33 +270,25 @@ def scene_metrics(
     return rows + drift, flag
 
 
-def lambda_cost_usd(seconds: float, memory_mb: int, invocations: int = 0) -> float:
-    """Estimated Lambda cost: GB-seconds at the on-demand x86 price plus request charges."""
-    return seconds * memory_mb / 1024.0 * LAMBDA_PRICE_PER_GB_S + invocations * LAMBDA_PRICE_PER_REQUEST
-
-
 def run_metrics(
     summaries: Iterable[SceneSummary],
     reference_stats: Mapping[str, Any] | None = None,
     *,
     seconds_total: float | None = None,
     cost_usd: float | None = None,
-    memory_mb: int | None = None,
-    threshold: float = DEFAULT_DRIFT_THRESHOLD,
+    threshold: float = DEFAULTS.drift_threshold,
 ) -> tuple[list[MetricRow], bool]:
     """Run-level rows over all scenes of a run (write them with ``scene_id`` NULL) and the flag.
 
     Adds ``scenes_predicted``, ``seconds_total`` (default: the scenes' prediction seconds),
     ``reference_class_fraction`` per class (the training mix, without No Data),
-    ``cost_usd`` (given, or estimated from ``memory_mb`` and the seconds) and ``cost_usd_per_km2``
+    ``cost_usd`` (when given: :meth:`inference.settings.ChainDefaults.lambda_cost_usd`) and ``cost_usd_per_km2``
     to the rows of :func:`scene_metrics` over the merged sums.
     """
     items = list(summaries)
     rows: list[MetricRow] = [("scenes_predicted", "", float(len(items)))]
     seconds = float(sum(s.seconds for s in items)) if seconds_total is None else float(seconds_total)
     rows.append(("seconds_total", "", seconds))
-    if cost_usd is None and memory_mb is not None:
-        cost_usd = lambda_cost_usd(seconds, memory_mb, invocations=len(items))
     if cost_usd is not None:
         rows.append(("cost_usd", "", float(cost_usd)))
     if not items:

@@ -26,19 +26,9 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["OnnxPredictor", "cpu_count", "read_metadata", "session_options"]
+from inference.runtime import check_chips, default_num_threads
 
-
-def cpu_count() -> int:
-    """Intra-op threads: ``OMP_NUM_THREADS`` if set, else the CPUs this process may run on
-    (the Lambda's vCPUs; honours affinity masks, unlike ``os.cpu_count()``)."""
-    env = os.environ.get("OMP_NUM_THREADS", "").strip()
-    if env.isdigit() and int(env) > 0:
-        return int(env)
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # pragma: no cover - not Linux
-        return max(1, os.cpu_count() or 1)
+__all__ = ["OnnxPredictor", "session_options"]
 
 
 def session_options(threads: int | None = None, low_memory: bool = True) -> Any:
@@ -48,7 +38,7 @@ def session_options(threads: int | None = None, low_memory: bool = True) -> Any:
 
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.intra_op_num_threads = threads or cpu_count()
+    options.intra_op_num_threads = threads or default_num_threads()
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     if low_memory:
@@ -60,16 +50,6 @@ def _provider_options(low_memory: bool) -> list[tuple[str, dict[str, str]]]:
     if not low_memory:
         return [("CPUExecutionProvider", {})]
     return [("CPUExecutionProvider", {"arena_extend_strategy": "kSameAsRequested"})]
-
-
-def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """The model's metadata (JSON-decoded ``metadata_props``) without creating a session."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    return _decode(session.get_modelmeta().custom_metadata_map)
 
 
 def _decode(raw: dict[str, str]) -> dict[str, Any]:
@@ -132,19 +112,13 @@ class OnnxPredictor:
 
     def predict_proba(self, chips: np.ndarray) -> np.ndarray:
         """Softmax probabilities (B, K, S, S) float32 for normalised float32 chips (B, 4, S, S)."""
-        chips = np.asarray(chips)
-        if chips.ndim != 4 or chips.shape[1] != self.bands:
-            raise ValueError(f"chips must be (B, {self.bands}, S, S), got shape {chips.shape}")
-        if not np.issubdtype(chips.dtype, np.floating):
-            raise ValueError(
-                f"predict_proba takes normalised float chips, got {chips.dtype}; normalise uint8 NAIP first"
-            )
+        chips = check_chips(chips, self.bands)
         if self.chip_size is not None and chips.shape[-2:] != (self.chip_size, self.chip_size):
             raise ValueError(
                 f"this ONNX model was exported for {self.chip_size}x{self.chip_size} chips, "
                 f"got {chips.shape[-2]}x{chips.shape[-1]}; use chip_size={self.chip_size}"
             )
-        chips = np.ascontiguousarray(chips, dtype=np.float32)
+        chips = np.ascontiguousarray(chips)
         n = chips.shape[0]
         if n == 0:
             return np.zeros((0, self.num_classes, *chips.shape[-2:]), dtype=np.float32)

@@ -1,10 +1,15 @@
 """Settings of the inference chain: environment variables on Lambda, Hydra config locally.
 
+This module is the one home of the chain's defaults: :class:`ChainDefaults` declares each
+tunable once with its default, and :data:`DEFAULTS` is that set of defaults for code that has no
+settings at hand (the dashboards' drift line, the benchmark's Lambda prices). The Hydra
+``inference`` group leaves a tunable ``null`` to mean "this default".
+
 On Lambda every value comes from the function's environment (Terraform sets it) and is checked
 by pydantic at cold start, so a missing or malformed variable fails the init with a message
 naming it instead of failing some scene later. Locally :func:`settings_from_config` maps the
-Hydra ``inference``/``storage`` groups onto the same model, and :meth:`ChainSettings.to_env`
-gives the environment a Lambda would see.
+Hydra ``inference``/``storage``/``infra`` groups onto the same model, and
+:meth:`ChainSettings.to_env` gives the environment a Lambda would see.
 
 The ledger URL is ``LEDGER_URL`` or, on AWS, built from the Secrets Manager secret named by
 ``LEDGER_SECRET_ARN`` (JSON ``{username, password, host, port, dbname}``, the RDS layout).
@@ -21,9 +26,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-#: Lambda's default when nothing says otherwise (the seed's setting).
-DEFAULT_LAMBDA_MEMORY_MB = 3008
-DEFAULT_MAX_PIXELS = 100_000_000
+from training.artifacts import default_manifest_prefix
+from training.data.naip import DEFAULT_MAX_PIXELS
 
 
 class SettingsError(RuntimeError):
@@ -35,43 +39,64 @@ def onnx_available() -> bool:
     return all(importlib.util.find_spec(m) is not None for m in ("onnxruntime", "inference.runtime_onnx"))
 
 
-class ChainSettings(BaseModel):
-    """Everything process / infer / observe need. Field aliases are the environment variable names."""
+class ChainDefaults(BaseModel):
+    """The chain's tunables, each with its one default. Field aliases are the environment names."""
 
     model_config = ConfigDict(populate_by_name=True, frozen=True, extra="ignore")
+
+    model_name: str = Field("chesapeake-landcover", alias="MODEL_NAME")
+    # auto: ONNX when the champion has an ONNX export and onnxruntime is installed, else torch.
+    backend: Literal["auto", "torch", "onnx"] = Field("auto", alias="BACKEND")
+    chip_size: int = Field(256, alias="CHIP_SIZE", gt=0, description="sliding-window chip side (px)")
+    overlap: int = Field(32, alias="OVERLAP", ge=0, description="pixels shared by neighbouring windows")
+    batch_size: int = Field(8, alias="BATCH_SIZE", gt=0, description="windows per forward pass")
+    low_confidence_threshold: float = Field(
+        0.5, alias="LOW_CONFIDENCE_THRESHOLD", ge=0.0, le=1.0, description="max softmax below this is low"
+    )
+    # 0.2 is the usual "significant shift" line of the population stability index.
+    drift_threshold: float = Field(0.2, alias="DRIFT_THRESHOLD", gt=0.0, description="PSI that flags drift")
+    max_pixels: int = Field(DEFAULT_MAX_PIXELS, alias="MAX_PIXELS", gt=0, description="largest scene read")
+    model_cache_dir: str = Field("/tmp/model", alias="MODEL_CACHE_DIR")
+    scene_cache_dir: str = Field("/tmp/scenes", alias="SCENE_CACHE_DIR")
+    max_attempts: int = Field(3, alias="MAX_ATTEMPTS", gt=0)
+    # A scene left in "predicting" longer than this is taken to be from a crashed attempt
+    # (Lambda's 900 s timeout); younger ones may still be running in a concurrent execution.
+    stuck_after_s: float = Field(900.0, alias="STUCK_AFTER_S", ge=0.0)
+    # AWS Lambda x86 on-demand list prices (us-east-1): compute per GB-second, and per request.
+    lambda_usd_per_gb_s: float = Field(0.0000166667, alias="LAMBDA_USD_PER_GB_S", ge=0.0)
+    lambda_usd_per_request: float = Field(0.0000002, alias="LAMBDA_USD_PER_REQUEST", ge=0.0)
+
+    def lambda_cost_usd(self, seconds: float, memory_mb: int, invocations: int = 0) -> float:
+        """Estimated Lambda cost: GB-seconds at the compute price plus the request charges."""
+        return seconds * memory_mb / 1024.0 * self.lambda_usd_per_gb_s + invocations * self.lambda_usd_per_request
+
+
+#: The defaults, for code without settings at hand.
+DEFAULTS = ChainDefaults()
+
+
+class ChainSettings(ChainDefaults):
+    """Everything process / infer / observe need: the tunables plus where things are."""
 
     input_uri: str = Field(alias="INPUT_URI", description="prefix where new NAIP scenes (*.tif) arrive")
     output_uri: str = Field(alias="OUTPUT_URI", description="prefix of class/confidence COGs and STAC items")
     registry_uri: str = Field(alias="REGISTRY_URI", description="root of the model registry")
-    model_name: str = Field("chesapeake-landcover", alias="MODEL_NAME")
     ledger_url: str | None = Field(None, alias="LEDGER_URL")
     ledger_secret_arn: str | None = Field(None, alias="LEDGER_SECRET_ARN")
     manifest_uri: str | None = Field(
         None, alias="MANIFEST_URI", description="prefix of run manifests; default <OUTPUT_URI>/manifests"
     )
-    # auto: ONNX when the champion has an ONNX export and onnxruntime is installed, else torch.
-    backend: Literal["auto", "torch", "onnx"] = Field("auto", alias="BACKEND")
-    chip_size: int = Field(256, alias="CHIP_SIZE", gt=0)
-    overlap: int = Field(32, alias="OVERLAP", ge=0)
-    batch_size: int = Field(8, alias="BATCH_SIZE", gt=0)
-    low_confidence_threshold: float = Field(0.5, alias="LOW_CONFIDENCE_THRESHOLD", ge=0.0, le=1.0)
-    drift_threshold: float = Field(0.2, alias="DRIFT_THRESHOLD", gt=0.0)
-    max_pixels: int = Field(DEFAULT_MAX_PIXELS, alias="MAX_PIXELS", gt=0)
-    lambda_memory_mb: int = Field(
-        default_factory=lambda: int(
-            os.environ.get("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", DEFAULT_LAMBDA_MEMORY_MB)
-        ),
+    # Terraform sets LAMBDA_MEMORY_MB per function; Lambda itself sets AWS_LAMBDA_FUNCTION_MEMORY_SIZE.
+    # Locally it is the configured infer memory (infra.infer_memory_mb). None: cost not estimated.
+    lambda_memory_mb: int | None = Field(
+        default_factory=lambda: int(os.environ["AWS_LAMBDA_FUNCTION_MEMORY_SIZE"])
+        if os.environ.get("AWS_LAMBDA_FUNCTION_MEMORY_SIZE")
+        else None,
         alias="LAMBDA_MEMORY_MB",
         gt=0,
     )
-    model_cache_dir: str = Field("/tmp/model", alias="MODEL_CACHE_DIR")
-    scene_cache_dir: str = Field("/tmp/scenes", alias="SCENE_CACHE_DIR")
     aws_endpoint_url: str | None = Field(None, alias="AWS_ENDPOINT_URL")
     aws_region: str | None = Field(None, alias="AWS_REGION")
-    max_attempts: int = Field(3, alias="MAX_ATTEMPTS", gt=0)
-    # A scene left in "predicting" longer than this is taken to be from a crashed attempt
-    # (Lambda's 900 s timeout); younger ones may still be running in a concurrent execution.
-    stuck_after_s: float = Field(900.0, alias="STUCK_AFTER_S", ge=0.0)
 
     @field_validator("input_uri", "output_uri", "registry_uri", "manifest_uri")
     @classmethod
@@ -108,7 +133,7 @@ class ChainSettings(BaseModel):
     @property
     def manifest_prefix(self) -> str:
         """Where run manifests go (``MANIFEST_URI``, else ``<OUTPUT_URI>/manifests``)."""
-        return self.manifest_uri or self.output_uri + "/manifests"
+        return self.manifest_uri or default_manifest_prefix(self.output_uri)
 
     def resolved_ledger_url(self) -> str:
         """``LEDGER_URL``, or the RDS URL built from the Secrets Manager secret (cached)."""
@@ -153,24 +178,18 @@ def _url_from_secret(secret_arn: str, endpoint_url: str | None) -> str:
 
 
 def settings_from_config(cfg: Any, **overrides: Any) -> ChainSettings:
-    """Map a composed Hydra config (groups ``inference``, ``storage``, ``model_name``) to settings."""
+    """Map a composed Hydra config (groups ``inference``, ``storage``, ``infra``, ``model_name``) to
+    settings. A tunable the ``inference`` group leaves ``null`` keeps its :class:`ChainDefaults` value."""
     inf, store = cfg.inference, cfg.storage
     values: dict[str, Any] = {
-        "input_uri": inf.input_uri,
-        "output_uri": inf.output_uri,
         "registry_uri": store.registry_uri,
         "model_name": cfg.model_name,
-        "ledger_url": inf.ledger_url,
-        "chip_size": inf.chip_size,
-        "overlap": inf.overlap,
-        "batch_size": inf.batch_size,
-        "low_confidence_threshold": inf.low_confidence_threshold,
-        "drift_threshold": inf.drift_threshold,
         "aws_endpoint_url": store.s3.endpoint_url,
         "aws_region": store.s3.region,
+        "lambda_memory_mb": cfg.infra.infer_memory_mb,
     }
-    for key in ("backend", "max_pixels", "lambda_memory_mb", "manifest_uri", "model_cache_dir"):
-        if key in inf and inf[key] is not None:
+    for key in ChainSettings.model_fields:
+        if key in inf:
             values[key] = inf[key]
     values.update(overrides)
     try:

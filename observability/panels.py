@@ -25,6 +25,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
+from inference.settings import DEFAULTS as CHAIN_DEFAULTS
+
 #: Datasource uid/type shared by the datasource provisioning YAML and every panel reference.
 DATASOURCE_UID = "ledger"
 DATASOURCE_TYPE = "grafana-postgresql-datasource"
@@ -55,12 +57,11 @@ METRIC_NAMES = (
     "cost_usd_per_km2",
 )
 
-#: Alert thresholds that are not part of the Hydra config. The drift threshold is
-#: ``inference.drift_threshold`` (see :func:`default_drift_threshold`).
+#: Alert thresholds that are not part of the Hydra config. The drift threshold is the chain's
+#: own (``inference.drift_threshold``, see :func:`default_drift_threshold`).
 NO_SUCCESS_HOURS = 26
 FAILURE_RATE_PCT = 20.0
 FAILURE_RATE_WINDOW_S = 24 * 3600
-DEFAULT_DRIFT_THRESHOLD = 0.2
 
 Dialect = Literal["postgresql", "sqlite"]
 DIALECTS: tuple[Dialect, ...] = ("postgresql", "sqlite")
@@ -351,16 +352,15 @@ MODEL_CHANGES_COLUMNS = ("time", "text", "tags")
 
 
 def default_drift_threshold() -> float:
-    """``inference.drift_threshold`` from the Hydra config (the observe step's own threshold)."""
-    try:
-        from training.config import compose
+    """The observe step's own drift threshold: ``inference.drift_threshold`` from the Hydra
+    config, or the chain's default when the config leaves it null."""
+    from training.config import compose
 
-        return float(compose().inference.drift_threshold)
-    except Exception:  # pragma: no cover - config missing in a stripped install
-        return DEFAULT_DRIFT_THRESHOLD
+    value = compose().inference.drift_threshold
+    return CHAIN_DEFAULTS.drift_threshold if value is None else float(value)
 
 
-def panels(drift_threshold: float = DEFAULT_DRIFT_THRESHOLD) -> list[Panel]:
+def panels(drift_threshold: float = CHAIN_DEFAULTS.drift_threshold) -> list[Panel]:
     """Every panel, in dashboard order (rows of 24 grid units)."""
     no_success_s = NO_SUCCESS_HOURS * 3600
     return [
@@ -496,7 +496,7 @@ def panels(drift_threshold: float = DEFAULT_DRIFT_THRESHOLD) -> list[Panel]:
             "timeseries",
             ENTROPY_SQL,
             TIMESERIES_COLUMNS,
-            "Mean per-pixel entropy of the softmax (nats), per run.",
+            "Mean per-pixel entropy of the softmax, normalised by ln K (0 = certain, 1 = uniform), per run.",
         ),
         # --- bands ---
         Panel(
@@ -607,7 +607,7 @@ def panels(drift_threshold: float = DEFAULT_DRIFT_THRESHOLD) -> list[Panel]:
     ]
 
 
-def alert_rules(drift_threshold: float = DEFAULT_DRIFT_THRESHOLD) -> list[AlertRule]:
+def alert_rules(drift_threshold: float = CHAIN_DEFAULTS.drift_threshold) -> list[AlertRule]:
     """The provisioned alert rules; each reuses the SQL of the panel it names."""
     return [
         AlertRule(

@@ -2,7 +2,8 @@
 
 Everything is addressed by URI through :mod:`training.storage`, so the same code runs on a
 local folder (``file://``), a moto server and S3. No torch here: the inference Lambda imports
-the read API (:func:`champion`, :func:`champion_export_uri`) without the training stack.
+the read API (:func:`champion`, :func:`get_version`) without the training stack. File names and
+folders come from :mod:`training.artifacts`.
 
 Layout under a registry root::
 
@@ -34,7 +35,6 @@ stays true however the pointer moves later and needs no CAS.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -49,17 +49,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from training import storage
+from training import artifacts, storage
+from training.artifacts import (
+    CARD_NAME,
+    CONFIG_NAME,
+    EXPORT_NAME,
+    METRICS_NAME,
+    VERSION_CLAIM_NAME,
+    VERSION_MANIFEST_NAME,
+)
 from training.model_card import render_model_card
 
-EXPORT_NAME = "model.safetensors"
-CONFIG_NAME = "config.yaml"
-METRICS_NAME = "metrics.json"
-CARD_NAME = "MODEL_CARD.md"
-MANIFEST_NAME = "version.json"
-CLAIM_NAME = "_claim.json"
-CHAMPION_NAME = "champion.json"
-HISTORY_DIR = "history"
 CHAMPION_ALIAS = "champion"
 MANIFEST_SCHEMA = 1
 
@@ -150,17 +150,19 @@ def _check_name(value: str, what: str) -> str:
 
 
 def _model_uri(root: str, model_name: str) -> str:
-    return storage.join(storage.to_uri(root), _check_name(model_name, "model name"))
+    return artifacts.model_uri(root, _check_name(model_name, "model name"))
 
 
 def version_uri(root: str, model_name: str, version: str) -> str:
     """URI of the folder of one version (registered or not)."""
-    return storage.join(_model_uri(root, model_name), _check_name(version, "version id"))
+    return artifacts.version_uri(
+        root, _check_name(model_name, "model name"), _check_name(version, "version id")
+    )
 
 
 def champion_uri(root: str, model_name: str) -> str:
     """URI of the champion pointer object."""
-    return storage.join(_model_uri(root, model_name), CHAMPION_NAME)
+    return artifacts.champion_uri(root, _check_name(model_name, "model name"))
 
 
 def _json_safe(value: Any) -> Any:
@@ -204,14 +206,6 @@ def _validate_miou(metrics: Mapping[str, Any]) -> float:
     return miou
 
 
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _copy_export(export: str | os.PathLike[str], dest_uri: str) -> tuple[str, int]:
     """Copy a local file or a URI to ``dest_uri``; return (sha256, size)."""
     local = storage.local_path(str(export))
@@ -219,13 +213,13 @@ def _copy_export(export: str | os.PathLike[str], dest_uri: str) -> tuple[str, in
         if not local.is_file():
             raise FileNotFoundError(f"export file {local} does not exist; pass the compact export's path")
         storage.upload(local, dest_uri)
-        return _sha256_file(local), local.stat().st_size
+        return storage.sha256_of(storage.to_uri(local))
     if not storage.exists(str(export)):
         raise FileNotFoundError(f"export {export} does not exist; pass the compact export's URI")
     with tempfile.TemporaryDirectory(prefix="registry-") as tmp:
         path = storage.download(str(export), Path(tmp) / EXPORT_NAME)
         storage.upload(path, dest_uri)
-        return _sha256_file(path), path.stat().st_size
+        return storage.sha256_of(storage.to_uri(path))
 
 
 # ----------------------------------------------------------------------------- versions
@@ -275,7 +269,7 @@ def register_version(
     created = _now()
     version = _check_name(version, "version id") if version is not None else new_version_id(created)
     prefix = version_uri(root, model_name, version)
-    manifest_uri = storage.join(prefix, MANIFEST_NAME)
+    manifest_uri = storage.join(prefix, VERSION_MANIFEST_NAME)
     if storage.exists(manifest_uri):
         raise VersionExistsError(
             f"version {version} of {model_name} is already registered at {prefix}; versions are "
@@ -283,10 +277,10 @@ def register_version(
         )
     claim = {"version": version, "claimed_at": _iso(created), "token": secrets.token_hex(8)}
     try:
-        storage.put_if_match(storage.join(prefix, CLAIM_NAME), _dumps(claim), None)
+        storage.put_if_match(storage.join(prefix, VERSION_CLAIM_NAME), _dumps(claim), None)
     except storage.PreconditionFailed as exc:
         raise VersionExistsError(
-            f"version {version} of {model_name} is claimed by another writer ({prefix}/{CLAIM_NAME}); "
+            f"version {version} of {model_name} is claimed by another writer ({prefix}/{VERSION_CLAIM_NAME}); "
             "versions are immutable: pick another version id, or delete that folder if the writer "
             "crashed before writing version.json"
         ) from exc
@@ -348,7 +342,7 @@ def register_version(
 def list_versions(root: str, model_name: str) -> list[str]:
     """Registered version ids of ``model_name``, oldest first (half-written ones are skipped)."""
     base = _model_uri(root, model_name)
-    found = storage.list_uris(base, suffix="/" + MANIFEST_NAME)
+    found = storage.list_uris(base, suffix="/" + VERSION_MANIFEST_NAME)
     versions = []
     for uri in found:
         relative = uri[len(base) :].strip("/").split("/")
@@ -361,7 +355,7 @@ def get_version(root: str, model_name: str, version: str) -> dict[str, Any]:
     """The manifest of a registered version, with its metrics under ``"metrics"``."""
     prefix = version_uri(root, model_name, version)
     try:
-        manifest = _read_json(storage.join(prefix, MANIFEST_NAME))
+        manifest = _read_json(storage.join(prefix, VERSION_MANIFEST_NAME))
     except FileNotFoundError as exc:
         raise VersionNotFoundError(
             f"no registered version {version!r} of {model_name} under {storage.to_uri(root)}; "
@@ -382,18 +376,6 @@ def champion(root: str, model_name: str) -> dict[str, Any] | None:
         return None
 
 
-def champion_export_uri(root: str, model_name: str) -> str | None:
-    """URI of the champion's compact export, or None when there is no champion."""
-    pointer = champion(root, model_name)
-    return None if pointer is None else pointer["export_uri"]
-
-
-def history(root: str, model_name: str) -> list[dict[str, Any]]:
-    """Every promotion decision, oldest first."""
-    prefix = storage.join(_model_uri(root, model_name), HISTORY_DIR)
-    return [_read_json(uri) for uri in storage.list_uris(prefix, suffix=".json")]
-
-
 def _read_pointer_with_tag(uri: str) -> tuple[dict[str, Any] | None, str | None]:
     # Tag first, content second: a write in between leaves us with a stale tag, so the CAS
     # fails and we retry; the other order could pair old content with a new tag.
@@ -406,7 +388,7 @@ def _read_pointer_with_tag(uri: str) -> tuple[dict[str, Any] | None, str | None]
 
 
 def _write_history(root: str, model_name: str, decision: PromotionDecision, moment: datetime) -> None:
-    prefix = storage.join(_model_uri(root, model_name), HISTORY_DIR)
+    prefix = artifacts.history_uri(root, _check_name(model_name, "model name"))
     name = f"{_compact(moment)}-{decision.version}"
     data = _dumps(decision.to_dict())
     for suffix in ("", *(f"-{secrets.token_hex(3)}" for _ in range(3))):

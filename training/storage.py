@@ -195,6 +195,26 @@ def download(uri: str, local_file: str | os.PathLike[str]) -> Path:
     return target
 
 
+def sha256_of(uri: str) -> tuple[str, int]:
+    """sha256 (hex) and size in bytes of the object at ``uri``, streamed, never held in memory."""
+    with open_uri(uri, "rb") as handle:
+        digest = hashlib.file_digest(handle, "sha256")
+        size = handle.tell()
+    return digest.hexdigest(), size
+
+
+def write_tensors(uri: str, tensors: dict[str, Any], metadata: dict[str, str] | None = None) -> None:
+    """Store torch tensors at ``uri`` as one safetensors file (written locally first, then uploaded)."""
+    import tempfile
+
+    from safetensors.torch import save_file
+
+    with tempfile.TemporaryDirectory(prefix="tensors-") as tmp:
+        path = Path(tmp) / "tensors.safetensors"
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(path), metadata=metadata)
+        upload(path, uri)
+
+
 def list_uris(prefix: str, suffix: str = "", recursive: bool = True) -> list[str]:
     """Sorted URIs of the objects under ``prefix`` whose names end with ``suffix``.
 
@@ -236,7 +256,7 @@ def version_tag(uri: str) -> str | None:
     if local is not None:
         if not local.exists():
             return None
-        return hashlib.sha256(local.read_bytes()).hexdigest()
+        return sha256_of(uri)[0]
     fs, path = filesystem(uri)
     try:
         info = fs.info(path)
@@ -300,3 +320,19 @@ _put_locks = tuple(threading.Lock() for _ in range(64))
 def _put_lock(endpoint: str | None, bucket: str, key: str) -> threading.Lock:
     """The process-local lock that serialises conditional PUTs to one object (see put_if_match)."""
     return _put_locks[hash((endpoint, bucket, key)) % len(_put_locks)]
+
+
+def read_ranges(uri: str, ranges: list[tuple[int, int]]) -> list[bytes]:
+    """Bytes ``[start, end)`` of the object at ``uri`` for each range, nothing else of it.
+
+    On S3 these are ranged GETs, issued concurrently by s3fs; locally, seeks and reads. Lets a
+    caller read a few members of a multi-GB zip archive (a checkpoint) in place.
+    """
+    if not ranges:
+        return []
+    fs, path = filesystem(uri)
+    starts, ends = zip(*ranges)
+    try:
+        return list(fs.cat_ranges([path] * len(ranges), list(starts), list(ends)))
+    except FileNotFoundError as exc:
+        raise FileNotFoundError(f"no object at {uri}") from exc

@@ -153,7 +153,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from inference.bench.gemm import measure_peaks
     from inference.bench.models import analytic_flops, prepare_model
     from inference.bench.scene import bench_scenes, write_scenes
-    from inference.runtime_onnx import OnnxPredictor, cpu_count
+    from inference.runtime import default_num_threads
+    from inference.runtime_onnx import OnnxPredictor
 
     t_start = time.perf_counter()
     workdir = Path(args.workdir)
@@ -165,7 +166,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "quick": args.quick,
         "machine": {
             "cpu": _cpu_name(),
-            "cores": cpu_count(),
+            "cores": default_num_threads(),
             "torch": torch.__version__,
             "onnxruntime": __import__("onnxruntime").__version__,
             "python": platform.python_version(),
@@ -262,10 +263,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "basis": f"{row['km2']:g} km² {scene_preset} scene: chips run/km² x {top} chip time + non-model overhead/km²",
     }
     basis = report["scenes"]["estimate"]["basis"]
-    cost = _lambda_cost(s_km2, top_res["optimized"]["cold"]["peak_rss_bytes"], cpu_count())
+    cost = _lambda_cost(s_km2, top_res["optimized"]["cold"]["peak_rss_bytes"], default_num_threads())
     cost.update({"preset": top, "basis": basis})
     eager_cost = _lambda_cost(
-        s_km2 * top_res["speedup"], top_res["eager_fp32"]["cold"]["peak_rss_bytes"], cpu_count()
+        s_km2 * top_res["speedup"], top_res["eager_fp32"]["cold"]["peak_rss_bytes"], default_num_threads()
     )
     report["lambda_cost"] = {
         "optimized": cost,

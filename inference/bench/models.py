@@ -65,13 +65,14 @@ def prepare_model(preset: str, workdir: Path, seed: int = 0, rebuild: bool = Fal
     """
     import torch
 
+    from training.artifacts import EXPORT_NAME, ONNX_INT8_NAME
     from training.models.export import save_export
     from training.models.head import build_segmenter
-    from training.models.onnx_export import ONNX_INT8_NAME, convert_export
+    from training.models.onnx_export import convert_export
 
     root = Path(__file__).resolve().parents[2]
     folder = workdir / "models" / f"{preset}-{_key(preset, seed, root)}"
-    export_path, onnx_path = folder / "model.safetensors", folder / ONNX_INT8_NAME
+    export_path, onnx_path = folder / EXPORT_NAME, folder / ONNX_INT8_NAME
     info_path = folder / "build.json"
     width = HEAD_WIDTH.get(preset, 512)
     if not rebuild and export_path.exists() and onnx_path.exists() and info_path.exists():

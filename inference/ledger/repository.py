@@ -394,6 +394,14 @@ def predictions_for(session: Session, scene: Scene) -> list[Prediction]:
     return list(session.execute(stmt).scalars())
 
 
+def prediction_by(session: Session, scene: Scene, model_version: str) -> Prediction | None:
+    """The prediction of ``scene`` by ``model_version``, or None when it has none yet."""
+    stmt = sa.select(Prediction).where(
+        Prediction.scene_id == scene.id, Prediction.model_version == model_version
+    )
+    return session.execute(stmt).scalar_one_or_none()
+
+
 # ---------------------------------------------------------------------------------------------
 # Runs
 # ---------------------------------------------------------------------------------------------

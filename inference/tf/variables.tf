@@ -105,13 +105,11 @@ variable "process_timeout_s" {
 }
 
 # The infer function's memory is what `make bench` measured it needs (peak RSS of one scene
-# at the configured chip/batch size plus headroom), not a guess: update it from the bench report.
+# at the configured chip/batch size plus headroom). Its one home is the Hydra config
+# (infra.infer_memory_mb), which `make setup_inference_infra` renders into tfvars; no default here.
 variable "infer_memory_mb" {
-  # `make bench`: the ONNX int8 infer path peaks at 0.87-0.91 GB RSS with the large preset.
-  # At 1024 MB Lambda gives ~0.58 vCPU: raise it for more CPU, not for memory.
-  description = "Memory of the infer function in MB, from the benchmark's measured peak RSS."
+  description = "Memory of the infer function in MB, from the benchmark's measured peak RSS (infra.infer_memory_mb)."
   type        = number
-  default     = 1024
 }
 
 variable "infer_timeout_s" {

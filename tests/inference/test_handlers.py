@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from inference import chain, handlers
-from inference.settings import ChainSettings, SettingsError, settings_from_config
+from inference import handlers
+from inference.settings import DEFAULTS, ChainSettings, SettingsError, settings_from_config
 from tests.inference.chain_fixtures import chain_settings, make_champion
 
 REPO = Path(__file__).resolve().parents[2]
@@ -82,9 +82,25 @@ def test_settings_from_hydra_config() -> None:
     assert s.ledger_url.startswith("sqlite:///")
 
 
+def test_settings_defaults_have_one_home() -> None:
+    from training.config import compose
+
+    cfg = compose()
+    s = settings_from_config(cfg)
+    # The Hydra group leaves the tunables null: the chain's own defaults apply, and Terraform gets
+    # the infer memory from the same config.
+    assert (s.chip_size, s.drift_threshold, s.max_pixels) == (
+        DEFAULTS.chip_size,
+        DEFAULTS.drift_threshold,
+        DEFAULTS.max_pixels,
+    )
+    assert s.lambda_memory_mb == cfg.infra.infer_memory_mb
+
+
 def test_cost_estimate() -> None:
-    # 1024 MB for 100 s = 100 GB-s.
-    assert chain.cost_usd(1024, 100.0) == pytest.approx(100 * 0.0000166667)
+    # 1024 MB for 100 s = 100 GB-s, plus one request.
+    expected = 100 * DEFAULTS.lambda_usd_per_gb_s + DEFAULTS.lambda_usd_per_request
+    assert DEFAULTS.lambda_cost_usd(100.0, 1024, invocations=1) == pytest.approx(expected)
 
 
 def test_handlers_reject_malformed_events() -> None:

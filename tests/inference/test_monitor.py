@@ -13,33 +13,22 @@ from inference.monitor import (
     band_histogram,
     drift_rows,
     js_divergence,
-    lambda_cost_usd,
     psi,
     reference_class_distribution,
     run_metrics,
     scene_metrics,
 )
 from inference.predict import predict_array
+from inference.settings import DEFAULTS
+from observability.panels import METRIC_NAMES
 from training.data.classes import CLASS_NAMES, NODATA_CLASS_ID
 from training.data.naip import NAIP_BANDS
 from training.data.stats import StatsAccumulator
 from training.data.synthetic import generate_scene
 
-SCENE_NAMES = {
-    "class_fraction",
-    "class_area_km2",
-    "area_km2",
-    "mean_max_softmax",
-    "low_confidence_share",
-    "entropy",
-    "band_mean",
-    "band_std",
-    "psi_class",
-    "js_class",
-    "psi_band",
-    "js_band",
-    "drift_flag",
-}
+#: Of the names the dashboards read, those only a run (not a scene) has.
+RUN_ONLY_NAMES = {"reference_class_fraction", "scenes_predicted", "seconds_total", "cost_usd", "cost_usd_per_km2"}
+SCENE_NAMES = set(METRIC_NAMES) - RUN_ONLY_NAMES
 
 
 @pytest.fixture(scope="module")
@@ -137,7 +126,8 @@ def test_run_metrics_merge_scenes_exactly(reference) -> None:
     b_img, _ = generate_scene(13, 128)
     a, b = _summary(a_img), _summary(b_img)
     restored = SceneSummary.from_dict(json.loads(json.dumps(b.to_dict())))
-    rows, flag = run_metrics([a, restored], reference, seconds_total=12.0, memory_mb=4096)
+    cost = DEFAULTS.lambda_cost_usd(12.0, 4096, invocations=2)
+    rows, flag = run_metrics([a, restored], reference, seconds_total=12.0, cost_usd=cost)
     by = {(n, k): v for n, k, v in rows}
     assert by[("scenes_predicted", "")] == 2 and by[("seconds_total", "")] == 12.0
     assert by[("area_km2", "")] == pytest.approx(a.area_km2 + b.area_km2)
@@ -145,10 +135,9 @@ def test_run_metrics_merge_scenes_exactly(reference) -> None:
     assert by[("class_fraction", "Water")] == pytest.approx(counts[0] / counts.sum())
     low = (a.low_confidence_count + b.low_confidence_count) / counts.sum()
     assert by[("low_confidence_share", "")] == pytest.approx(low)
-    cost = lambda_cost_usd(12.0, 4096, invocations=2)
     assert by[("cost_usd", "")] == pytest.approx(cost)
     assert by[("cost_usd_per_km2", "")] == pytest.approx(cost / (a.area_km2 + b.area_km2))
-    assert {n for n, _, _ in rows} >= SCENE_NAMES
+    assert {n for n, _, _ in rows} >= set(METRIC_NAMES)  # every name a panel reads
     assert by[("drift_flag", "")] == float(flag)
     empty_rows, empty_flag = run_metrics([], reference, seconds_total=0.0)
     assert ("scenes_predicted", "", 0.0) in empty_rows and not empty_flag

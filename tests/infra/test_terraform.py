@@ -21,6 +21,8 @@ from pathlib import Path
 
 import pytest
 
+from training.config import compose
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TF_DIR = REPO_ROOT / "inference" / "tf"
 ASL_FILE = REPO_ROOT / "inference" / "statemachine" / "pipeline.asl.json"
@@ -239,8 +241,9 @@ def test_render_tfvars_from_hydra(tmp_path) -> None:
     assert tfvars["project"] == "acme-lc"
     assert tfvars["registry_bucket_name"] == "acme-lc-registry"  # the training registry bucket
     assert tfvars["image_tag"] == "t1"
-    assert tfvars["chain_settings"]["CHIP_SIZE"] == "256"
-    assert "infer_memory_mb" not in tfvars, "null keeps the bench-decided Terraform default"
+    # Tunables the config leaves null keep the chain's own default on Lambda too.
+    assert "CHIP_SIZE" not in tfvars["chain_settings"]
+    assert tfvars["infer_memory_mb"] == compose().infra.infer_memory_mb  # one home: the config
     unknown = set(tfvars) - _variable_names()
     assert not unknown, f"tfvars keys with no Terraform variable: {unknown}"
 
@@ -316,6 +319,7 @@ def test_apply_and_destroy_against_moto(terraform, tmp_path) -> None:
         "project": project,
         "model_name": "chesapeake-landcover",
         "image_tag": "apply-test",
+        "infer_memory_mb": compose().infra.infer_memory_mb,
         "state_machine_definition_file": str(ASL_FILE),
         "allow_destroy": True,  # moto: let destroy empty buckets and drop RDS without a snapshot
     }

@@ -12,14 +12,12 @@ Pipeline (:func:`convert_export`):
 2. ``torch.onnx.export`` (TorchScript exporter, opset 17) of ``softmax(model(chips))`` with a
    dynamic batch axis and a fixed chip side (the position encoding is a constant of the
    grid size, recorded as ``chip_size`` in the metadata);
-3. dynamic int8 quantisation of the MatMul weights only (every transformer projection and
-   MLP: ~80 % of the large preset's FLOPs); the head's convs, LayerNorms and the attention
-   score products stay fp32. Weights are signed int8, per output channel, in a reduced
-   (7-bit) range; activations are quantised to uint8 at run time: ONNX Runtime's
-   ``DynamicQuantizeMatMul``, i.e. MLAS's u8s8 GEMM, the fast int8 path on AVX2 CPUs
-   without VNNI (the 7-bit range avoids the 16-bit saturation of ``vpmaddubsw``). This is
-   what ``quantize_dynamic(per_channel=True, reduce_range=True)`` produces after ORT's
-   fusion, written directly and vectorised (see :func:`quantize_matmul_weights`);
+3. ``onnxruntime.quantization.quantize_dynamic`` of the MatMul weights only (every
+   transformer projection and MLP: ~80 % of the large preset's FLOPs); the head's convs,
+   LayerNorms and the attention score products stay fp32. Weights are signed int8, per output
+   channel, in a reduced (7-bit) range; activations are quantised to uint8 at run time: ONNX
+   Runtime's fused ``DynamicQuantizeMatMul``, i.e. MLAS's u8s8 GEMM, the fast int8 path on AVX2
+   CPUs without VNNI (the reduced range avoids the 16-bit saturation of ``vpmaddubsw``);
 4. ONNX Runtime's offline graph optimisation (``ORT_ENABLE_EXTENDED``, portable across x86
    CPUs) is applied once here, so the Lambda's session start does less work.
 
@@ -39,15 +37,14 @@ import torch
 from torch import nn
 
 from training import storage
+from training.artifacts import EXPORT_NAME, ONNX_INT8_NAME
 from training.models.export import load_export
 
 __all__ = [
     "ONNX_FORMAT",
-    "ONNX_INT8_NAME",
     "ProbabilityModel",
     "convert_export",
     "export_fp32_onnx",
-    "quantize_matmul_weights",
     "quantize_onnx",
     "read_onnx_metadata",
     "register_onnx",
@@ -55,8 +52,8 @@ __all__ = [
 
 ONNX_FORMAT = "landcover-clay-segmenter-onnx"
 ONNX_FORMAT_VERSION = 1
-#: File name of the int8 model in a registry version folder, next to ``model.safetensors``.
-ONNX_INT8_NAME = "model.int8.onnx"
+#: The operators whose constant weights are quantised.
+QUANTIZED_OPS = ["MatMul"]
 INPUT_NAME = "chips"
 OUTPUT_NAME = "probabilities"
 OPSET = 17
@@ -107,77 +104,6 @@ def export_fp32_onnx(model: nn.Module, path: str | os.PathLike[str], chip_size: 
     return path
 
 
-def quantize_matmul_weights(
-    model: Any, *, reduce_range: bool = True, min_elements: int = 0
-) -> tuple[Any, int]:
-    """Replace every ``MatMul(activation, constant 2-D fp32 weight)`` by an int8 ``DynamicQuantizeMatMul``.
-
-    The weight is quantised symmetrically per output column (zero point 0), vectorised in numpy
-    (seconds for the large preset, where ``quantize_dynamic``'s per-channel Python loop takes
-    minutes). At run time ONNX Runtime quantises the activation to uint8 per tensor and runs
-    MLAS's u8s8 GEMM. ``reduce_range`` keeps weights in [-63, 63] (7 bits), so the pairwise
-    int16 sums of AVX2's ``vpmaddubsw`` (255 * 63 * 2 < 32767) never saturate on CPUs without
-    VNNI; 8-bit weights would.
-
-    Args:
-        model: an ``onnx.ModelProto`` (modified in place).
-        reduce_range: 7-bit weights (see above).
-        min_elements: leave weights smaller than this in fp32.
-
-    Returns:
-        ``(model, number of MatMuls quantised)``.
-    """
-    import numpy as np
-    from onnx import helper, numpy_helper
-
-    graph = model.graph
-    inits = {init.name: init for init in graph.initializer}
-    uses: dict[str, int] = {}
-    for node in graph.node:
-        for name in node.input:
-            uses[name] = uses.get(name, 0) + 1
-    qmax = 63 if reduce_range else 127
-    new_nodes, drop, added, count = [], set(), [], 0
-    for node in graph.node:
-        weight = inits.get(node.input[1]) if node.op_type == "MatMul" and len(node.input) == 2 else None
-        if weight is None or node.input[0] in inits:
-            new_nodes.append(node)
-            continue
-        w = numpy_helper.to_array(weight)
-        if w.ndim != 2 or w.dtype != np.float32 or w.size < min_elements:
-            new_nodes.append(node)
-            continue
-        absmax = np.abs(w).max(axis=0)  # (N,) per output column
-        scale = np.where(absmax > 0, absmax / qmax, 1.0).astype(np.float32)
-        q = np.clip(np.rint(w / scale), -qmax, qmax).astype(np.int8)
-        base = weight.name
-        added += [
-            numpy_helper.from_array(q, f"{base}_quantized"),
-            numpy_helper.from_array(scale, f"{base}_scale"),
-            numpy_helper.from_array(np.zeros_like(q[0]), f"{base}_zero_point"),
-        ]
-        new_nodes.append(
-            helper.make_node(
-                "DynamicQuantizeMatMul",
-                [node.input[0], f"{base}_quantized", f"{base}_scale", f"{base}_zero_point"],
-                list(node.output),
-                name=f"{node.name or base}_quant",
-                domain="com.microsoft",
-            )
-        )
-        if uses.get(base, 0) == 1:
-            drop.add(base)
-        count += 1
-    kept = [init for init in graph.initializer if init.name not in drop]
-    del graph.node[:]
-    graph.node.extend(new_nodes)
-    del graph.initializer[:]
-    graph.initializer.extend(kept + added)
-    if count and not any(op.domain == "com.microsoft" for op in model.opset_import):
-        model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
-    return model, count
-
-
 def quantize_onnx(
     src: str | os.PathLike[str],
     dst: str | os.PathLike[str],
@@ -188,9 +114,9 @@ def quantize_onnx(
 ) -> Path:
     """Dynamic int8 quantisation of the MatMul weights of an fp32 ONNX model.
 
-    ``qint8`` per channel (the default and what :func:`convert_export` uses) goes through
-    :func:`quantize_matmul_weights`; other settings use ``onnxruntime.quantization.quantize_dynamic``
-    on MatMul/Gemm (``quint8`` = u8u8 kernels, or per-tensor scales), kept for comparisons.
+    ``onnxruntime.quantization.quantize_dynamic`` on MatMuls with a constant weight. At session
+    start ONNX Runtime fuses each ``DynamicQuantizeLinear -> MatMulInteger -> Mul`` group into
+    one ``DynamicQuantizeMatMul`` (MLAS's u8s8 or u8u8 GEMM).
 
     Args:
         src: fp32 model.
@@ -202,24 +128,18 @@ def quantize_onnx(
     Returns:
         ``dst`` as a Path.
     """
-    import onnx
-
-    types = ("qint8", "quint8")
-    if weight_type not in types:
-        raise ValueError(f"weight_type must be one of {list(types)}, got {weight_type!r}")
-    if weight_type == "qint8" and per_channel:
-        model, _ = quantize_matmul_weights(onnx.load(str(src)), reduce_range=reduce_range)
-        onnx.save(model, str(dst))
-        return Path(dst)
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    types = {"qint8": QuantType.QInt8, "quint8": QuantType.QUInt8}
+    if weight_type not in types:
+        raise ValueError(f"weight_type must be one of {list(types)}, got {weight_type!r}")
     quantize_dynamic(
         str(src),
         str(dst),
-        weight_type=QuantType.QInt8 if weight_type == "qint8" else QuantType.QUInt8,
+        weight_type=types[weight_type],
         per_channel=per_channel,
         reduce_range=reduce_range,
-        op_types_to_quantize=["MatMul", "Gemm"],
+        op_types_to_quantize=QUANTIZED_OPS,
         extra_options={"MatMulConstBOnly": True},
     )
     return Path(dst)
@@ -237,19 +157,16 @@ def _optimize_offline(src: Path, dst: Path) -> Path:
     return dst
 
 
-def _set_metadata_proto(proto: Any, metadata: dict[str, Any]) -> None:
+def _set_metadata(path: Path, metadata: dict[str, Any]) -> None:
+    """Store ``metadata`` as JSON strings in the model's ``metadata_props``."""
+    import onnx
+
+    proto = onnx.load(str(path))
     del proto.metadata_props[:]
     for key, value in metadata.items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, json.dumps(value)
     proto.producer_name = "landcover-platform"
-
-
-def _set_metadata(path: Path, metadata: dict[str, Any]) -> None:
-    import onnx
-
-    proto = onnx.load(str(path))
-    _set_metadata_proto(proto, metadata)
     onnx.save(proto, str(path))
 
 
@@ -307,8 +224,8 @@ def convert_export(
             "output": "softmax probabilities (B, K, S, S)",
             "quantization": (
                 {
-                    "method": "onnxruntime.quantize_dynamic",
-                    "ops": ["MatMul", "Gemm"],
+                    "method": "onnxruntime.quantization.quantize_dynamic",
+                    "ops": QUANTIZED_OPS,
                     "weight_type": weight_type,
                     "per_channel": per_channel,
                     "reduce_range": reduce_range,
@@ -319,29 +236,21 @@ def convert_export(
             "opset": OPSET,
         }
     )
-    import onnx
-
     with tempfile.TemporaryDirectory(prefix="onnx-export-") as tmp:
         tmpdir = Path(tmp)
         current = export_fp32_onnx(model, tmpdir / "fp32.onnx", chip_size)
         del model  # the graph holds its own copy of the weights; free the torch one
-        if quantize and weight_type == "qint8" and per_channel:
-            proto, _ = quantize_matmul_weights(onnx.load(str(current)), reduce_range=reduce_range)
-            current.unlink()
-            _set_metadata_proto(proto, meta)
-            current = tmpdir / "int8.onnx"
-            onnx.save(proto, str(current))
-            del proto
-        else:
-            if quantize:
-                current = quantize_onnx(
-                    current,
-                    tmpdir / "int8.onnx",
-                    weight_type=weight_type,
-                    per_channel=per_channel,
-                    reduce_range=reduce_range,
-                )
-            _set_metadata(current, meta)
+        if quantize:
+            fp32 = current
+            current = quantize_onnx(
+                fp32,
+                tmpdir / "int8.onnx",
+                weight_type=weight_type,
+                per_channel=per_channel,
+                reduce_range=reduce_range,
+            )
+            fp32.unlink()
+        _set_metadata(current, meta)
         if optimize:  # ORT keeps metadata_props in the optimised model
             current = _optimize_offline(current, tmpdir / "opt.onnx")
         local = storage.local_path(str(out_uri))
@@ -371,7 +280,7 @@ def _copy(src: Path, dst: Path) -> None:
     os.replace(tmp, dst)
 
 
-def register_onnx(version_uri: str, export_name: str = "model.safetensors") -> str:
+def register_onnx(version_uri: str, export_name: str = EXPORT_NAME) -> str:
     """Write ``model.int8.onnx`` next to the export in a registry version folder.
 
     This is what the register step calls after ``register_version``:

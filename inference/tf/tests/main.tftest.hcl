@@ -51,9 +51,10 @@ provider "aws" {
 }
 
 variables {
-  project    = "landcover-test"
-  model_name = "chesapeake-landcover"
-  image_tag  = "test"
+  project         = "landcover-test"
+  model_name      = "chesapeake-landcover"
+  image_tag       = "test"
+  infer_memory_mb = 1024 # setup/conf/infra/default.yaml renders this in real use
   # Mock providers cannot serve ephemeral resources (Terraform 1.11), so the generated
   # password path is exercised by the opt-in apply against moto instead.
   db_generate_password = false
