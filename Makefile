@@ -4,6 +4,7 @@ SHELL := /bin/bash
 
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
+CLI    := $(VENV)/bin/landcover
 STAMP  := $(VENV)/.installed
 export PYTHONUNBUFFERED := 1
 
@@ -52,12 +53,12 @@ preview: setup_env ## Write outputs/preview.png: a scene beside its label colour
 .PHONY: train_baseline
 train_baseline: setup_env ## Train the baseline (Airflow in-process, or AIRFLOW_URL's Airflow) and promote if better
 	$(PY) -m training.data.synthetic
-	$(PY) -m training.airflow_runner baseline $(ARGS)
+	$(CLI) train baseline $(ARGS)
 
 .PHONY: train
 train: setup_env ## Run the training pipeline without Airflow: make train ARGS="model=clay_small training.epochs=3"
 	$(PY) -m training.data.synthetic
-	$(PY) -m training.train $(ARGS)
+	$(CLI) train --no-airflow $(ARGS)
 
 # --- Observability (issue 7): Grafana provisioning, the static report, the headless browser ---
 
@@ -78,7 +79,7 @@ dashboards: setup_env ## Regenerate observability/grafana/dashboards/*.json from
 REPORT ?= outputs/report.html
 .PHONY: report
 report: setup_env ## Write outputs/report.html: the Grafana panels' SQL run on the ledger, as a static HTML report
-	$(PY) -m observability.report --out $(REPORT) $(ARGS)
+	$(CLI) report --out $(REPORT) $(ARGS)
 
 GRAFANA_URL ?= http://localhost:3000
 .PHONY: setup_inference_observability
@@ -96,18 +97,18 @@ setup_inference_observability: ## Start Grafana (docker compose) on the ledger: 
 
 .PHONY: run_inference
 run_inference: setup_env ## Run the inference state machine locally (moto interpreter + real handlers); ARGS="--ledger-url ... --s3-prefix ... overrides"
-	$(PY) -m inference.run_local run $(ARGS)
+	$(CLI) infer run $(ARGS)
 
 .PHONY: upload_and_run_inference
 upload_and_run_inference: setup_env ## Drop N new synthetic scenes into the input prefix, running the chain after each (ARGS="--scenes 3 --interval 10")
-	$(PY) -m inference.run_local upload $(ARGS)
+	$(CLI) infer upload $(ARGS)
 
 # --- Training stack (issue 4): the Airflow UI without Docker, and the docker compose stack ---
 
 AIRFLOW_PORT ?= 8080
 .PHONY: airflow_ui
 airflow_ui: setup_env ## Airflow standalone on 127.0.0.1:$AIRFLOW_PORT (default 8080) without Docker; prints the URL and login
-	$(PY) -m training.airflow_ui --port $(AIRFLOW_PORT)
+	$(CLI) airflow-ui --port $(AIRFLOW_PORT)
 
 # Fails with a clear message unless the docker CLI, its compose plugin and an engine are all there.
 define require_docker
@@ -176,4 +177,4 @@ clean_up_infra: setup_env ## Destroy the inference stack, buckets, ECR images an
 
 .PHONY: bench
 bench: setup_env ## CPU inference benchmark (GEMM peak, eager fp32 vs ONNX int8, RSS, cold start, scenes, cost) -> outputs/bench/bench.json
-	$(PY) -m inference.bench --out outputs/bench/bench.json $(ARGS)
+	$(CLI) bench --out outputs/bench/bench.json $(ARGS)

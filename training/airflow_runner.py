@@ -1,10 +1,13 @@
-"""Run a training DAG: in-process (``airflow dags test``, SQLite metadata) or, with
-``AIRFLOW_URL`` set, on a running Airflow 3 through its REST API v2.
+"""Run a training DAG: in-process (``dag.test``, SQLite metadata) or, with ``AIRFLOW_URL`` set
+(or ``make airflow_ui`` running), on a running Airflow 3 through its REST API v2.
 
     python -m training.airflow_runner baseline [hydra overrides...]
 
-This is what ``make train_baseline`` calls. The embedded path needs no Docker: Airflow's
-metadata lives in ``outputs/airflow/airflow.db`` and the tasks run in this machine's venv.
+This is what ``make train_baseline`` calls. The embedded path needs no Docker: the tasks run in
+this machine's venv. Airflow's home is ``outputs/airflow`` (:func:`airflow_home`), shared with
+``make airflow_ui``: one metadata database (``airflow.db``) and one log folder, so a run made
+here shows in the UI's grid with its task logs. While the UI is running, this runner triggers
+through its REST API instead (two writers on one SQLite file would lock each other).
 """
 
 from __future__ import annotations
@@ -24,20 +27,30 @@ from training.config import REPO_ROOT, home
 
 DAGS_FOLDER = REPO_ROOT / "training" / "dags"
 TERMINAL_STATES = {"success", "failed"}
+# Written by ``make airflow_ui`` while it serves: {"url": ..., "pid": ...}.
+UI_STATE_FILE = "ui.json"
+PASSWORDS_FILE = "simple_auth_manager_passwords.json.generated"
 
 
-def airflow_env(airflow_home: Path | None = None) -> dict[str, str]:
-    """Environment for the embedded Airflow: SQLite metadata under outputs/, our DAGs only."""
-    airflow_home = airflow_home or home() / "outputs" / "airflow"
-    airflow_home.mkdir(parents=True, exist_ok=True)
+def airflow_home() -> Path:
+    """The one Airflow home of this checkout (``<LANDCOVER_HOME>/outputs/airflow``): metadata
+    database, task logs and the UI's password, shared by ``make train_baseline`` and ``make airflow_ui``."""
+    return home() / "outputs" / "airflow"
+
+
+def airflow_env(airflow_home_dir: Path | None = None) -> dict[str, str]:
+    """Environment for the embedded Airflow: SQLite metadata in :func:`airflow_home`, our DAGs
+    only, task logs at INFO (the per-step and per-epoch lines are what a user reads in the UI)."""
+    airflow_home_dir = airflow_home_dir or airflow_home()
+    airflow_home_dir.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
     env.update(
-        AIRFLOW_HOME=str(airflow_home),
+        AIRFLOW_HOME=str(airflow_home_dir),
         AIRFLOW__CORE__DAGS_FOLDER=str(DAGS_FOLDER),
         AIRFLOW__CORE__LOAD_EXAMPLES="False",
         AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION="False",
     )
-    env.setdefault("AIRFLOW__LOGGING__LOGGING_LEVEL", "WARNING")  # task output stays readable
+    env.setdefault("AIRFLOW__LOGGING__LOGGING_LEVEL", "INFO")
     env.setdefault("PYTHONWARNINGS", "ignore")
     return env
 
@@ -52,20 +65,40 @@ def migrate_metadata(env: dict[str, str]) -> None:
     if stamp.exists():
         return
     print("[airflow] creating the metadata database (SQLite)", flush=True)
-    if _airflow("db", "migrate", env=env).returncode != 0:
+    quiet = {**env, "AIRFLOW__LOGGING__LOGGING_LEVEL": "WARNING"}  # a page of alembic lines otherwise
+    if _airflow("db", "migrate", env=quiet).returncode != 0:
         raise RuntimeError("airflow db migrate failed; see the output above")
     stamp.touch()
 
 
 def run_embedded(dag_id: str, overrides: Sequence[str], run_id: str) -> None:
-    """Run every task of ``dag_id`` in-process with ``airflow dags test``."""
+    """Run every task of ``dag_id`` in-process (``dag.test``, see :mod:`training.airflow_embedded`),
+    recorded in the shared metadata database with a log file per task for the UI."""
     env = airflow_env()
     migrate_metadata(env)
     conf = json.dumps({"overrides": list(overrides), "run_id": run_id})
     print(f"[airflow] running DAG {dag_id} in-process (run {run_id})", flush=True)
-    result = _airflow("dags", "test", dag_id, "--conf", conf, env=env)
+    result = subprocess.run(
+        [sys.executable, "-m", "training.airflow_embedded", dag_id, conf], env=env, check=False
+    )
     if result.returncode != 0:
         raise RuntimeError(f"DAG {dag_id} failed (exit {result.returncode}); see the task output above")
+
+
+def running_ui(airflow_home_dir: Path | None = None) -> str | None:
+    """The URL of the ``make airflow_ui`` serving this Airflow home, or None when none is running."""
+    path = (airflow_home_dir or airflow_home()) / UI_STATE_FILE
+    try:
+        state = json.loads(path.read_text())
+        os.kill(int(state["pid"]), 0)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    try:
+        if requests.get(f"{state['url']}/api/v2/monitor/health", timeout=5).ok:
+            return str(state["url"])
+    except requests.RequestException:
+        pass
+    return None
 
 
 class AirflowClient:
@@ -91,7 +124,17 @@ class AirflowClient:
         return response.json() if response.content else {}
 
     def trigger(self, dag_id: str, run_id: str, conf: dict) -> dict:
-        self._call("PATCH", f"/dags/{dag_id}", json={"is_paused": False})
+        """Start one manual run. A paused DAG is unpaused only when it has no schedule: unpausing
+        a scheduled DAG would also start the latest scheduled run, which nobody asked for."""
+        dag = self._call("GET", f"/dags/{dag_id}")
+        if dag.get("is_paused"):
+            if dag.get("timetable_summary"):
+                raise RuntimeError(
+                    f"DAG {dag_id} is paused and scheduled ({dag['timetable_summary']}): unpausing it "
+                    "would also start a scheduled run. Unpause it in the UI if that is wanted, or "
+                    "leave training.schedule unset (manual only)."
+                )
+            self._call("PATCH", f"/dags/{dag_id}", json={"is_paused": False})
         return self._call(
             "POST", f"/dags/{dag_id}/dagRuns", json={"dag_run_id": run_id, "logical_date": None, "conf": conf}
         )
@@ -112,11 +155,11 @@ class AirflowClient:
 
 def default_credentials() -> tuple[str, str]:
     """``AIRFLOW_USERNAME``/``AIRFLOW_PASSWORD``; without a password, the one ``make airflow_ui``
-    generated (``outputs/airflow_ui``), else ``admin``/``admin`` (the compose stack's default)."""
+    generated (in :func:`airflow_home`), else ``admin``/``admin`` (the compose stack's default)."""
     username = os.environ.get("AIRFLOW_USERNAME", "admin")
     password = os.environ.get("AIRFLOW_PASSWORD")
     if password is None:
-        generated = home() / "outputs" / "airflow_ui" / "simple_auth_manager_passwords.json.generated"
+        generated = airflow_home() / PASSWORDS_FILE
         if generated.exists():
             password = json.loads(generated.read_text()).get(username)
     return username, password or "admin"
@@ -175,13 +218,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     run_id = args.run_id or pipeline.new_run_id(args.dag_id)
     started = time.perf_counter()
     url = os.environ.get("AIRFLOW_URL")
+    if not url and (url := running_ui()):
+        print(
+            f"[airflow] make airflow_ui is serving this Airflow home at {url}: triggering there", flush=True
+        )
     if url:
         result = run_remote(url, args.dag_id, args.overrides, run_id)
         print(f"\nDAG run {run_id} succeeded: {json.dumps(result['promote'])}")
+        print(f"  task logs             {url}/dags/{args.dag_id}")
     else:
+        # The promote task prints the run's summary (so the UI's log has it too): not repeated here.
         run_embedded(args.dag_id, args.overrides, run_id)
-        cfg = compose([*variant_overrides(args.dag_id), *args.overrides])
-        print(pipeline.summary(pipeline.load_run(pipeline.run_uri_for(cfg, run_id))))
+        run_uri = pipeline.run_uri_for(compose([*variant_overrides(args.dag_id), *args.overrides]), run_id)
+        print(f"  run folder            {run_uri}")
+        print("  Airflow UI            make airflow_ui (this run is in its grid, with task logs)")
     print(f"  wall time             {time.perf_counter() - started:.0f} s")
     return 0
 

@@ -5,9 +5,12 @@
 The API server (UI + REST API v2 + execution API) listens on ``127.0.0.1:<port>`` and the
 workers reach the execution API at the matching ``http://127.0.0.1:<port>/execution/``. The
 simple auth manager has one user, ``admin``, whose password is generated once and kept in
-``$AIRFLOW_HOME/simple_auth_manager_passwords.json.generated``. Metadata is SQLite under
-``outputs/airflow_ui`` (apart from the in-process runner's, so the two never lock each other).
-DAGs start paused: trigger one from the UI (or ``AIRFLOW_URL=... make train_baseline``).
+``$AIRFLOW_HOME/simple_auth_manager_passwords.json.generated``. The Airflow home is the one
+``make train_baseline`` uses (:func:`training.airflow_runner.airflow_home`, ``outputs/airflow``):
+one SQLite metadata database and one log folder, so runs made in-process show here with their
+task logs. While the UI serves, ``make train_baseline`` triggers through it instead of writing
+to the same SQLite file (it finds the UI through ``ui.json`` in the Airflow home).
+DAGs are manual unless ``training.schedule`` is set; new DAGs start paused.
 """
 
 from __future__ import annotations
@@ -21,12 +24,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from training.airflow_runner import airflow_env, migrate_metadata
-from training.config import home
+from training.airflow_runner import PASSWORDS_FILE, UI_STATE_FILE, airflow_env, migrate_metadata
 
 HOST = "127.0.0.1"
 USERNAME = "admin"
-PASSWORDS_FILE = "simple_auth_manager_passwords.json.generated"
 SIMPLE_AUTH_MANAGER = "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager"
 
 
@@ -55,7 +56,7 @@ def ensure_password(airflow_home: Path, username: str = USERNAME) -> str:
 
 def ui_env(port: int, airflow_home: Path | None = None) -> dict[str, str]:
     """Environment for ``airflow standalone`` on ``127.0.0.1:<port>`` (on top of :func:`airflow_env`)."""
-    env = airflow_env(airflow_home or home() / "outputs" / "airflow_ui")
+    env = airflow_env(airflow_home)
     airflow_home = Path(env["AIRFLOW_HOME"])
     env.update(
         AIRFLOW__API__HOST=HOST,
@@ -64,7 +65,7 @@ def ui_env(port: int, airflow_home: Path | None = None) -> dict[str, str]:
         AIRFLOW__CORE__AUTH_MANAGER=SIMPLE_AUTH_MANAGER,
         AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS=f"{USERNAME}:admin",
         AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE=str(airflow_home / PASSWORDS_FILE),
-        # Nothing starts on its own: a @daily run of every variant is not what opening the UI means.
+        # New DAGs wait for the user; with training.schedule unset nothing runs on its own anyway.
         AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION=os.environ.get(
             "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION", "True"
         ),
@@ -102,9 +103,12 @@ def serve_ui(port: int | None = None, airflow_home: Path | None = None) -> None:
         f"  login        {USERNAME} / {password}\n"
         f"  (password kept in {env['AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE']})\n"
         f"  REST client  AIRFLOW_URL={ui_url(port)} AIRFLOW_PASSWORD={password} make train_baseline\n"
-        "  DAGs start paused; Ctrl-C stops every component.\n",
+        "  DAGs are manual (training.schedule unset); Ctrl-C stops every component.\n",
         flush=True,
     )
+    # execve keeps this pid: make train_baseline finds the UI through this file while it lives.
+    state = {"url": ui_url(port), "pid": os.getpid()}
+    (Path(env["AIRFLOW_HOME"]) / UI_STATE_FILE).write_text(json.dumps(state) + "\n")
     airflow = str(Path(sys.executable).parent / "airflow")
     os.execve(airflow, [airflow, "standalone"], env)
 
@@ -117,7 +121,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--port", type=int, default=default_port(), help="API/UI port (default: AIRFLOW_PORT or 8080)"
     )
     parser.add_argument(
-        "--airflow-home", type=Path, default=None, help="default: <LANDCOVER_HOME>/outputs/airflow_ui"
+        "--airflow-home", type=Path, default=None, help="default: <LANDCOVER_HOME>/outputs/airflow"
     )
     args = parser.parse_args(argv)
     serve_ui(args.port, args.airflow_home)

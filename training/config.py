@@ -71,6 +71,12 @@ def variant_overrides(variant: str) -> list[str]:
     return [f"training={variant}"]
 
 
+def dag_schedule(variant: str) -> str | None:
+    """The Airflow schedule of a variant's DAG (``training.schedule``): None = manual only."""
+    schedule = compose(variant_overrides(variant)).training.get("schedule")
+    return str(schedule) if schedule else None
+
+
 def apply_storage(cfg: DictConfig) -> None:
     """Point the storage layer at the configured S3 endpoint, region and profile."""
     from training import storage

@@ -63,8 +63,6 @@ def standalone(tmp_path: Path) -> Iterator[tuple[str, str, subprocess.Popen, Pat
     env.update(
         LANDCOVER_HOME=str(tmp_path / "home"),
         WANDB_MODE="offline",
-        # Only the run we trigger: no @daily run when run_remote unpauses the DAG.
-        AIRFLOW__SCHEDULER__MAX_DAGRUNS_TO_CREATE_PER_LOOP="0",
         AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL="5",
     )
     log = tmp_path / "standalone.log"
@@ -148,7 +146,7 @@ def test_default_credentials_use_the_generated_password(tmp_path: Path, monkeypa
     monkeypatch.delenv("AIRFLOW_USERNAME", raising=False)
     monkeypatch.delenv("AIRFLOW_PASSWORD", raising=False)
     assert default_credentials() == ("admin", "admin")
-    password = ensure_password(tmp_path / "outputs" / "airflow_ui")
+    password = ensure_password(tmp_path / "outputs" / "airflow")  # the one Airflow home
     assert default_credentials() == ("admin", password)
     monkeypatch.setenv("AIRFLOW_PASSWORD", "explicit")
     assert default_credentials() == ("admin", "explicit")
@@ -228,4 +226,7 @@ def test_rest_run_of_the_baseline_dag(standalone, tmp_path: Path, monkeypatch, c
     assert (tmp_path / "registry").is_dir()
     progress = capsys.readouterr().out
     assert "[airflow] promote: success" in progress
+    # Unpausing the (unscheduled) DAG started nothing else: the requested run is the only one.
+    runs = AirflowClient(url, "admin", password)._call("GET", "/dags/baseline/dagRuns")["dag_runs"]
+    assert [r["dag_run_id"] for r in runs] == ["rest-e2e"]
     print(f"DAG run over REST took {seconds:.0f} s")

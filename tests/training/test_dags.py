@@ -42,7 +42,7 @@ def test_dag_shape(dagbag, dag_id: str) -> None:
     dag = dagbag.dags[dag_id]
     assert dag.catchup is False
     assert "training" in dag.tags
-    assert dag.schedule == "@daily"
+    assert dag.schedule is None  # manual only unless training.schedule is set: unpausing starts nothing
     assert [t.task_id for t in dag.topological_sort()] == list(STEPS)
     for task in dag.tasks:
         assert task.retries >= 1, f"{dag_id}.{task.task_id} has no retries"
@@ -54,6 +54,14 @@ def test_no_deprecated_airflow_apis(path) -> None:
     assert "from airflow.sdk import" in source
     for pattern in DEPRECATED:
         assert not re.search(pattern, source), f"{path.name} uses {pattern}"
+
+
+def test_schedule_comes_from_config(monkeypatch) -> None:
+    from training.config import dag_schedule
+
+    assert dag_schedule("baseline") is None
+    monkeypatch.setenv("LANDCOVER_OVERRIDES", "training.schedule=@daily")
+    assert dag_schedule("useful") == "@daily"
 
 
 def test_variants_are_overrides() -> None:
@@ -78,6 +86,19 @@ def test_each_dag_runs_end_to_end(tmp_path, monkeypatch) -> None:
         for step in STEPS:
             run.result(step)  # every step recorded its result
         assert run.cfg.training.name == dag_id
+
+    # Every task left an INFO log file where the Airflow UI reads it (one home with make airflow_ui).
+    logs = tmp_path / "outputs" / "airflow" / "logs" / "dag_id=baseline"
+    train_log = next(logs.glob("run_id=*/task_id=train_head/attempt=1.log")).read_text()
+    events = [json.loads(line)["event"] for line in train_log.splitlines()]
+    assert any("[train_head] starting" in e for e in events)
+    assert any("[train_head] epoch 2:" in e for e in events), events[-20:]
+    assert not any("Epoch 1/1" in e for e in events)  # no 0-based bar in a log file
+    promote_log = next(logs.glob("run_id=*/task_id=promote/attempt=1.log")).read_text()
+    assert promote_log.count("held-out mIoU") == 1  # the summary, once
+    assert sorted(p.parent.name for p in logs.glob("run_id=*/task_id=*/attempt=1.log")) == sorted(
+        f"task_id={s}" for s in STEPS
+    )
     weighted = runs["class_weighted"].result("train_head")["class_weights"]
     assert weighted is not None and max(weighted) > min(w for w in weighted if w > 0)
     assert runs["baseline"].result("train_head")["class_weights"] is None

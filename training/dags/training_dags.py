@@ -14,13 +14,13 @@ from datetime import timedelta
 import pendulum
 from airflow.sdk import Param, dag, task
 
-from training.config import training_variants, variant_overrides
+from training.config import dag_schedule, training_variants, variant_overrides
 
 
 def build_training_dag(dag_id: str, variant_overrides: list[str]):
     @dag(
         dag_id=dag_id,
-        schedule="@daily",
+        schedule=dag_schedule(dag_id),  # training.schedule: null (manual only) unless set
         start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
         catchup=False,
         max_active_runs=1,
