@@ -1,4 +1,4 @@
-"""Seam-free sliding-window prediction of whole scenes, and the synchronous chip API.
+"""Seam-free sliding-window prediction of whole scenes and of in-memory images.
 
 How a scene is predicted (:func:`predict_scene`):
 
@@ -28,9 +28,6 @@ Nothing here imports torch: the model is any :class:`inference.runtime.Predictor
 
 from __future__ import annotations
 
-import base64
-import binascii
-import io
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -41,37 +38,24 @@ import numpy as np
 from rasterio.windows import Window
 
 from inference.runtime import Predictor
-from training.data.classes import CLASS_NAMES, NODATA_CLASS_ID, class_table
-from training.data.naip import DEFAULT_MAX_PIXELS, NAIP_BANDS, normalize, open_naip
+from inference.settings import DEFAULTS
+from training.data.classes import CLASS_NAMES, NODATA_CLASS_ID
+from training.data.naip import NAIP_BANDS, normalize, open_naip
 
 __all__ = [
     "CONFIDENCE_SCALE",
-    "DEFAULT_BATCH_SIZE",
-    "DEFAULT_CHIP_SIZE",
-    "DEFAULT_LOW_CONFIDENCE",
-    "DEFAULT_OVERLAP",
     "InvalidImageError",
     "ScenePrediction",
     "TilingPlan",
     "axis_offsets",
-    "decode_image",
     "plan_tiling",
     "predict_array",
-    "predict_chip_array",
-    "predict_request",
     "predict_scene",
 ]
 
-DEFAULT_CHIP_SIZE = 256
-DEFAULT_OVERLAP = 32
-DEFAULT_BATCH_SIZE = 8
-#: Max-softmax below this counts as a low-confidence pixel.
-DEFAULT_LOW_CONFIDENCE = 0.5
 #: ``confidence`` rasters are uint8: max softmax = value * CONFIDENCE_SCALE; 0 means nodata
 #: (a real max softmax is at least 1/K, i.e. >= 36 for K = 7).
 CONFIDENCE_SCALE = 1.0 / 255.0
-#: Largest image the synchronous API accepts (a 6 MB Lambda payload holds ~1.1 Mpx of base64 uint8).
-DEFAULT_MAX_REQUEST_PIXELS = 4096 * 4096
 _PATCH = 8
 _MIN_WEIGHT = 1e-4
 #: Fraction of each overlap, at the chip edge, that gets (almost) no weight: the pixels whose
@@ -80,7 +64,7 @@ BLEND_MARGIN = 0.25
 
 
 class InvalidImageError(ValueError):
-    """A synchronous request's image cannot be decoded or is not 4-band uint8 NAIP."""
+    """An image cannot be decoded or is not 4-band uint8 NAIP (the sync API answers it with a 400)."""
 
 
 # --- tiling ------------------------------------------------------------------------------------
@@ -154,8 +138,8 @@ class TilingPlan:
 def plan_tiling(
     height: int,
     width: int,
-    chip_size: int = DEFAULT_CHIP_SIZE,
-    overlap: int = DEFAULT_OVERLAP,
+    chip_size: int = DEFAULTS.chip_size,
+    overlap: int = DEFAULTS.overlap,
     align: int = _PATCH,
 ) -> TilingPlan:
     """The sliding-window plan :func:`predict_scene` uses for a scene of this size."""
@@ -236,8 +220,8 @@ class ScenePrediction:
     source_uri: str | None = None
     band_names: tuple[str, ...] = NAIP_BANDS
     class_names: tuple[str, ...] = CLASS_NAMES
-    chip_size: int = DEFAULT_CHIP_SIZE
-    overlap: int = DEFAULT_OVERLAP
+    chip_size: int = DEFAULTS.chip_size
+    overlap: int = DEFAULTS.overlap
     n_chips: int = 0
     n_chips_skipped: int = 0
     seconds: float = 0.0
@@ -431,11 +415,11 @@ def predict_scene(
     predictor: Predictor,
     image_uri: str,
     *,
-    chip_size: int = DEFAULT_CHIP_SIZE,
-    overlap: int = DEFAULT_OVERLAP,
-    batch_size: int = DEFAULT_BATCH_SIZE,
+    chip_size: int = DEFAULTS.chip_size,
+    overlap: int = DEFAULTS.overlap,
+    batch_size: int = DEFAULTS.batch_size,
     max_pixels: int | None = None,
-    low_confidence_threshold: float = DEFAULT_LOW_CONFIDENCE,
+    low_confidence_threshold: float = DEFAULTS.low_confidence_threshold,
 ) -> ScenePrediction:
     """Predict a whole NAIP scene (local path, ``file://`` or ``s3://``) with a blended sliding window.
 
@@ -446,11 +430,10 @@ def predict_scene(
         chip_size: model input side in pixels (a multiple of the patch size, 8).
         overlap: minimum overlap between neighbouring chips, blended with cosine ramps.
         batch_size: chips per model call.
-        max_pixels: refuse larger scenes; None means the NAIP default (100 Mpx).
+        max_pixels: refuse larger scenes; None means the chain's default.
         low_confidence_threshold: max softmax below this counts as low confidence.
     """
-    limit = DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels
-    with open_naip(image_uri, max_pixels=limit) as scene:
+    with open_naip(image_uri, max_pixels=DEFAULTS.max_pixels if max_pixels is None else max_pixels) as scene:
         height, width = scene.shape
 
         def read_rows(y0: int, y1: int) -> tuple[np.ndarray, np.ndarray]:
@@ -477,10 +460,10 @@ def predict_array(
     image: np.ndarray,
     valid: np.ndarray | None = None,
     *,
-    chip_size: int = DEFAULT_CHIP_SIZE,
-    overlap: int = DEFAULT_OVERLAP,
-    batch_size: int = DEFAULT_BATCH_SIZE,
-    low_confidence_threshold: float = DEFAULT_LOW_CONFIDENCE,
+    chip_size: int = DEFAULTS.chip_size,
+    overlap: int = DEFAULTS.overlap,
+    batch_size: int = DEFAULTS.batch_size,
+    low_confidence_threshold: float = DEFAULTS.low_confidence_threshold,
 ) -> ScenePrediction:
     """Predict an in-memory uint8 ``(4, H, W)`` image; ``valid`` defaults to "any band non-zero"."""
     image = _check_image(image)
@@ -506,15 +489,7 @@ def predict_array(
     )
 
 
-def predict_chip_array(predictor: Predictor, image: np.ndarray, **kwargs: Any) -> np.ndarray:
-    """Class ids uint8 ``(H, W)`` of a uint8 ``(4, H, W)`` image of any size (the sync API path)."""
-    return predict_array(predictor, image, **kwargs).classes
-
-
-# --- synchronous request/response (seed 000 shape) ---------------------------------------------------
-
-
-def _check_image(image: np.ndarray, max_pixels: int | None = None) -> np.ndarray:
+def _check_image(image: np.ndarray) -> np.ndarray:
     arr = np.asarray(image)
     if arr.ndim == 3 and arr.shape[0] != len(NAIP_BANDS) and arr.shape[-1] == len(NAIP_BANDS):
         arr = np.moveaxis(arr, -1, 0)  # (H, W, 4) -> (4, H, W)
@@ -524,11 +499,6 @@ def _check_image(image: np.ndarray, max_pixels: int | None = None) -> np.ndarray
         )
     if min(arr.shape[1:]) < 1:
         raise InvalidImageError(f"image is empty: shape {arr.shape}")
-    if max_pixels is not None and arr.shape[1] * arr.shape[2] > max_pixels:
-        raise InvalidImageError(
-            f"image is {arr.shape[2]}x{arr.shape[1]} = {arr.shape[1] * arr.shape[2]:,} pixels; "
-            f"the synchronous API takes at most {max_pixels:,} (use the batch pipeline for scenes)"
-        )
     if arr.dtype != np.uint8:
         if arr.dtype.kind in "iu" and arr.size and int(arr.min()) >= 0 and int(arr.max()) <= 255:
             arr = arr.astype(np.uint8)
@@ -538,89 +508,3 @@ def _check_image(image: np.ndarray, max_pixels: int | None = None) -> np.ndarray
                 f"image must be uint8 NAIP digital numbers (0..255), got {arr.dtype}{detail}"
             )
     return np.ascontiguousarray(arr)
-
-
-def decode_image(
-    data: str | bytes, shape: Sequence[int] | None = None, dtype: str = "uint8"
-) -> tuple[np.ndarray, np.ndarray | None]:
-    """Decode a base64 image for the synchronous API. Returns ``(image (4, H, W), valid or None)``.
-
-    Accepted payloads (after base64): a raster GDAL reads (GeoTIFF, PNG, ...; its mask gives
-    ``valid``), a ``.npy`` array, or raw bytes of ``shape`` (``(4, H, W)``) and ``dtype``.
-    """
-    if isinstance(data, str):
-        data = data.encode("ascii", errors="replace")
-    try:
-        raw = base64.b64decode(data, validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise InvalidImageError(f"image is not valid base64: {exc}") from exc
-    if not raw:
-        raise InvalidImageError("image is empty")
-    if raw.startswith(b"\x93NUMPY"):
-        try:
-            return np.load(io.BytesIO(raw), allow_pickle=False), None
-        except ValueError as exc:
-            raise InvalidImageError(f"image .npy cannot be read: {exc}") from exc
-    if shape is not None:
-        try:
-            return np.frombuffer(raw, dtype=np.dtype(dtype)).reshape(tuple(int(s) for s in shape)), None
-        except (TypeError, ValueError) as exc:
-            raise InvalidImageError(
-                f"{len(raw)} raw bytes do not form an array of shape {list(shape)} and dtype {dtype}: {exc}"
-            ) from exc
-    from rasterio.errors import RasterioError
-    from rasterio.io import MemoryFile
-
-    try:
-        with MemoryFile(raw) as mem, mem.open() as ds:
-            image = ds.read()
-            valid = ds.dataset_mask() > 0 if ds.count == len(NAIP_BANDS) else None
-            return image, valid
-    except RasterioError as exc:
-        raise InvalidImageError(
-            "image is neither a raster GDAL can read (GeoTIFF, PNG), a .npy array, nor raw bytes "
-            f"with a 'shape': {exc}"
-        ) from exc
-
-
-def predict_request(
-    predictor: Predictor,
-    body: dict[str, Any],
-    *,
-    chip_size: int = DEFAULT_CHIP_SIZE,
-    overlap: int = DEFAULT_OVERLAP,
-    batch_size: int = DEFAULT_BATCH_SIZE,
-    max_pixels: int = DEFAULT_MAX_REQUEST_PIXELS,
-) -> dict[str, Any]:
-    """Serve the seed's request shape: ``{"image": base64, "shape"?, "dtype"?, "output_size"?}``.
-
-    Returns ``{"prediction": [[ids]], "shape": [H, W], "classes": class_table(), ...}`` with model
-    class ids 0..6 (the table names each id). ``output_size`` ``[H, W]`` resamples the class map
-    (nearest neighbour). Raises :class:`InvalidImageError` for a bad request.
-    """
-    if not isinstance(body, dict) or not body.get("image"):
-        raise InvalidImageError('request must be a JSON object with a base64 "image"')
-    image, valid = decode_image(body["image"], body.get("shape"), body.get("dtype", "uint8"))
-    image = _check_image(image, max_pixels)
-    pred = predict_array(predictor, image, valid, chip_size=chip_size, overlap=overlap, batch_size=batch_size)
-    classes = pred.classes
-    size = body.get("output_size")
-    if size is not None:
-        try:
-            oh, ow = (int(s) for s in size)
-        except (TypeError, ValueError) as exc:
-            raise InvalidImageError(f"output_size must be [height, width], got {size!r}") from exc
-        if oh < 1 or ow < 1 or oh * ow > max_pixels:
-            raise InvalidImageError(
-                f"output_size {size!r} must be positive and at most {max_pixels:,} pixels"
-            )
-        rows = (np.arange(oh) * classes.shape[0] // oh)[:, None]
-        cols = (np.arange(ow) * classes.shape[1] // ow)[None, :]
-        classes = classes[rows, cols]
-    return {
-        "prediction": classes.tolist(),
-        "shape": list(classes.shape),
-        "classes": class_table(),
-        "nodata_class_id": NODATA_CLASS_ID,
-        "mean_max_softmax": round(pred.mean_max_softmax, 6) if pred.n_valid else None,
-    }

@@ -56,6 +56,9 @@ class ChainDefaults(BaseModel):
     # 0.2 is the usual "significant shift" line of the population stability index.
     drift_threshold: float = Field(0.2, alias="DRIFT_THRESHOLD", gt=0.0, description="PSI that flags drift")
     max_pixels: int = Field(DEFAULT_MAX_PIXELS, alias="MAX_PIXELS", gt=0, description="largest scene read")
+    # The synchronous API answers with the class map as JSON (~2 bytes a pixel) within Lambda's
+    # 6 MB response limit: 1536² pixels make about 4.7 MB.
+    max_request_pixels: int = Field(1536 * 1536, alias="MAX_REQUEST_PIXELS", gt=0)
     model_cache_dir: str = Field("/tmp/model", alias="MODEL_CACHE_DIR")
     scene_cache_dir: str = Field("/tmp/scenes", alias="SCENE_CACHE_DIR")
     max_attempts: int = Field(3, alias="MAX_ATTEMPTS", gt=0)

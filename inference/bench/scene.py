@@ -69,9 +69,10 @@ def bench_scenes(
     chip_runs: int = 5,
 ) -> dict[str, Any]:
     """Time ``predict_scene`` on each scene; cost ratios against this predictor's chip time."""
-    from inference.predict import DEFAULT_OVERLAP, plan_tiling, predict_scene
+    from inference.predict import plan_tiling, predict_scene
+    from inference.settings import DEFAULTS
 
-    overlap = DEFAULT_OVERLAP if overlap is None else overlap
+    overlap = DEFAULTS.overlap if overlap is None else overlap
     chip_s = _chip_seconds(predictor, chip_runs, chip)
     rows = []
     for size, uri in scenes.items():

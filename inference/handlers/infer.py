@@ -43,15 +43,14 @@ def _sync_request(event: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def predict_sync(request: dict[str, Any]) -> dict[str, Any]:
-    """The seed-000 response shape around :func:`inference.predict.predict_request`."""
-    from inference.predict import InvalidImageError, predict_request
+    """The API Gateway response around :func:`inference.sync_api.predict_request`."""
+    from inference.predict import InvalidImageError
+    from inference.sync_api import predict_request
 
     s = settings()
     model = chain.load_champion(s)
     try:
-        body = predict_request(
-            model.predictor, request, chip_size=s.chip_size, overlap=s.overlap, batch_size=s.batch_size
-        )
+        body = predict_request(model.predictor, request, s)
     except InvalidImageError as exc:
         return {"statusCode": 400, "body": {"error": "invalid_image", "message": str(exc)}}
     return {"statusCode": 200, "body": {**body, "model_version": model.version}}

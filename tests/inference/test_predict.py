@@ -18,10 +18,10 @@ from inference.predict import (
     axis_offsets,
     plan_tiling,
     predict_array,
-    predict_chip_array,
-    predict_request,
     predict_scene,
 )
+from inference.settings import DEFAULTS
+from inference.sync_api import predict_request
 from tests.data.builders import CRS, TRANSFORM, naip_array, write_naip
 from training.data.classes import NODATA_CLASS_ID
 from training.data.naip import NaipValidationError, normalize
@@ -187,7 +187,8 @@ def _npy_b64(array: np.ndarray) -> str:
 def test_predict_request_serves_the_seed_shape() -> None:
     predictor = LocalPredictor()
     image = np.maximum(naip_array(100, seed=4), 1)
-    expected = predict_chip_array(predictor, image, chip_size=128)
+    expected = predict_array(predictor, image, chip_size=128).classes
+    settings = DEFAULTS.model_copy(update={"chip_size": 128})
     bodies = [
         {"image": _geotiff_b64(image)},
         {"image": _npy_b64(image)},
@@ -195,12 +196,12 @@ def test_predict_request_serves_the_seed_shape() -> None:
         {"image": base64.b64encode(image.tobytes()).decode(), "shape": [4, 100, 100]},
     ]
     for body in bodies:
-        out = predict_request(predictor, body, chip_size=128)
+        out = predict_request(predictor, body, settings)
         assert out["shape"] == [100, 100]
         np.testing.assert_array_equal(np.asarray(out["prediction"]), expected)
         assert [c["id"] for c in out["classes"]] == list(range(7))
         assert out["classes"][0]["name"] == "Water" and out["classes"][6]["source_value"] == 15
-    resized = predict_request(predictor, {"image": _npy_b64(image), "output_size": [50, 200]}, chip_size=128)
+    resized = predict_request(predictor, {"image": _npy_b64(image), "output_size": [50, 200]}, settings)
     assert resized["shape"] == [50, 200] and np.asarray(resized["prediction"]).shape == (50, 200)
 
 
@@ -225,5 +226,61 @@ def test_predict_request_rejects_bad_input(body: dict, match: str) -> None:
 def test_predict_request_size_limit() -> None:
     with pytest.raises(InvalidImageError, match="at most"):
         predict_request(
-            LocalPredictor(), {"image": _npy_b64(np.ones((4, 64, 64), np.uint8))}, max_pixels=1000
+            LocalPredictor(),
+            {"image": _npy_b64(np.ones((4, 64, 64), np.uint8))},
+            DEFAULTS.model_copy(update={"max_request_pixels": 1000}),
         )
+
+
+def _sparse_geotiff_b64(side: int, block: int) -> str:
+    """A tiny GeoTIFF that declares a ``side``² 4-band raster but stores no tile (GDAL SPARSE_OK)."""
+    with MemoryFile() as mem:
+        with mem.open(
+            driver="GTiff",
+            height=side,
+            width=side,
+            count=4,
+            dtype="uint8",
+            crs=CRS,
+            transform=TRANSFORM,
+            tiled=True,
+            blockxsize=block,
+            blockysize=block,
+            SPARSE_OK=True,
+        ):
+            pass
+        return base64.b64encode(mem.read()).decode()
+
+
+@pytest.mark.parametrize(("side", "block"), [(20_000, 256), (200_000, 4096)])
+def test_sync_api_refuses_a_huge_declared_raster_before_reading_it(side: int, block: int) -> None:
+    payload = _sparse_geotiff_b64(side, block)
+    assert len(payload) < 6 * 1024 * 1024  # fits a Lambda request
+    tracemalloc.start()
+    try:
+        with pytest.raises(InvalidImageError, match="at most"):
+            predict_request(LocalPredictor(), {"image": payload})
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    # The header is read, the pixels never: the peak is the payload's own few copies.
+    assert peak < 8 * len(payload) + (16 << 20), peak
+
+
+def _truncated_npy_b64() -> str:
+    buf = io.BytesIO()
+    np.save(buf, np.zeros((4, 8, 8), np.uint8))
+    return base64.b64encode(buf.getvalue()[:-10]).decode()
+
+
+@pytest.mark.parametrize(
+    ("body", "match"),
+    [
+        ({"image": _truncated_npy_b64()}, "npy"),
+        ({"image": base64.b64encode(b"\x00" * 64).decode(), "shape": [4, 100_000, 100_000]}, "at most"),
+        ({"image": base64.b64encode(b"\x00" * 75).decode(), "shape": [3, 5, 5]}, "4 bands"),
+    ],
+)
+def test_sync_api_checks_declared_shapes_against_the_bytes(body: dict, match: str) -> None:
+    with pytest.raises(InvalidImageError, match=match):
+        predict_request(LocalPredictor(), body)

@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 import rasterio
-from rasterio.enums import MaskFlags
+from rasterio.enums import ColorInterp, MaskFlags
 from rasterio.errors import RasterioError
 from rasterio.windows import Window
 
@@ -169,9 +169,9 @@ class NaipScene:
             raise NaipUnreadableError(self.uri, f"pixel data cannot be decoded (truncated?): {exc}") from exc
 
     def valid_mask(self, window: Window | None = None) -> np.ndarray:
-        """Boolean ``(h, w)``: True where the pixel holds data (from the GDAL dataset mask)."""
+        """Boolean ``(h, w)``: True where the pixel holds data (see :func:`data_mask`)."""
         try:
-            return self.dataset.dataset_mask(window=window) > 0
+            return data_mask(self.dataset, window)
         except RasterioError as exc:
             raise NaipUnreadableError(self.uri, f"mask cannot be decoded (truncated?): {exc}") from exc
 
@@ -258,6 +258,21 @@ def validate_naip(uri: str, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> dict
         }
 
 
+def data_mask(ds: Any, window: Window | None = None) -> np.ndarray:
+    """Boolean ``(h, w)``: True where a pixel of the open dataset ``ds`` holds data.
+
+    GDAL's dataset mask (nodata value, mask band), except when a band is tagged as alpha: some
+    NAIP files tag their 4th band (NIR) so, and GDAL would then take the mask from NIR, dropping
+    every NIR = 0 pixel. For those the mask comes from the nodata value alone (all valid without one).
+    """
+    if ColorInterp.alpha not in ds.colorinterp:
+        return ds.dataset_mask(window=window) > 0
+    if ds.nodata is None:
+        height, width = (ds.height, ds.width) if window is None else (int(window.height), int(window.width))
+        return np.ones((height, width), dtype=bool)
+    return (ds.read(window=window) != ds.nodata).any(axis=0)
+
+
 def _validate(uri: str, ds: Any, max_pixels: int | None, check_nodata: bool) -> None:
     pixels = int(ds.width) * int(ds.height)
     if max_pixels is not None and pixels > max_pixels:
@@ -305,7 +320,7 @@ def _any_valid(uri: str, ds: Any) -> bool:
         return True
     try:
         for _, window in ds.block_windows(1):
-            if ds.dataset_mask(window=window).any():
+            if data_mask(ds, window).any():
                 return True
     except RasterioError as exc:
         raise NaipUnreadableError(uri, f"pixel data cannot be decoded (truncated?): {exc}") from exc

@@ -140,3 +140,23 @@ def test_s3_bad_inputs_raise_the_same_errors(tmp_path, s3_bucket):
         with pytest.raises(EXPECTED[kind]) as info:
             open_naip(uri)
         assert info.value.uri == uri
+
+
+def test_nodata_mask_never_comes_from_a_band_tagged_alpha(tmp_path) -> None:
+    """Some NAIP files tag NIR as alpha; GDAL would then drop every NIR = 0 pixel as nodata."""
+    import rasterio
+    from rasterio.enums import ColorInterp
+
+    image = naip_array(32, seed=3)
+    image[3, :8, :] = 0  # NIR = 0 (water at night, saturation, ...): still data
+    image[:, -4:, :] = 0  # all bands 0: nodata
+    path = write_naip(tmp_path / "alpha.tif", image=image)
+    with rasterio.open(path, "r+") as ds:
+        ds.colorinterp = [ColorInterp.red, ColorInterp.green, ColorInterp.blue, ColorInterp.alpha]
+    with rasterio.open(path) as ds:
+        assert ColorInterp.alpha in ds.colorinterp
+        assert not (ds.dataset_mask()[:8] > 0).any()  # what GDAL alone would say
+    with open_naip(storage.to_uri(path)) as scene:
+        valid = scene.valid_mask()
+    assert valid[:8].all() and not valid[-4:].any()
+    assert valid.sum() == 28 * 32
