@@ -19,13 +19,16 @@ $(STAMP): pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[inference,training,dev]'
-	@# moto's Step Functions parser needs antlr4 4.13, Hydra pins 4.9: the 4.13 runtime lives apart
-	@# and inference/statemachine/local.py swaps it in for the duration of a local run.
-	$(PY) -m pip install --quiet --no-deps --upgrade --target .cache/sfn-antlr4 antlr4-python3-runtime==4.13.2
 	@touch $(STAMP)
 
+# moto's Step Functions parser needs antlr4 4.13, Hydra pins 4.9: the 4.13 runtime lives apart
+# and inference/statemachine/moto_shim.py swaps it in for the duration of a local run.
+SFN_ANTLR4 := .cache/sfn-antlr4
+$(SFN_ANTLR4)/antlr4/__init__.py: | $(STAMP)
+	$(PY) -m pip install --quiet --no-deps --upgrade --target $(SFN_ANTLR4) antlr4-python3-runtime==4.13.2
+
 .PHONY: setup_env
-setup_env: $(STAMP) ## Create .venv and install everything (idempotent: seconds when up to date)
+setup_env: $(STAMP) $(SFN_ANTLR4)/antlr4/__init__.py ## Create .venv and install everything (idempotent: seconds when up to date)
 
 .PHONY: lint
 lint: setup_env ## Lint and format-check with ruff
@@ -60,7 +63,7 @@ train: setup_env ## Run the training pipeline without Airflow: make train ARGS="
 	$(PY) -m training.data.synthetic
 	$(CLI) train --no-airflow $(ARGS)
 
-# --- Observability (issue 7): Grafana provisioning, the static report, the headless browser ---
+# --- Observability: Grafana provisioning, the static report, the headless browser ---
 
 .PHONY: browser
 browser: ## Install Debian's headless Chromium (for the report test) if /usr/bin/chromium is missing
@@ -103,7 +106,7 @@ run_inference: setup_env ## Run the inference state machine locally (moto interp
 upload_and_run_inference: setup_env ## Drop N new synthetic scenes into the input prefix, running the chain after each (ARGS="--scenes 3 --interval 10")
 	$(CLI) infer upload $(ARGS)
 
-# --- Training stack (issue 4): the Airflow UI without Docker, and the docker compose stack ---
+# --- Training stack: the Airflow UI without Docker, and the docker compose stack ---
 
 AIRFLOW_PORT ?= 8080
 .PHONY: airflow_ui

@@ -440,7 +440,7 @@ def render(report: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="CPU inference benchmark (issue 8)")
+    parser = argparse.ArgumentParser(description="CPU inference benchmark: eager fp32 against the served path")
     parser.add_argument("--out", default="outputs/bench/bench.json", help="JSON report path")
     parser.add_argument("--workdir", default="outputs/bench/work", help="cached exports, scenes")
     parser.add_argument("--quick", action="store_true", help="tiny preset only, few runs, small scenes")

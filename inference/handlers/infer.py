@@ -4,7 +4,7 @@ Two event shapes:
 
 - a Map item ``{"execution_id", "item": {"scene_id", "uri", "sha256"}}`` -> ``{"scene_id",
   "status", "class_uri", "model_version"}`` (the batch chain);
-- the seed's API request ``{"image": <base64>, "output_size"?: [H, W]}`` (directly or as an
+- the synchronous API request of the replaced deployment ``{"image": <base64>, "output_size"?: [H, W]}`` (directly or as an
   API Gateway proxy ``body``) -> ``{"statusCode": 200, "body": {"prediction", "shape",
   "classes", ...}}`` with model class ids 0..6 and the explicit class table. A bad image is a
   400 with the reason, never a 500.

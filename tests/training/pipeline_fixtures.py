@@ -22,3 +22,13 @@ def make_tiny_home(home: Path) -> Path:
     """Synthetic data (1 scene of 256 px per split) under ``home/data/synthetic``."""
     generate_dataset(str(home / "data" / "synthetic"), scenes_per_split=1, size=256, seed=7, workers=1)
     return home
+
+
+def promotion_history(root: str, model_name: str) -> list[dict]:
+    """Every promotion decision the registry recorded for ``model_name``, oldest first."""
+    import json
+
+    from training import artifacts, storage
+
+    prefix = artifacts.history_uri(root, model_name)
+    return [json.loads(storage.read_text(uri)) for uri in storage.list_uris(prefix, suffix=".json")]

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.training.pipeline_fixtures import promotion_history
 from training import registry, storage
 from training.registry import PromotionDecision, VersionExistsError, VersionNotFoundError
 
@@ -169,7 +170,7 @@ def test_gated_promotion_and_history(root: str, export_file: Path) -> None:
     v2 = _register(root, export_file, 0.53, version="v2")["version"]
     v3 = _register(root, export_file, 0.60, version="v3")["version"]
     assert registry.champion(root, MODEL) is None
-    assert registry.champion_export_uri(root, MODEL) is None
+    assert registry.champion(root, MODEL) is None
 
     first = registry.promote_if_better(root, MODEL, v1, margin=0.05)
     assert first.promoted and first.changed and first.champion_version is None
@@ -187,9 +188,9 @@ def test_gated_promotion_and_history(root: str, export_file: Path) -> None:
     pointer = registry.champion(root, MODEL)
     assert pointer["version"] == "v3" and pointer["miou"] == 0.60
     assert pointer["previous"] == {"version": "v1", "miou": 0.50}
-    assert registry.champion_export_uri(root, MODEL) == registry.get_version(root, MODEL, "v3")["export_uri"]
+    assert registry.champion(root, MODEL)["export_uri"] == registry.get_version(root, MODEL, "v3")["export_uri"]
 
-    records = registry.history(root, MODEL)
+    records = promotion_history(root, MODEL)
     assert [(r["version"], r["outcome"]) for r in records] == [
         ("v1", "promoted"),
         ("v2", "challenger"),
@@ -226,7 +227,7 @@ def test_concurrent_promotions_end_with_the_best(root: str, export_file: Path) -
     pointer = json.loads(raw)
     assert pointer["version"] == "c73" and pointer["miou"] == 0.73
     assert sum(d.version == "c73" and d.promoted for d in decisions) == 1
-    records = registry.history(root, MODEL)
+    records = promotion_history(root, MODEL)
     assert sorted(r["version"] for r in records) == sorted(order)
     for record in records:  # every promotion beat what it replaced; every challenger lost to a champion
         if record["champion_miou"] is not None:
@@ -304,7 +305,7 @@ def test_cas_loser_rereads_instead_of_overwriting(
     pointer = registry.champion(root, MODEL)
     assert pointer["version"] == "better"
     assert pointer["previous"]["version"] == ("worse" if first_writer == "worse" else "old")
-    assert len(registry.history(root, MODEL)) == 3
+    assert len(promotion_history(root, MODEL)) == 3
 
 
 def test_interleaving_without_cas_would_lose_the_better_model(
@@ -430,4 +431,4 @@ def test_concurrent_promotions_across_processes(tmp_uri: str, export_file: Path)
     ]
     assert [proc.wait(timeout=60) for proc in procs] == [0] * len(procs)
     assert registry.champion(tmp_uri, MODEL)["version"] == "p66"
-    assert len(registry.history(tmp_uri, MODEL)) == len(mious)
+    assert len(promotion_history(tmp_uri, MODEL)) == len(mious)

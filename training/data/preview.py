@@ -10,6 +10,7 @@ coloured by the one class table, with a legend. Large scenes are decimated on re
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from collections.abc import Sequence
 from contextlib import ExitStack
@@ -19,6 +20,9 @@ import numpy as np
 from training import storage
 from training.data.classes import CLASSES, remap_lc
 from training.data.naip import open_naip, open_raster
+from training.logs import configure_console
+
+log = logging.getLogger(__name__)
 
 DEFAULT_MAX_SIDE = 1024
 
@@ -132,6 +136,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", default="preview.png", help="output PNG path or URI")
     parser.add_argument("--max-side", type=int, default=DEFAULT_MAX_SIDE, help="decimate to this many pixels")
     args = parser.parse_args(argv)
+    configure_console()
 
     scene, label = args.scene, args.label
     if scene is None:
@@ -141,7 +146,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         guess = scene[: -len("_naip-new.tif")] + LABEL_SUFFIX
         label = guess if storage.exists(guess) else None
     out = render_preview(scene, args.out, label, args.prediction, max_side=args.max_side)
-    print(f"wrote {out}")
+    log.info("wrote %s", out)
     return 0
 
 

@@ -207,13 +207,3 @@ def compute_stats(
                     acc.n_chips -= 1  # blocks are not chips
         acc.n_scenes += 1
     return acc.result()
-
-
-def compute_chip_stats(
-    images: np.ndarray, labels: np.ndarray | None = None, bins: int = DEFAULT_BINS
-) -> DatasetStats:
-    """Statistics of an in-memory chip batch (uint8 ``(N, 4, S, S)``); pixels that are 0 in
-    every band count as nodata."""
-    acc = StatsAccumulator(bins=bins)
-    acc.update(images, images.any(axis=1), labels)
-    return acc.result()

@@ -20,6 +20,7 @@ CLI: ``python -m training.data.synthetic --root data/synthetic --size 2048 --sce
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 import tempfile
@@ -37,6 +38,9 @@ from training import storage
 from training.data.chesapeake import IMAGE_SUFFIX, LABEL_SUFFIX, SPLITS, SceneRecord
 from training.data.classes import SOURCE_COLORMAP
 from training.data.naip import NAIP_BANDS, NAIP_NODATA
+from training.logs import configure_console
+
+log = logging.getLogger(__name__)
 
 DEFAULT_SYNTHETIC_ROOT = "data/synthetic"
 DEFAULT_SIZE = 2048
@@ -533,7 +537,7 @@ def generate_dataset(
             image_uri, label_uri = scene_uris(root, split, scene_id)
             records.append(SceneRecord(scene_id, image_uri, label_uri, split))
             if not overwrite and storage.exists(label_uri) and storage.exists(image_uri):
-                print(f"skip   {split}/{scene_id} (exists)", flush=True)
+                log.info("skip   %s/%s (exists)", split, scene_id)
                 continue
             jobs.append((root, split, scene_id, scene_seed(seed, split, i), size))
     if workers is None:
@@ -542,15 +546,13 @@ def generate_dataset(
     if workers <= 1 or len(jobs) <= 1:
         results = map(_build_one, jobs)
         for n, (split, scene_id, secs) in enumerate(results, start=1):
-            print(f"[{n}/{len(jobs)}] wrote {split}/{scene_id} {size}x{size} in {secs:.1f}s", flush=True)
+            log.info("[%d/%d] wrote %s/%s %dx%d in %.1fs", n, len(jobs), split, scene_id, size, size, secs)
     else:
         with ProcessPoolExecutor(max_workers=workers) as pool:
             for n, (split, scene_id, secs) in enumerate(pool.map(_build_one, jobs), start=1):
-                print(f"[{n}/{len(jobs)}] wrote {split}/{scene_id} {size}x{size} in {secs:.1f}s", flush=True)
+                log.info("[%d/%d] wrote %s/%s %dx%d in %.1fs", n, len(jobs), split, scene_id, size, size, secs)
     if jobs:
-        print(
-            f"generated {len(jobs)} scene(s) under {root} in {time.perf_counter() - start:.1f}s", flush=True
-        )
+        log.info("generated %d scene(s) under %s in %.1fs", len(jobs), root, time.perf_counter() - start)
     return records
 
 
@@ -565,6 +567,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=None, help="processes (default: up to 2)")
     parser.add_argument("--overwrite", action="store_true", help="regenerate scenes that already exist")
     args = parser.parse_args(argv)
+    configure_console()
     generate_dataset(
         args.root, args.scenes_per_split, args.size, args.seed, overwrite=args.overwrite, workers=args.workers
     )

@@ -11,8 +11,8 @@ median of a few runs) for each preset, with the dynamic and with the folded patc
 
 Usage::
 
-    python -m training.models.measure_load rss --dir /tmp/clay-measure
-    python -m training.models.measure_load latency --runs 5
+    python -m inference.bench.load rss --dir /tmp/clay-measure
+    python -m inference.bench.load latency --runs 5
 """
 
 from __future__ import annotations
@@ -82,7 +82,7 @@ def measure_rss(folder: Path) -> list[dict]:
     # Write the files in a child process: ru_maxrss survives fork + exec on Linux, so the
     # measuring children must come from a parent that never held the 4 GB of tensors.
     subprocess.run(
-        [sys.executable, "-m", "training.models.measure_load", "write", "--dir", str(folder)], check=True
+        [sys.executable, "-m", "inference.bench.load", "write", "--dir", str(folder)], check=True
     )
     results = []
     for name, path in write_files(folder).items():
