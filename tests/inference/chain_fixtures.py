@@ -105,5 +105,20 @@ def migrated(url: str) -> str:
     return url
 
 
-def no_sleep(seconds: float) -> None:
-    """Stand-in for the interpreter's Retry sleep."""
+def fast_retries(monkeypatch: Any) -> list[float]:
+    """Record the interpreter's Retry waits instead of sleeping them; returns the recorded seconds.
+
+    Test-only patch of a library internal: moto's retrier calls ``time.sleep`` for the
+    definition's real backoff (2 s, 4 s, ... with jitter), which would make fault tests slow. The
+    module's ``time`` is replaced for this test only (``monkeypatch`` undoes it).
+    """
+    from types import SimpleNamespace
+
+    from inference.statemachine import moto_shim
+
+    retrier = moto_shim.import_interpreter(
+        "moto.stepfunctions.parser.asl.component.common.retry.retrier_decl"
+    )
+    sleeps: list[float] = []
+    monkeypatch.setattr(retrier, "time", SimpleNamespace(sleep=sleeps.append))
+    return sleeps

@@ -18,7 +18,6 @@ from tests.inference.chain_fixtures import (
     chain_settings,
     make_champion,
     migrated,
-    no_sleep,
     write_bad,
     write_scene,
 )
@@ -28,7 +27,7 @@ from training import storage
 def run(settings, execution_id: str) -> local.LocalExecution:
     handlers.configure(settings)
     try:
-        return local.run_execution(settings.manifest_prefix, execution_id=execution_id, retry_sleep=no_sleep)
+        return local.run_execution(settings.manifest_prefix, execution_id=execution_id)
     finally:
         handlers.configure(None)
 

@@ -1,17 +1,35 @@
 """The ASL definition: its shape, its templating, and runs on moto's interpreter (fault paths).
 
 The happy path with the real model is in ``test_chain_e2e.py``; here the handlers are fakes
-(fast, no torch) except for the Catch-path test, which uses the real process/failure handlers.
+(fast, no torch) except for the Catch-path test and the ``AWS_ENDPOINT_URL`` run, which use the
+real handlers. The shim's own checks (moto version, ANTLR runtime, overlapping runs, the default
+session) are here too.
 """
 
 from __future__ import annotations
 
 import json
+import re
+import socket
+import subprocess
+import sys
+import threading
+import time
+import tomllib
+import uuid
+from pathlib import Path
 
 import pytest
 
-from inference.statemachine import local
-from tests.inference.chain_fixtures import chain_settings, migrated, no_sleep
+from inference.statemachine import local, moto_shim
+from tests.inference.chain_fixtures import (
+    chain_settings,
+    fast_retries,
+    make_champion,
+    migrated,
+    write_scene,
+)
+from training import storage
 
 TRANSIENT = {
     "Lambda.ServiceException",
@@ -46,7 +64,7 @@ def _tasks(states: dict) -> dict[str, dict]:
 
 def test_definition_is_json_templated_only_in_arns_and_bucket(asl: dict) -> None:
     text = local.DEFINITION_PATH.read_text()
-    assert local.template_variables(text) == TEMPLATE_VARS
+    assert set(re.findall(r"\$\{(\w+)\}", text)) == TEMPLATE_VARS
     assert "%{" not in text  # no templatefile directives
     rendered = json.loads(local.local_definition("my-bucket"))
     assert "${" not in json.dumps(rendered)
@@ -121,7 +139,7 @@ def _fake_handlers(tmp_path, **overrides):
     return prefix, handlers, seen
 
 
-def test_map_fans_out_over_the_manifest_and_retries_transient_errors(tmp_path) -> None:
+def test_map_fans_out_over_the_manifest_and_retries_transient_errors(tmp_path, monkeypatch) -> None:
     prefix, handlers, seen = _fake_handlers(tmp_path)
     real_infer, flaky = handlers["infer"], {"left": 2}
 
@@ -134,28 +152,37 @@ def test_map_fans_out_over_the_manifest_and_retries_transient_errors(tmp_path) -
             raise Throttled("rate exceeded")
         return real_infer(event, context)
 
-    sleeps: list[float] = []
+    sleeps = fast_retries(monkeypatch)
     handlers["infer"] = infer
-    result = local.run_execution(
-        prefix, execution_id="fanout-1", handlers=handlers, retry_sleep=sleeps.append
-    )
+    result = local.run_execution(prefix, execution_id="fanout-1", handlers=handlers)
     assert result.succeeded, (result.error, result.cause)
     assert sorted(e["item"]["scene_id"] for e in seen["infer"]) == [0, 1, 2]
     assert all(e["execution_id"] == "fanout-1" for e in seen["infer"])
     assert len(sleeps) == 2  # two retries with (jittered) backoff, no real sleeping
+    assert all(0 <= s <= 60 for s in sleeps)  # FULL jitter within MaxDelaySeconds
+    assert result.calls.count(("infer", "error")) == 2 and result.calls.count(("infer", "ok")) == 3
     assert seen["observe"] == [{"execution_id": "fanout-1"}] and not seen["failure"]
 
 
-def test_a_failing_step_goes_through_the_catch_path(tmp_path) -> None:
+@pytest.mark.parametrize(
+    ("exc", "error"), [(ValueError("observe broke"), "ValueError"), (SystemExit(3), "Runtime.ExitError")]
+)
+def test_a_failing_step_goes_through_the_catch_path(tmp_path, exc, error) -> None:
+    """A handler's exception reaches Catch as a Lambda function error named like a real Lambda's."""
+
     def observe(event, context):
-        raise ValueError("observe broke")
+        raise exc
 
     prefix, handlers, seen = _fake_handlers(tmp_path, observe=observe)
-    result = local.run_execution(prefix, execution_id="catch-1", handlers=handlers, retry_sleep=no_sleep)
+    result = local.run_execution(prefix, execution_id="catch-1", handlers=handlers)
     assert result.status == "FAILED" and result.error == "InferencePipelineFailed"
+    assert ("observe", "error") in result.calls
     (event,) = seen["failure"]
     assert event["execution_id"] == "catch-1"
-    assert event["error"]["Error"] == "ValueError" and "observe broke" in event["error"]["Cause"]
+    assert event["error"]["Error"] == error
+    cause = json.loads(event["error"]["Cause"])  # Lambda's error payload
+    assert cause["errorType"] == error and cause["errorMessage"] == (str(exc) or error)
+    assert cause["stackTrace"] and "observe" in "".join(cause["stackTrace"])
 
 
 def test_catch_path_records_the_failure_in_the_ledger(tmp_path, postgres_url) -> None:
@@ -167,9 +194,7 @@ def test_catch_path_records_the_failure_in_the_ledger(tmp_path, postgres_url) ->
     settings = chain_settings(storage.to_uri(tmp_path), migrated(postgres_url))
     handlers.configure(settings)
     try:
-        result = local.run_execution(
-            settings.manifest_prefix, execution_id="no-champion-1", retry_sleep=no_sleep
-        )
+        result = local.run_execution(settings.manifest_prefix, execution_id="no-champion-1")
     finally:
         handlers.configure(None)
     assert result.status == "FAILED"
@@ -180,12 +205,182 @@ def test_catch_path_records_the_failure_in_the_ledger(tmp_path, postgres_url) ->
         assert run.error.startswith("NoChampionError:") and "make train_baseline" in run.error
 
 
-def test_antlr_swap_leaves_hydra_working(tmp_path) -> None:
-    """moto's parser runs on ANTLR 4.13 while omegaconf keeps its 4.9 runtime."""
+def test_antlr_swap_and_default_session_are_put_back(tmp_path) -> None:
+    """moto's parser runs on ANTLR 4.13 while omegaconf keeps its 4.9 runtime; the caller's
+    default boto3 session is the same object after a run."""
+    import boto3
+
     from training.config import compose
 
+    boto3.setup_default_session(region_name="eu-west-1")
+    mine = boto3.DEFAULT_SESSION
     before = compose(["inference.chip_size=128"])
     prefix, handlers, _ = _fake_handlers(tmp_path)
-    assert local.run_execution(prefix, handlers=handlers, retry_sleep=no_sleep).succeeded
+    assert local.run_execution(prefix, handlers=handlers).succeeded
     after = compose(["inference.chip_size=64"])
     assert (before.inference.chip_size, after.inference.chip_size) == (128, 64)
+    assert boto3.DEFAULT_SESSION is mine
+    assert "sfn-antlr4" not in str(sys.modules["antlr4"].__file__)
+
+
+def test_overlapping_runs_each_reach_their_own_handlers(tmp_path) -> None:
+    """Two executions at once in one process: both run (each infer waits for the other's) and
+    every invoke goes to its own run's handlers."""
+    both_inferring = threading.Barrier(2, timeout=60)
+    runs: dict[str, tuple] = {}
+
+    def run(name: str) -> None:
+        prefix, handlers, seen = _fake_handlers(tmp_path / name)
+        real_infer = handlers["infer"]
+
+        def infer(event, context):
+            if event["item"]["scene_id"] == 0:
+                both_inferring.wait()  # breaks (and fails the item) unless the other run is live
+            return real_infer(event, context)
+
+        handlers["infer"] = infer
+        runs[name] = (local.run_execution(prefix, execution_id=name, handlers=handlers), seen)
+
+    threads = [threading.Thread(target=run, args=(name,)) for name in ("overlap-a", "overlap-b")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert set(runs) == {"overlap-a", "overlap-b"}
+    for name, (result, seen) in runs.items():
+        assert result.succeeded, (name, result.error, result.cause)
+        assert not both_inferring.broken
+        assert [c for c, outcome in result.calls if outcome == "ok"].count("infer") == 3
+        assert {e["execution_id"] for e in seen["infer"]} == {name}
+
+
+def test_unknown_moto_version_fails_clearly(tmp_path, monkeypatch) -> None:
+    assert moto_shim.check_moto_version() in moto_shim.SUPPORTED_MOTO_VERSIONS
+    with pytest.raises(moto_shim.LocalRunError, match=r"moto 9\.0\.0 is installed.*supports moto 5\.2\.5"):
+        moto_shim.check_moto_version("9.0.0")
+    installed = moto_shim.installed_moto_version()
+    monkeypatch.setattr(moto_shim, "SUPPORTED_MOTO_VERSIONS", frozenset({"0.0.1"}))
+    prefix, handlers, seen = _fake_handlers(tmp_path)
+    with pytest.raises(
+        local.LocalRunError, match=rf"moto {re.escape(installed)} is installed.*supports moto 0\.0\.1"
+    ):
+        local.run_execution(prefix, handlers=handlers)
+    assert not any(seen.values())
+
+
+def test_pinned_moto_is_a_supported_one() -> None:
+    pyproject = tomllib.loads((Path(moto_shim.REPO_ROOT) / "pyproject.toml").read_text())
+    pins = [
+        d
+        for deps in pyproject["project"]["optional-dependencies"].values()
+        for d in deps
+        if d.startswith("moto")
+    ]
+    assert pins and all(p.split("==")[1] in moto_shim.SUPPORTED_MOTO_VERSIONS for p in pins), pins
+
+
+def test_missing_antlr_runtime_names_the_make_target(tmp_path, monkeypatch) -> None:
+    from training.config import compose
+
+    monkeypatch.setenv("SFN_ANTLR4_PATH", str(tmp_path / "no-antlr"))
+    prefix, handlers, seen = _fake_handlers(tmp_path)
+    with pytest.raises(local.LocalRunError, match=r"antlr4-python3-runtime 4\.13.*make setup_env"):
+        local.run_execution(prefix, handlers=handlers)
+    assert not any(seen.values())
+    assert compose(["inference.chip_size=64"]).inference.chip_size == 64  # 4.9 still in place
+    assert not (tmp_path / "no-antlr").exists()  # nothing was installed
+
+
+# ---------------------------------------------------------------------------------------------
+# AWS_ENDPOINT_URL: the storage's moto server is a separate process; the emulator stays in-process
+# ---------------------------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def moto_process():
+    """moto's server in its own process (unlike ``moto_server``, it shares no state with the
+    in-process emulator, so a client that follows AWS_ENDPOINT_URL by mistake shows). Yields its URL."""
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            with socket.socket() as sock:
+                if sock.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"moto server did not start on port {port} (exit code {proc.poll()})")
+            time.sleep(0.1)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_local_chain_runs_with_aws_endpoint_url_set(moto_process, postgres_url, monkeypatch) -> None:
+    """Issue 14: with AWS_ENDPOINT_URL naming a moto server, the chain finishes and predicts the
+    scenes on that server, and the emulator's state machine and manifest bucket stay in-process."""
+    import boto3
+
+    from inference import handlers, run_local
+
+    for key, value in {
+        "AWS_ENDPOINT_URL": moto_process,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }.items():
+        monkeypatch.setenv(key, value)
+    storage.configure()  # no explicit endpoint: the storage layer follows AWS_ENDPOINT_URL
+    server = {"endpoint_url": moto_process, "region_name": "us-east-1"}
+    bucket = f"endpoint-{uuid.uuid4().hex[:8]}"
+    try:
+        boto3.client("s3", **server).create_bucket(Bucket=bucket)
+        settings = chain_settings(f"s3://{bucket}", migrated(postgres_url))
+        make_champion(settings.registry_uri)
+        for i in range(2):
+            write_scene(storage.join(settings.input_uri, f"scene-{i}.tif"), seed=300 + i)
+
+        handlers.configure(settings)  # as run_local.run_once, with a timeout that fails fast
+        try:
+            execution = local.run_execution(settings.manifest_prefix, timeout_s=180)
+        finally:
+            handlers.configure(None)
+        summary = run_local.summarize(settings, execution)
+
+        assert summary["status"] == "SUCCEEDED", summary["error"]
+        assert (summary["discovered"], summary["predicted"], summary["failed"]) == (2, 2, 0)
+        keys = [o["Key"] for o in boto3.client("s3", **server).list_objects_v2(Bucket=bucket)["Contents"]]
+        assert sum(k.startswith("predictions/") and k.endswith("/classes.tif") for k in keys) == 2
+        assert any(k.startswith("predictions/manifests/") for k in keys)  # process wrote it there
+        # Nothing of the emulator's leaked to the server: no state machine, no extra bucket.
+        assert boto3.client("stepfunctions", **server).list_state_machines()["stateMachines"] == []
+        assert [b["Name"] for b in boto3.client("s3", **server).list_buckets()["Buckets"]] == [bucket]
+    finally:
+        storage.configure()
+
+
+def test_run_local_settings_follow_aws_endpoint_url(tmp_path, monkeypatch) -> None:
+    from inference import run_local
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+    try:
+        settings = run_local.load_settings([], f"sqlite:///{tmp_path}/ledger.db", "s3://bucket/prefix")
+        assert storage.endpoint_url() == "http://127.0.0.1:9"
+    finally:
+        storage.configure()
+    assert settings.aws_endpoint_url == "http://127.0.0.1:9"
+    assert (settings.input_uri, settings.output_uri) == (
+        "s3://bucket/prefix/input",
+        "s3://bucket/prefix/predictions",
+    )
