@@ -10,11 +10,8 @@ from __future__ import annotations
 
 import json
 import re
-import socket
-import subprocess
 import sys
 import threading
-import time
 import tomllib
 import uuid
 from pathlib import Path
@@ -29,6 +26,7 @@ from tests.inference.chain_fixtures import (
     migrated,
     write_scene,
 )
+from tests.infra.moto_sfn_server import MotoServerProcess
 from training import storage
 
 TRANSIENT = {
@@ -296,35 +294,11 @@ def test_missing_antlr_runtime_names_the_make_target(tmp_path, monkeypatch) -> N
 # ---------------------------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture
 def moto_process():
-    """moto's server in its own process (unlike ``moto_server``, it shares no state with the
-    in-process emulator, so a client that follows AWS_ENDPOINT_URL by mistake shows). Yields its URL."""
-    port = _free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            with socket.socket() as sock:
-                if sock.connect_ex(("127.0.0.1", port)) == 0:
-                    break
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"moto server did not start on port {port} (exit code {proc.poll()})")
-            time.sleep(0.1)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+    """moto's server in its own process (see :class:`MotoServerProcess`). Yields its URL."""
+    with MotoServerProcess() as endpoint:
+        yield endpoint
 
 
 def test_local_chain_runs_with_aws_endpoint_url_set(moto_process, postgres_url, monkeypatch) -> None:

@@ -16,6 +16,9 @@ from __future__ import annotations
 
 import json
 import socket
+import subprocess
+import sys
+import time
 from threading import Thread
 from typing import Any
 
@@ -120,9 +123,55 @@ class MotoSfnServer:
         self.stop()
 
 
-if __name__ == "__main__":  # pragma: no cover - manual use: python tests/infra/moto_sfn_server.py
-    import time
+class MotoServerProcess:
+    """Plain moto server in its own process on 127.0.0.1.
 
+    Unlike the in-process servers, it shares no backend state with an in-process ``mock_aws``
+    (the local Step Functions runner's emulator), so a client that reaches the wrong one shows.
+
+    Usage::
+
+        with MotoServerProcess() as endpoint:   # e.g. "http://127.0.0.1:54321"
+            ...
+    """
+
+    def __init__(self, port: int | None = None, start_timeout_s: float = 60.0) -> None:
+        self.port = port or _free_port()
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self.start_timeout_s = start_timeout_s
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> str:
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + self.start_timeout_s
+        while True:
+            with socket.socket() as sock:
+                if sock.connect_ex(("127.0.0.1", self.port)) == 0:
+                    return self.endpoint
+            if self._proc.poll() is not None or time.monotonic() > deadline:
+                code = self._proc.poll()
+                self.stop()
+                raise RuntimeError(f"moto server did not start on port {self.port} (exit code {code})")
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        if self._proc is not None:
+            self._proc.terminate()
+            self._proc.wait(timeout=30)
+            self._proc = None
+
+    def __enter__(self) -> str:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+if __name__ == "__main__":  # pragma: no cover - manual use: python tests/infra/moto_sfn_server.py
     server = MotoSfnServer(port=5055)
     print(f"moto (+ ValidateStateMachineDefinition) on {server.start()}; Ctrl-C stops it")
     try:
