@@ -2,12 +2,16 @@
 
 Two folder styles are supported, because the real release and our synthetic data differ:
 
-* the release: ``<root>/<state>_1m_2013_extended-debuffered-{train,val,test}_tiles/<tile>_naip-new.tif``
-  next to ``<tile>_lc.tif`` (plus other layers we ignore);
+* the release: ``<root>/<state>_1m_<year>_extended-debuffered-{train,val,test}_tiles/<tile>_naip-new.tif``
+  next to ``<tile>_lc.tif``, where the year is 2013 for de, md, ny and pa and 2014 for va and
+  wv (:data:`RELEASE_YEARS`, :func:`release_folder`). The other layers beside them
+  (``naip-old``, ``nlcd``, ``landsat-leaf-on``/``-off``, ``buildings``,
+  ``prior_from_cooccurrences_101_31_no_osm_no_buildings``) and ``spatial_index.geojson`` are ignored;
 * synthetic data (``make synthetic_data``): ``<root>/{train,val,test}/<scene>_naip-new.tif``.
 
 A scene belongs to a split when its parent folder is named after the split or ends with
-``-{split}_tiles``.
+``-{split}_tiles``. In ``lc`` rasters both 15 and 0 mean No Data (see
+:mod:`training.data.classes`); :func:`label_nodata_counts` counts them for the validation report.
 """
 
 from __future__ import annotations
@@ -19,12 +23,32 @@ import numpy as np
 from rasterio.windows import Window
 
 from training import storage
-from training.data.classes import remap_lc
+from training.data.classes import EXTRA_NODATA_SOURCE_VALUES, NODATA_SOURCE_VALUE, remap_lc
 from training.data.naip import open_raster
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 IMAGE_SUFFIX = "_naip-new.tif"
 LABEL_SUFFIX = "_lc.tif"
+#: NAIP year of each state's folders in the CVPR 2019 release.
+RELEASE_YEARS: dict[str, int] = {"de": 2013, "md": 2013, "ny": 2013, "pa": 2013, "va": 2014, "wv": 2014}
+#: Layers of a release tile that the loader ignores (it reads ``naip-new`` and ``lc`` only).
+IGNORED_LAYERS: tuple[str, ...] = (
+    "naip-old",
+    "nlcd",
+    "landsat-leaf-on",
+    "landsat-leaf-off",
+    "buildings",
+    "prior_from_cooccurrences_101_31_no_osm_no_buildings",
+)
+
+
+def release_folder(state: str, split: str) -> str:
+    """The release's folder of one state and split, e.g. ``va_1m_2014_extended-debuffered-train_tiles``."""
+    if state not in RELEASE_YEARS:
+        raise ValueError(f"unknown state {state!r}; the release has {', '.join(RELEASE_YEARS)}")
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
+    return f"{state}_1m_{RELEASE_YEARS[state]}_extended-debuffered-{split}_tiles"
 
 
 class DatasetNotFoundError(FileNotFoundError):
@@ -122,3 +146,20 @@ def label_shape(uri: str) -> tuple[int, int]:
     with ExitStack() as stack:
         ds = open_raster(uri, stack)
         return (int(ds.height), int(ds.width))
+
+
+def label_nodata_counts(uri: str) -> dict[str, int]:
+    """Pixels of an ``lc`` raster per raw No Data value, plus the total: ``{"0": n, "15": n, "pixels": n}``.
+
+    Both values become class 6 (No Data) when read; the counts go into the validation report so
+    a tile that is mostly unlabelled is visible rather than refused.
+    """
+    with ExitStack() as stack:
+        ds = open_raster(uri, stack)
+        counts = {str(v): 0 for v in (*EXTRA_NODATA_SOURCE_VALUES, NODATA_SOURCE_VALUE)}
+        for _, window in ds.block_windows(1):
+            raw = ds.read(1, window=window)
+            for value in counts:
+                counts[value] += int(np.count_nonzero(raw == int(value)))
+        counts["pixels"] = int(ds.height) * int(ds.width)
+    return counts

@@ -2,16 +2,18 @@
 
 ``python -m training.data.download --dest data/chesapeake``
 
+Where from and what to verify live in one place, the data config
+(``setup/conf/data/chesapeake.yaml``, key ``download``): the URLs, tried in turn, and the
+expected sha256/md5 of the zip. :func:`release_source` reads them; ``--url``/``--sha256``/``--md5``
+override them for one run.
+
 The zip (~150 GB, all states and layers) is fetched over HTTP with resume: bytes go to
 ``<dest>/cvpr_chesapeake_landcover.zip.part`` and an interrupted run continues from where it
-stopped with an HTTP ``Range`` request. The finished file is checked against a checksum before
-it is extracted; afterwards ``find_scenes(<dest>)`` sees the
-``<state>_1m_2013_extended-debuffered-{train,val,test}_tiles/`` folders.
-
-Checksum: the release publishes no sha256. :data:`EXPECTED_MD5` is the MD5 that torchgeo's
-``ChesapeakeCVPR`` dataset pins for this very file (``md5s["base"]``); we did not compute it
-ourselves. Pass ``--sha256``/``--md5`` (or ``expected_sha256=``/``expected_md5=``) to verify
-against a value you trust instead, or ``--no-verify`` to skip verification.
+stopped with an HTTP ``Range`` request. ``file://`` URLs (a copy on a local or mounted disk) are
+copied the same way, resuming from the part file's size. The finished file is checked against
+the checksums before it is extracted; afterwards ``find_scenes(<dest>)`` sees the
+``<state>_1m_<year>_extended-debuffered-{train,val,test}_tiles/`` folders (2013 for de, md, ny,
+pa; 2014 for va, wv).
 
 With no internet the first connection attempt times out after a few seconds and the command
 stops with a message pointing to ``make synthetic_data``.
@@ -21,29 +23,50 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import logging
+import shutil
 import sys
 import zipfile
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import unquote, urlparse
 
 import requests
 
-#: Primary: the LILA BC blob store. Fallbacks: LILA's newer container and the source.coop mirror
-#: (the mirror path follows LILA's layout on source.coop and is not verified from here).
-URLS: tuple[str, ...] = (
-    "https://lilablobssc.blob.core.windows.net/lcmcvpr2019/cvpr_chesapeake_landcover.zip",
-    "https://lilawildlife.blob.core.windows.net/lila-wildlife/lcmcvpr2019/cvpr_chesapeake_landcover.zip",
-    "https://data.source.coop/agentmorris/lila-wildlife/lcmcvpr2019/cvpr_chesapeake_landcover.zip",
-)
+log = logging.getLogger(__name__)
+
 FILENAME = "cvpr_chesapeake_landcover.zip"
-#: MD5 of the zip as pinned by torchgeo (``ChesapeakeCVPR.md5s["base"]``); see the module docstring.
-EXPECTED_MD5: str | None = "1225ccbb9590e9396875f221e5031514"
-#: No published sha256 is known; supply one via ``expected_sha256`` to use it.
-EXPECTED_SHA256: str | None = None
+#: The data config that holds the release's URLs and checksums (the only place they are written).
+CONFIG_FILE = Path(__file__).resolve().parents[2] / "setup" / "conf" / "data" / "chesapeake.yaml"
 CONNECT_TIMEOUT_S = 5.0
 READ_TIMEOUT_S = 60.0
 CHUNK = 1 << 20
 DONE_MARKER = ".extracted"
+
+
+@dataclass(frozen=True)
+class ReleaseSource:
+    """Where the release zip comes from and the digests it must match (None: not checked)."""
+
+    urls: tuple[str, ...]
+    sha256: str | None = None
+    md5: str | None = None
+
+
+def release_source(config_file: Path = CONFIG_FILE) -> ReleaseSource:
+    """The ``download`` section of the Chesapeake data config.
+
+    Raises:
+        ValueError: the section lists no URL.
+    """
+    from omegaconf import OmegaConf
+
+    section = OmegaConf.load(config_file).download
+    urls = tuple(str(u) for u in section.urls or ())
+    if not urls:
+        raise ValueError(f"{config_file}: download.urls is empty; list at least one URL of the release zip")
+    return ReleaseSource(urls=urls, sha256=section.get("sha256"), md5=section.get("md5"))
 
 
 class DownloadError(RuntimeError):
@@ -87,6 +110,8 @@ def fetch(url: str, dest: Path, progress: bool = True, timeout: tuple[float, flo
     part = dest.with_name(dest.name + ".part")
     dest.parent.mkdir(parents=True, exist_ok=True)
     have = part.stat().st_size if part.exists() else 0
+    if url.startswith("file://"):
+        return _copy_local(url, dest, part, have)
     headers = {"Range": f"bytes={have}-"} if have else {}
     try:
         response = requests.get(url, headers=headers, stream=True, timeout=timeout)
@@ -126,6 +151,23 @@ def fetch(url: str, dest: Path, progress: bool = True, timeout: tuple[float, flo
     return dest
 
 
+def _copy_local(url: str, dest: Path, part: Path, have: int) -> Path:
+    """``fetch`` for a ``file://`` URL: copy with the same part-file resume."""
+    source = Path(unquote(urlparse(url).path))
+    if not source.is_file():
+        raise DownloadError(f"{url}: no such file")
+    size = source.stat().st_size
+    if have > size:
+        have = 0  # the part file is not a prefix of this source: start over
+    with open(source, "rb") as src, open(part, "ab" if have else "wb") as out:
+        src.seek(have)
+        shutil.copyfileobj(src, out, CHUNK)
+    if part.stat().st_size != size:
+        raise DownloadError(f"{url}: copied {part.stat().st_size} of {size} bytes; run again to resume")
+    part.replace(dest)
+    return dest
+
+
 def extract(archive: Path, dest: Path) -> None:
     """Extract a zip into ``dest``, refusing members that would land outside it."""
     root = dest.resolve()
@@ -140,24 +182,34 @@ def extract(archive: Path, dest: Path) -> None:
 
 def download_chesapeake(
     dest: str | Path = "data/chesapeake",
-    urls: Sequence[str] = URLS,
-    expected_sha256: str | None = EXPECTED_SHA256,
-    expected_md5: str | None = EXPECTED_MD5,
+    urls: Sequence[str] | None = None,
+    expected_sha256: str | None = None,
+    expected_md5: str | None = None,
     keep_zip: bool = True,
     progress: bool = True,
     timeout: tuple[float, float] | None = None,
+    verify: bool = True,
 ) -> Path:
     """Fetch (with resume), verify and extract the release into ``dest``; idempotent.
 
-    Each URL is tried in turn. Returns ``dest``.
+    Each URL is tried in turn. ``urls`` and the digests default to the data config
+    (:func:`release_source`); given ones replace the config's. ``verify=False`` skips the
+    checksums. Returns ``dest``.
 
     Raises:
         DownloadError: no URL worked (the message lists why each failed).
         ChecksumMismatchError: the downloaded zip does not match the expected digest.
     """
+    if urls is None or (verify and expected_sha256 is None and expected_md5 is None):
+        source = release_source()
+        urls = source.urls if urls is None else urls
+        if expected_sha256 is None and expected_md5 is None:
+            expected_sha256, expected_md5 = source.sha256, source.md5
+    if not verify:
+        expected_sha256 = expected_md5 = None
     dest = Path(dest)
     if (dest / DONE_MARKER).exists():
-        print(f"{dest} already holds the extracted release ({DONE_MARKER} present)")
+        log.info("%s already holds the extracted release (%s present)", dest, DONE_MARKER)
         return dest
     archive = dest / FILENAME
     if not archive.exists():
@@ -175,9 +227,9 @@ def download_chesapeake(
                 + "\nWithout internet, use `make synthetic_data` for generated scenes in the same layout."
             )
     if expected_sha256 or expected_md5:
-        print(f"verifying {archive} ...")
+        log.info("verifying %s ...", archive)
         verify_checksum(archive, expected_sha256, expected_md5)
-    print(f"extracting {archive} -> {dest}")
+    log.info("extracting %s -> %s", archive, dest)
     extract(archive, dest)
     if not keep_zip:
         archive.unlink()
@@ -185,23 +237,25 @@ def download_chesapeake(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
     parser = argparse.ArgumentParser(description="Download the Chesapeake CVPR 2019 land-cover release.")
     parser.add_argument("--dest", default="data/chesapeake", help="folder to download and extract into")
-    parser.add_argument("--url", action="append", help="override the download URL(s); repeat for fallbacks")
-    parser.add_argument("--sha256", default=EXPECTED_SHA256, help="expected sha256 of the zip")
     parser.add_argument(
-        "--md5", default=EXPECTED_MD5, help="expected md5 of the zip (default: torchgeo's pin)"
+        "--url", action="append", help="override the config's download URL(s); repeat for fallbacks"
     )
+    parser.add_argument("--sha256", default=None, help="expected sha256 of the zip (default: the config's)")
+    parser.add_argument("--md5", default=None, help="expected md5 of the zip (default: the config's)")
     parser.add_argument("--no-verify", action="store_true", help="skip checksum verification")
     parser.add_argument("--delete-zip", action="store_true", help="remove the zip after extraction")
     args = parser.parse_args(argv)
     try:
         download_chesapeake(
             args.dest,
-            urls=args.url or URLS,
-            expected_sha256=None if args.no_verify else args.sha256,
-            expected_md5=None if args.no_verify else args.md5,
+            urls=args.url,
+            expected_sha256=args.sha256,
+            expected_md5=args.md5,
             keep_zip=not args.delete_zip,
+            verify=not args.no_verify,
         )
     except DownloadError as exc:
         print(f"error: {exc}", file=sys.stderr)
