@@ -337,9 +337,12 @@ def _local_copy(settings: ChainSettings, item: ManifestItem) -> tuple[str, bool]
     return str(path), temporary
 
 
-def _write_outputs(settings: ChainSettings, pred: Any, item: ManifestItem, version: str) -> dict[str, str]:
-    """Class COG, confidence COG, STAC item and summary under the scene's deterministic prefix."""
-    from inference import monitor, outputs
+def _write_outputs(
+    settings: ChainSettings, pred: Any, item: ManifestItem, version: str, image_path: str | None = None
+) -> dict[str, str]:
+    """Class COG, confidence COG, quicklook PNG, STAC item and summary under the scene's
+    deterministic prefix (``image_path``: a local copy of the input, read for the quicklook)."""
+    from inference import monitor, outputs, quicklook
 
     out = artifacts.scene_outputs(settings.output_uri, item.sha256, version)
     uris = {
@@ -347,16 +350,24 @@ def _write_outputs(settings: ChainSettings, pred: Any, item: ManifestItem, versi
         "confidence_uri": out.confidence_uri,
         "stac_uri": out.stac_uri,
         "summary_uri": out.summary_uri,
+        "quicklook_uri": out.quicklook_uri,
     }
     lineage = {"model_version": version, "input_sha256": item.sha256}
     outputs.write_class_cog(pred, uris["class_uri"], **lineage)
     outputs.write_confidence_cog(pred, uris["confidence_uri"], **lineage)
+    quicklook.write_quicklook(
+        pred,
+        image_path or item.uri,
+        uris["quicklook_uri"],
+        title=f"{item.uri.rsplit('/', 1)[-1]}  ·  model {version}",
+    )
     stac = outputs.stac_item(
         pred,
         item_id=artifacts.stac_item_id(item.sha256, version),
         class_uri=uris["class_uri"],
         confidence_uri=uris["confidence_uri"],
         input_uri=item.uri,
+        thumbnail_uri=uris["quicklook_uri"],
         model_name=settings.model_name,
         **lineage,
     )
@@ -408,7 +419,7 @@ def infer(settings: ChainSettings, execution_id: str, item: dict[str, Any] | Man
             max_pixels=settings.max_pixels,
             low_confidence_threshold=settings.low_confidence_threshold,
         )
-        uris = _write_outputs(settings, pred, item, version)
+        uris = _write_outputs(settings, pred, item, version, image_path=path)
         rows, drift = monitor.scene_metrics(
             pred, model.metadata.get("reference_stats"), settings.drift_threshold
         )

@@ -1,6 +1,6 @@
 """Per-scene products: a class COG, a confidence COG and a STAC item.
 
-COGs are built locally (an in-memory GeoTIFF turned into a COG with rio-cogeo: internal tiles,
+COGs are built locally (an in-memory GeoTIFF turned into a COG by GDAL's COG driver: internal tiles,
 overviews, deflate) and then copied to the destination through :mod:`training.storage`, so a
 ``s3://`` URI works the same as a local path and a crash never leaves half a COG behind. Both
 rasters keep the input's CRS and transform.
@@ -12,7 +12,8 @@ rasters keep the input's CRS and transform.
   probabilities), nodata 0, overviews by average.
 - STAC item: projection extension (``proj:code``, ``proj:shape``, ``proj:transform``,
   ``proj:bbox``), classification extension on the class asset, assets ``class``/``confidence``/
-  ``input`` and lineage properties ``model_version`` and ``input_sha256``.
+  ``input``/``thumbnail`` (the quicklook PNG) and lineage properties ``model_version`` and
+  ``input_sha256``.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import numpy as np
 from rasterio.io import MemoryFile
 
 from inference.predict import CONFIDENCE_SCALE, ScenePrediction
+from inference.quicklook import QUICKLOOK_MEDIA_TYPE
 from training import storage
 from training.data.classes import CLASS_NAMES, COLORMAP, NODATA_CLASS_ID, class_table
 
@@ -69,8 +71,7 @@ def _write_cog(
     colormap: dict[int, tuple[int, int, int, int]] | None = None,
     scale: float | None = None,
 ) -> str:
-    from rio_cogeo.cogeo import cog_translate
-    from rio_cogeo.profiles import cog_profiles
+    from rasterio.shutil import copy as gdal_copy
 
     if pred.crs is None or pred.transform is None:
         raise ValueError(
@@ -89,30 +90,34 @@ def _write_cog(
         "transform": pred.transform,
         "nodata": nodata,
     }
-    dst_profile = cog_profiles.get("deflate")
-    dst_profile.update(blockxsize=block, blockysize=block, predictor=2)
     with tempfile.TemporaryDirectory(prefix="cog-") as tmp:
         local = Path(tmp) / "out.tif"
         with MemoryFile() as mem:
             with mem.open(**src_profile) as dst:
-                dst.write(array, 1)
-                dst.set_band_description(1, description)
+                # The colour table before any pixel: once pixels are flushed GDAL cannot switch
+                # the band to palette any more.
                 if colormap is not None:
                     dst.write_colormap(1, colormap)
+                dst.set_band_description(1, description)
+                dst.update_tags(**tags, OVERVIEW_RESAMPLING=resampling.upper())  # how overviews were made
                 if scale is not None:
                     dst.scales = (scale,)
                     dst.offsets = (0.0,)
+                dst.write(array, 1)
+            # GDAL's COG driver builds the overviews from the finished (closed) raster, colour
+            # table included: overviews built on a raster still open for writing (rio-cogeo's
+            # way) do not see the palette, and GDAL warns "Computing overviews on palette index
+            # raster bands without a palette" for every class COG.
             with mem.open() as src:
-                cog_translate(
+                gdal_copy(
                     src,
                     str(local),
-                    dst_profile,
-                    nodata=nodata,
-                    overview_level=_overview_level(height, width, block),
-                    overview_resampling=resampling,
-                    additional_cog_metadata=tags,
-                    in_memory=True,
-                    quiet=True,
+                    driver="COG",
+                    COMPRESS="DEFLATE",
+                    PREDICTOR="2",
+                    BLOCKSIZE=str(block),
+                    OVERVIEW_RESAMPLING=resampling.upper(),
+                    OVERVIEW_COUNT=str(_overview_level(height, width, block)),
                 )
         storage.upload(local, uri)
     return uri
@@ -207,6 +212,7 @@ def stac_item(
     class_uri: str,
     confidence_uri: str,
     input_uri: str | None = None,
+    thumbnail_uri: str | None = None,
     model_version: str,
     input_sha256: str,
     model_name: str | None = None,
@@ -220,6 +226,8 @@ def stac_item(
         item_id: the item id (e.g. the scene's ledger id or file stem).
         class_uri, confidence_uri: where the COGs were written.
         input_uri: the input image (defaults to ``pred.source_uri``).
+        thumbnail_uri: the scene's quicklook PNG (:mod:`inference.quicklook`), linked as the
+            ``thumbnail`` asset.
         model_version, input_sha256: lineage, stored as properties and checked non-empty.
         model_name: registry name of the model, stored as ``model_name``.
         acquired: the item datetime (acquisition); defaults to now (UTC).
@@ -306,6 +314,16 @@ def stac_item(
                 title="NAIP input (red, green, blue, nir)",
                 roles=["source"],
                 extra_fields={"file:checksum": "1220" + input_sha256},
+            ),
+        )
+    if thumbnail_uri:
+        item.add_asset(
+            "thumbnail",
+            pystac.Asset(
+                href=thumbnail_uri,
+                media_type=QUICKLOOK_MEDIA_TYPE,
+                title="Quicklook: NAIP RGB beside the predicted classes (class table colours)",
+                roles=["thumbnail"],
             ),
         )
     data = item.to_dict(include_self_link=False, transform_hrefs=False)

@@ -129,6 +129,62 @@ def collect(
     return results, alerts, annotations
 
 
+#: Quicklooks shown at the top of the report: the latest predicted scenes.
+QUICKLOOKS = 6
+
+
+@dataclass
+class Quicklook:
+    """The newest prediction of a scene, with its quicklook PNG (None when unreadable)."""
+
+    scene: str
+    model_version: str
+    finished_at: datetime
+    png: bytes | None
+    note: str = ""
+
+
+def latest_quicklooks(
+    engine: sa.Engine, time_from: datetime, time_to: datetime, limit: int = QUICKLOOKS
+) -> list[Quicklook]:
+    """The ``limit`` most recent predictions in range and their quicklooks, found through each
+    prediction's STAC item (its ``thumbnail`` asset). A missing item or picture is noted, not fatal:
+    the report still describes the ledger."""
+    import json
+
+    from inference.ledger.models import Prediction, Scene
+    from training import storage
+
+    query = (
+        sa.select(Prediction.stac_uri, Prediction.model_version, Prediction.finished_at, Scene.source_uri)
+        .join(Scene, Scene.id == Prediction.scene_id)
+        .where(
+            Prediction.finished_at >= time_from,
+            Prediction.finished_at <= time_to,
+        )
+        .order_by(Prediction.finished_at.desc(), Prediction.id.desc())
+        .limit(limit)
+    )
+    with engine.connect() as conn:
+        rows = conn.execute(query).all()
+    found = []
+    for stac_uri, version, finished, source in rows:
+        png, note = None, ""
+        try:
+            if not stac_uri:
+                raise FileNotFoundError("no STAC item recorded")
+            thumbnail = json.loads(storage.read_text(stac_uri)).get("assets", {}).get("thumbnail")
+            if not thumbnail:
+                raise FileNotFoundError("its STAC item has no thumbnail asset")
+            png = storage.read_bytes(thumbnail["href"])
+        except (OSError, ValueError, KeyError) as exc:
+            note = f"no quicklook ({type(exc).__name__}: {exc})"
+        found.append(
+            Quicklook(str(source).rsplit("/", 1)[-1], str(version), to_datetime(finished), png, note)
+        )
+    return found
+
+
 # ---------------------------------------------------------------------------------------------
 # Formatting
 # ---------------------------------------------------------------------------------------------
@@ -249,6 +305,82 @@ def _too_light(color: str) -> bool:
     return 0.2126 * r + 0.7152 * g + 0.0722 * b > 0.85
 
 
+OUTLINE = "0.35"  # edge of light class colours (Low Vegetation, No Data) on the white chart
+
+
+def _series_colors(names: list[str], palette: list[str]) -> dict[str, str]:
+    """A colour per series: the class table's for a class (and its " (reference)" twin), else
+    the next palette colour not already taken by a class."""
+    from matplotlib.colors import to_hex
+
+    classes = _class_colors()
+    taken = {c.lower() for c in classes.values()}
+    spare = [to_hex(c) for c in palette if to_hex(c) not in taken] or [to_hex(c) for c in palette]
+    out: dict[str, str] = {}
+    others: dict[str, str] = {}
+    for name in names:
+        base = name.removesuffix(" (reference)")
+        if base in classes:
+            out[name] = classes[base]
+        else:
+            out[name] = others.setdefault(base, spare[len(others) % len(spare)])
+    return out
+
+
+def _outline(color: str, width: float) -> list:
+    """Path effects that draw a thin dark edge around a light line, so it reads on white."""
+    from matplotlib import patheffects
+
+    if not _too_light(color):
+        return []
+    return [patheffects.withStroke(linewidth=width + 1.4, foreground=OUTLINE), patheffects.Normal()]
+
+
+def _value_label(value: float, unit: str) -> str:
+    return format_value(value, unit if unit not in ("", "short") else "short", None)
+
+
+def snapshot_chart(panel: P.Panel, series: OrderedDict[str, tuple[list[datetime], list[float]]]) -> str:
+    """One point in time (a single run): a labelled horizontal bar per series, not a lone dot
+    on a day-wide time axis."""
+    plt, _ = _matplotlib()
+    palette = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    names = list(series)
+    colors = _series_colors(names, palette)
+    values = [series[n][1][-1] for n in names]
+    when = max(t for times, _ in series.values() for t in times)
+    fig, ax = plt.subplots(figsize=(max(7.6 * panel.width / 12, 4.6), 0.9 + 0.32 * len(names)), dpi=100)
+    bars = ax.barh(
+        names,
+        values,
+        color=[colors[n] for n in names],
+        edgecolor=[OUTLINE if _too_light(colors[n]) else colors[n] for n in names],
+        hatch=None,
+        alpha=0.9,
+    )
+    for bar, name in zip(bars, names, strict=True):
+        if name.endswith(" (reference)"):
+            bar.set_hatch("///")
+            bar.set_alpha(0.45)
+    ax.bar_label(bars, labels=[_value_label(v, panel.unit) for v in values], padding=3, fontsize=7.5)
+    if panel.threshold is not None:
+        ax.axvline(panel.threshold, color="#d62728", linestyle="--", linewidth=1.2)
+        ax.annotate(
+            f"threshold {panel.threshold:g}", xy=(panel.threshold, 1.0), xycoords=("data", "axes fraction"),
+            fontsize=7, color="#d62728", ha="left", va="bottom",
+        )  # fmt: skip
+    ax.invert_yaxis()
+    ax.grid(axis="y", visible=False)
+    ax.margins(x=0.18)
+    if panel.unit == "percentunit":
+        ax.xaxis.set_major_formatter(plt.FuncFormatter(lambda v, _: f"{100 * v:.0f} %"))
+    ax.set_xlabel(f"one run, {_cell(when)}", fontsize=8)
+    ax.tick_params(axis="y", labelsize=7.5)
+    uri = _svg_uri(fig)
+    plt.close(fig)
+    return uri
+
+
 def _short_versions(text: str) -> str:
     """Annotation text with long model versions cut to their tail (they are timestamps + hash)."""
     return re.sub(
@@ -262,12 +394,15 @@ def timeseries_chart(panel: P.Panel, result: Result, annotations: list[tuple[dat
     series = _series(result)
     if not series:
         return None
-    plt, mdates = _matplotlib()
-    colors = _class_colors()
-    palette = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    fig, ax = plt.subplots(figsize=(max(7.6 * panel.width / 12, 4.6), 3.0), dpi=100)
-    assigned: dict[str, str] = {}
     all_times = [t for times, _ in series.values() for t in times]
+    if len(set(all_times)) == 1:
+        return snapshot_chart(panel, series)
+    plt, mdates = _matplotlib()
+    palette = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    colors = _series_colors(list(series), palette)
+    fig, ax = plt.subplots(figsize=(max(7.6 * panel.width / 12, 4.6), 3.0), dpi=100)
+    # Few points: write each value next to it (a handful of runs reads better as numbers).
+    label_points = len(set(all_times)) <= 6 and len(series) <= 4
     bars = bool(panel.extra.get("bars"))
     bar_names = list(series)
     distinct = sorted(set(all_times))
@@ -277,21 +412,28 @@ def timeseries_chart(panel: P.Panel, result: Result, annotations: list[tuple[dat
     bar_width_days = slot_days / max(len(bar_names), 1)
     for i, (name, (times, values)) in enumerate(series.items()):
         reference = name.endswith(" (reference)")
-        base = name.removesuffix(" (reference)")
-        color = assigned.get(base) or colors.get(base) or palette[len(assigned) % len(palette)]
-        if _too_light(color):  # e.g. the "No Data" class colour: invisible on white
-            color = palette[len(assigned) % len(palette)]
-        assigned[base] = color
+        color = colors[name]  # the class table's colour for a class, never swapped
         if bars:
             offset = timedelta(days=bar_width_days * (i - (len(bar_names) - 1) / 2))
-            ax.bar(
-                [t + offset for t in times], values, width=bar_width_days, color=color, label=name, alpha=0.85
-            )
+            drawn = ax.bar(
+                [t + offset for t in times], values, width=bar_width_days, color=color, label=name,
+                alpha=0.85, edgecolor=OUTLINE if _too_light(color) else color, linewidth=0.6,
+            )  # fmt: skip
+            if label_points:
+                ax.bar_label(drawn, labels=[_value_label(v, panel.unit) for v in values], fontsize=7)
         else:
+            width = 1.3 if reference else 1.8
             ax.plot(
                 times, values, label=name, color=color, marker="" if reference else "o", markersize=4,
-                linestyle="--" if reference else "-", linewidth=1.3 if reference else 1.8,
+                linestyle="--" if reference else "-", linewidth=width, path_effects=_outline(color, width),
+                markeredgecolor=OUTLINE if _too_light(color) else color,
             )  # fmt: skip
+            if label_points and not reference:
+                for t, v in zip(times, values, strict=True):
+                    ax.annotate(
+                        _value_label(v, panel.unit), (t, v), textcoords="offset points", xytext=(0, 5),
+                        ha="center", fontsize=7, color="0.25",
+                    )  # fmt: skip
     if panel.threshold is not None:
         ax.axhline(
             panel.threshold,
@@ -369,6 +511,10 @@ section p.desc{font-size:11px;color:#5b6475;margin:0 0 8px}
 .stat{font-size:28px;font-weight:600;padding:6px 0}
 .stat.red{color:#c62828}.stat.green{color:#2e7d32}
 img.chart{max-width:100%;height:auto;display:block}
+.quicklooks{display:flex;flex-wrap:wrap;gap:10px}
+figure.quicklook{margin:0;flex:0 0 calc(50% - 5px)}
+figure.quicklook img{width:100%;height:auto;display:block;border:1px solid #e3e6eb}
+figure.quicklook figcaption{font-size:11px;color:#5b6475;padding-top:3px}
 table{border-collapse:collapse;font-size:11px;width:100%}
 th,td{border-bottom:1px solid #e3e6eb;padding:3px 6px;text-align:left;vertical-align:top}
 th{background:#f0f2f5}
@@ -391,6 +537,11 @@ SCRIPT = """
     imgs.forEach(function (img) { if (img.complete && img.naturalWidth > 0) { ok++; } });
     document.body.setAttribute('data-charts-total', String(imgs.length));
     document.body.setAttribute('data-charts-rendered', String(ok));
+    var looks = document.querySelectorAll('img.quicklook');
+    var shown = 0;
+    looks.forEach(function (img) { if (img.complete && img.naturalWidth > 0) { shown++; } });
+    document.body.setAttribute('data-quicklooks-total', String(looks.length));
+    document.body.setAttribute('data-quicklooks-rendered', String(shown));
     document.getElementById('charts-status').textContent = ok + ' of ' + imgs.length + ' charts rendered';
   }
   if (document.readyState === 'complete') { check(); } else { window.addEventListener('load', check); }
@@ -453,6 +604,33 @@ def _panel_html(pr: PanelResult, annotations: list[tuple[datetime, str]], dialec
     return "\n".join(parts)
 
 
+def _quicklooks_html(quicklooks: list[Quicklook]) -> str:
+    if not quicklooks:
+        body = '<div class="nodata">No predictions in range</div>'
+    else:
+        figures = []
+        for q in quicklooks:
+            caption = f"{html.escape(q.scene)} · model {html.escape(q.model_version)} · {html.escape(_cell(q.finished_at))}"
+            if q.png is None:
+                figures.append(
+                    f'<figure class="quicklook"><div class="nodata">{html.escape(q.note)}</div>'
+                    f"<figcaption>{caption}</figcaption></figure>"
+                )
+                continue
+            src = "data:image/png;base64," + base64.b64encode(q.png).decode("ascii")
+            figures.append(
+                f'<figure class="quicklook"><img class="quicklook" alt="quicklook of {html.escape(q.scene)}" '
+                f'src="{src}"><figcaption>{caption}</figcaption></figure>'
+            )
+        body = f'<div class="quicklooks">{"".join(figures)}</div>'
+    return (
+        '<section class="w24" id="quicklooks" data-panel="quicklooks"><h2>Latest scenes</h2>'
+        '<p class="desc">The newest predictions: NAIP RGB beside the predicted classes, in the class '
+        "table's colours (each scene's STAC thumbnail).</p>"
+        f"{body}</section>"
+    )
+
+
 def _alerts_html(alerts: list[AlertState], dialect: str) -> str:
     rows = []
     for a in alerts:
@@ -491,6 +669,7 @@ def render_html(
     time_from: datetime,
     time_to: datetime,
     generated_at: datetime,
+    quicklooks: list[Quicklook] | None = None,
 ) -> str:
     rng = f"{'beginning' if time_from <= EPOCH else _cell(time_from)} → {_cell(time_to)}"
     changes = ", ".join(f"{html.escape(t)} at {_cell(w)}" for w, t in annotations) or "none in range"
@@ -507,6 +686,7 @@ def render_html(
 <p id="charts-status">charts not checked (scripts disabled)</p></header>
 <main>
 {_alerts_html(alerts, dialect)}
+{_quicklooks_html(quicklooks or [])}
 {body}
 </main>
 <script>{SCRIPT}</script>
@@ -529,12 +709,13 @@ def build_report(
     engine = _check_ledger(ledger_url)
     try:
         results, alerts, annotations = collect(engine, time_from, time_to, threshold)
+        quicklooks = latest_quicklooks(engine, time_from, time_to)
         dialect = engine.dialect.name
     finally:
         engine.dispose()
     page = render_html(
         results, alerts, annotations, ledger=redact_url(ledger_url), dialect=dialect,
-        time_from=time_from, time_to=time_to, generated_at=datetime.now(UTC),
+        time_from=time_from, time_to=time_to, generated_at=datetime.now(UTC), quicklooks=quicklooks,
     )  # fmt: skip
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")

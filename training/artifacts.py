@@ -50,6 +50,7 @@ CLASS_COG_NAME = "classes.tif"
 CONFIDENCE_COG_NAME = "confidence.tif"
 STAC_ITEM_NAME = "item.json"
 SCENE_SUMMARY_NAME = "summary.json"
+QUICKLOOK_NAME = "quicklook.png"
 MANIFESTS_DIR = "manifests"
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -131,6 +132,10 @@ class SceneOutputs:
     @property
     def summary_uri(self) -> str:
         return storage.join(self.prefix, SCENE_SUMMARY_NAME)
+
+    @property
+    def quicklook_uri(self) -> str:
+        return storage.join(self.prefix, QUICKLOOK_NAME)
 
 
 def scene_outputs(output_uri: str, sha256: str, model_version: str) -> SceneOutputs:
