@@ -86,15 +86,15 @@ report: setup_env ## Write outputs/report.html: the Grafana panels' SQL run on t
 
 GRAFANA_URL ?= http://localhost:3000
 .PHONY: setup_inference_observability
-setup_inference_observability: ## Start Grafana (docker compose) on the ledger: datasource, dashboards, alerts provisioned
+setup_inference_observability: env_file ## Start Grafana (docker compose) on the ledger: datasource, dashboards, alerts provisioned
 	@if command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1 && docker compose version >/dev/null 2>&1; then \
 	  docker compose up -d --wait grafana && \
-	  echo "Grafana is up: $(GRAFANA_URL)  login admin / $${GRAFANA_ADMIN_PASSWORD:-admin}" && \
+	  echo "Grafana is up: $(GRAFANA_URL)  login admin, password GRAFANA_ADMIN_PASSWORD in $(ENV_FILE)" && \
 	  echo "Dashboard 'Land cover inference' (folder 'Land cover'); alert rules under Alerting > Alert rules."; \
 	else \
 	  echo "No Docker engine available here: Grafana cannot start."; \
 	  echo "Building the embedded equivalent instead: the static report from the same SQL ($(REPORT))."; \
-	  echo "(With Docker: docker compose up -d grafana, then $(GRAFANA_URL), login admin / admin.)"; \
+	  echo "(With Docker: docker compose up -d grafana, then $(GRAFANA_URL), login admin, password GRAFANA_ADMIN_PASSWORD in $(ENV_FILE).)"; \
 	  $(MAKE) --no-print-directory report; \
 	fi
 
@@ -113,6 +113,13 @@ AIRFLOW_PORT ?= 8080
 airflow_ui: setup_env ## Airflow standalone on 127.0.0.1:$AIRFLOW_PORT (default 8080) without Docker; prints the URL and login
 	$(CLI) airflow-ui --port $(AIRFLOW_PORT)
 
+# The compose stack's secrets: docker compose reads .env (untracked, 0600) and refuses to start
+# without it. Generated once with random values; an existing file is never overwritten.
+ENV_FILE := .env
+.PHONY: env_file
+env_file: ## Write .env (mode 0600) with random secrets for the compose stack, unless it exists
+	@python3 -m training.compose_env --env-file $(ENV_FILE)
+
 # Fails with a clear message unless the docker CLI, its compose plugin and an engine are all there.
 define require_docker
 	@command -v docker >/dev/null 2>&1 || { echo "No docker CLI found: the compose stack needs Docker (docker.com)."; \
@@ -124,16 +131,17 @@ define require_docker
 endef
 
 .PHONY: launch_training_infra
-launch_training_infra: ## docker compose up the training stack (Airflow 3, Postgres, MLflow, AWS emulator, Grafana), wait for health, print URLs
+launch_training_infra: env_file ## docker compose up the training stack (Airflow 3, Postgres, MLflow, AWS emulator, Grafana), wait for health, print URLs
 	$(require_docker)
 	@mkdir -p data
 	AIRFLOW_UID=$$(id -u) docker compose up -d --build --wait --wait-timeout 900
 	@echo ""
-	@echo "  Airflow   http://localhost:$${AIRFLOW_PORT:-8080}   (admin / $${AIRFLOW_ADMIN_PASSWORD:-admin})"
+	@echo "  (Ports listen on $${LANDCOVER_BIND_ADDRESS:-127.0.0.1}; passwords are in $(ENV_FILE): grep NAME $(ENV_FILE))"
+	@echo "  Airflow   http://localhost:$${AIRFLOW_PORT:-8080}   (user admin, password AIRFLOW_ADMIN_PASSWORD)"
 	@echo "  MLflow    http://localhost:$${MLFLOW_PORT:-5000}"
-	@echo "  Grafana   http://localhost:3000   (admin / $${GRAFANA_ADMIN_PASSWORD:-admin})"
+	@echo "  Grafana   http://localhost:3000   (user admin, password GRAFANA_ADMIN_PASSWORD)"
 	@echo "  AWS       http://localhost:4566   (moto server; buckets $${LANDCOVER_PROJECT:-landcover-demo}-{artifacts,registry,mlflow})"
-	@echo "  Postgres  localhost:$${POSTGRES_PORT:-5432}   (postgres / postgres; databases airflow, mlflow, ledger)"
+	@echo "  Postgres  localhost:$${POSTGRES_PORT:-5432}   (user postgres, password POSTGRES_PASSWORD; databases airflow, mlflow, ledger)"
 	@echo "  Train:    AIRFLOW_URL=http://localhost:$${AIRFLOW_PORT:-8080} make train_baseline"
 
 .PHONY: clean_up_training

@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
+import base64
 import re
 import shutil
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
+from training.compose_env import (
+    AIRFLOW_ADMIN_PASSWORD_VAR,
+    MODE,
+    ensure_env_file,
+    read_env,
+    required_variables,
+)
 from training.config import REPO_ROOT, compose
 
 COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"
@@ -106,21 +115,23 @@ def test_airflow_services_share_image_config_and_mounts(services) -> None:
         for target, source in mounts.items():
             if source.startswith("./"):
                 assert (REPO_ROOT / source).exists() or source == "./data", f"{name}: {source} -> {target}"
-    assert services["api-server"]["ports"] == ["${AIRFLOW_PORT:-8080}:8080"]
+    assert services["api-server"]["ports"] == [
+        "${LANDCOVER_BIND_ADDRESS:-127.0.0.1}:${AIRFLOW_PORT:-8080}:8080"
+    ]
     assert "worker" not in services, "LocalExecutor: tasks run in the scheduler, no Celery worker"
 
 
 def test_aws_emulator_and_mlflow(services) -> None:
     aws = services["aws"]
     assert aws["image"] == "motoserver/moto:5.2.5"
-    assert aws["ports"] == ["4566:4566"]
+    assert aws["ports"] == ["${LANDCOVER_BIND_ADDRESS:-127.0.0.1}:4566:4566"]
     assert _env(aws)["MOTO_PORT"] == "4566"
     init_code = services["aws-init"]["command"][0]
     compile(init_code, "aws-init", "exec")  # the bucket script is valid Python
     for suffix in ("artifacts", "registry", "mlflow"):
         assert f'"{suffix}"' in init_code
     command = " ".join(services["mlflow"]["command"])
-    assert "--backend-store-uri=postgresql://" in command and "@postgres:5432/mlflow" in command
+    assert "--backend-store-uri=postgresql+psycopg2://" in command and "@postgres:5432/mlflow" in command
     assert "--artifacts-destination=s3://" in command
     assert _env(services["mlflow"])["MLFLOW_S3_ENDPOINT_URL"] == "http://aws:4566"
 
@@ -134,7 +145,7 @@ def test_postgres_creates_the_airflow_and_mlflow_databases(stack, services) -> N
 def test_grafana_mounts_the_provisioning_folders(services) -> None:
     grafana = services["grafana"]
     assert grafana["image"].startswith("grafana/grafana")
-    assert grafana["ports"] == ["3000:3000"]
+    assert grafana["ports"] == ["${LANDCOVER_BIND_ADDRESS:-127.0.0.1}:3000:3000"]
     mounts = _mounts(grafana)
     assert mounts["/etc/grafana/provisioning"] == "./observability/grafana/provisioning"
     assert mounts["/var/lib/grafana/dashboards"] == "./observability/grafana/dashboards"
@@ -183,18 +194,203 @@ def test_dockerfile_installs_the_project() -> None:
     assert "**" in ignore and "!training/" in ignore  # .venv, data and outputs stay out of the context
 
 
-def test_docker_compose_config_is_valid() -> None:
+def test_docker_compose_config_is_valid(tmp_path: Path) -> None:
     """``docker compose config -q`` parses and validates offline, without an engine."""
     if shutil.which("docker") is None:
         pytest.skip("no docker CLI on this machine")
     probe = subprocess.run(["docker", "compose", "version"], capture_output=True, text=True, check=False)
     if probe.returncode != 0:
         pytest.skip(f"the docker CLI has no compose plugin: {(probe.stderr or probe.stdout).strip()[:120]}")
+    env_file = tmp_path / ".env"
+    ensure_env_file(env_file)  # compose refuses to interpolate the secrets without one
     result = subprocess.run(
-        ["docker", "compose", "-f", str(COMPOSE_FILE), "config", "-q"],
+        ["docker", "compose", "--env-file", str(env_file), "-f", str(COMPOSE_FILE), "config", "-q"],
         capture_output=True,
         text=True,
         cwd=Path(REPO_ROOT),
         check=False,
     )
     assert result.returncode == 0, result.stderr
+
+
+# --- Hardened defaults: loopback ports, secrets only from the generated .env -----------------
+
+# Every secret the stack uses; each must be a ${NAME:?...} in the compose file (no default).
+SECRETS = {
+    "POSTGRES_PASSWORD",
+    "AIRFLOW_DB_PASSWORD",
+    "MLFLOW_DB_PASSWORD",
+    "LEDGER_READER_PASSWORD",
+    AIRFLOW_ADMIN_PASSWORD_VAR,
+    "AIRFLOW_JWT_SECRET",
+    "AIRFLOW_SECRET_KEY",
+    "AIRFLOW_FERNET_KEY",
+    "GRAFANA_ADMIN_PASSWORD",
+}
+SECRET_NAME = re.compile(r"PASSWORD|SECRET|FERNET|TOKEN|API_KEY")
+# The local AWS emulator accepts any credentials: these are its placeholders, not secrets.
+EMULATOR_CREDENTIALS = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
+REFERENCE = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}")
+URL_PASSWORD = re.compile(r"://[^:/@\s]+:([^@\s]+)@")
+
+
+class MissingVariable(Exception):
+    pass
+
+
+def _interpolate(value: Any, env: dict[str, str]) -> Any:
+    """Compose's variable substitution on every string of the file (``$$``, ``${X}``,
+    ``${X:-d}``, ``${X-d}``, ``${X:?err}``, ``${X?err}``), raising where compose refuses."""
+    if isinstance(value, dict):
+        return {k: _interpolate(v, env) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_interpolate(v, env) for v in value]
+    if not isinstance(value, str):
+        return value
+
+    def one(match: re.Match) -> str:
+        if match.group(0) == "$$":
+            return "$"
+        name, op, arg = match.groups()
+        have = env.get(name)
+        unset = have is None or (op is not None and op.startswith(":") and have == "")
+        if op and op.endswith("?") and unset:
+            raise MissingVariable(f"{name}: {arg}")
+        if op and op.endswith("-") and unset:
+            return arg
+        return have or ""
+
+    return REFERENCE.sub(one, value)
+
+
+def _strings(value: Any) -> Iterator[str]:
+    if isinstance(value, dict):
+        for v in value.values():
+            yield from _strings(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from _strings(v)
+    elif isinstance(value, str):
+        yield value
+
+
+@pytest.fixture
+def env_file(tmp_path: Path) -> Path:
+    """`make env_file` into a temporary folder (the target the user runs)."""
+    path = tmp_path / ".env"
+    proc = subprocess.run(
+        ["make", "-s", "env_file", f"ENV_FILE={path}"], cwd=REPO_ROOT, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return path
+
+
+def test_published_ports_bind_to_loopback_by_default(stack, services) -> None:
+    published = {name: s["ports"] for name, s in services.items() if s.get("ports")}
+    assert {"postgres", "aws", "mlflow", "api-server", "grafana"} <= published.keys()
+    for env, address in (({}, "127.0.0.1"), ({"LANDCOVER_BIND_ADDRESS": "0.0.0.0"}, "0.0.0.0")):
+        for name, ports in published.items():
+            for entry in ports:
+                assert isinstance(entry, str), f"{name}: long-syntax port {entry!r} (give it host_ip)"
+                assert entry.startswith("${LANDCOVER_BIND_ADDRESS:-127.0.0.1}:"), f"{name}: {entry}"
+                host_ip, host_port, container_port = _interpolate(entry, env).split(":")
+                assert host_ip == address, f"{name}: {entry} binds {host_ip}"
+                assert host_port.isdigit() and container_port.isdigit(), entry
+
+
+def test_no_secret_has_a_literal_default(stack, services) -> None:
+    text = COMPOSE_FILE.read_text()
+    required = set(required_variables(COMPOSE_FILE))
+    assert required >= SECRETS, f"secrets that compose would start without: {sorted(SECRETS - required)}"
+    for name in SECRETS:  # no ${NAME:-default} or ${NAME-default} anywhere
+        assert not re.search(rf"\$\{{{name}:?-", text), f"{name} has a default"
+    for insecure in (
+        "change-me",
+        "postgres:postgres",
+        "admin/admin",
+        "PASSWORD: postgres",
+        "PASSWORD: admin",
+    ):
+        assert insecure not in text, f"docker-compose.yml still contains {insecure!r}"
+    for service_name, service in services.items():
+        for key, value in _env(service).items():
+            if SECRET_NAME.search(key) and not key.endswith("_FILE") and key not in EMULATOR_CREDENTIALS:
+                assert re.fullmatch(r"\$\{[A-Z0-9_]+:\?[^}]+\}", value), f"{service_name}: {key}={value}"
+    for value in _strings(stack):  # passwords inside connection URLs
+        for password in URL_PASSWORD.findall(value):
+            assert re.fullmatch(r"\$\{[A-Z0-9_]+:\?[^}]+\}", password), f"literal password in {value}"
+
+
+def test_compose_refuses_to_start_without_the_env_file(stack) -> None:
+    with pytest.raises(MissingVariable, match="make env_file"):
+        _interpolate(stack, {})
+    for name in SECRETS:  # each one alone is enough to refuse
+        env = {n: "x" for n in SECRETS if n != name}
+        with pytest.raises(MissingVariable, match=name):
+            _interpolate(stack, env)
+
+
+def test_generated_env_file_feeds_every_secret(stack, env_file: Path, tmp_path: Path) -> None:
+    assert env_file.stat().st_mode & 0o777 == MODE
+    values = read_env(env_file)
+    assert set(required_variables(COMPOSE_FILE)) <= values.keys()
+    for name, value in values.items():
+        assert re.fullmatch(r"[A-Za-z0-9_=-]{40,}", value), f"{name}: not a long URL-safe random value"
+    fernet = base64.urlsafe_b64decode(values["AIRFLOW_FERNET_KEY"])
+    assert len(fernet) == 32  # what Fernet() accepts
+
+    # The stack interpolates completely, and each password reaches both ends of its connection.
+    resolved = _interpolate(stack, values)
+    svc = resolved["services"]
+    sql = resolved["configs"]["postgres-init"]["content"]
+    assert _env(svc["postgres"])["POSTGRES_PASSWORD"] == values["POSTGRES_PASSWORD"]
+    for role, var in (("airflow", "AIRFLOW_DB_PASSWORD"), ("mlflow", "MLFLOW_DB_PASSWORD")):
+        assert f"CREATE ROLE {role} LOGIN PASSWORD '{values[var]}'" in sql
+        assert f"CREATE DATABASE {role} OWNER {role}" in sql
+    assert (
+        f"://airflow:{values['AIRFLOW_DB_PASSWORD']}@postgres:5432/airflow"
+        in _env(svc["scheduler"])["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]
+    )
+    assert f"://mlflow:{values['MLFLOW_DB_PASSWORD']}@postgres:5432/mlflow" in " ".join(
+        svc["mlflow"]["command"]
+    )
+    grafana = _env(svc["grafana"])
+    assert f"CREATE ROLE {grafana['LEDGER_DB_USER']} LOGIN PASSWORD '{grafana['LEDGER_DB_PASSWORD']}'" in sql
+    assert "pg_read_all_data" in sql and "default_transaction_read_only = on" in sql
+    assert grafana["GF_SECURITY_ADMIN_PASSWORD"] == values["GRAFANA_ADMIN_PASSWORD"]
+    assert _env(svc["airflow-init"])[AIRFLOW_ADMIN_PASSWORD_VAR] == values[AIRFLOW_ADMIN_PASSWORD_VAR]
+    scheduler = _env(svc["scheduler"])
+    assert scheduler["AIRFLOW__API_AUTH__JWT_SECRET"] == values["AIRFLOW_JWT_SECRET"]
+    assert scheduler["AIRFLOW__API__SECRET_KEY"] == values["AIRFLOW_SECRET_KEY"]
+    assert scheduler["AIRFLOW__CORE__FERNET_KEY"] == values["AIRFLOW_FERNET_KEY"]
+
+    # Two generations share no value.
+    other = tmp_path / "other.env"
+    ensure_env_file(other)
+    again = read_env(other)
+    assert all(again[name] != values[name] for name in values), "values repeat between generations"
+    assert len(set(values.values())) == len(values), "two secrets share a value"
+
+
+def test_env_file_is_never_overwritten(env_file: Path) -> None:
+    before = env_file.read_text()
+    assert ensure_env_file(env_file) == []
+    assert env_file.read_text() == before
+    # A hand-edited value is kept; a variable the file lacks is added; a loose mode is tightened.
+    env_file.write_text("POSTGRES_PASSWORD=mine\n")
+    env_file.chmod(0o644)
+    added = ensure_env_file(env_file)
+    values = read_env(env_file)
+    assert values["POSTGRES_PASSWORD"] == "mine"
+    assert set(added) == set(required_variables(COMPOSE_FILE)) - {"POSTGRES_PASSWORD"}
+    assert set(required_variables(COMPOSE_FILE)) <= values.keys()
+    assert env_file.stat().st_mode & 0o777 == MODE
+
+
+def test_env_file_is_untracked() -> None:
+    if shutil.which("git") is None or not (REPO_ROOT / ".git").exists():
+        pytest.skip("not a git checkout")
+    proc = subprocess.run(["git", "check-ignore", "-q", ".env"], cwd=REPO_ROOT, check=False)
+    assert proc.returncode == 0, ".env is not ignored by git"
+    tracked = subprocess.run(["git", "ls-files", ".env"], cwd=REPO_ROOT, capture_output=True, text=True)
+    assert tracked.stdout.strip() == "", ".env is tracked"

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import requests
 
+from training import compose_env
 from training.config import REPO_ROOT, home
 
 DAGS_FOLDER = REPO_ROOT / "training" / "dags"
@@ -155,14 +156,21 @@ class AirflowClient:
 
 def default_credentials() -> tuple[str, str]:
     """``AIRFLOW_USERNAME``/``AIRFLOW_PASSWORD``; without a password, the one ``make airflow_ui``
-    generated (in :func:`airflow_home`), else ``admin``/``admin`` (the compose stack's default)."""
+    generated (in :func:`airflow_home`), else the compose stack's (``.env``, ``make env_file``)."""
     username = os.environ.get("AIRFLOW_USERNAME", "admin")
     password = os.environ.get("AIRFLOW_PASSWORD")
     if password is None:
         generated = airflow_home() / PASSWORDS_FILE
         if generated.exists():
             password = json.loads(generated.read_text()).get(username)
-    return username, password or "admin"
+    if password is None and compose_env.ENV_FILE.exists():
+        password = compose_env.read_env(compose_env.ENV_FILE).get(compose_env.AIRFLOW_ADMIN_PASSWORD_VAR)
+    if not password:
+        raise SystemExit(
+            f"No Airflow password for {username!r}: set AIRFLOW_PASSWORD, run `make airflow_ui`, "
+            f"or `make launch_training_infra` (its password is {compose_env.AIRFLOW_ADMIN_PASSWORD_VAR} in .env)"
+        )
+    return username, password
 
 
 def run_remote(

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from training import compose_env
 from training.airflow_runner import AirflowClient, default_credentials, run_remote
 from training.airflow_ui import PASSWORDS_FILE, ensure_password, serve_ui, ui_env
 from training.config import REPO_ROOT
@@ -145,7 +146,13 @@ def test_default_credentials_use_the_generated_password(tmp_path: Path, monkeypa
     monkeypatch.setenv("LANDCOVER_HOME", str(tmp_path))
     monkeypatch.delenv("AIRFLOW_USERNAME", raising=False)
     monkeypatch.delenv("AIRFLOW_PASSWORD", raising=False)
-    assert default_credentials() == ("admin", "admin")
+    env_file = tmp_path / ".env"
+    monkeypatch.setattr(compose_env, "ENV_FILE", env_file)
+    with pytest.raises(SystemExit, match="No Airflow password"):  # no admin/admin fallback
+        default_credentials()
+    compose_env.ensure_env_file(env_file)  # the compose stack's generated .env
+    stack_password = compose_env.read_env(env_file)[compose_env.AIRFLOW_ADMIN_PASSWORD_VAR]
+    assert default_credentials() == ("admin", stack_password)
     password = ensure_password(tmp_path / "outputs" / "airflow")  # the one Airflow home
     assert default_credentials() == ("admin", password)
     monkeypatch.setenv("AIRFLOW_PASSWORD", "explicit")
