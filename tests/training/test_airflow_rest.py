@@ -185,6 +185,7 @@ def test_run_remote_keeps_following_through_a_timeout(monkeypatch, capsys) -> No
             return {"version": "1", "outcome": "promoted"}
 
     monkeypatch.setattr(airflow_runner, "AirflowClient", FakeClient)
+    monkeypatch.setenv("AIRFLOW_PASSWORD", "unused-by-the-fake-client")
     result = run_remote("http://127.0.0.1:1", "baseline", [], "r1", poll_seconds=0)
     assert result["promote"]["outcome"] == "promoted"
     assert FakeClient.polls == 2
