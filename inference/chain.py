@@ -23,20 +23,22 @@ State payloads carry ids and URIs only; the manifest itself lives in object stor
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from pydantic import BaseModel
 from sqlalchemy.orm import Session
 
+from inference import retry
 from inference.ledger import db, repository
 from inference.ledger.models import Scene, SceneStatus, utcnow
 from inference.settings import ChainSettings, onnx_available
@@ -45,6 +47,9 @@ from training.data.naip import NaipValidationError, validate_naip
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
+#: Quarantine reason of an input that resolves outside the input prefix (never read).
+OUTSIDE_INPUT_ROOT = "outside_input_root"
 IMAGE_SUFFIXES = (".tif", ".tiff")
 
 
@@ -88,6 +93,21 @@ def session(settings: ChainSettings) -> Iterator[Session]:
     """One ledger transaction."""
     with db.session_scope(engine(settings)) as s:
         yield s
+
+
+def transaction(settings: ChainSettings, what: str, work: Callable[[Session], T]) -> T:
+    """``work(session)`` in one ledger transaction, retried whole on transient database faults."""
+
+    def attempt() -> T:
+        with session(settings) as s:
+            return work(s)
+
+    return retry.call(attempt, what)
+
+
+def _deadline(settings: ChainSettings) -> datetime:
+    """The deadline a run gets each time it makes progress."""
+    return utcnow() + timedelta(seconds=settings.run_stale_after_s)
 
 
 def configure_storage(settings: ChainSettings) -> None:
@@ -207,7 +227,12 @@ def list_objects(prefix: str) -> list[ListedObject]:
         if not name.lower().endswith(IMAGE_SUFFIXES) or info.get("type") == "directory":
             continue
         uri = "s3://" + name.lstrip("/") if s3 else "file://" + name
-        tag = str(info.get("ETag", "")).strip('"') if s3 else f"{info.get('size')}-{info.get('mtime')}"
+        # Locally size + mtime is not enough: `cp -p` keeps both. ctime and inode change on any rewrite.
+        tag = (
+            str(info.get("ETag", "")).strip('"')
+            if s3
+            else f"{info.get('size')}-{info.get('mtime')}-{info.get('created')}-{info.get('ino')}"
+        )
         out.append(ListedObject(uri, tag or f"size-{info.get('size')}", int(info.get("size") or 0)))
     return out
 
@@ -250,48 +275,76 @@ def _validate_scene(settings: ChainSettings, s: Session, scene: Scene, uri: str)
     return True
 
 
+def _outside_input_root(settings: ChainSettings, uri: str) -> str | None:
+    """Where a ``file://`` input really is, when a symlink takes it outside the input prefix."""
+    root, local = storage.local_path(settings.input_uri), storage.local_path(uri)
+    if root is None or local is None:
+        return None
+    target = local.resolve()
+    return None if target.is_relative_to(root.resolve()) else str(target)
+
+
+def _register(settings: ChainSettings, s: Session, obj: ListedObject) -> tuple[int, int, int]:
+    """Register one listed object; returns (new scenes, quarantined, aliases) it adds."""
+    known = repository.known_source(s, obj.uri, obj.etag)
+    if known is not None:
+        # Seen before with this ETag: no re-hash. Finish a validation a crash cut short.
+        if known.status == SceneStatus.discovered:
+            return 0, int(not _validate_scene(settings, s, known, obj.uri)), 0
+        return 0, 0, 0
+    outside = _outside_input_root(settings, obj.uri)
+    if outside is not None:
+        # Never read: the id is a hash of where it points, not of content it must not open.
+        sha = hashlib.sha256(f"outside-input-root:{obj.uri}->{outside}".encode()).hexdigest()
+        scene, created = repository.register_scene(s, sha, obj.uri, 0, etag=obj.etag)
+        if created or scene.status == SceneStatus.discovered:
+            detail = f"{obj.uri} resolves to {outside}, outside the input prefix {settings.input_uri}"
+            repository.quarantine(s, scene, OUTSIDE_INPUT_ROOT, detail)
+            log.warning("quarantined %s (%s): %s", obj.uri, OUTSIDE_INPUT_ROOT, detail)
+            return int(created), 1, 0
+        return 0, 0, 0
+    try:
+        sha, size = storage.sha256_of(obj.uri)
+    except FileNotFoundError:
+        log.warning("%s disappeared between listing and reading; skipped", obj.uri)
+        return 0, 0, 0
+    scene, created = repository.register_scene(s, sha, obj.uri, size, etag=obj.etag)
+    if not created:
+        log.info("%s is a duplicate of scene %s (%s); recorded as an alias", obj.uri, scene.id, sha[:12])
+        bad = scene.status == SceneStatus.discovered and not _validate_scene(settings, s, scene, obj.uri)
+        return 0, int(bad), 1
+    return 1, int(not _validate_scene(settings, s, scene, obj.uri)), 0
+
+
 def process(settings: ChainSettings, execution_id: str) -> dict[str, Any]:
     """Discover, register and validate new inputs; write the run's manifest. See the module doc."""
     configure_storage(settings)
-    version = str(champion(settings)["version"])
-    with session(settings) as s:
-        repository.start_run(s, execution_id, model_version=version)
+    version = str(retry.call(lambda: champion(settings), "read the champion pointer")["version"])
+
+    def open_run(s: Session) -> None:
+        for stale in repository.abandon_stale_runs(s):
+            log.warning("closed run %s as abandoned: %s", stale.execution_id, stale.error)
+        repository.start_run(s, execution_id, model_version=version, deadline_at=_deadline(settings))
+
+    transaction(settings, f"open run {execution_id}", open_run)
 
     discovered = quarantined = aliases = 0
-    for obj in list_objects(settings.input_uri):
-        with session(settings) as s:
-            known = repository.known_source(s, obj.uri, obj.etag)
-            if known is not None:
-                # Seen before with this ETag: no re-hash. Finish a validation a crash cut short.
-                if known.status == SceneStatus.discovered:
-                    quarantined += not _validate_scene(settings, s, known, obj.uri)
-                continue
-            try:
-                sha, size = storage.sha256_of(obj.uri)
-            except FileNotFoundError:
-                log.warning("%s disappeared between listing and reading; skipped", obj.uri)
-                continue
-            scene, created = repository.register_scene(s, sha, obj.uri, size, etag=obj.etag)
-            if not created:
-                aliases += 1
-                log.info(
-                    "%s is a duplicate of scene %s (%s); recorded as an alias", obj.uri, scene.id, sha[:12]
-                )
-                if scene.status == SceneStatus.discovered:
-                    quarantined += not _validate_scene(settings, s, scene, obj.uri)
-                continue
-            discovered += 1
-            quarantined += not _validate_scene(settings, s, scene, obj.uri)
-
-    stuck_before = utcnow() - timedelta(seconds=settings.stuck_after_s)
-    with session(settings) as s:
-        todo = repository.scenes_to_predict(
-            s, version, max_attempts=settings.max_attempts, stuck_before=stuck_before
+    listed = retry.call(lambda: list_objects(settings.input_uri), f"list {settings.input_uri}")
+    for obj in listed:
+        new, bad, alias = transaction(
+            settings, f"register {obj.uri}", functools.partial(_register, settings, obj=obj)
         )
-        items = [ManifestItem(scene_id=t.id, uri=t.source_uri, sha256=t.sha256).model_dump() for t in todo]
+        discovered, quarantined, aliases = discovered + new, quarantined + bad, aliases + alias
+
+    def manifest(s: Session) -> list[dict[str, Any]]:
+        todo = repository.scenes_to_predict(s, version, max_attempts=settings.max_attempts)
         repository.update_run(s, execution_id, scenes_discovered=discovered, scenes_quarantined=quarantined)
+        repository.touch_run(s, execution_id, _deadline(settings))
+        return [ManifestItem(scene_id=t.id, uri=t.source_uri, sha256=t.sha256).model_dump() for t in todo]
+
+    items = transaction(settings, f"list the scenes to predict for {execution_id}", manifest)
     uri = manifest_uri(settings, execution_id)
-    storage.write_text(uri, json.dumps(items))
+    retry.call(lambda: storage.write_text(uri, json.dumps(items)), f"write the manifest {uri}")
     log.info(
         "process %s: %d new, %d quarantined, %d aliases, %d to predict",
         execution_id,
@@ -395,15 +448,29 @@ def infer(settings: ChainSettings, execution_id: str, item: dict[str, Any] | Man
     version = model.version
     result = {"scene_id": item.scene_id, "model_version": version, "class_uri": None}
 
-    with session(settings) as s:
+    def claim(s: Session) -> tuple[str, Any]:
         scene = _get_scene(s, item.scene_id)
         done = repository.prediction_by(s, scene, version)
         if done is not None:
-            return {**result, "status": "skipped", "class_uri": done.class_uri}
+            return "skipped", done.class_uri
         if scene.status == SceneStatus.quarantined:
-            return {**result, "status": "quarantined"}
-        repository.claim_for_prediction(s, scene)
-        run_id = repository.get_run(s, execution_id).id
+            return "quarantined", None
+        try:
+            repository.claim_for_prediction(s, scene, execution_id, settings.lease_s)
+        except repository.LeaseHeld as exc:
+            return "leased", exc.owner
+        repository.touch_run(s, execution_id, _deadline(settings))
+        return "claimed", repository.get_run(s, execution_id).id
+
+    outcome, value = transaction(settings, f"claim scene {item.scene_id}", claim)
+    if outcome == "skipped":
+        return {**result, "status": "skipped", "class_uri": value}
+    if outcome == "quarantined":
+        return {**result, "status": "quarantined"}
+    if outcome == "leased":
+        log.info("scene %s is being predicted by %s; left to it", item.scene_id, value)
+        return {**result, "status": "leased_elsewhere", "lease_owner": value}
+    run_id = int(value)
 
     started = utcnow()
     temporary = False
@@ -419,26 +486,37 @@ def infer(settings: ChainSettings, execution_id: str, item: dict[str, Any] | Man
             max_pixels=settings.max_pixels,
             low_confidence_threshold=settings.low_confidence_threshold,
         )
-        uris = _write_outputs(settings, pred, item, version, image_path=path)
+        uris = retry.call(
+            lambda: _write_outputs(settings, pred, item, version, image_path=path),
+            f"write the outputs of scene {item.scene_id}",
+        )
         rows, drift = monitor.scene_metrics(
             pred, model.metadata.get("reference_stats"), settings.drift_threshold
         )
     except NaipValidationError as exc:
-        with session(settings) as s:
-            repository.quarantine(s, _get_scene(s, item.scene_id), exc.reason, exc.detail)
+        transaction(
+            settings,
+            f"quarantine scene {item.scene_id}",
+            lambda s, bad=exc: repository.quarantine(s, _get_scene(s, item.scene_id), bad.reason, bad.detail),
+        )
         return {**result, "status": "quarantined"}
     except Exception as exc:
-        with session(settings) as s:
-            reason = "content_changed" if isinstance(exc, ContentChangedError) else type(exc).__name__
-            repository.fail(s, _get_scene(s, item.scene_id), reason[:64], str(exc)[:2000])
+        reason = "content_changed" if isinstance(exc, ContentChangedError) else type(exc).__name__
+        transaction(
+            settings,
+            f"record the failed attempt on scene {item.scene_id}",
+            lambda s, message=str(exc)[:2000]: repository.fail_attempt(
+                s, _get_scene(s, item.scene_id), execution_id, reason[:64], message
+            ),
+        )
         raise
     finally:
         if temporary:
             Path(path).unlink(missing_ok=True)
 
-    with session(settings) as s:
+    def record(s: Session) -> bool:
         scene = _get_scene(s, item.scene_id)
-        repository.record_prediction(
+        prediction = repository.record_prediction(
             s,
             scene,
             version,
@@ -450,7 +528,14 @@ def infer(settings: ChainSettings, execution_id: str, item: dict[str, Any] | Man
             finished_at=utcnow(),
             run_id=run_id,
         )
-        repository.record_metrics(s, run_id, scene.id, version, rows)
+        won = prediction.run_id == run_id
+        if won:  # a prediction and its metrics belong to the one run that recorded it first
+            repository.record_metrics(s, run_id, scene.id, version, rows)
+        repository.touch_run(s, execution_id, _deadline(settings))
+        return won
+
+    if not transaction(settings, f"record the prediction of scene {item.scene_id}", record):
+        return {**result, "status": "skipped", "class_uri": uris["class_uri"]}
     return {**result, "status": "predicted", "class_uri": uris["class_uri"], "drift": drift}
 
 
@@ -472,22 +557,37 @@ def observe(settings: ChainSettings, execution_id: str) -> dict[str, Any]:
     from inference import monitor
 
     configure_storage(settings)
-    items = _read_manifest(settings, execution_id)
-    with session(settings) as s:
+    items = retry.call(lambda: _read_manifest(settings, execution_id), f"read the manifest of {execution_id}")
+
+    def tally(s: Session) -> tuple[int, str, list[str], int, float]:
         run = repository.get_run(s, execution_id)
-        run_id, version = run.id, run.model_version or str(champion(settings)["version"])
-        predicted, failed, seconds, summaries = [], 0, 0.0, []
+        version = run.model_version or str(champion(settings)["version"])
+        mine, failed, seconds = [], 0, 0.0
+        now = utcnow()
         for item in items:
             scene = _get_scene(s, item.scene_id)
             pred = repository.prediction_by(s, scene, version)
             if pred is not None:
-                predicted.append(scene.sha256)
-                seconds += pred.seconds
-            elif scene.status != SceneStatus.quarantined:
+                if pred.run_id == run.id:  # each prediction counts in the one run that recorded it
+                    mine.append(scene.sha256)
+                    seconds += pred.seconds
+                continue
+            live_elsewhere = (
+                scene.status == SceneStatus.predicting
+                and scene.lease_owner not in (None, execution_id)
+                and scene.lease_expires_at is not None
+                and scene.lease_expires_at > now
+            )
+            if scene.status != SceneStatus.quarantined and not live_elsewhere:
                 failed += 1
+        return run.id, version, mine, failed, seconds
+
+    run_id, version, predicted, failed, seconds = transaction(settings, f"tally run {execution_id}", tally)
+    summaries = []
     for sha256 in predicted:
         summary_uri = artifacts.scene_outputs(settings.output_uri, sha256, version).summary_uri
-        summaries.append(monitor.SceneSummary.from_dict(json.loads(storage.read_text(summary_uri))))
+        text = retry.call(lambda uri=summary_uri: storage.read_text(uri), f"read {summary_uri}")
+        summaries.append(monitor.SceneSummary.from_dict(json.loads(text)))
 
     reference = _reference_stats(settings, version) if summaries else None
     memory_mb = settings.lambda_memory_mb
@@ -498,9 +598,12 @@ def observe(settings: ChainSettings, execution_id: str) -> dict[str, Any]:
         cost_usd=None if memory_mb is None else settings.lambda_cost_usd(seconds, memory_mb, len(predicted)),
         threshold=settings.drift_threshold,
     )
-    with session(settings) as s:
+
+    def close(s: Session) -> None:
         repository.record_metrics(s, run_id, None, version, rows)
         repository.finish_run(s, execution_id, scenes_predicted=len(predicted), scenes_failed=failed)
+
+    transaction(settings, f"close run {execution_id}", close)
     return {
         "execution_id": execution_id,
         "scenes": len(predicted),
@@ -540,7 +643,16 @@ def record_failure(
         except ValueError:
             pass
     text = f"{name}: {cause}"[:4000]
-    with session(settings) as s:
-        run = repository.fail_run(s, execution_id, text)
     log.error("execution %s failed: %s", execution_id, text)
-    return {"execution_id": execution_id, "status": str(run.status), "error": text}
+    try:
+        status = transaction(
+            settings,
+            f"record the failure of {execution_id}",
+            lambda s: str(repository.fail_run(s, execution_id, text).status),
+        )
+    except retry.TransientFaultError as exc:
+        # The ledger stayed unreachable: the run stays "running" until its deadline, when the next
+        # process closes it as abandoned. Raised so the state machine's Retry can try again.
+        log.error("could not record the failure of %s in the ledger: %s", execution_id, exc)
+        raise
+    return {"execution_id": execution_id, "status": status, "error": text}

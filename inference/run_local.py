@@ -8,7 +8,7 @@
     ``storage=s3`` or ``AWS_ENDPOINT_URL`` for a moto server) switch to Postgres and S3.
 
 ``make upload_and_run_inference`` -> ``python -m inference.run_local upload --scenes N --interval S``
-    Seed 004's demo: drops N new synthetic scenes into the input prefix, one every S seconds,
+    A demo of scheduled inference: drops N new synthetic scenes into the input prefix, one every S seconds,
     and runs the chain after each drop.
 
 Both print a summary table: scenes, km², class areas, drift flags, quarantined inputs, time.
@@ -43,8 +43,6 @@ def load_settings(overrides: Sequence[str], ledger_url: str | None, s3_prefix: s
     cfg = compose(list(overrides))
     apply_storage(cfg)
     extra: dict[str, Any] = {
-        # One execution at a time here: a scene left "predicting" is from a crashed earlier run.
-        "stuck_after_s": 0.0,
         "model_cache_dir": str(
             Path(cfg.storage.root_uri.removeprefix("file://")) / "inference" / "model-cache"
         )

@@ -62,9 +62,11 @@ class ChainDefaults(BaseModel):
     model_cache_dir: str = Field("/tmp/model", alias="MODEL_CACHE_DIR")
     scene_cache_dir: str = Field("/tmp/scenes", alias="SCENE_CACHE_DIR")
     max_attempts: int = Field(3, alias="MAX_ATTEMPTS", gt=0)
-    # A scene left in "predicting" longer than this is taken to be from a crashed attempt
-    # (Lambda's 900 s timeout); younger ones may still be running in a concurrent execution.
-    stuck_after_s: float = Field(900.0, alias="STUCK_AFTER_S", ge=0.0)
+    # How long a claim on a scene is held: the infer Lambda's 900 s timeout plus a margin, so a
+    # live attempt is never taken over and a crashed one is offered again after it.
+    lease_s: float = Field(960.0, alias="LEASE_S", ge=0.0)
+    # A running run that makes no progress (no claim, no prediction) for this long is abandoned.
+    run_stale_after_s: float = Field(1920.0, alias="RUN_STALE_AFTER_S", gt=0.0)
     # AWS Lambda x86 on-demand list prices (us-east-1): compute per GB-second, and per request.
     lambda_usd_per_gb_s: float = Field(0.0000166667, alias="LAMBDA_USD_PER_GB_S", ge=0.0)
     lambda_usd_per_request: float = Field(0.0000002, alias="LAMBDA_USD_PER_REQUEST", ge=0.0)

@@ -11,12 +11,14 @@ with a message naming the variable. The local runner injects settings with :func
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
+from inference import retry
 from inference.settings import ChainSettings
 
 log = logging.getLogger("inference.handlers")
@@ -44,6 +46,12 @@ def cold_start() -> None:
     """Validate the settings at import when running on Lambda."""
     if os.environ.get("AWS_LAMBDA_FUNCTION_NAME"):
         settings()
+
+
+def time_budget(context: Any) -> contextlib.AbstractContextManager[None]:
+    """Let transient-fault retries run within the time this invocation has left."""
+    remaining = getattr(context, "get_remaining_time_in_millis", None)
+    return retry.time_budget(int(remaining()) if callable(remaining) else None)
 
 
 class ExecutionEvent(BaseModel):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from inference import chain
-from inference.handlers import FailureEvent, cold_start, settings
+from inference.handlers import FailureEvent, cold_start, settings, time_budget
 
 cold_start()
 
@@ -13,4 +13,5 @@ cold_start()
 def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
     """``{"execution_id", "error": {"Error", "Cause"}}`` -> ``{"execution_id", "status", "error"}``."""
     parsed = FailureEvent.model_validate(event)
-    return chain.record_failure(settings(), parsed.execution_id, parsed.error)
+    with time_budget(context):
+        return chain.record_failure(settings(), parsed.execution_id, parsed.error)

@@ -16,7 +16,7 @@ import json
 from typing import Any
 
 from inference import chain
-from inference.handlers import InferEvent, cold_start, settings
+from inference.handlers import InferEvent, cold_start, settings, time_budget
 
 cold_start()
 
@@ -27,7 +27,8 @@ def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
     if request is not None:
         return predict_sync(request)
     parsed = InferEvent.model_validate(event)
-    return chain.infer(settings(), parsed.execution_id, parsed.item)
+    with time_budget(context):
+        return chain.infer(settings(), parsed.execution_id, parsed.item)
 
 
 def _sync_request(event: dict[str, Any]) -> dict[str, Any] | None:

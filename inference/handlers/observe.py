@@ -5,11 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 from inference import chain
-from inference.handlers import ExecutionEvent, cold_start, settings
+from inference.handlers import ExecutionEvent, cold_start, settings, time_budget
 
 cold_start()
 
 
 def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
     """``{"execution_id"}`` -> ``{"execution_id", "scenes", "failed", "drift", "model_version"}``."""
-    return chain.observe(settings(), ExecutionEvent.model_validate(event).execution_id)
+    with time_budget(context):
+        return chain.observe(settings(), ExecutionEvent.model_validate(event).execution_id)

@@ -91,8 +91,15 @@ ALLOWED_TRANSITIONS: dict[SceneStatus, frozenset[SceneStatus]] = {
     SceneStatus.predicting: frozenset({SceneStatus.predicted, SceneStatus.failed, SceneStatus.quarantined}),
     # predicted -> predicting re-predicts with a new model version (a backfill).
     SceneStatus.predicted: frozenset({SceneStatus.predicting}),
+    # failed -> predicted: an attempt whose lease expired finished after the takeover failed.
     SceneStatus.failed: frozenset(
-        {SceneStatus.discovered, SceneStatus.validated, SceneStatus.predicting, SceneStatus.quarantined}
+        {
+            SceneStatus.discovered,
+            SceneStatus.validated,
+            SceneStatus.predicting,
+            SceneStatus.predicted,
+            SceneStatus.quarantined,
+        }
     ),
 }
 
@@ -103,6 +110,7 @@ class RunStatus(enum.StrEnum):
     running = "running"
     succeeded = "succeeded"
     failed = "failed"
+    abandoned = "abandoned"  # its execution stopped making progress before it closed the run
 
 
 def _enum_type(enum_cls: type[enum.Enum], name: str) -> sa.Enum:
@@ -158,6 +166,9 @@ class Scene(Base):
     error: Mapped[str | None] = mapped_column(sa.String(64))  # machine-readable reason code
     error_message: Mapped[str | None]  # human-readable detail
     attempts: Mapped[int] = mapped_column(default=0)  # prediction attempts so far
+    # The execution holding the current prediction attempt, and until when (see claim_for_prediction).
+    lease_owner: Mapped[str | None] = mapped_column(sa.String(512))
+    lease_expires_at: Mapped[datetime | None]
     discovered_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
@@ -200,6 +211,8 @@ class Run(Base):
     scenes_predicted: Mapped[int] = mapped_column(default=0)
     scenes_failed: Mapped[int] = mapped_column(default=0)
     error: Mapped[str | None]  # the Catch path's error/cause
+    # Moved forward on progress; a run still running past it is closed as abandoned.
+    deadline_at: Mapped[datetime | None]
 
     predictions: Mapped[list[Prediction]] = relationship(back_populates="run", lazy="raise")
     metrics: Mapped[list[Metric]] = relationship(back_populates="run", lazy="raise")

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -58,6 +58,18 @@ class IllegalTransition(LedgerError):
 
 class RunNotFound(LedgerError):
     """No run with the given execution id."""
+
+
+class LeaseHeld(LedgerError):
+    """Another live execution holds the scene's prediction lease."""
+
+    def __init__(self, scene: Scene) -> None:
+        super().__init__(
+            f"scene {scene.id} is being predicted by {scene.lease_owner!r} until {scene.lease_expires_at}"
+        )
+        self.scene_id = scene.id
+        self.owner = scene.lease_owner
+        self.expires_at = scene.lease_expires_at
 
 
 def _insert(session: Session) -> Any:
@@ -239,6 +251,8 @@ def transition(
         "error_message": message,
         "updated_at": utcnow(),
     }
+    if new_status != SceneStatus.predicting:  # an attempt ended: its lease with it
+        values.update(lease_owner=None, lease_expires_at=None)
     if new_status == SceneStatus.predicting:
         values["attempts"] = Scene.attempts + 1
     return _compare_and_set(session, scene, current, new_status, values)
@@ -261,19 +275,68 @@ def _compare_and_set(
     return scene
 
 
-def claim_for_prediction(session: Session, scene: Scene) -> Scene:
-    """Start one prediction attempt: status ``predicting`` and ``attempts + 1``.
+def claim_for_prediction(session: Session, scene: Scene, owner: str, lease_s: float) -> Scene:
+    """Start one prediction attempt under a lease: ``predicting``, ``attempts + 1``, held by
+    ``owner`` (the execution) for ``lease_s`` seconds.
 
-    Unlike :func:`transition`, re-claiming a scene already in ``predicting`` (one whose earlier
-    attempt crashed) counts another attempt, so a scene that kills the Lambda every time runs
-    out of attempts instead of being retried forever.
+    One conditional UPDATE decides, so two executions racing for a scene cannot both win. A live
+    lease of another owner is never taken (:class:`LeaseHeld`); an expired one is taken over, and
+    the takeover counts one more attempt, so a scene that kills the Lambda every time runs out of
+    attempts instead of being retried forever. The same owner may re-claim (a retried Lambda).
+
+    Raises:
+        LeaseHeld: another owner's lease on the scene is still live.
+        IllegalTransition: the scene cannot be predicted from its status.
     """
     session.flush()
     session.refresh(scene)
+    now = utcnow()
+    if (
+        scene.status != SceneStatus.predicting
+        and SceneStatus.predicting not in ALLOWED_TRANSITIONS[scene.status]
+    ):
+        raise IllegalTransition(scene, scene.status, SceneStatus.predicting)
+    free = sa.or_(
+        Scene.status != SceneStatus.predicting,
+        Scene.lease_owner.is_(None),
+        Scene.lease_owner == owner,
+        Scene.lease_expires_at < now,
+    )
+    stmt = (
+        sa.update(Scene)
+        .where(Scene.id == scene.id, Scene.status == scene.status, free)
+        .values(
+            status=SceneStatus.predicting,
+            attempts=Scene.attempts + 1,
+            lease_owner=owner,
+            lease_expires_at=now + timedelta(seconds=lease_s),
+            error=None,
+            error_message=None,
+            updated_at=now,
+        )
+        .execution_options(synchronize_session=False)
+    )
+    changed = session.execute(stmt).rowcount
+    session.refresh(scene)
+    if changed != 1:
+        if scene.status == SceneStatus.predicting and scene.lease_owner not in (None, owner):
+            raise LeaseHeld(scene)
+        raise IllegalTransition(scene, scene.status, SceneStatus.predicting)
+    return scene
+
+
+def fail_attempt(
+    session: Session, scene: Scene, owner: str, reason: str, message: str | None = None
+) -> Scene:
+    """Record that ``owner``'s attempt failed, unless another owner has taken the scene over
+    since (its lease expired): a late failure must not end someone else's live attempt."""
+    session.flush()
+    session.refresh(scene)
+    if scene.status == SceneStatus.predicting and scene.lease_owner not in (None, owner):
+        return scene
     if scene.status != SceneStatus.predicting:
-        return transition(session, scene, SceneStatus.predicting)
-    values = {"attempts": Scene.attempts + 1, "updated_at": utcnow()}
-    return _compare_and_set(session, scene, SceneStatus.predicting, SceneStatus.predicting, values)
+        return scene  # already predicted or failed by another attempt
+    return fail(session, scene, reason, message)
 
 
 def quarantine(session: Session, scene: Scene, reason: str, message: str | None = None) -> Scene:
@@ -308,7 +371,14 @@ def scenes_to_predict(
         .exists()
     )
     retryable = Scene.attempts < max_attempts
-    stuck = sa.and_(Scene.status == SceneStatus.predicting, retryable)
+    # An attempt that crashed leaves its scene predicting: offered again once its lease expired
+    # (a live lease belongs to an attempt that may still be running in another execution).
+    now = utcnow()
+    stuck = sa.and_(
+        Scene.status == SceneStatus.predicting,
+        retryable,
+        sa.or_(Scene.lease_expires_at < now, Scene.lease_expires_at.is_(None)),
+    )
     if stuck_before is not None:
         stuck = sa.and_(stuck, Scene.updated_at < stuck_before)
     stmt = (
@@ -354,10 +424,12 @@ def record_prediction(
     finished_at: datetime,
     run_id: int | None = None,
 ) -> Prediction:
-    """Record (or overwrite) the prediction of ``model_version`` on ``scene``; scene → predicted.
+    """Record the prediction of ``model_version`` on ``scene``; scene → predicted.
 
-    An upsert on (scene_id, model_version): recording the same prediction twice — a retried
-    Lambda, a redriven execution — leaves one row holding the latest outputs. The scene must
+    The first writer wins on (scene_id, model_version): recording the same prediction twice — a
+    retried Lambda, a redriven execution, an attempt whose lease expired while another took the
+    scene over — leaves the first row, and with it the run that gets the prediction in its
+    totals. Check :attr:`Prediction.run_id` to see whether this call's run won. The scene must
     have been claimed (:func:`claim_for_prediction`) or already be ``predicted``.
     """
     if finished_at < started_at:
@@ -375,11 +447,7 @@ def record_prediction(
         "run_id": run_id,
     }
     stmt = _insert(session)(Prediction).values(**values)
-    stmt = stmt.on_conflict_do_update(
-        index_elements=["scene_id", "model_version"],
-        set_={k: stmt.excluded[k] for k in values if k not in ("scene_id", "model_version")},
-    )
-    session.execute(stmt)
+    session.execute(stmt.on_conflict_do_nothing(index_elements=["scene_id", "model_version"]))
     transition(session, scene, SceneStatus.predicted)
     return session.execute(
         sa.select(Prediction).where(
@@ -413,11 +481,13 @@ def start_run(
     *,
     model_version: str | None = None,
     started_at: datetime | None = None,
+    deadline_at: datetime | None = None,
 ) -> tuple[Run, bool]:
     """Open the run of a state-machine execution. Returns ``(run, created)``.
 
     Idempotent on ``execution_id``: a retried process step returns the existing run. A run that
-    had failed is reopened (a Step Functions redrive keeps the execution id).
+    had failed or was abandoned is reopened (a Step Functions redrive keeps the execution id).
+    ``deadline_at``: when the run counts as abandoned unless :func:`touch_run` moves it on.
     """
     now = started_at or utcnow()
     stmt = _insert(session)(Run).values(
@@ -425,6 +495,7 @@ def start_run(
         status=RunStatus.running,
         model_version=model_version,
         started_at=now,
+        deadline_at=deadline_at,
         scenes_discovered=0,
         scenes_quarantined=0,
         scenes_predicted=0,
@@ -438,10 +509,12 @@ def start_run(
             reopen["model_version"] = model_version
         session.execute(
             sa.update(Run)
-            .where(Run.execution_id == execution_id, Run.status == RunStatus.failed)
+            .where(Run.execution_id == execution_id, Run.status.in_([RunStatus.failed, RunStatus.abandoned]))
             .values(**reopen)
             .execution_options(synchronize_session=False)
         )
+        if deadline_at is not None:
+            touch_run(session, execution_id, deadline_at)
     return get_run(session, execution_id), created
 
 
@@ -460,6 +533,49 @@ def get_run(session: Session, execution_id: str) -> Run:
 
 
 _COUNT_FIELDS = ("scenes_discovered", "scenes_quarantined", "scenes_predicted", "scenes_failed")
+
+
+def touch_run(session: Session, execution_id: str, deadline_at: datetime) -> None:
+    """The run made progress: move its deadline to ``deadline_at`` (never backwards)."""
+    session.execute(
+        sa.update(Run)
+        .where(
+            Run.execution_id == execution_id,
+            sa.or_(Run.deadline_at.is_(None), Run.deadline_at < deadline_at),
+        )
+        .values(deadline_at=deadline_at)
+        .execution_options(synchronize_session=False)
+    )
+
+
+def predicted_by_run(session: Session, run_id: int) -> int:
+    """How many predictions belong to run ``run_id`` (each prediction belongs to one run)."""
+    stmt = sa.select(sa.func.count(Prediction.id)).where(Prediction.run_id == run_id)
+    return int(session.execute(stmt).scalar_one())
+
+
+def abandon_stale_runs(session: Session, now: datetime | None = None) -> list[Run]:
+    """Close every ``running`` run whose deadline has passed as ``abandoned``, with what it did.
+
+    Its ``scenes_predicted`` becomes the predictions it recorded; scenes it left ``predicting``
+    are offered again once their leases expire (:func:`scenes_to_predict`).
+    """
+    now = now or utcnow()
+    stale = list(
+        session.execute(
+            sa.select(Run).where(Run.status == RunStatus.running, Run.deadline_at < now).with_for_update()
+        ).scalars()
+    )
+    for run in stale:
+        run.scenes_predicted = predicted_by_run(session, run.id)
+        run.status = RunStatus.abandoned
+        run.finished_at = now
+        run.error = (
+            f"abandoned: no progress since its deadline {run.deadline_at.isoformat()}; "
+            f"{run.scenes_predicted} scene(s) predicted before it stopped"
+        )
+    session.flush()
+    return stale
 
 
 def update_run(

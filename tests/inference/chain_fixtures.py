@@ -28,7 +28,7 @@ def tiny_export() -> Path:
     import torch
 
     from training.data.classes import remap_lc
-    from training.data.stats import compute_chip_stats
+    from training.data.stats import StatsAccumulator
     from training.data.synthetic import generate_scene
     from training.models.export import save_export
     from training.models.head import build_segmenter
@@ -38,7 +38,9 @@ def tiny_export() -> Path:
     scenes = [generate_scene(seed, 64) for seed in range(4)]
     chips = np.stack([image for image, _ in scenes])  # (4, 4, 64, 64) uint8
     labels = np.stack([remap_lc(lc) for _, lc in scenes])  # model class ids
-    stats = compute_chip_stats(chips, labels)
+    accumulator = StatsAccumulator()
+    accumulator.update(chips, chips.any(axis=1), labels)
+    stats = accumulator.result()
     path = Path(tempfile.mkdtemp(prefix="chain-export-")) / "model.safetensors"
     save_export(model, str(path), reference_stats=stats.to_dict(), extra={"test": "tiny random"})
     return path
@@ -88,7 +90,7 @@ def chain_settings(root_uri: str, ledger_url: str, **overrides: Any) -> ChainSet
         "chip_size": 128,
         "overlap": 16,
         "batch_size": 4,
-        "stuck_after_s": 0.0,
+        "lease_s": 0.0,  # one execution at a time: a scene left predicting is from a crashed attempt
         "model_cache_dir": tempfile.mkdtemp(prefix="chain-model-"),
         "scene_cache_dir": tempfile.mkdtemp(prefix="chain-scenes-"),
         "lambda_memory_mb": 3008,

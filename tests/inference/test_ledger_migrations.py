@@ -108,7 +108,7 @@ def test_downgrade_with_data_then_upgrade_again(fresh_url: str) -> None:
         with db.session_scope(engine) as session:
             scene, _ = repo.register_scene(session, "0" * 64, "s3://b/a.tif", 1)
             repo.transition(session, scene, SceneStatus.validated)
-            repo.claim_for_prediction(session, scene)
+            repo.claim_for_prediction(session, scene, "exec-1", 0.0)
             run, _ = repo.start_run(session, "exec-1", model_version="v1")
             now = datetime.now(UTC)
             repo.record_prediction(

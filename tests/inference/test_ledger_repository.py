@@ -256,10 +256,10 @@ def test_scenes_to_predict_finishes_crashed_work(engine: sa.Engine) -> None:
         done = new_scene(s, "done", status=SceneStatus.predicting)
         predict(s, done)
         crashed = new_scene(s, "crashed")
-        repo.claim_for_prediction(s, crashed)  # ...and the Lambda died here
+        repo.claim_for_prediction(s, crashed, "exec-1", 0.0)  # ...and the Lambda died here
         waiting = new_scene(s, "waiting")
         flaky = new_scene(s, "flaky")
-        repo.claim_for_prediction(s, flaky)
+        repo.claim_for_prediction(s, flaky, "exec-1", 0.0)
         repo.fail(s, flaky, "oom", "out of memory")
         new_scene(s, "raw", status=SceneStatus.discovered)
     with db.session_scope(engine) as s:  # the re-run
@@ -269,7 +269,7 @@ def test_scenes_to_predict_finishes_crashed_work(engine: sa.Engine) -> None:
         old = datetime.now(UTC) - timedelta(hours=1)
         assert crashed.id not in [x.id for x in repo.scenes_to_predict(s, "v1", stuck_before=old)]
         for scene in todo:
-            repo.claim_for_prediction(s, scene)
+            repo.claim_for_prediction(s, scene, "exec-1", 0.0)
             predict(s, scene)
     with db.session_scope(engine) as s:
         assert repo.scenes_to_predict(s, "v1") == []
@@ -280,7 +280,7 @@ def test_scene_that_keeps_crashing_runs_out_of_attempts(session: Session) -> Non
     scene = new_scene(session)
     for attempt in range(1, 4):
         assert [s.id for s in repo.scenes_to_predict(session, "v1", max_attempts=3)] == [scene.id]
-        repo.claim_for_prediction(session, scene)
+        repo.claim_for_prediction(session, scene, "exec-1", 0.0)
         assert scene.attempts == attempt
     assert repo.scenes_to_predict(session, "v1", max_attempts=3) == []
 
@@ -384,3 +384,71 @@ def test_unique_indexes_hold_without_the_repository(session: Session) -> None:
     session.execute(sa.insert(Metric), [{**row, "recorded_at": datetime.now(UTC)}])
     with pytest.raises(sa.exc.IntegrityError), session.begin_nested():
         session.execute(sa.insert(Metric), [{**row, "recorded_at": datetime.now(UTC)}])
+
+
+# --- leases and abandoned runs ----------------------------------------------------------------
+
+
+def test_a_live_lease_is_never_taken_and_an_expired_one_is_taken_once(session: Session) -> None:
+    scene = new_scene(session)
+    repo.claim_for_prediction(session, scene, "exec-a", lease_s=600)
+    assert (scene.lease_owner, scene.attempts) == ("exec-a", 1)
+    with pytest.raises(repo.LeaseHeld) as held:
+        repo.claim_for_prediction(session, scene, "exec-b", lease_s=600)
+    assert held.value.owner == "exec-a" and scene.attempts == 1
+    assert scene.id not in [s.id for s in repo.scenes_to_predict(session, "v1")]  # live: not offered
+    repo.claim_for_prediction(session, scene, "exec-a", lease_s=600)  # a retried Lambda of the owner
+    assert scene.attempts == 2
+    # The lease runs out (its Lambda died): offered again, taken over once, counted once.
+    session.execute(
+        sa.update(Scene)
+        .where(Scene.id == scene.id)
+        .values(lease_expires_at=datetime.now(UTC) - timedelta(seconds=1))
+    )
+    assert [s.id for s in repo.scenes_to_predict(session, "v1")] == [scene.id]
+    repo.claim_for_prediction(session, scene, "exec-b", lease_s=600)
+    assert (scene.lease_owner, scene.attempts) == ("exec-b", 3)
+    # The late first owner's failure does not end the taker's live attempt ...
+    repo.fail_attempt(session, scene, "exec-a", "Timeout", "late")
+    assert scene.status == SceneStatus.predicting and scene.lease_owner == "exec-b"
+    # ... and the first prediction recorded wins; the second is a no-op that keeps the first run.
+    run_a, _ = repo.start_run(session, "exec-a")
+    run_b, _ = repo.start_run(session, "exec-b")
+    first = predict(session, scene, run_id=run_b.id)
+    again = predict(session, scene, run_id=run_a.id)
+    assert again.id == first.id and again.run_id == run_b.id
+    assert scene.status == SceneStatus.predicted and scene.lease_owner is None
+    assert (repo.predicted_by_run(session, run_a.id), repo.predicted_by_run(session, run_b.id)) == (0, 1)
+
+
+def test_a_late_attempt_may_still_record_after_a_takeover_failed(session: Session) -> None:
+    scene = new_scene(session)
+    repo.claim_for_prediction(session, scene, "exec-b", lease_s=600)
+    repo.fail_attempt(session, scene, "exec-b", "OSError", "disk full")
+    assert scene.status == SceneStatus.failed
+    predict(session, scene)  # exec-a, whose lease had expired, finished after all
+    assert scene.status == SceneStatus.predicted
+
+
+def test_runs_past_their_deadline_are_abandoned_with_what_they_did(session: Session) -> None:
+    now = datetime.now(UTC)
+    stale, _ = repo.start_run(
+        session, "exec-stale", model_version="v1", deadline_at=now - timedelta(seconds=5)
+    )
+    live, _ = repo.start_run(session, "exec-live", model_version="v1", deadline_at=now + timedelta(hours=1))
+    scene = new_scene(session)
+    repo.claim_for_prediction(session, scene, "exec-stale", lease_s=600)
+    predict(session, scene, run_id=stale.id)
+    closed = repo.abandon_stale_runs(session)
+    assert [r.execution_id for r in closed] == ["exec-stale"]
+    stale = repo.get_run(session, "exec-stale")
+    assert stale.status == RunStatus.abandoned and stale.scenes_predicted == 1 and stale.finished_at
+    assert "abandoned" in stale.error
+    assert repo.get_run(session, "exec-live").status == RunStatus.running
+    assert repo.abandon_stale_runs(session) == []  # closing is done once
+    # Progress moves a deadline forward, never back; a redrive reopens an abandoned run.
+    repo.touch_run(session, "exec-live", now + timedelta(hours=2))
+    repo.touch_run(session, "exec-live", now)
+    assert repo.get_run(session, "exec-live").deadline_at == now + timedelta(hours=2)
+    reopened, created = repo.start_run(session, "exec-stale", deadline_at=now + timedelta(hours=1))
+    assert not created and reopened.status == RunStatus.running

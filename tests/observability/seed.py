@@ -138,7 +138,7 @@ def seed_ledger(url: str, *, now: datetime | None = None, migrate_first: bool = 
                         session, sha, f"s3://in/scene-{counter}.tif", 1000 + counter, area_km2=area
                     )
                     repo.transition(session, scene, SceneStatus.validated)
-                    repo.claim_for_prediction(session, scene)
+                    repo.claim_for_prediction(session, scene, "exec-1", 0.0)
                     t0 = started + timedelta(seconds=30 * counter)
                     repo.record_prediction(
                         session, scene, model, input_sha256=sha, class_uri=f"s3://out/{counter}.tif",
