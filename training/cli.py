@@ -6,6 +6,7 @@
     landcover report [ARGS...]                   # the static HTML report from the ledger
     landcover bench [ARGS...]                    # the CPU inference benchmark
     landcover airflow-ui [--port N]              # Airflow standalone with its UI on 127.0.0.1
+    landcover mlflow-ui [--port N]               # MLflow's UI on the project's tracking store
 
 Each subcommand is a thin shell over an existing entry point (``training.airflow_runner``,
 ``training.train``, ``inference.run_local``, ``observability.report``, ``inference.bench``,
@@ -77,12 +78,40 @@ def _airflow_ui(argv: list[str]) -> int:
     return airflow_ui.main(argv)
 
 
+def mlflow_ui_command(port: int, overrides: Sequence[str] = ()) -> list[str]:
+    """``mlflow ui`` on the project's tracking store (``logging.mlflow.tracking_uri``). Started
+    bare in the repo, ``mlflow ui`` would open (and create) an empty ``./mlflow.db`` instead."""
+    from pathlib import Path
+
+    from training.config import compose
+
+    uri = str(compose(list(overrides)).logging.mlflow.tracking_uri)
+    mlflow = str(Path(sys.executable).parent / "mlflow")
+    return [mlflow, "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(port)]
+
+
+def _mlflow_ui(argv: list[str]) -> int:
+    import os
+
+    p = argparse.ArgumentParser(prog="landcover mlflow-ui", description=mlflow_ui_command.__doc__)
+    p.add_argument("--port", type=int, default=int(os.environ.get("MLFLOW_PORT") or 5000))
+    p.add_argument("--print", action="store_true", help="print the command instead of running it")
+    p.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. logging.mlflow.tracking_uri=...")
+    args = p.parse_args(argv)
+    command = mlflow_ui_command(args.port, args.overrides)
+    print(" ".join(command), flush=True)
+    if not args.print:
+        os.execv(command[0], command)
+    return 0
+
+
 COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "train": (_train, "train a variant (Airflow DAG in-process, on AIRFLOW_URL, or --no-airflow)"),
     "infer": (_infer, "run the inference state machine locally (run | upload new scenes)"),
     "report": (_report, "write the static HTML report (the Grafana panels' SQL on the ledger)"),
     "bench": (_bench, "CPU inference benchmark (eager fp32 vs ONNX int8, memory, cold start, cost)"),
     "airflow-ui": (_airflow_ui, "Airflow standalone with its UI on 127.0.0.1 (shares train's runs)"),
+    "mlflow-ui": (_mlflow_ui, "MLflow's UI on the project's tracking store (not a stray ./mlflow.db)"),
 }
 
 

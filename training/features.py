@@ -135,7 +135,8 @@ def cache_split(
         pending_feats.clear()
         pending_labels.clear()
 
-    progress = tqdm(scenes, desc=f"features {split_uri.rsplit('/', 1)[-1]}", unit="scene")
+    # disable=None: a bar on a terminal only; in a task log it would repaint into the file.
+    progress = tqdm(scenes, desc=f"features {split_uri.rsplit('/', 1)[-1]}", unit="scene", disable=None)
     for index, scene in enumerate(progress):
         chips = read_scene_chips(scene, **recipe.read_kwargs(index))
         if len(chips) == 0:

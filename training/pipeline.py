@@ -284,7 +284,7 @@ class TrackerLogger(Logger):
         pass  # the composed config is logged when the tracker opens
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
-        epoch = int(metrics.get("epoch", step or 0))
+        epoch = int(metrics.get("epoch", step or 0)) + 1  # Lightning counts from 0; humans and steps from 1
         scalars = {
             k.replace("/", "_"): v for k, v in metrics.items() if k != "epoch" and not k.endswith("_step")
         }
@@ -296,7 +296,7 @@ class TrackerLogger(Logger):
             for k in ("train_loss_epoch", "train_miou", "val_loss", "val_miou")
             if k in scalars
         )
-        print(f"[train_head] epoch {epoch + 1}: {shown}", flush=True)
+        print(f"[train_head] epoch {epoch}: {shown}", flush=True)
 
 
 @step
@@ -306,6 +306,7 @@ def train_head(run: Run) -> dict[str, Any]:
     from torch.utils.data import DataLoader
 
     from training.features import CachedFeatures
+    from training.progress import EpochProgress
 
     cfg = run.cfg
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -333,6 +334,9 @@ def train_head(run: Run) -> dict[str, Any]:
         accelerator="cpu",
         logger=TrackerLogger(tracker),
         log_every_n_steps=1,
+        # Epochs counted from 1 like the log lines; a bar only on a terminal (not in task logs).
+        enable_progress_bar=False,
+        callbacks=[EpochProgress()],
         enable_checkpointing=False,
         enable_model_summary=False,
         num_sanity_val_steps=0,

@@ -34,6 +34,19 @@ def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+def use_mlflow_store(tracking_uri: str) -> None:
+    """Make ``tracking_uri`` MLflow's default for this process and its children (tracking and
+    registry). MLflow 3 otherwise falls back to ``sqlite:///mlflow.db`` in the working directory:
+    any call that does not name a URI (a library's, a notebook's, ``mlflow ui`` started from an
+    Airflow task) would create a stray, empty ``mlflow.db`` there."""
+    import mlflow
+
+    if tracking_uri.startswith("sqlite:///"):
+        Path(tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(tracking_uri)  # also exported as MLFLOW_TRACKING_URI, for children
+    mlflow.set_registry_uri(tracking_uri)
+
+
 class MlflowTracker:
     """An MLflow run, created on first use and resumed by id afterwards."""
 
@@ -43,11 +56,9 @@ class MlflowTracker:
         import mlflow
 
         self._mlflow = mlflow
-        if tracking_uri.startswith("sqlite:///"):
-            Path(tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-        mlflow.set_tracking_uri(tracking_uri)
+        use_mlflow_store(tracking_uri)
         self.tracking_uri = tracking_uri
-        client = mlflow.MlflowClient()
+        client = mlflow.MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
         found = client.get_experiment_by_name(experiment)
         experiment_id = (
             found.experiment_id

@@ -13,7 +13,7 @@ import pytest
 from training import cli
 from training.config import REPO_ROOT
 
-SUBCOMMANDS = ("train", "infer", "report", "bench", "airflow-ui")
+SUBCOMMANDS = ("train", "infer", "report", "bench", "airflow-ui", "mlflow-ui")
 
 
 def test_console_script_is_installed_and_lists_the_subcommands() -> None:
@@ -114,3 +114,15 @@ def test_makefile_targets_call_the_cli(target: str, command: str) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert command in proc.stdout, proc.stdout
+
+
+def test_mlflow_ui_opens_the_projects_store(tmp_path, monkeypatch) -> None:
+    from training.config import compose
+
+    monkeypatch.setenv("LANDCOVER_HOME", str(tmp_path))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    command = cli.mlflow_ui_command(5123)
+    store = command[command.index("--backend-store-uri") + 1]
+    assert store == compose().logging.mlflow.tracking_uri
+    assert store.startswith(f"sqlite:///{tmp_path}/")  # never a bare ./mlflow.db
+    assert command[-2:] == ["--port", "5123"]

@@ -120,7 +120,7 @@ def test_each_dag_runs_end_to_end(tmp_path, monkeypatch) -> None:
     assert logged.data.params["training.epochs"] == "2"
     assert logged.data.params["model.preset"] == "tiny"
     history = client.get_metric_history(mlflow_run_id, "val_miou")
-    assert [m.step for m in history] == [0, 1]
+    assert [m.step for m in history] == [1, 2]  # epochs counted from 1, as in the log lines
     assert 0.0 <= logged.data.metrics["test_miou"] <= 1.0
     artifacts = {a.path for a in client.list_artifacts(mlflow_run_id)}
     assert {"config.yaml", "metrics.json", "data_stats.json", "confusion_matrix.png", "samples"} <= artifacts
