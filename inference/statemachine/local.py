@@ -14,12 +14,12 @@ MaxConcurrency. Everything that depends on how moto works inside is in
    stackTrace}``, where ``errorType`` is the exception's class name, or ``Runtime.ExitError`` for
    ``SystemExit`` as when a Lambda's runtime dies). Calls run ``concurrency`` at a time (default
    1: one warm container per function, which also keeps a laptop's cores sane).
-2. **The manifest.** The interpreter reads the ItemReader's manifest from moto's in-process S3,
+2. **The manifest.** The interpreter reads the ItemReader's manifest from the emulator's S3,
    while our storage may be ``file://``, a moto server or real S3. After ``process`` returns, the
    dispatcher copies the manifest it wrote (``manifest_uri``) to
-   ``s3://<manifest_bucket>/<manifest_key>`` in that in-process S3. Nothing else is mirrored:
-   infer reads scenes through the storage layer, which keeps its own endpoint
-   (``AWS_ENDPOINT_URL`` or ``storage.s3.endpoint_url``) while the emulator's clients ignore it.
+   ``s3://<manifest_bucket>/<manifest_key>`` in the emulator. Nothing else is mirrored: infer
+   reads scenes through the storage layer, which keeps its own endpoint (``AWS_ENDPOINT_URL``,
+   ``storage.s3.endpoint_url`` or real S3) while the emulator's clients never follow it.
 
 moto behaviours to know: the interpreter really sleeps for Retry intervals (the definition's
 backoff); ``ToleratedFailurePercentage`` is parsed but not enforced by moto 5.2.5, so locally a
@@ -260,11 +260,11 @@ def run_execution(
             parser_log = logging.getLogger("moto.stepfunctions.parser")
             stack.callback(parser_log.setLevel, parser_log.level)
             parser_log.setLevel(logging.CRITICAL)
-        session = stack.enter_context(emulator(f"{prefix}-", dispatcher))
-        s3 = session.client("s3")
+        aws = stack.enter_context(emulator(f"{prefix}-", dispatcher))
+        s3 = aws.client("s3")
         if bucket not in {b["Name"] for b in s3.list_buckets().get("Buckets", [])}:
             s3.create_bucket(Bucket=bucket)
-        sfn = session.client("stepfunctions")
+        sfn = aws.client("stepfunctions")
         machine_arn = sfn.create_state_machine(
             name=f"landcover-inference-{uuid.uuid4().hex[:8]}",
             definition=definition,

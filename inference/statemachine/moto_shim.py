@@ -3,26 +3,29 @@
 Everything here is checked against the installed moto before a run starts:
 :func:`check_moto_version` raises :class:`LocalRunError` naming the found and the supported
 versions, so an upgrade fails at once with a clear message instead of hanging or running the
-wrong code. To support a new moto: re-read the three facts below in its source, rerun
+wrong code. To support a new moto: re-read the facts below in its source, rerun
 ``tests/inference/test_statemachine.py`` and add the version to :data:`SUPPORTED_MOTO_VERSIONS`.
 
 What the runner relies on (moto 5.2.5):
 
-1. **The interpreter's AWS clients come from boto3's default session.** Every Task and the Map's
-   ItemReader build their client with ``boto3.client(...)`` (``asl/utils/boto_client.py``), with
-   fake keys and no endpoint while moto's in-process mock is on. So, for the duration of a run,
-   :func:`emulator` installs its own default session (``boto3.setup_default_session``, the
-   previous one is put back afterwards) whose clients
+1. **moto's server runs the interpreter; the interpreter calls back through boto3's default
+   session.** The emulator is moto's own server (``moto.server.ThreadedMotoServer``, public) on
+   a free loopback port in this process, switched to executing definitions with server mode's
+   public config call (``POST /moto-api/config``, ``stepfunctions.execute_state_machine``; the
+   previous setting is put back afterwards). Outside ``mock_aws``, the interpreter's Tasks and
+   its Map ItemReader build their clients with ``boto3.client(...)`` and the endpoint
+   ``http://localhost:$MOTO_PORT`` (``asl/utils/boto_client.py``), so ``MOTO_PORT`` is set to the
+   server's port while a run is active, and a default session of the runner's own is installed
+   (``boto3.setup_default_session``; the previous one is put back afterwards). On that session a
+   ``before-send.lambda.Invoke`` handler (botocore's public event system: a handler that returns
+   an ``AWSResponse`` fulfils the request, none is sent) passes each Lambda invoke to the route
+   registered for the function's name prefix.
 
-   - **ignore configured endpoint URLs** (botocore's ``ignore_configured_endpoint_urls``): with
-     ``AWS_ENDPOINT_URL`` set, e.g. to a moto server holding the scenes, the interpreter and the
-     runner still talk to the in-process emulator. The storage layer keeps its own sessions and
-     endpoint, so it still reads and writes that server;
-   - **answer Lambda ``Invoke`` in this process**: a ``before-send.lambda.Invoke`` handler
-     (botocore's public event system; a handler that returns an ``AWSResponse`` fulfils the
-     request, none is sent) passes the call to the route registered for the function's name
-     prefix. moto's own Lambda emulation (which would start Docker) is kept out of it with moto's
-     public ``core.passthrough.services`` setting.
+   No ``mock_aws``: nothing in this process is intercepted, so the storage layer's own sessions
+   reach whatever they are configured for (``AWS_ENDPOINT_URL``, a moto server, real S3), while
+   every emulator client is given the emulator's URL explicitly and never follows
+   ``AWS_ENDPOINT_URL`` (the default session also sets botocore's
+   ``ignore_configured_endpoint_urls``).
 
 2. **moto's ASL parser is generated with ANTLR 4.13**, while Hydra/omegaconf pin the 4.9 runtime
    in the same environment and the two cannot share the ``antlr4`` name. ``make setup_env``
@@ -30,11 +33,9 @@ What the runner relies on (moto 5.2.5):
    while a run is active the ``antlr4`` modules in ``sys.modules`` are swapped for it, and the 4.9
    ones are put back when the last active run ends. Nothing is installed at run time.
 
-3. **moto's public settings** ``stepfunctions.execute_state_machine`` (run definitions with the
-   parsing interpreter) and ``core.mock_credentials``/``core.reset_boto3_session`` (keep the
-   caller's credentials and default session) are given to ``mock_aws``, which is started without
-   reset and stopped without removing data: moto's backends are process-global, and an in-process
-   moto server (tests) must keep its buckets.
+3. **moto's backends are process-global**: the emulator's state machines and manifest bucket
+   live next to anything else moto holds in this process (an in-process test server's buckets).
+   The server is started on first use and kept, idle, for the life of the process.
 
 Overlapping runs in one process share one emulator (reference-counted); each run registers its
 own Lambda route under a unique function-name prefix.
@@ -48,9 +49,12 @@ import importlib
 import importlib.metadata
 import io
 import json
+import logging
 import os
+import socket
 import sys
 import threading
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
@@ -69,14 +73,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 REGION = "us-east-1"
 _FAKE_KEYS = {"aws_access_key_id": "local", "aws_secret_access_key": "local"}
 _INVOKE_EVENT = "before-send.lambda.Invoke"
-_MOTO_CONFIG: dict[str, Any] = {
-    "stepfunctions": {"execute_state_machine": True},
-    "core": {
-        "mock_credentials": False,
-        "reset_boto3_session": False,
-        "passthrough": {"urls": [], "services": ["lambda"]},
-    },
-}
+_MOTO_PORT = "MOTO_PORT"
 
 #: Answers one Lambda invoke: (function ARN, request payload) -> the HTTP response.
 LambdaRoute = Callable[[str, bytes], AWSResponse]
@@ -211,19 +208,30 @@ class _Emulator:
         self.users = 0
         self.routes: dict[str, LambdaRoute] = {}
         self.session: Any = None
+        self.endpoint: str | None = None
         self._stack: contextlib.ExitStack | None = None
+        self._server: Any = None
         self._antlr = _AntlrSwap()
 
     def start(self) -> None:
         import boto3
         import botocore.session
-        from moto import mock_aws
+        from moto.core.config import default_user_config
 
         check_moto_version()
         with contextlib.ExitStack() as stack:
             self._antlr.enter()
             stack.callback(self._antlr.exit)
             importlib.import_module("moto.stepfunctions.parser.models")
+
+            endpoint, port = self._server_endpoint()
+            previous_sfn = copy.deepcopy(default_user_config.get("stepfunctions", {}))
+            _set_server_config(endpoint, {"stepfunctions": {"execute_state_machine": True}})
+            stack.callback(_set_server_config, endpoint, {"stepfunctions": previous_sfn})
+
+            previous_port = os.environ.get(_MOTO_PORT)
+            os.environ[_MOTO_PORT] = str(port)  # where the interpreter's clients send their calls
+            stack.callback(_restore_env, _MOTO_PORT, previous_port)
 
             previous = boto3.DEFAULT_SESSION
             core = botocore.session.Session()
@@ -234,14 +242,26 @@ class _Emulator:
             session.events.register_first(_INVOKE_EVENT, self._invoke)
             stack.callback(session.events.unregister, _INVOKE_EVENT, self._invoke)
 
-            aws = mock_aws(config=copy.deepcopy(_MOTO_CONFIG))  # type: ignore[arg-type]
-            aws.start(reset=False)
-            stack.callback(aws.stop, remove_data=False)
-            self.session = session
+            self.session, self.endpoint = session, endpoint
             self._stack = stack.pop_all()
 
+    def _server_endpoint(self) -> tuple[str, int]:
+        """The in-process moto server's URL and port, started on first use and kept for the process
+        (a daemon thread, idle between runs: stopping it would cost every run half a second)."""
+        from moto.server import ThreadedMotoServer
+
+        if self._server is None:
+            werkzeug_log = logging.getLogger("werkzeug")  # one line per request otherwise
+            if werkzeug_log.level == logging.NOTSET:
+                werkzeug_log.setLevel(logging.WARNING)
+            server = ThreadedMotoServer(ip_address="127.0.0.1", port=_free_port(), verbose=False)
+            server.start()
+            self._server = server
+        host, port = self._server.get_host_and_port()
+        return f"http://{host}:{port}", port
+
     def stop(self) -> None:
-        stack, self._stack, self.session = self._stack, None, None
+        stack, self._stack, self.session, self.endpoint = self._stack, None, None, None
         if stack is not None:
             stack.close()
 
@@ -259,17 +279,53 @@ class _Emulator:
         return route(arn, raw.encode("utf-8") if isinstance(raw, str) else bytes(raw))
 
 
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _set_server_config(endpoint: str, config: dict[str, Any]) -> None:
+    """moto server mode's public config call (``POST /moto-api/config``)."""
+    request = urllib.request.Request(
+        f"{endpoint}/moto-api/config",
+        data=json.dumps(config).encode(),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=30) as answer:
+        answer.read()
+
+
+def _restore_env(name: str, value: str | None) -> None:
+    if value is None:
+        os.environ.pop(name, None)
+    else:
+        os.environ[name] = value
+
+
+class EmulatorClients:
+    """Clients of the emulator for the runner itself: explicit endpoint, fake keys."""
+
+    def __init__(self, session: Any, endpoint: str) -> None:
+        self.session = session
+        self.endpoint = endpoint
+
+    def client(self, service: str) -> Any:
+        """A boto3 client for ``service`` at the emulator."""
+        return self.session.client(service, endpoint_url=self.endpoint)
+
+
 _emulator = _Emulator()
 
 
 @contextlib.contextmanager
-def emulator(function_prefix: str, route: LambdaRoute) -> Iterator[Any]:
-    """moto's in-process AWS with its Step Functions interpreter, for one run; yields the boto3 session.
+def emulator(function_prefix: str, route: LambdaRoute) -> Iterator[EmulatorClients]:
+    """moto's Step Functions interpreter in a moto server in this process, for one run.
 
-    Lambda functions whose name starts with ``function_prefix`` are answered by ``route``. Make
-    the runner's own clients from the yielded session: like the interpreter's, they never follow
-    ``AWS_ENDPOINT_URL``. Raises :class:`LocalRunError` on an unsupported moto or a missing
-    ANTLR runtime.
+    Lambda functions whose name starts with ``function_prefix`` are answered by ``route``. Yields
+    the runner's clients of the emulator. Raises :class:`LocalRunError` on an unsupported moto or
+    a missing ANTLR runtime.
     """
     with _emulator.lock:
         if function_prefix in _emulator.routes:
@@ -278,9 +334,9 @@ def emulator(function_prefix: str, route: LambdaRoute) -> Iterator[Any]:
             _emulator.start()
         _emulator.users += 1
         _emulator.routes[function_prefix] = route
-        session = _emulator.session
+        clients = EmulatorClients(_emulator.session, str(_emulator.endpoint))
     try:
-        yield session
+        yield clients
     finally:
         with _emulator.lock:
             _emulator.routes.pop(function_prefix, None)

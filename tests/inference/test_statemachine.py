@@ -252,6 +252,32 @@ def test_overlapping_runs_each_reach_their_own_handlers(tmp_path) -> None:
         assert {e["execution_id"] for e in seen["infer"]} == {name}
 
 
+def test_endpointless_clients_are_not_answered_by_the_emulator(tmp_path) -> None:
+    """Storage on real S3 has no endpoint: its calls during a run must go to AWS (unreachable
+    here, or refused for the fake keys), never be answered by the in-process emulator."""
+    import boto3
+    from botocore.config import Config
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    answers: list = []
+
+    def observe(event, context):
+        session = boto3.session.Session(
+            aws_access_key_id="x", aws_secret_access_key="y", region_name=local.REGION
+        )
+        config = Config(connect_timeout=2, read_timeout=2, retries={"total_max_attempts": 1})
+        try:
+            answers.append([b["Name"] for b in session.client("s3", config=config).list_buckets()["Buckets"]])
+        except (BotoCoreError, ClientError) as exc:
+            answers.append(type(exc).__name__)
+        return {"execution_id": event["execution_id"]}
+
+    prefix, handlers, _ = _fake_handlers(tmp_path, observe=observe)
+    assert local.run_execution(prefix, handlers=handlers).succeeded
+    (answer,) = answers
+    assert isinstance(answer, str), f"answered in-process: buckets {answer}"
+
+
 def test_unknown_moto_version_fails_clearly(tmp_path, monkeypatch) -> None:
     assert moto_shim.check_moto_version() in moto_shim.SUPPORTED_MOTO_VERSIONS
     with pytest.raises(moto_shim.LocalRunError, match=r"moto 9\.0\.0 is installed.*supports moto 5\.2\.5"):
