@@ -220,7 +220,7 @@ SELECT (julianday('now') - COALESCE(
 
 FAILURE_RATE_SQL = Query(
     """
-SELECT CAST(COALESCE(100.0 * SUM(CASE WHEN r.status = 'failed' THEN 1 ELSE 0 END)
+SELECT CAST(COALESCE(100.0 * SUM(CASE WHEN r.status IN ('failed', 'abandoned') THEN 1 ELSE 0 END)
                      / NULLIF(COUNT(*), 0), 0.0) AS double precision) AS value
 FROM runs r
 WHERE r.status <> 'running'
@@ -259,6 +259,9 @@ FROM runs r WHERE $__timeFilter(r.started_at)
 UNION ALL
 SELECT r.started_at, 'run failed', CAST(1 AS double precision)
 FROM runs r WHERE r.status = 'failed' AND $__timeFilter(r.started_at)
+UNION ALL
+SELECT r.started_at, 'run abandoned', CAST(1 AS double precision)
+FROM runs r WHERE r.status = 'abandoned' AND $__timeFilter(r.started_at)
 ORDER BY 1, 2
 """.strip()
 )
@@ -531,7 +534,8 @@ def panels(drift_threshold: float = CHAIN_DEFAULTS.drift_threshold) -> list[Pane
             "timeseries",
             RUN_OUTCOMES_SQL,
             TIMESERIES_COLUMNS,
-            "Scenes predicted / failed / quarantined by each run; 'run failed' marks failed runs.",
+            "Scenes predicted / failed / quarantined by each run; 'run failed' and 'run abandoned' mark "
+            "runs that failed or whose execution stopped without closing them.",
             extra={"bars": True},
         ),
         Panel(
@@ -639,7 +643,7 @@ def alert_rules(drift_threshold: float = CHAIN_DEFAULTS.drift_threshold) -> list
             op="gt",
             threshold=FAILURE_RATE_PCT,
             window_s=FAILURE_RATE_WINDOW_S,
-            summary=f"More than {FAILURE_RATE_PCT:g} % of the runs finished in the last 24 h failed.",
+            summary=f"More than {FAILURE_RATE_PCT:g} % of the runs finished in the last 24 h failed or were abandoned.",
             panel_key="failure_rate",
         ),
     ]

@@ -120,6 +120,8 @@ def seed_ledger(url: str, *, now: datetime | None = None, migrate_first: bool = 
         ("exec-001", 4.0, "v1", RunStatus.succeeded, 2, 0.0, []),
         ("exec-002", 3.0, "v1", RunStatus.succeeded, 1, 0.1, ["band_count"]),
         ("exec-003", 2.0, "v1", RunStatus.failed, 0, 0.0, []),
+        # Its execution died mid-run: the next process closed it with what it had done.
+        ("exec-003b", 1.5, "v1", RunStatus.abandoned, 1, 0.0, []),
         ("exec-004", 1.0, "v2", RunStatus.succeeded, 2, 1.0, ["missing_crs", "band_count"]),
     ]
     counter = 0
@@ -159,11 +161,14 @@ def seed_ledger(url: str, *, now: datetime | None = None, migrate_first: bool = 
                     repo.quarantine(session, scene, reason, f"rejected by validate_naip: {reason}")
                     out.quarantined[reason] = out.quarantined.get(reason, 0) + 1
                 seconds = 120.0 + 60 * n_pred
-                if scene_rows:
+                if scene_rows and status != RunStatus.abandoned:  # observe never ran for an abandoned run
                     repo.record_metrics(session, run.id, None, model, _run_rows(scene_rows, seconds))
                 repo.finish_run(
                     session, execution_id, status=status, finished_at=started + timedelta(seconds=seconds),
-                    error="States.TaskFailed: infer Lambda timed out" if status == RunStatus.failed else None,
+                    error={
+                        RunStatus.failed: "States.TaskFailed: infer Lambda timed out",
+                        RunStatus.abandoned: "abandoned: no progress since its deadline",
+                    }.get(status),
                     scenes_discovered=n_pred + len(reasons), scenes_predicted=n_pred,
                     scenes_quarantined=len(reasons), scenes_failed=1 if status == RunStatus.failed else 0,
                 )  # fmt: skip

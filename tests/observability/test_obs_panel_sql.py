@@ -76,10 +76,11 @@ def _check_ledger(ledger_url, seeded):
             assert results["backlog"].rows == [(seeded.backlog,)]
             assert dict(results["quarantine_reasons"].rows) == seeded.quarantined
             assert dict(results["backlog_by_status"].rows) == {"discovered": 1, "failed": 1, "validated": 1}
-            assert results["failure_rate"].rows[0][0] == pytest.approx(25.0)
+            assert results["failure_rate"].rows[0][0] == pytest.approx(40.0)  # one failed, one abandoned of 5
             class_area = {r[1] for r in results["class_area"].rows}
             assert {"Water", "Water (reference)"} <= class_area
-            assert {r[1] for r in results["run_duration"].rows} == {"succeeded", "failed"}
+            assert {r[1] for r in results["run_duration"].rows} == {"succeeded", "failed", "abandoned"}
+            assert ("run abandoned", 1.0) in {(r[1], r[2]) for r in results["run_outcomes"].rows}
             assert any(r[-1] and "timed out" in r[-1] for r in results["recent_runs"].rows)
 
             notes = run_query(conn, P.MODEL_CHANGES_SQL, time_to=NOW)
@@ -91,7 +92,7 @@ def _check_ledger(ledger_url, seeded):
                 assert res.columns == ("value",), uid
                 assert len(res.rows) == 1, uid
             assert alerts["landcover-drift"].rows[0][0] > THRESHOLD  # the seed's v2 run drifts
-            assert alerts["landcover-failure-rate"].rows[0][0] == pytest.approx(25.0)
+            assert alerts["landcover-failure-rate"].rows[0][0] == pytest.approx(40.0)
             since = alerts["landcover-no-success"].rows[0][0]
             last_success = NOW - timedelta(days=1)
             assert since >= (datetime.now(UTC) - last_success).total_seconds() - 600
