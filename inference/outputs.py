@@ -25,6 +25,7 @@ import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import numpy as np
 from rasterio.io import MemoryFile
@@ -281,7 +282,7 @@ def stac_item(
     proj.bbox = native_bbox
 
     class_asset = pystac.Asset(
-        href=class_uri,
+        href=encode_href(class_uri),
         media_type=COG_MEDIA_TYPE,
         title="Land-cover class ids (Chesapeake 7-class)",
         roles=["data"],
@@ -298,7 +299,7 @@ def stac_item(
     item.add_asset(
         "confidence",
         pystac.Asset(
-            href=confidence_uri,
+            href=encode_href(confidence_uri),
             media_type=COG_MEDIA_TYPE,
             title="Max softmax probability x 255 (scale 1/255)",
             roles=["data"],
@@ -309,7 +310,7 @@ def stac_item(
         item.add_asset(
             "input",
             pystac.Asset(
-                href=input_uri,
+                href=encode_href(input_uri),
                 media_type="image/tiff; application=geotiff",
                 title="NAIP input (red, green, blue, nir)",
                 roles=["source"],
@@ -320,7 +321,7 @@ def stac_item(
         item.add_asset(
             "thumbnail",
             pystac.Asset(
-                href=thumbnail_uri,
+                href=encode_href(thumbnail_uri),
                 media_type=QUICKLOOK_MEDIA_TYPE,
                 title="Quicklook: NAIP RGB beside the predicted classes (class table colours)",
                 roles=["thumbnail"],
@@ -333,6 +334,16 @@ def stac_item(
 
 def _slug(name: str) -> str:
     return "".join(ch if ch.isalnum() else "_" for ch in name.lower()).strip("_")
+
+
+def encode_href(uri: str) -> str:
+    """``uri`` as a valid STAC href: the path percent-encoded (``#``, ``?``, spaces ...), the scheme
+    and bucket kept, so a key named ``a#b.tif`` is not read as ``a`` plus a fragment."""
+    scheme, sep, rest = uri.partition("://")
+    if not sep:
+        return quote(uri, safe="/")
+    host, slash, path = rest.partition("/")
+    return f"{scheme}://{host}{slash}{quote(path, safe='/')}"
 
 
 def validate_stac_item(item: dict[str, Any], check_extensions: bool = False) -> list[str]:

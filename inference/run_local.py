@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from inference.settings import ChainSettings, settings_from_config
+from training.logs import configure_console
 
 log = logging.getLogger("inference.run_local")
 
@@ -228,25 +229,29 @@ def main(argv: Sequence[str] | None = None) -> int:
             p.add_argument("--size", type=int, default=1024, help="scene side in pixels (default 1024)")
             p.add_argument("--seed", type=int, default=None, help="first seed (default: from the clock)")
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
-    )
+    configure_console(logging.INFO if args.verbose else logging.WARNING, verbose=args.verbose)
+    log.setLevel(logging.INFO)  # this command's own lines, whatever the libraries' level
 
+    from inference.retry import TransientFaultError
     from training.config import REPO_ROOT
 
     try:
         settings = load_settings(args.overrides, args.ledger_url, args.s3_prefix)
         pointer = check_champion(settings)
         prepare_ledger(settings)
-        print(
-            f"champion {settings.model_name} {pointer['version']} (mIoU {pointer.get('miou')}); input {settings.input_uri}"
+        log.info(
+            "champion %s %s (mIoU %s); input %s",
+            settings.model_name,
+            pointer["version"],
+            pointer.get("miou"),
+            settings.input_uri,
         )
         if args.command == "run":
             if not args.no_seed:
                 for uri in seed_input(settings, REPO_ROOT):
-                    print(f"seeded {uri}")
+                    log.info("seeded %s", uri)
             summary = run_once(settings, args.concurrency)
-            print(format_summary(summary))
+            log.info("%s", format_summary(summary))
             return 0 if summary["status"] == "SUCCEEDED" else 1
         seed = args.seed if args.seed is not None else int(time.time()) % 1_000_000
         status = 0
@@ -254,14 +259,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             if drop:
                 time.sleep(args.interval)
             (uri,) = upload_scenes(settings, 1, args.size, seed + drop)
-            print(f"\n[{drop + 1}/{args.scenes}] dropped {uri}")
+            log.info("\n[%d/%d] dropped %s", drop + 1, args.scenes, uri)
             summary = run_once(settings, args.concurrency)
-            print(format_summary(summary))
+            log.info("%s", format_summary(summary))
             status = status or (0 if summary["status"] == "SUCCEEDED" else 1)
         return status
-    except RunLocalError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except (RunLocalError, TransientFaultError) as exc:
+        log.error("error: %s", exc)
         return 2
+    except Exception as exc:  # the command line ends in one clear line, not a traceback
+        log.debug("run failed", exc_info=True)
+        log.error(
+            "error: %s: %s (rerun with -v for the traceback; the ledger keeps what was done)",
+            type(exc).__name__,
+            exc,
+        )
+        return 1
 
 
 if __name__ == "__main__":

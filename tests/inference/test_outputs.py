@@ -138,3 +138,21 @@ def test_invalid_stac_item_is_rejected(scene) -> None:
     del item["properties"]["datetime"]
     with pytest.raises(pystac.errors.STACValidationError):
         validate_stac_item(item)
+
+
+def test_stac_hrefs_are_encoded(scene) -> None:
+    _, pred, sha = scene
+    item = stac_item(
+        pred,
+        item_id="odd",
+        class_uri="s3://out/odd #1?v=2/class.tif",
+        confidence_uri="file:///tmp/odd dir/c#onf.tif",
+        model_version="v7",
+        input_sha256=sha,
+        model_name="landcover",
+    )
+    hrefs = {k: a["href"] for k, a in item["assets"].items()}
+    assert hrefs["class"] == "s3://out/odd%20%231%3Fv%3D2/class.tif"
+    assert hrefs["confidence"] == "file:///tmp/odd%20dir/c%23onf.tif"
+    assert not any(ch in h for h in hrefs.values() for ch in "#? ")
+    validate_stac_item(pystac.Item.from_dict(item).to_dict(include_self_link=False, transform_hrefs=False))

@@ -35,6 +35,7 @@ TRANSIENT = {
     "Lambda.SdkClientException",
     "Lambda.TooManyRequestsException",
     "States.Timeout",
+    "TransientFaultError",  # a handler's own retries of a database or S3 fault ran out of time
 }
 TEMPLATE_VARS = {
     "process_function_arn",
