@@ -25,7 +25,7 @@ What the runner relies on (moto 5.2.5):
    reach whatever they are configured for (``AWS_ENDPOINT_URL``, a moto server, real S3), while
    every emulator client is given the emulator's URL explicitly and never follows
    ``AWS_ENDPOINT_URL`` (the default session also sets botocore's
-   ``ignore_configured_endpoint_urls``).
+   ``ignore_configured_endpoint_urls``, and no proxy: the server is on loopback).
 
 2. **moto's ASL parser is generated with ANTLR 4.13**, while Hydra/omegaconf pin the 4.9 runtime
    in the same environment and the two cannot share the ``antlr4`` name. ``make setup_env``
@@ -63,13 +63,14 @@ from urllib.parse import unquote, urlsplit
 
 from botocore.awsrequest import AWSPreparedRequest, AWSResponse, HeadersDict
 
+from training.config import REPO_ROOT
+
 #: moto versions this shim was checked against (the three facts in the module doc).
 SUPPORTED_MOTO_VERSIONS = frozenset({"5.2.5"})
 #: The ANTLR runtime series moto's generated ASL parser needs.
 ANTLR_SERIES = "4.13"
 #: The make target that installs the runtime into :func:`antlr_path`.
 ANTLR_MAKE_TARGET = "setup_env"
-REPO_ROOT = Path(__file__).resolve().parents[2]
 REGION = "us-east-1"
 _FAKE_KEYS = {"aws_access_key_id": "local", "aws_secret_access_key": "local"}
 _INVOKE_EVENT = "before-send.lambda.Invoke"
@@ -175,7 +176,7 @@ class _AntlrSwap:
 
 
 # ---------------------------------------------------------------------------------------------
-# The emulator: moto's mock, the default session, Lambda routes
+# The emulator: moto's server, the default session, Lambda routes
 # ---------------------------------------------------------------------------------------------
 
 
@@ -216,6 +217,7 @@ class _Emulator:
     def start(self) -> None:
         import boto3
         import botocore.session
+        from botocore.config import Config
         from moto.core.config import default_user_config
 
         check_moto_version()
@@ -236,6 +238,7 @@ class _Emulator:
             previous = boto3.DEFAULT_SESSION
             core = botocore.session.Session()
             core.set_config_variable("ignore_configured_endpoint_urls", True)
+            core.set_default_client_config(Config(proxies={}))  # loopback: never through HTTP(S)_PROXY
             boto3.setup_default_session(botocore_session=core, region_name=REGION, **_FAKE_KEYS)
             session = boto3.DEFAULT_SESSION
             stack.callback(setattr, boto3, "DEFAULT_SESSION", previous)
@@ -293,7 +296,8 @@ def _set_server_config(endpoint: str, config: dict[str, Any]) -> None:
         headers={"Content-Type": "application/json"},
         method="POST",
     )
-    with urllib.request.urlopen(request, timeout=30) as answer:
+    no_proxy = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with no_proxy.open(request, timeout=30) as answer:
         answer.read()
 
 
