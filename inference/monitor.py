@@ -8,7 +8,8 @@ up across scenes, so run-level metrics are exact, not averages of averages.
 Drift compares distributions on the reference's own support:
 
 - class distribution: predicted fractions of the real classes (No Data excluded) against the
-  training label fractions renormalised without No Data;
+  model's own predicted mix on its held-out scenes (the training label fractions for older
+  references), renormalised without No Data;
 - each band: the histogram of valid uint8 values on the reference's ``bin_edges`` against the
   reference histogram.
 
@@ -96,8 +97,15 @@ def band_histogram(value_counts: np.ndarray, bin_edges: Sequence[float]) -> np.n
 
 
 def reference_class_distribution(reference_stats: Mapping[str, Any]) -> np.ndarray:
-    """Training class fractions without No Data, renormalised (``(K-1,)``)."""
-    fractions = np.asarray(reference_stats["class_fractions"], dtype=np.float64)
+    """The class mix predictions are compared with, without No Data, renormalised (``(K-1,)``).
+
+    That is the model's own predicted class mix on its held-out scenes
+    (``reference_stats["predictions"]["class_fractions"]``, written at registration), so
+    predictions are compared with predictions; references without it (older exports) fall
+    back to the training label fractions.
+    """
+    predicted = (reference_stats.get("predictions") or {}).get("class_fractions")
+    fractions = np.asarray(predicted or reference_stats["class_fractions"], dtype=np.float64)
     keep = np.arange(fractions.size) != NODATA_CLASS_ID
     return _as_distribution(fractions[keep], "reference class fractions")
 

@@ -1,8 +1,20 @@
-"""Held-out evaluation on cached features: model metrics, a majority-class baseline on the
-same pixels, and the pictures people look at (confusion matrix, image | truth | prediction)."""
+"""Held-out evaluation, and the pictures people look at (confusion matrix, image | truth | prediction).
+
+Two evaluations:
+
+- :func:`evaluate_served` (what gates promotion): whole held-out scenes through the scene
+  predictor the infer Lambda runs (:func:`inference.predict.predict_scene`: sliding window,
+  blending, nodata handling, the chain's chip size and overlap) with the exported artifacts,
+  for the served backend (ONNX int8) and for the fp32 export (torch); their pixel agreement;
+  the majority-class and per-pixel spectral baselines (:mod:`training.baselines`) on the same
+  pixels; and the class mix and confidence of the served predictions, the drift reference of
+  the model version.
+- :func:`evaluate_cached`: per chip on the feature cache (no blending); the fast signal.
+"""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,12 +26,25 @@ import numpy as np
 import torch
 from rasterio.windows import Window
 
-from training.data.classes import CLASS_NAMES, CLASSES
+from training.baselines import PixelLogisticRegression, majority_class
+from training.data.chesapeake import SceneRecord, read_label
+from training.data.classes import CLASS_NAMES, CLASSES, NODATA_CLASS_ID
 from training.data.naip import open_naip
 from training.data.preview import colorize, stretch_rgb
 from training.features import CachedFeatures
 from training.models.head import ClaySegmenter
 from training.module import build_metrics, metrics_to_dict
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "EvaluationReport",
+    "evaluate_cached",
+    "evaluate_served",
+    "majority_class",
+    "render_confusion_matrix",
+    "render_samples",
+]
 
 
 @dataclass
@@ -28,14 +53,6 @@ class EvaluationReport:
 
     metrics: dict[str, Any]
     samples: list[dict[str, Any]] = field(default_factory=list)
-
-
-def majority_class(train_class_fractions: list[float], ignore_index: int | None) -> int:
-    """The most frequent training class (never the ignored No Data class)."""
-    fractions = np.asarray(train_class_fractions, dtype=float)
-    if ignore_index is not None and 0 <= ignore_index < len(fractions):
-        fractions[ignore_index] = -1.0
-    return int(fractions.argmax())
 
 
 @torch.inference_mode()
@@ -47,7 +64,7 @@ def evaluate_cached(
     batch_size: int = 16,
     num_samples: int = 4,
 ) -> EvaluationReport:
-    """Evaluate a (head-only) model on a cached split against the majority-class baseline."""
+    """Evaluate a (head-only) model per chip on a cached split, beside the majority-class baseline."""
     data = CachedFeatures(split_uri)
     num_classes = model.num_classes
     model_metrics = build_metrics(num_classes, ignore_index)
@@ -58,7 +75,8 @@ def evaluate_cached(
     for start in range(0, len(data), batch_size):
         features = data.features[start : start + batch_size].float()  # (B, dim, h, w)
         target = data.labels[start : start + batch_size].long()  # (B, S, S)
-        pred = model.forward_from_features(features).argmax(1)  # (B, S, S)
+        pixels = data.pixels(slice(start, start + batch_size)) if model.needs_pixels else None
+        pred = model.forward_from_features(features, pixels).argmax(1)  # (B, S, S)
         model_metrics.update(pred, target)
         baseline_metrics.update(torch.full_like(target, majority), target)
         for i in range(len(pred)):
@@ -82,6 +100,160 @@ def evaluate_cached(
             {"image": image, "truth": data.labels[index].numpy(), "prediction": pred, "window": window}
         )
     return EvaluationReport(metrics, samples)
+
+
+def _scene_samples(
+    image: np.ndarray, truth: np.ndarray, prediction: np.ndarray, scene_id: str, size: int, per_scene: int
+) -> list[tuple[int, dict[str, Any]]]:
+    """The ``per_scene`` chip windows of a scene with the most classes (roads first), for pictures."""
+    height, width = truth.shape
+    scored = []
+    for row in range(0, max(1, height - size + 1), size):
+        for col in range(0, max(1, width - size + 1), size):
+            t = truth[row : row + size, col : col + size]
+            counts = np.bincount(t.ravel(), minlength=len(CLASS_NAMES))
+            present = int((counts[:NODATA_CLASS_ID] > 0.002 * t.size).sum())
+            scored.append((present, int(counts[5]), row, col))  # 5 = Impervious (road)
+    scored.sort(key=lambda c: (-c[0], -c[1], c[2], c[3]))
+    out = []
+    for present, _, row, col in scored[:per_scene]:
+        window = {"scene_id": scene_id, "row": row, "col": col, "size": size}
+        out.append(
+            (
+                present,
+                {
+                    "image": image[:, row : row + size, col : col + size].copy(),
+                    "truth": truth[row : row + size, col : col + size].copy(),
+                    "prediction": prediction[row : row + size, col : col + size].copy(),
+                    "window": window,
+                },
+            )
+        )
+    return out
+
+
+def evaluate_served(
+    predictors: dict[str, Any],
+    scenes: list[SceneRecord],
+    train_class_fractions: list[float],
+    pixel_baseline: PixelLogisticRegression | None = None,
+    ignore_index: int | None = None,
+    served: str = "onnx",
+    reference: str = "fp32",
+    chip_size: int | None = None,
+    overlap: int | None = None,
+    batch_size: int | None = None,
+    num_samples: int = 4,
+) -> EvaluationReport:
+    """Held-out metrics from whole scenes through the inference scene predictor.
+
+    Args:
+        predictors: loaded :class:`inference.runtime.Predictor` per name, e.g. ``{"onnx":
+            OnnxPredictor(model.int8.onnx), "fp32": TorchPredictor(model.safetensors)}``.
+        scenes: the held-out scenes (image + label).
+        train_class_fractions: training label mix (for the majority-class baseline).
+        pixel_baseline: the fitted per-pixel spectral baseline, or None to skip it.
+        ignore_index: label id left out of the metrics (No Data).
+        served: the predictor whose metrics are the headline (and gate promotion).
+        reference: the predictor the served one is compared with pixel by pixel.
+        chip_size, overlap, batch_size: sliding-window settings; None takes the infer chain's
+            defaults (``inference.settings.ChainDefaults``), so this is the Lambda's path.
+        num_samples: sample chips kept for pictures.
+
+    Returns:
+        A report whose ``metrics`` are the served predictor's (``miou``, ``per_class_iou``,
+        ...) plus ``backends`` (every predictor's metrics), ``served_vs_reference_agreement``,
+        ``majority_baseline``, ``pixel_baseline``, ``lead_over_pixel_baseline`` and
+        ``prediction_reference`` (class mix and confidence of the served predictions).
+    """
+    from inference.predict import predict_scene
+    from inference.settings import ChainDefaults
+
+    if served not in predictors:
+        raise ValueError(f"served predictor {served!r} not among {sorted(predictors)}")
+    if not scenes:
+        raise ValueError("no held-out scenes to evaluate")
+    defaults = ChainDefaults()
+    chip_size = chip_size or defaults.chip_size
+    overlap = defaults.overlap if overlap is None else overlap
+    batch_size = batch_size or defaults.batch_size
+    num_classes = int(predictors[served].num_classes)
+    names = CLASS_NAMES[:num_classes]
+    metrics_by = {name: build_metrics(num_classes, ignore_index) for name in predictors}
+    majority = majority_class(train_class_fractions, ignore_index)
+    baseline_metrics = build_metrics(num_classes, ignore_index)
+    pixel_metrics = build_metrics(num_classes, ignore_index) if pixel_baseline is not None else None
+    agree = compared = 0
+    class_counts = np.zeros(num_classes, dtype=np.int64)
+    confidence_sum = entropy_sum = 0.0
+    low_count = 0
+    seconds: dict[str, float] = dict.fromkeys(predictors, 0.0)
+    candidates: list[tuple[int, dict[str, Any]]] = []
+    for scene in scenes:
+        truth = read_label(scene.label_uri)  # (H, W) ids 0..6
+        preds = {}
+        for name, predictor in predictors.items():
+            pred = predict_scene(
+                predictor, scene.image_uri, chip_size=chip_size, overlap=overlap, batch_size=batch_size
+            )
+            preds[name] = pred
+            seconds[name] += pred.seconds
+            log.info(
+                "[evaluate] %s: %s in %.1f s (%d chips)", scene.scene_id, name, pred.seconds, pred.n_chips
+            )
+        main = preds[served]
+        valid = main.valid
+        target = torch.from_numpy(truth[valid].astype(np.int64))
+        for name, pred in preds.items():
+            metrics_by[name].update(torch.from_numpy(pred.classes[valid].astype(np.int64)), target)
+        baseline_metrics.update(torch.full_like(target, majority), target)
+        with open_naip(scene.image_uri) as src:
+            image = src.read()
+        if pixel_metrics is not None:
+            pixel_pred = pixel_baseline.predict(image)
+            pixel_metrics.update(torch.from_numpy(pixel_pred[valid].astype(np.int64)), target)
+        if reference in preds and reference != served:
+            agree += int((preds[reference].classes[valid] == main.classes[valid]).sum())
+            compared += int(valid.sum())
+        class_counts += main.class_counts
+        confidence_sum += main.confidence_sum
+        entropy_sum += main.entropy_sum
+        low_count += main.low_confidence_count
+        candidates += _scene_samples(image, truth, main.classes, scene.scene_id, chip_size, num_samples)
+
+    backends = {name: metrics_to_dict(m.compute(), names, ignore_index) for name, m in metrics_by.items()}
+    metrics = dict(backends[served])
+    metrics["backend"] = served
+    metrics["backends"] = {
+        name: {k: v for k, v in result.items() if k != "confusion_matrix"}
+        for name, result in backends.items()
+    }
+    for name in backends:
+        metrics["backends"][name]["seconds"] = round(seconds[name], 2)
+    metrics["served_vs_reference_agreement"] = agree / compared if compared else None
+    metrics["agreement_reference"] = reference if compared else None
+    baseline = metrics_to_dict(baseline_metrics.compute(), names, ignore_index)
+    baseline.pop("confusion_matrix")
+    metrics["majority_baseline"] = {"class": CLASS_NAMES[majority], **baseline}
+    if pixel_metrics is not None:
+        pixel = metrics_to_dict(pixel_metrics.compute(), names, ignore_index)
+        pixel.pop("confusion_matrix")
+        metrics["pixel_baseline"] = {"model": "logistic regression on 4 bands + NDVI", **pixel}
+        metrics["lead_over_pixel_baseline"] = metrics["miou"] - pixel["miou"]
+    n = int(class_counts.sum())
+    metrics["prediction_reference"] = {
+        "class_fractions": (class_counts / max(n, 1)).tolist(),
+        "mean_max_softmax": confidence_sum / n if n else None,
+        "mean_entropy": entropy_sum / n if n else None,
+        "low_confidence_share": low_count / n if n else None,
+        "pixels": n,
+        "scenes": [s.scene_id for s in scenes],
+        "backend": served,
+    }
+    metrics["scenes"] = [s.scene_id for s in scenes]
+    metrics["sliding_window"] = {"chip_size": chip_size, "overlap": overlap, "batch_size": batch_size}
+    candidates.sort(key=lambda c: -c[0])
+    return EvaluationReport(metrics, [sample for _, sample in candidates[:num_samples]])
 
 
 def render_confusion_matrix(metrics: dict[str, Any]) -> plt.Figure:

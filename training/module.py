@@ -8,7 +8,8 @@ Batches are dicts:
 - ``{"image": float32 (B, 4, H, W), "mask": int64 (B, H, W)}``: end to end from normalised
   pixels (``training.data.naip.normalize``); or
 - ``{"features": (B, dim, H/8, W/8), "mask": int64 (B, H, W)}``: from cached encoder
-  features (the grid of :meth:`ClaySegmenter.forward_features`; fp16 caches are upcast).
+  features (the grid of :meth:`ClaySegmenter.forward_features`; fp16 caches are upcast),
+  plus ``"pixels"``: float32 (B, 4, H, W) normalised chips for a head that reads them (fusion).
 
 With a frozen encoder (the default) both give identical logits, so the head can be trained on
 a feature cache computed once.
@@ -28,7 +29,7 @@ from torchmetrics.classification import MulticlassConfusionMatrix, MulticlassF1S
 
 from training.models.checkpoint import load_encoder, load_encoder_state_dict
 from training.models.clay import build_encoder
-from training.models.head import ChesapeakeHead, ClaySegmenter
+from training.models.head import DEFAULT_HEAD, ClaySegmenter, make_head
 from training.models.losses import build_loss
 
 __all__ = ["SegmentationTask", "metrics_to_dict", "warmup_cosine"]
@@ -90,7 +91,11 @@ class SegmentationTask(pl.LightningModule):
     Args:
         preset: Clay preset (``tiny``, ``small``, ``base``, ``large``).
         num_classes: output classes.
-        head_width: channels of the head's conv rounds (512 in Clay).
+        head_width: channels of the seed head's conv rounds (512 in Clay).
+        head: ``seed`` (Clay's head, seed-checkpoint compatible) or ``fusion`` (patch grid +
+            full-resolution pixel branch); see :mod:`training.models.head`.
+        head_options: constructor options of the fusion head (``pixel_channels``,
+            ``context_channels``, ``context_out``, ``fuse_channels``, ``feature_layers``).
         encoder_weights: path/URI of Clay encoder weights (official ``.ckpt``, our exports of
             the encoder, ``.safetensors``); None keeps the random init (only sensible with
             ``freeze_encoder=False``).
@@ -130,6 +135,8 @@ class SegmentationTask(pl.LightningModule):
         min_lr_ratio: float = 0.0,
         class_names: Sequence[str] | None = None,
         model: ClaySegmenter | None = None,
+        head: str = DEFAULT_HEAD,
+        head_options: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["model"])
@@ -152,19 +159,22 @@ class SegmentationTask(pl.LightningModule):
         if self._given_model is not None:
             self.model = self._given_model
         elif hp.features_only:
-            self.model = ClaySegmenter(None, self._build_head(build_encoder(hp.preset, device="meta").dim))
+            meta = build_encoder(hp.preset, device="meta")
+            self.model = ClaySegmenter(None, self._build_head(meta.dim, meta.patch_size))
         else:
             encoder = build_encoder(hp.preset)
             if hp.encoder_weights:
                 load_encoder(encoder, load_encoder_state_dict(hp.encoder_weights))
-            self.model = ClaySegmenter(encoder, self._build_head(encoder.dim))
+            self.model = ClaySegmenter(encoder, self._build_head(encoder.dim, encoder.patch_size))
         self._given_model = None
         if self.model.encoder is not None and hp.freeze_encoder:
             self.model.encoder.requires_grad_(False)
             self.model.encoder.eval()
 
-    def _build_head(self, dim: int) -> ChesapeakeHead:
-        return ChesapeakeHead(dim, self.hparams.num_classes, self.hparams.head_width)
+    def _build_head(self, dim: int, patch_size: int = 8) -> nn.Module:
+        hp = self.hparams
+        options = dict(hp.head_options or {})
+        return make_head(hp.head, dim, patch_size, hp.num_classes, hp.head_width, options)
 
     def configure_losses(self) -> None:
         hp = self.hparams
@@ -188,9 +198,9 @@ class SegmentationTask(pl.LightningModule):
         return self.model(image)
 
     def logits(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        """Logits (B, K, H, W) from a batch with ``features`` or ``image``."""
+        """Logits (B, K, H, W) from a batch with ``features`` (and ``pixels``) or ``image``."""
         if "features" in batch:
-            return self.model.forward_from_features(batch["features"])
+            return self.model.forward_from_features(batch["features"], batch.get("pixels"))
         if "image" not in batch:
             raise ValueError(f"batch needs an 'image' or a 'features' entry, got keys {sorted(batch)}")
         if self.model.encoder is None:
@@ -198,7 +208,7 @@ class SegmentationTask(pl.LightningModule):
         if self.hparams.freeze_encoder:
             with torch.no_grad():
                 features = self.model.forward_features(batch["image"])  # (B, dim, h, w)
-            return self.model.forward_from_features(features)
+            return self.model.forward_from_features(features, batch["image"])
         return self.model(batch["image"])
 
     def _shared_step(self, batch: Mapping[str, torch.Tensor], stage: str) -> torch.Tensor:

@@ -8,7 +8,14 @@ import pytest
 import torch
 
 from training.models.clay import count_parameters
-from training.models.head import ChesapeakeHead, ClaySegmenter, build_segmenter
+from training.models.head import (
+    ChesapeakeHead,
+    ClaySegmenter,
+    build_head,
+    build_segmenter,
+    head_spec,
+    make_head,
+)
 
 TSV = Path(__file__).resolve().parents[3] / "shared" / "clay_v15_state_dict.tsv"
 
@@ -82,3 +89,98 @@ def test_headless_segmenter_needs_features() -> None:
     assert head_only.forward_from_features(torch.randn(1, 192, 2, 2)).shape == (1, 7, 16, 16)
     with pytest.raises(ValueError, match="no encoder"):
         head_only(torch.randn(1, 4, 16, 16))
+
+
+# -- the fusion head (the training default) ------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def fusion() -> ClaySegmenter:
+    torch.manual_seed(0)
+    return build_segmenter("tiny", head="fusion").eval()
+
+
+def test_build_segmenter_keeps_the_seed_head_unless_asked(seg: ClaySegmenter) -> None:
+    assert seg.head.kind == "seed" and not seg.needs_pixels
+    assert set(k.split(".")[1] for k in seg.state_dict() if k.startswith("head.")) == {
+        "conv1",
+        "bn1",
+        "conv2",
+        "bn2",
+        "conv_ps",
+        "conv_out",
+    }
+
+
+def test_fusion_head_shapes_pixels_and_features_agree(fusion: ClaySegmenter) -> None:
+    assert fusion.head.kind == "fusion" and fusion.needs_pixels
+    x = torch.randn(2, 4, 48, 64)
+    with torch.inference_mode():
+        direct = fusion(x)
+        grid = fusion.forward_features(x)
+        cached = fusion.forward_from_features(grid, x)
+        from_fp16 = fusion.forward_from_features(grid.half(), x)
+    assert direct.shape == (2, 7, 48, 64) and grid.shape == (2, 192, 6, 8)
+    torch.testing.assert_close(cached, direct, rtol=0, atol=0)
+    torch.testing.assert_close(from_fp16, direct, rtol=1e-2, atol=1e-2)
+    with pytest.raises(ValueError, match="needs the normalised pixels"):
+        fusion.forward_from_features(grid)
+
+
+def test_fusion_head_sees_single_pixels(fusion: ClaySegmenter) -> None:
+    """A 1-px change moves the logits at that pixel: the full-resolution branch keeps fine detail."""
+    x = torch.randn(1, 4, 32, 32)
+    y = x.clone()
+    y[0, :, 16, 16] += 3.0
+    with torch.inference_mode():
+        delta = (fusion(y) - fusion(x)).abs().amax(1)[0]  # (H, W)
+    assert float(delta[16, 16]) > 10 * float(delta[0, 0]) and float(delta[16, 16]) > 1e-3
+
+
+def test_fusion_head_reads_several_depths_in_its_order() -> None:
+    torch.manual_seed(0)
+    seg = build_segmenter("tiny", head="fusion", head_options={"feature_layers": [-1, 1]}).eval()
+    assert seg.head.in_dim == 2 * 192
+    x = torch.randn(1, 4, 32, 32)
+    with torch.inference_mode():
+        grid = seg.forward_features(x)
+        last, second = seg.encoder.forward_intermediates(
+            x, seg.wavelengths, seg.gsd, indices=[1, 5], norm=True, intermediates_only=True
+        )[::-1]
+    torch.testing.assert_close(grid, torch.cat([last, second], 1))
+    assert seg(x).shape == (1, 7, 32, 32)
+
+
+def test_head_configs_rebuild_each_kind(fusion: ClaySegmenter, seg: ClaySegmenter) -> None:
+    for model in (fusion, seg):
+        rebuilt = build_head(model.head.config())
+        assert type(rebuilt) is type(model.head)
+        rebuilt.load_state_dict(model.head.state_dict())  # same keys and shapes
+    legacy = {k: v for k, v in seg.head.config().items() if k != "kind"}  # exports before kinds
+    assert isinstance(build_head(legacy), ChesapeakeHead)
+    with pytest.raises(ValueError, match="unknown head"):
+        build_head({"kind": "unet"})
+    with pytest.raises(ValueError, match="unknown head"):
+        build_segmenter("tiny", head="unet")
+    with pytest.raises(ValueError, match="no head options"):
+        make_head("seed", 192, options={"pixel_channels": 8})
+
+
+def test_head_spec_from_the_model_config() -> None:
+    from training.config import compose
+
+    cfg = compose()
+    assert head_spec(cfg.model) == {
+        "head": "fusion",
+        "head_options": {
+            "pixel_channels": 16,
+            "context_channels": 64,
+            "context_out": 16,
+            "fuse_channels": 32,
+            "feature_layers": [-1],
+        },
+    }
+    assert head_spec(compose(["model.head=seed"]).model) == {"head": "seed", "head_options": None}
+    assert head_spec({"preset": "tiny"})["head"] == "seed"
+    with pytest.raises(ValueError, match=r"model\.head"):
+        head_spec({"head": "nope"})

@@ -36,7 +36,7 @@ import torch
 from training import storage
 from training.models.checkpoint import load_strict
 from training.models.clay import ClayConfig, ClayEncoder
-from training.models.head import ChesapeakeHead, ClaySegmenter
+from training.models.head import ClaySegmenter, build_head
 
 __all__ = [
     "EXPORT_FORMAT",
@@ -246,7 +246,7 @@ def load_export(
             waves = meta["wavelengths_um"]
             with torch.device("meta"):
                 encoder = ClayEncoder(config, folded_wavelengths=waves)
-                head = ChesapeakeHead(**meta["head_config"])
+                head = build_head(meta["head_config"])  # by its kind; none = the seed head
             model = ClaySegmenter(encoder, head, waves, meta["gsd_m"])
             state = {}
             for key in f.keys():  # noqa: SIM118 - safe_open is not a Mapping

@@ -1,16 +1,28 @@
-"""Chesapeake segmentation head and the encoder + head segmenter.
+"""Segmentation heads and the encoder + head segmenter.
 
-The head is Clay's Chesapeake fine-tune head: last-layer patch tokens (CLS dropped) as a grid,
-two rounds of conv3x3 + BatchNorm + ReLU, conv3x3 to ``64 * p * p`` channels, PixelShuffle
-back to full resolution and a final conv3x3 to the classes. Its parameter names (``conv1``,
-``bn1``, ``conv2``, ``bn2``, ``conv_ps``, ``conv_out``) equal the seed checkpoint's
-``model.*`` head keys, so the seed's weights map 1:1.
+Two heads, chosen by name (``model.head`` in the Hydra config; :data:`HEADS`):
+
+- ``fusion`` (:class:`FusionHead`, the default of the training config): the encoder's patch
+  grid (one or more depths, ``feature_layers``) is reduced and upsampled, and fused with a light
+  full-resolution conv branch on the normalised pixels (plus NDVI), UNETR-style. The patch grid
+  carries the context (8 px tokens, the whole chip through attention); the pixel branch keeps
+  1-3 px structures (roads, building edges) that a stride-8 grid cannot place.
+- ``seed`` (:class:`ChesapeakeHead`): Clay's Chesapeake fine-tune head: last-layer patch
+  tokens (CLS dropped) as a grid, two rounds of conv3x3 + BatchNorm + ReLU, conv3x3 to
+  ``64 * p * p`` channels, PixelShuffle back to full resolution and a final conv3x3 to the
+  classes. Its parameter names (``conv1``, ``bn1``, ``conv2``, ``bn2``, ``conv_ps``,
+  ``conv_out``) equal the seed checkpoint's ``model.*`` head keys, so the seed's weights map 1:1.
+
+Every head has ``in_dim``, ``num_classes``, ``feature_layers`` (encoder block indices whose
+normed patch grids it reads, concatenated on channels), ``needs_pixels`` and ``config()``
+(with its ``kind``), so exports rebuild it with :func:`build_head`.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -18,11 +30,25 @@ from torch import nn
 
 from training.models.clay import ClayConfig, ClayEncoder, build_encoder
 
-__all__ = ["ChesapeakeHead", "ClaySegmenter", "build_segmenter"]
+__all__ = [
+    "DEFAULT_HEAD",
+    "HEADS",
+    "ChesapeakeHead",
+    "ClaySegmenter",
+    "FusionHead",
+    "build_head",
+    "build_segmenter",
+    "head_spec",
+    "make_head",
+]
+
+#: The head ``build_segmenter`` makes when none is named: the seed-compatible one, so seed
+#: checkpoints and older exports keep their meaning. Training picks ``model.head`` (fusion).
+DEFAULT_HEAD = "seed"
 
 
 class ChesapeakeHead(nn.Module):
-    """Conv + PixelShuffle decoder from a patch-token grid to per-pixel logits.
+    """Conv + PixelShuffle decoder from a patch-token grid to per-pixel logits (the seed head).
 
     Args:
         in_dim: encoder width (channels of the input grid).
@@ -44,6 +70,7 @@ class ChesapeakeHead(nn.Module):
         super().__init__()
         self.in_dim, self.num_classes, self.width = in_dim, num_classes, width
         self.up_channels, self.upscale = up_channels, upscale
+        self.feature_layers: tuple[int, ...] = (-1,)
         self.conv1 = nn.Conv2d(in_dim, width, 3, padding=1)
         self.bn1 = nn.BatchNorm2d(width)
         self.conv2 = nn.Conv2d(width, width, 3, padding=1)
@@ -52,8 +79,12 @@ class ChesapeakeHead(nn.Module):
         self.pixel_shuffle = nn.PixelShuffle(upscale)
         self.conv_out = nn.Conv2d(up_channels, num_classes, 3, padding=1)
 
+    kind = "seed"
+    needs_pixels = False
+
     def config(self) -> dict:
         return {
+            "kind": self.kind,
             "in_dim": self.in_dim,
             "num_classes": self.num_classes,
             "width": self.width,
@@ -61,15 +92,128 @@ class ChesapeakeHead(nn.Module):
             "upscale": self.upscale,
         }
 
-    def forward(self, grid: torch.Tensor) -> torch.Tensor:
+    def forward(self, grid: torch.Tensor, pixels: torch.Tensor | None = None) -> torch.Tensor:
         x = F.relu(self.bn1(self.conv1(grid)))  # (B, width, h, w)
         x = F.relu(self.bn2(self.conv2(x)))  # (B, width, h, w)
         x = self.pixel_shuffle(self.conv_ps(x))  # (B, up_channels, h*p, w*p)
         return self.conv_out(x)  # (B, num_classes, H, W)
 
 
+def _conv_bn_relu(cin: int, cout: int, kernel: int = 3, stride: int = 1) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, kernel, stride=stride, padding=kernel // 2, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(inplace=True),
+    )
+
+
+class FusionHead(nn.Module):
+    """Patch-grid context fused with a full-resolution pixel branch (the default head).
+
+    - **pixel branch** (full resolution): the normalised bands plus NDVI (computed from the
+      de-normalised red and NIR) through two conv3x3 + BN + ReLU of ``pixel_channels``;
+    - **context branch** (patch grid): the encoder grids of ``feature_layers`` (concatenated)
+      through conv1x1 to ``context_channels``, a conv3x3, and conv1x1 to ``context_out``,
+      then bilinear upsampling by the patch size;
+    - **fusion** (full resolution): both concatenated, two conv3x3 + BN + ReLU of
+      ``fuse_channels`` and a conv1x1 to the classes.
+
+    Args:
+        in_dim: channels of the encoder grid it reads (``dim * len(feature_layers)``).
+        num_classes: output classes.
+        pixel_channels: width of the full-resolution pixel branch.
+        context_channels: width of the context branch on the patch grid.
+        context_out: context channels carried to full resolution.
+        fuse_channels: width of the fusion convs.
+        feature_layers: encoder block indices whose normed grids are read (negative from the
+            end; ``(-1,)`` is the encoder's output).
+        mean, std: the input normalisation (per band), to recover NDVI from normalised pixels.
+    """
+
+    kind = "fusion"
+    needs_pixels = True
+
+    def __init__(
+        self,
+        in_dim: int = 192,
+        num_classes: int = 7,
+        pixel_channels: int = 16,
+        context_channels: int = 64,
+        context_out: int = 16,
+        fuse_channels: int = 32,
+        feature_layers: Sequence[int] = (-1,),
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+    ) -> None:
+        super().__init__()
+        if mean is None or std is None:
+            from training.data.naip import NAIP_MEANS, NAIP_STDS
+
+            mean = NAIP_MEANS if mean is None else mean
+            std = NAIP_STDS if std is None else std
+        self.in_dim, self.num_classes = in_dim, num_classes
+        self.pixel_channels, self.context_channels = pixel_channels, context_channels
+        self.context_out, self.fuse_channels = context_out, fuse_channels
+        self.feature_layers = tuple(int(i) for i in feature_layers)
+        self.mean, self.std = [float(m) for m in mean], [float(s) for s in std]
+        self.stem = nn.Sequential(
+            _conv_bn_relu(len(self.mean) + 1, pixel_channels), _conv_bn_relu(pixel_channels, pixel_channels)
+        )
+        self.context = nn.Sequential(
+            _conv_bn_relu(in_dim, context_channels, 1),
+            _conv_bn_relu(context_channels, context_channels),
+            _conv_bn_relu(context_channels, context_out, 1),
+        )
+        self.fuse = nn.Sequential(
+            _conv_bn_relu(pixel_channels + context_out, fuse_channels),
+            _conv_bn_relu(fuse_channels, fuse_channels),
+        )
+        self.classifier = nn.Conv2d(fuse_channels, num_classes, 1)
+
+    def config(self) -> dict:
+        return {
+            "kind": self.kind,
+            "in_dim": self.in_dim,
+            "num_classes": self.num_classes,
+            "pixel_channels": self.pixel_channels,
+            "context_channels": self.context_channels,
+            "context_out": self.context_out,
+            "fuse_channels": self.fuse_channels,
+            "feature_layers": list(self.feature_layers),
+            "mean": self.mean,
+            "std": self.std,
+        }
+
+    def _ndvi(self, pixels: torch.Tensor) -> torch.Tensor:
+        red = pixels[:, 0:1] * self.std[0] + self.mean[0]  # (B, 1, H, W) digital numbers
+        nir = pixels[:, 3:4] * self.std[3] + self.mean[3]
+        return (nir - red) / (nir + red + 1.0)  # (B, 1, H, W) in [-1, 1]
+
+    def forward(self, grid: torch.Tensor, pixels: torch.Tensor | None = None) -> torch.Tensor:
+        if pixels is None:
+            raise ValueError("the fusion head needs the normalised pixels beside the encoder grid")
+        size = pixels.shape[-2:]
+        x = self.stem(torch.cat((pixels, self._ndvi(pixels)), dim=1))  # (B, pc, H, W)
+        c = self.context(grid)  # (B, co, h, w)
+        c = F.interpolate(c, size=size, mode="bilinear", align_corners=False)  # (B, co, H, W)
+        return self.classifier(self.fuse(torch.cat((x, c), dim=1)))  # (B, K, H, W)
+
+
+#: Heads by ``kind`` (the ``model.head`` config key and the export's ``head_config.kind``).
+HEADS: dict[str, type[nn.Module]] = {"seed": ChesapeakeHead, "fusion": FusionHead}
+
+
+def build_head(config: dict) -> nn.Module:
+    """A head from its ``config()``; a config without ``kind`` is a seed head (older exports)."""
+    options = dict(config)
+    kind = options.pop("kind", "seed")
+    if kind not in HEADS:
+        raise ValueError(f"unknown head kind {kind!r}; choose one of {sorted(HEADS)}")
+    return HEADS[kind](**options)
+
+
 class ClaySegmenter(nn.Module):
-    """Clay encoder + Chesapeake head: normalised NAIP chips in, per-pixel logits out.
+    """Clay encoder + a segmentation head: normalised NAIP chips in, per-pixel logits out.
 
     The band wavelengths and GSD are fixed per model (NAIP by default) and kept as
     non-persistent buffers, so the state dict holds only ``encoder.*`` and ``head.*``.
@@ -77,7 +221,8 @@ class ClaySegmenter(nn.Module):
     Args:
         encoder: a :class:`ClayEncoder` (dynamic or folded patch embedding), or None for a
             head-only model trained on cached features (``forward_from_features`` only).
-        head: a :class:`ChesapeakeHead` whose ``in_dim`` equals the encoder width.
+        head: a head of :data:`HEADS` whose ``in_dim`` equals the width of the grids it reads
+            (the encoder width times the number of ``feature_layers``).
         wavelengths: band wavelengths in µm; None means NAIP (red, green, blue, nir).
         gsd: ground sample distance in metres; None means NAIP's 1.0 m.
     """
@@ -85,15 +230,18 @@ class ClaySegmenter(nn.Module):
     def __init__(
         self,
         encoder: ClayEncoder | None,
-        head: ChesapeakeHead,
+        head: nn.Module,
         wavelengths: Sequence[float] | None = None,
         gsd: float | None = None,
     ) -> None:
         super().__init__()
-        if encoder is not None and head.in_dim != encoder.dim:
-            raise ValueError(
-                f"head expects {head.in_dim}-channel features but the encoder emits {encoder.dim}"
-            )
+        if encoder is not None:
+            expected = encoder.dim * len(head.feature_layers)
+            if head.in_dim != expected:
+                raise ValueError(
+                    f"head expects {head.in_dim}-channel features but the encoder emits {expected} "
+                    f"({len(head.feature_layers)} layer(s) of {encoder.dim})"
+                )
         if wavelengths is None or gsd is None:
             from training.data.naip import NAIP_GSD_M, NAIP_WAVELENGTHS_UM
 
@@ -109,10 +257,20 @@ class ClaySegmenter(nn.Module):
     def num_classes(self) -> int:
         return self.head.num_classes
 
+    @property
+    def needs_pixels(self) -> bool:
+        """Whether the head reads the normalised pixels beside the encoder grid."""
+        return bool(self.head.needs_pixels)
+
+    @property
+    def head_dtype(self) -> torch.dtype:
+        return next(self.head.parameters()).dtype
+
     def forward_features(
         self, pixels: torch.Tensor, time: torch.Tensor | None = None, latlon: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """The head's input: last-layer normed patch tokens as a grid (B, dim, H/p, W/p)."""
+        """The head's grid input: normed patch tokens of the head's ``feature_layers``, as a grid
+        (B, dim * layers, H/p, W/p), layers concatenated in order."""
         if self.encoder is None:
             raise ValueError(
                 "this segmenter has no encoder (head trained on cached features); attach one first"
@@ -122,22 +280,31 @@ class ClaySegmenter(nn.Module):
                 f"expected {self.wavelengths.numel()} bands (wavelengths {self.wavelengths.tolist()} µm), "
                 f"got {pixels.shape[1]}"
             )
-        (grid,) = self.encoder.forward_intermediates(
+        depth = len(self.encoder.transformer.layers)
+        blocks = [i % depth for i in self.head.feature_layers]
+        grids = self.encoder.forward_intermediates(
             pixels,
             self.wavelengths,
             self.gsd,
             time,
             latlon,
+            indices=blocks,
             output_fmt="NCHW",
             norm=True,
             intermediates_only=True,
         )
-        return grid  # (B, dim, h, w)
+        # forward_intermediates yields each block once, in depth order; keep the head's order.
+        by_block = dict(zip(sorted(set(blocks)), grids, strict=True))
+        grids = [by_block[b] for b in blocks]
+        return grids[0] if len(grids) == 1 else torch.cat(grids, dim=1)  # (B, dim*n, h, w)
 
-    def forward_from_features(self, features: torch.Tensor) -> torch.Tensor:
+    def forward_from_features(
+        self, features: torch.Tensor, pixels: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Logits from cached encoder features: a grid (B, dim, h, w) or tokens (B, [1+]L, dim).
 
         Token input must come from a square chip; with 1+L tokens the first (CLS) is dropped.
+        A head that ``needs_pixels`` also takes the normalised chips (B, C, H, W).
         """
         if features.ndim == 3:
             n = features.shape[1]
@@ -153,12 +320,18 @@ class ClaySegmenter(nn.Module):
                 f"features must be (B, {self.head.in_dim}, h, w) or (B, L, {self.head.in_dim}), "
                 f"got shape {tuple(features.shape)}"
             )
-        return self.head(features.to(self.head.conv1.weight.dtype))  # (B, K, H, W)
+        dtype = self.head_dtype
+        if self.needs_pixels:
+            if pixels is None:
+                raise ValueError(f"the {self.head.kind} head needs the normalised pixels beside the features")
+            return self.head(features.to(dtype), pixels.to(dtype))  # (B, K, H, W)
+        return self.head(features.to(dtype))  # (B, K, H, W)
 
     def forward(
         self, pixels: torch.Tensor, time: torch.Tensor | None = None, latlon: torch.Tensor | None = None
     ) -> torch.Tensor:
-        return self.head(self.forward_features(pixels, time, latlon))  # (B, K, H, W)
+        grid = self.forward_features(pixels, time, latlon)
+        return self.head(grid, pixels) if self.needs_pixels else self.head(grid)  # (B, K, H, W)
 
     def predict_logits(self, pixels: torch.Tensor) -> torch.Tensor:
         """Logits (B, K, H, W) for normalised float32 chips (B, C, H, W); see ``naip.normalize``."""
@@ -167,7 +340,7 @@ class ClaySegmenter(nn.Module):
                 f"predict_logits takes normalised float chips, got {pixels.dtype}; "
                 "apply training.data.naip.normalize to uint8 NAIP first"
             )
-        return self(pixels.to(self.head.conv1.weight.dtype))
+        return self(pixels.to(self.head_dtype))
 
     def fold_patch_embedding(self) -> ClaySegmenter:
         """Replace the dynamic patch embedding with the folded conv for this model's bands (in place)."""
@@ -183,13 +356,65 @@ def build_segmenter(
     wavelengths: Sequence[float] | None = None,
     gsd: float | None = None,
     device: torch.device | str | None = None,
+    head: str = DEFAULT_HEAD,
+    head_options: dict | None = None,
 ) -> ClaySegmenter:
     """A randomly initialised :class:`ClaySegmenter`; load weights with ``checkpoint.py``.
 
-    With ``device="meta"`` the encoder and head are built without storage (to be filled by
-    ``load_state_dict(..., assign=True)``); the small wavelength/GSD buffers stay on the CPU.
+    Args:
+        preset: Clay preset or config.
+        num_classes: output classes.
+        head_width: the seed head's conv width (ignored by the fusion head).
+        wavelengths, gsd: the bands and GSD (NAIP by default).
+        device: ``"meta"`` builds the encoder and head without storage (to be filled by
+            ``load_state_dict(..., assign=True)``); the small wavelength/GSD buffers stay on the CPU.
+        head: ``seed`` or ``fusion`` (see :data:`HEADS`).
+        head_options: extra constructor arguments of the fusion head (``pixel_channels``,
+            ``context_channels``, ``context_out``, ``fuse_channels``, ``feature_layers``).
     """
     encoder = build_encoder(preset, device=device)
     with torch.device(device or "cpu"):
-        head = ChesapeakeHead(encoder.dim, num_classes, head_width, upscale=encoder.patch_size)
-    return ClaySegmenter(encoder, head, wavelengths, gsd)
+        head_module = make_head(head, encoder.dim, encoder.patch_size, num_classes, head_width, head_options)
+    return ClaySegmenter(encoder, head_module, wavelengths, gsd)
+
+
+def make_head(
+    kind: str,
+    encoder_dim: int,
+    patch_size: int = 8,
+    num_classes: int = 7,
+    head_width: int = 512,
+    options: dict | None = None,
+) -> nn.Module:
+    """A fresh head of ``kind`` for an encoder of width ``encoder_dim``."""
+    options = dict(options or {})
+    if kind == "seed":
+        if options:
+            raise ValueError(f"the seed head takes no head options, got {sorted(options)}")
+        return ChesapeakeHead(encoder_dim, num_classes, head_width, upscale=patch_size)
+    if kind == "fusion":
+        layers = tuple(options.pop("feature_layers", (-1,)))
+        return FusionHead(encoder_dim * len(layers), num_classes, feature_layers=layers, **options)
+    raise ValueError(f"unknown head {kind!r}; choose one of {sorted(HEADS)}")
+
+
+def head_spec(model_cfg: Any) -> dict[str, Any]:
+    """``head`` and ``head_options`` keyword arguments from the ``model`` config group.
+
+    ``model.head`` names the head (no key: ``seed``); the fusion head's options come from
+    ``model.fusion``. Works on plain mappings and OmegaConf configs alike.
+    """
+    kind = str(model_cfg.get("head") or "seed")
+    if kind not in HEADS:
+        raise ValueError(f"model.head={kind!r}: choose one of {sorted(HEADS)}")
+    options = None
+    if kind == "fusion" and model_cfg.get("fusion") is not None:
+        raw = model_cfg.get("fusion")
+        try:
+            from omegaconf import OmegaConf
+
+            raw = OmegaConf.to_container(raw, resolve=True) if OmegaConf.is_config(raw) else raw
+        except ImportError:  # pragma: no cover - the Lambda image has no OmegaConf, nor needs it
+            pass
+        options = {k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in dict(raw).items()}
+    return {"head": kind, "head_options": options}
