@@ -52,6 +52,34 @@ locals {
 
   ledger_secret_arn = var.enable_rds ? module.rds[0].secret_arn : var.ledger_secret_arn
 
+  # The key policy's statements for the execution roles, mirroring local.access: each function
+  # decrypts its environment (lambda), the objects it reads (s3) and the ledger secret; writers
+  # also generate data keys for the objects they put. The state machine reads the manifests.
+  key_grants = concat(
+    [for k, a in local.access : {
+      sid            = "${title(k)}FunctionDecrypts"
+      principal_arns = [module.iam.principal_arns[k]]
+      actions        = ["kms:Decrypt"]
+      services = concat(
+        ["lambda"],
+        length(concat(a.read, a.write)) > 0 ? ["s3"] : [],
+        var.enable_rds || var.ledger_secret_arn != null ? ["secretsmanager"] : [], # as local.ledger_secret_arn, without waiting for it
+      )
+    }],
+    [for k, a in local.access : {
+      sid            = "${title(k)}FunctionWritesObjects"
+      principal_arns = [module.iam.principal_arns[k]]
+      actions        = ["kms:GenerateDataKey"]
+      services       = ["s3"]
+    } if length(a.write) > 0],
+    [{
+      sid            = "StateMachineReadsManifests"
+      principal_arns = [module.sfn.role_arn]
+      actions        = ["kms:Decrypt"]
+      services       = ["s3"]
+    }],
+  )
+
   # ChainSettings, shared by every function (LAMBDA_MEMORY_MB is set per function).
   environment = merge(
     {
@@ -73,6 +101,12 @@ module "kms" {
   name                    = local.name
   region                  = var.aws_region
   deletion_window_in_days = var.allow_destroy ? 7 : 30
+  admin_arns              = var.kms_admin_arns
+  deployer_arns           = var.kms_deployer_arns
+  # What the deployer encrypts through: bucket uploads, the ledger secret, and the grants RDS,
+  # ECR, Lambda (environment) and EC2 (the access host's volume) take at creation.
+  deployer_services = concat(["s3", "secretsmanager", "rds", "ecr", "lambda"], var.enable_access_host ? ["ec2"] : [])
+  role_grants       = local.key_grants
 }
 
 module "s3" {

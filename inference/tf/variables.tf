@@ -289,3 +289,16 @@ variable "allow_destroy" {
   type        = bool
   default     = false
 }
+
+# --- Key policy (modules/kms) -------------------------------------------------------------------
+variable "kms_admin_arns" {
+  description = "IAM principals administering the stack key (no encrypt/decrypt); empty = the account root (whom IAM policies allow)."
+  type        = list(string)
+  default     = []
+}
+
+variable "kms_deployer_arns" {
+  description = "IAM principals that deploy and feed the stack (Terraform, scene uploads, model publishing): key use only through S3, Secrets Manager, RDS, ECR, Lambda (and EC2); empty = the identity running Terraform."
+  type        = list(string)
+  default     = []
+}

@@ -4,13 +4,17 @@
 mock_provider "aws" {
   # The few computed values the modules parse or compare need realistic shapes.
   mock_data "aws_caller_identity" {
-    defaults = { account_id = "123456789012" }
+    defaults = { account_id = "123456789012", arn = "arn:aws:sts::123456789012:assumed-role/deployer/terraform" }
   }
   mock_data "aws_region" {
     defaults = { name = "us-east-1" }
   }
   mock_data "aws_partition" {
     defaults = { partition = "aws" }
+  }
+  # The deployer the key policy names by default (the role behind Terraform's session).
+  mock_data "aws_iam_session_context" {
+    defaults = { issuer_arn = "arn:aws:iam::123456789012:role/deployer" }
   }
   # Resources whose ARNs the provider validates where they are passed on. Lambda ARNs stay
   # random so each function's ARN is distinct in the definition assertions.
@@ -168,6 +172,77 @@ run "default_stack" {
     condition     = alltrue([for k, days in module.s3.abort_incomplete_upload_days : days == 7])
     error_message = "Every bucket's lifecycle must abort incomplete multipart uploads."
   }
+
+  # --- The key policy is least privilege.
+  assert {
+    condition     = alltrue([for s in jsondecode(module.kms.policy).Statement : !contains(flatten([s.Action]), "kms:*")])
+    error_message = "No key policy statement may grant kms:*."
+  }
+  assert {
+    condition     = [for s in jsondecode(module.kms.policy).Statement : s.Sid if contains(flatten([try(s.Principal.AWS, [])]), "arn:aws:iam::123456789012:root")] == ["KeyAdministration"]
+    error_message = "The account root may appear only in the administration statement."
+  }
+  assert {
+    condition = alltrue([for s in jsondecode(module.kms.policy).Statement : alltrue([
+      for a in flatten([s.Action]) : !can(regex("^kms:(\\*|Encrypt|Decrypt|ReEncrypt|GenerateDataKey|GenerateMac|Sign|Verify)", a))
+    ]) if s.Sid == "KeyAdministration"])
+    error_message = "The administrators may manage the key but not encrypt, decrypt or generate data keys."
+  }
+  assert {
+    # Every statement that uses the key is bound to a service, a log group or an alarm.
+    condition = alltrue([for s in jsondecode(module.kms.policy).Statement :
+      length(setintersection(keys(merge(values(s.Condition)...)), ["kms:ViaService", "kms:EncryptionContext:aws:logs:arn", "aws:SourceArn"])) > 0
+    if s.Sid != "KeyAdministration"])
+    error_message = "A key policy statement other than administration has no kms:ViaService / encryption context / aws:SourceArn condition."
+  }
+  assert {
+    condition = alltrue([for s in jsondecode(module.kms.policy).Statement :
+      try(s.Principal == { AWS = ["arn:aws:iam::123456789012:role/deployer"] } &&
+      !contains(s.Condition.StringEquals["kms:ViaService"], "ec2.us-east-1.amazonaws.com"), false)
+    if startswith(s.Sid, "Deployer")])
+    error_message = "The deployer statements must name the identity running Terraform, through the stack's services (no ec2 without the access host)."
+  }
+  assert {
+    condition = alltrue([for k, arn in module.iam.principal_arns : anytrue([for s in jsondecode(module.kms.policy).Statement :
+      try(s.Sid == "${title(k)}FunctionDecrypts" && s.Principal.AWS == [arn] && s.Action == ["kms:Decrypt"] &&
+      contains(s.Condition.StringEquals["kms:ViaService"], "lambda.us-east-1.amazonaws.com"), false)
+    ])])
+    error_message = "Each execution role must decrypt (its environment, objects, secret) through the stack's services only."
+  }
+  assert {
+    condition     = toset([for s in jsondecode(module.kms.policy).Statement : s.Sid if contains(flatten([s.Action]), "kms:GenerateDataKey")]) == toset(["ProcessFunctionWritesObjects", "InferFunctionWritesObjects", "ObserveFunctionWritesObjects"])
+    error_message = "Only the functions that write objects may generate data keys (through S3); failure writes none."
+  }
+  assert {
+    condition = alltrue([for s in jsondecode(module.kms.policy).Statement :
+      try(s.Condition.StringEquals["kms:ViaService"] == ["s3.us-east-1.amazonaws.com"] && s.Action == ["kms:GenerateDataKey"], false)
+    if endswith(s.Sid, "WritesObjects")])
+    error_message = "Data keys for object writes only through S3."
+  }
+  assert {
+    condition = anytrue([for s in jsondecode(module.kms.policy).Statement :
+      try(s.Principal == { Service = "logs.us-east-1.amazonaws.com" } &&
+        alltrue([for name in values(module.cloudwatch.function_log_group_names) :
+          can(regex("^${replace(s.Condition.ArnLike["kms:EncryptionContext:aws:logs:arn"], "*", ".*")}$", "arn:aws:logs:us-east-1:123456789012:log-group:${name}"))
+      ]), false)
+    ])
+    error_message = "CloudWatch Logs must have a service statement bound (encryption context) to log groups that cover the stack's."
+  }
+  assert {
+    condition = anytrue([for s in jsondecode(module.kms.policy).Statement :
+      try(s.Principal == { Service = "cloudwatch.amazonaws.com" } && s.Condition.StringEquals["aws:SourceAccount"] == "123456789012" &&
+        alltrue([for name in module.cloudwatch.alarm_names :
+          can(regex("^${replace(s.Condition.ArnLike["aws:SourceArn"], "*", ".*")}$", "arn:aws:cloudwatch:us-east-1:123456789012:alarm:${name}"))
+      ]), false)
+    ])
+    error_message = "CloudWatch alarms may use the key (encrypted SNS topic) only for this stack's alarms."
+  }
+  assert {
+    condition = anytrue([for s in jsondecode(module.kms.policy).Statement :
+      try(s.Sid == "StateMachineReadsManifests" && s.Principal.AWS == [module.sfn.role_arn] && s.Action == ["kms:Decrypt"], false)
+    ])
+    error_message = "The state machine role must decrypt the manifests through S3."
+  }
 }
 
 run "configured_memory_timeouts_and_access_host" {
@@ -180,6 +255,22 @@ run "configured_memory_timeouts_and_access_host" {
     observe_timeout_s = 120
     # The optional SSM access path rides along on this apply.
     enable_access_host = true
+    # So does a dedicated key administrator in place of the account root.
+    kms_admin_arns = ["arn:aws:iam::123456789012:role/key-admin"]
+  }
+
+  assert {
+    condition = alltrue([for s in jsondecode(module.kms.policy).Statement :
+      s.Principal.AWS == ["arn:aws:iam::123456789012:role/key-admin"] if s.Sid == "KeyAdministration"
+    ]) && !strcontains(module.kms.policy, ":root")
+    error_message = "kms_admin_arns must replace the account root as the key administrator."
+  }
+
+  assert {
+    condition = alltrue([for s in jsondecode(module.kms.policy).Statement :
+      try(contains(s.Condition.StringEquals["kms:ViaService"], "ec2.us-east-1.amazonaws.com"), false)
+    if startswith(s.Sid, "Deployer")])
+    error_message = "With the access host, the deployer must reach the key through EC2 (its encrypted root volume)."
   }
 
   assert {

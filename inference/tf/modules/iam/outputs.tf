@@ -4,3 +4,8 @@ output "role_arns" {
   # Lambda checks the ENI permissions at creation: hand out roles only once they hold them.
   depends_on = [aws_iam_role_policy.function]
 }
+
+output "principal_arns" {
+  description = "Execution role ARN by function key, for the key policy: no wait on the role policies, which name the key."
+  value       = { for k, r in aws_iam_role.function : k => r.arn }
+}

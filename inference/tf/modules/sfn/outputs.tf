@@ -17,3 +17,8 @@ output "role_policy" {
   description = "The state machine role's policy (JSON)."
   value       = aws_iam_role_policy.this.policy
 }
+
+output "role_arn" {
+  description = "The state machine's execution role (named in the key policy)."
+  value       = aws_iam_role.this.arn
+}
