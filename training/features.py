@@ -5,7 +5,8 @@ Head epochs then read shards instead of running the encoder. A cache lives under
 chip recipe, so a changed encoder or recipe never reuses stale features:
 
     <fingerprint>/encoder.safetensors          the exact encoder the features came from
-    <fingerprint>/<split>/shard-00000.safetensors   features fp16 (N, dim, h, w), labels uint8 (N, S, S)
+    <fingerprint>/<split>/shard-00000.safetensors   features fp16 (N, dim, h, w), labels uint8 (N, S, S),
+                                                    images uint8 (N, 4, S, S) (heads that read pixels)
     <fingerprint>/<split>/manifest.json        shards, chip windows, shapes (written last)
 """
 
@@ -64,11 +65,21 @@ def encoder_fingerprint(encoder: ClayEncoder) -> str:
     return digest.hexdigest()[:16]
 
 
+#: Layout of the shards (2: the uint8 chip is stored beside its features and labels).
+CACHE_FORMAT = 2
+
+
 def cache_fingerprint(
-    encoder: ClayEncoder, scenes: Sequence[SceneRecord], recipes: dict[str, ChipRecipe]
+    encoder: ClayEncoder,
+    scenes: Sequence[SceneRecord],
+    recipes: dict[str, ChipRecipe],
+    feature_layers: Sequence[int] = (-1,),
 ) -> str:
-    """Identity of a cache: the encoder, the scenes and each split's chip recipe."""
+    """Identity of a cache: the encoder, the encoder layers the head reads, the scenes and
+    each split's chip recipe (and the shard layout)."""
     payload = {
+        "format": CACHE_FORMAT,
+        "feature_layers": [int(i) for i in feature_layers],
         "encoder": encoder_fingerprint(encoder),
         "scenes": sorted(s.image_uri for s in scenes),
         "recipes": {split: vars(recipe) for split, recipe in sorted(recipes.items())},
@@ -78,12 +89,15 @@ def cache_fingerprint(
 
 @torch.inference_mode()
 def encode_chips(model: ClaySegmenter, images: np.ndarray, batch_size: int = 8) -> torch.Tensor:
-    """Encoder grids (N, dim, h, w) in fp32 for uint8 chips (N, 4, S, S)."""
+    """Encoder grids (N, dim, h, w), fp32 on the CPU, for uint8 chips (N, 4, S, S).
+
+    Runs on the model's device, under whatever autocast the caller opened (training.device)."""
     model.eval()
+    device = next(model.parameters()).device
     out = []
     for start in range(0, len(images), batch_size):
-        pixels = torch.from_numpy(normalize(images[start : start + batch_size]))  # (B, 4, S, S)
-        out.append(model.forward_features(pixels))  # (B, dim, h, w)
+        pixels = torch.from_numpy(normalize(images[start : start + batch_size])).to(device)  # (B, 4, S, S)
+        out.append(model.forward_features(pixels).float().cpu())  # (B, dim, h, w)
     return torch.cat(out) if out else torch.empty(0)
 
 
@@ -109,11 +123,13 @@ def cache_split(
     split_uri: str,
     shard_size: int = 256,
     batch_size: int = 8,
+    allow_empty: bool = False,
 ) -> dict:
     """Encode every chip of ``scenes`` into fp16 shards under ``split_uri``; returns the manifest.
 
     Idempotent: an existing manifest is returned as is (it is written last, so it only
-    exists once every shard has landed).
+    exists once every shard has landed). ``allow_empty`` records a manifest with no chips
+    instead of raising (one part of a split, see :mod:`training.feature_shards`).
     """
     manifest_uri = storage.join(split_uri, "manifest.json")
     if storage.exists(manifest_uri):
@@ -123,6 +139,7 @@ def cache_split(
     windows: list[dict] = []
     pending_feats: list[torch.Tensor] = []
     pending_labels: list[np.ndarray] = []
+    pending_images: list[np.ndarray] = []
 
     def flush() -> None:
         if not pending_feats:
@@ -130,10 +147,12 @@ def cache_split(
         uri = storage.join(split_uri, f"shard-{len(shards):05d}.safetensors")
         feats = torch.cat(pending_feats).to(torch.float16)
         labels = torch.from_numpy(np.concatenate(pending_labels))
-        _upload_tensors({"features": feats, "labels": labels}, uri)
+        images = torch.from_numpy(np.concatenate(pending_images))
+        _upload_tensors({"features": feats, "labels": labels, "images": images}, uri)
         shards.append({"uri": uri, "count": len(feats)})
         pending_feats.clear()
         pending_labels.clear()
+        pending_images.clear()
 
     # disable=None: a bar on a terminal only; in a task log it would repaint into the file.
     progress = tqdm(scenes, desc=f"features {split_uri.rsplit('/', 1)[-1]}", unit="scene", disable=None)
@@ -145,6 +164,7 @@ def cache_split(
         for start in range(0, len(chips), shard_size):
             pending_feats.append(features[start : start + shard_size])
             pending_labels.append(chips.labels[start : start + shard_size])
+            pending_images.append(chips.images[start : start + shard_size])
             if sum(len(f) for f in pending_feats) >= shard_size:
                 flush()
         windows += [
@@ -152,14 +172,14 @@ def cache_split(
         ]
         progress.set_postfix(chips=len(windows))
     flush()
-    if not windows:
+    if not windows and not allow_empty:
         raise ValueError(f"no usable chips in {len(scenes)} scenes for {split_uri}: all were mostly nodata")
 
     manifest = {
         "count": len(windows),
         "shards": shards,
         "windows": windows,
-        "feature_shape": list(features.shape[1:]),
+        "feature_shape": list(features.shape[1:]) if windows else None,
         "chip_size": recipe.size,
         "recipe": vars(recipe),
     }
@@ -180,22 +200,84 @@ def load_encoder_weights(encoder: ClayEncoder, uri: str) -> ClayEncoder:
     return load_encoder(encoder, _download_tensors(uri))
 
 
-class CachedFeatures(Dataset):
-    """A split of the cache in memory: ``{"features": fp32 (dim, h, w), "mask": int64 (S, S)}``."""
+def dihedral(x: torch.Tensor, k: int, flip: bool) -> torch.Tensor:
+    """Rotate the last two axes by ``k`` quarter turns, then mirror left-right if ``flip``."""
+    x = torch.rot90(x, k, dims=(-2, -1))
+    return torch.flip(x, dims=(-1,)) if flip else x
 
-    def __init__(self, split_uri: str):
+
+class CachedFeatures(Dataset):
+    """A split of the cache in memory.
+
+    Items are ``{"features": fp32 (dim, h, w), "pixels": fp32 (4, S, S) normalised, "mask":
+    int64 (S, S)}`` (``pixels`` only when the shards hold the chips).
+
+    Args:
+        split_uri: the split's folder in the cache.
+        augment: draw one of the 8 flips/quarter turns per item and apply it to the feature
+            grid, the chip and the mask alike (training only).
+        crop: cut a random ``crop`` x ``crop`` window per item, aligned to the patch grid (a
+            multiple of ``S / h``); None, or a crop not smaller than the chip, keeps the whole chip.
+        seed: seed of the augmentation draws.
+    """
+
+    def __init__(self, split_uri: str, augment: bool = False, crop: int | None = None, seed: int = 0):
         manifest = json.loads(storage.read_text(storage.join(split_uri, "manifest.json")))
         parts = [_download_tensors(shard["uri"]) for shard in manifest["shards"]]
         self.features = torch.cat([p["features"] for p in parts])  # (N, dim, h, w) fp16
         self.labels = torch.cat([p["labels"] for p in parts])  # (N, S, S) uint8
+        has_images = bool(parts) and all("images" in p for p in parts)
+        self.images = torch.cat([p["images"] for p in parts]) if has_images else None  # (N, 4, S, S) uint8
         self.windows: list[dict] = manifest["windows"]
         if len(self.features) != manifest["count"]:
             raise ValueError(
                 f"cache at {split_uri} is incomplete: {len(self.features)} of {manifest['count']} chips"
             )
+        self.augment, self.crop = augment, crop
+        self.generator = torch.Generator().manual_seed(seed)
+        if crop is not None and len(self.features):
+            size, grid = self.labels.shape[-1], self.features.shape[-1]
+            patch = size // grid
+            if crop <= 0 or crop % patch:
+                raise ValueError(f"crop {crop} must be a positive multiple of the patch size {patch}")
+            # A crop as large as the chip (or larger) keeps the whole chip.
+        from training.data.naip import NAIP_MEANS, NAIP_STDS
+
+        self._mean = torch.tensor(NAIP_MEANS, dtype=torch.float32).view(-1, 1, 1)
+        self._std = torch.tensor(NAIP_STDS, dtype=torch.float32).view(-1, 1, 1)
 
     def __len__(self) -> int:
         return len(self.features)
 
+    def pixels(self, index: int | slice) -> torch.Tensor:
+        """Normalised float32 chips (as ``naip.normalize``) of ``index``."""
+        if self.images is None:
+            raise ValueError("this cache holds no chips (written before format 2); rebuild it")
+        return (self.images[index].float() - self._mean) / self._std
+
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        return {"features": self.features[index].float(), "mask": self.labels[index].long()}
+        features, mask = self.features[index].float(), self.labels[index].long()
+        pixels = self.pixels(index) if self.images is not None else None
+        if self.crop is not None and self.crop < mask.shape[-1]:
+            patch = mask.shape[-1] // features.shape[-1]
+            cells = self.crop // patch
+            top, left = (
+                int(v)
+                for v in torch.randint(0, features.shape[-1] - cells + 1, (2,), generator=self.generator)
+            )
+            features = features[:, top : top + cells, left : left + cells]
+            rows, cols = (
+                slice(top * patch, top * patch + self.crop),
+                slice(left * patch, left * patch + self.crop),
+            )
+            mask = mask[rows, cols]
+            pixels = pixels[:, rows, cols] if pixels is not None else None
+        if self.augment:
+            k = int(torch.randint(0, 4, (1,), generator=self.generator))
+            flip = bool(torch.randint(0, 2, (1,), generator=self.generator))
+            features, mask = dihedral(features, k, flip), dihedral(mask, k, flip)
+            pixels = dihedral(pixels, k, flip) if pixels is not None else None
+        item = {"features": features.contiguous(), "mask": mask.contiguous()}
+        if pixels is not None:
+            item["pixels"] = pixels.contiguous()
+        return item

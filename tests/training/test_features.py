@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
 from training import storage
@@ -75,3 +76,51 @@ def test_cached_training_loss_matches_end_to_end(tmp_path) -> None:
     end_to_end = loss_fn(model.forward_from_features(features), torch.from_numpy(chips.labels).long())
     # fp16 storage of features is the only difference.
     torch.testing.assert_close(cached, end_to_end, rtol=2e-3, atol=1e-4)
+
+
+def test_cache_stores_the_chip_and_augments_features_pixels_and_mask_alike(tmp_path) -> None:
+    """Format 2 keeps the uint8 chip beside its features; flips, turns and crops move all three."""
+    from training.features import CACHE_FORMAT, dihedral
+
+    model, scenes = _setup(tmp_path)
+    recipe = ChipRecipe(size=64, random_count=3, seed=4)
+    split_uri = storage.join(storage.to_uri(tmp_path / "cache"), "train")
+    cache_split(model, scenes, recipe, split_uri)
+    plain = CachedFeatures(split_uri)
+    chips = read_scene_chips(scenes[0], **recipe.read_kwargs(0))
+    assert CACHE_FORMAT == 2 and plain.images.dtype == torch.uint8
+    assert torch.equal(plain.images, torch.from_numpy(chips.images))
+    torch.testing.assert_close(plain[0]["pixels"], torch.from_numpy(normalize(chips.images[0])))
+
+    # The fingerprint names the encoder layers the head reads.
+    assert cache_fingerprint(model.encoder, scenes, {"train": recipe}) != cache_fingerprint(
+        model.encoder, scenes, {"train": recipe}, feature_layers=(1, -1)
+    )
+
+    augmented = CachedFeatures(split_uri, augment=True, crop=32, seed=0)
+    seen = set()
+    for i in range(len(augmented)):
+        for _ in range(6):
+            item = augmented[i]
+            assert item["features"].shape == (192, 4, 4) and item["pixels"].shape == (4, 32, 32)
+            assert item["mask"].shape == (32, 32)
+            # Find the transform and the window: the three tensors must agree on both.
+            found = False
+            for k in range(4):
+                for flip in (False, True):
+                    undo_f = torch.rot90(dihedral(item["features"], 0, flip), -k, dims=(-2, -1))
+                    for top in range(5):
+                        for left in range(5):
+                            ref = plain.features[i, :, top : top + 4, left : left + 4].float()
+                            if torch.equal(undo_f, ref):
+                                undo_p = torch.rot90(dihedral(item["pixels"], 0, flip), -k, dims=(-2, -1))
+                                undo_m = torch.rot90(dihedral(item["mask"], 0, flip), -k, dims=(-2, -1))
+                                rows = slice(8 * top, 8 * top + 32)
+                                cols = slice(8 * left, 8 * left + 32)
+                                torch.testing.assert_close(undo_p, plain.pixels(i)[:, rows, cols])
+                                assert torch.equal(undo_m, plain.labels[i, rows, cols].long())
+                                found, _ = True, seen.add((k, flip))
+            assert found
+    assert len(seen) > 2  # several of the 8 transforms were drawn
+    with pytest.raises(ValueError, match="multiple of the patch size"):
+        CachedFeatures(split_uri, crop=12)
