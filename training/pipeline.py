@@ -171,14 +171,11 @@ def _class_weights(cfg: DictConfig, stats: dict) -> list[float] | None:
     return [round(w * scale, 4) for w in raw]
 
 
-def _resolve_precision(requested: str) -> str:
-    """bf16-mixed only where this CPU has native bf16 (emulated bf16 is slower than fp32)."""
-    import torch
+def _device(cfg: DictConfig):
+    """Device and precision of the heavy steps (training.device, training.precision); logged."""
+    from training.device import select_device
 
-    if requested.startswith("bf16") and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
-        print(f"[precision] {requested} requested but this CPU has no native bf16; using 32-true", flush=True)
-        return "32-true"
-    return requested
+    return select_device(cfg.training.precision, cfg.training.device)
 
 
 def _task(cfg: DictConfig, class_weights: list[float] | None, total_steps: int | None = None):
@@ -213,17 +210,21 @@ def _tracker(run: Run):
 @step
 def validate_data(run: Run) -> dict[str, Any]:
     """Check every scene, keep splits disjoint, and compute the training-data statistics."""
-    from training.data.chesapeake import label_shape
+    from training.data.chesapeake import label_nodata_counts, label_shape
     from training.data.naip import validate_naip
     from training.data.stats import compute_stats
 
     cfg = run.cfg
     scenes = _scenes(cfg)
+    nodata: dict[str, dict[str, int]] = {}  # raw lc No Data values (0, 15) and all pixels, per split
     for split, records in scenes.items():
+        nodata[split] = {}
         for record in records:
             meta = validate_naip(record.image_uri, max_pixels=cfg.data.max_pixels)
             if label_shape(record.label_uri) != (meta["height"], meta["width"]):
                 raise ValueError(f"{record.label_uri} is not pixel-aligned with {record.image_uri}")
+            for key, n in label_nodata_counts(record.label_uri).items():
+                nodata[split][key] = nodata[split].get(key, 0) + n
         print(f"[validate_data] {split}: {len(records)} scenes ok", flush=True)
     ids = {split: {r.scene_id for r in records} for split, records in scenes.items()}
     leaked = (ids["train"] | ids["val"]) & ids["test"]
@@ -233,13 +234,16 @@ def validate_data(run: Run) -> dict[str, Any]:
     stats = compute_stats(scenes["train"])
     stats_uri = storage.join(run.uri, "data_stats.json")
     stats.save(stats_uri)
-    return {"stats_uri": stats_uri, "scenes": {s: sorted(v) for s, v in ids.items()}}
+    return {
+        "stats_uri": stats_uri,
+        "scenes": {s: sorted(v) for s, v in ids.items()},
+        "label_nodata_pixels": nodata,
+    }
 
 
-@step
-def cache_features(run: Run) -> dict[str, Any]:
-    """Run the frozen encoder once per chip and store fp16 feature shards (shared across runs)."""
-    from training.features import cache_fingerprint, cache_split, save_encoder
+def _feature_cache(run: Run) -> tuple:
+    """The frozen model, scenes, chip recipes and cache folder of a run (encoder weights saved)."""
+    from training.features import cache_fingerprint, save_encoder
 
     cfg = run.cfg
     if not cfg.model.freeze_encoder:
@@ -254,14 +258,36 @@ def cache_features(run: Run) -> dict[str, Any]:
         cache_fingerprint(model.encoder, [s for split in scenes.values() for s in split], recipes),
     )
     save_encoder(model.encoder, storage.join(root, "encoder.safetensors"))
-    counts = {}
-    for split, recipe in recipes.items():
-        manifest = cache_split(
-            model, scenes[split], recipe, storage.join(root, split), cfg.training.shard_size
-        )
-        counts[split] = manifest["count"]
+    return model, scenes, recipes, root
+
+
+def _cache_options(cfg: DictConfig) -> dict[str, int]:
+    t = cfg.training
+    return {"shard_size": t.shard_size, "batch_size": t.encode_batch_size, "scenes_per_shard": t.scenes_per_shard}
+
+
+@step
+def cache_features(run: Run) -> dict[str, Any]:
+    """Run the frozen encoder once per chip and store fp16 feature shards (shared across runs),
+    shard of scenes by shard (a re-run resumes at the first unfinished shard)."""
+    from training.feature_shards import cache_splits
+
+    model, scenes, recipes, root = _feature_cache(run)
+    device = _device(run.cfg)
+    counts = cache_splits(model, scenes, recipes, root, device, **_cache_options(run.cfg))
     print(f"[cache_features] chips per split: {counts} at {root}", flush=True)
-    return {"features_uri": root, "chips": counts}
+    return {"features_uri": root, "chips": counts, "device": device.to_dict()}
+
+
+def cache_features_shard(run: Run, index: int) -> dict[str, Any]:
+    """One shard of scenes of cache_features (an AWS Batch array child); records no step result:
+    a later ``cache_features`` merges the shards and records it."""
+    from training.feature_shards import cache_splits
+
+    model, scenes, recipes, root = _feature_cache(run)
+    device = _device(run.cfg)
+    cache_splits(model, scenes, recipes, root, device, only=index, **_cache_options(run.cfg))
+    return {"features_uri": root, "shard": index, "device": device.to_dict()}
 
 
 class TrackerLogger(Logger):
@@ -328,10 +354,10 @@ def train_head(run: Run) -> dict[str, Any]:
     tracker.log_params(
         {"data.train_chips": len(train_set), "data.val_chips": len(val_set), "class_weights": weights}
     )
+    device = _device(cfg)
     trainer = pl.Trainer(
         max_epochs=cfg.training.epochs,
-        precision=_resolve_precision(cfg.training.precision),
-        accelerator="cpu",
+        **device.trainer_kwargs(),
         logger=TrackerLogger(tracker),
         log_every_n_steps=1,
         # Epochs counted from 1 like the log lines; a bar only on a terminal (not in task logs).
@@ -357,6 +383,7 @@ def train_head(run: Run) -> dict[str, Any]:
         "tracking": tracker.ids(),
         "val_miou": val.get("miou"),
         "class_weights": weights,
+        "device": device.to_dict(),
     }
 
 

@@ -14,10 +14,11 @@ from datetime import timedelta
 import pendulum
 from airflow.sdk import Param, dag, task
 
+from training.batch import dag_runner
 from training.config import dag_schedule, training_variants, variant_overrides
 
 
-def build_training_dag(dag_id: str, variant_overrides: list[str]):
+def build_training_dag(dag_id: str, variant_overrides: list[str], runner: str = "local"):
     @dag(
         dag_id=dag_id,
         schedule=dag_schedule(dag_id),  # training.schedule: null (manual only) unless set
@@ -82,11 +83,18 @@ def build_training_dag(dag_id: str, variant_overrides: list[str]):
             print(pipeline.summary(run), flush=True)
             return {"version": version, "outcome": decision["outcome"]}
 
-        run_uri = evaluate(train_head(cache_features(validate_data())))
+        if runner == "batch":  # training.runner=batch: cache_features and train_head are AWS Batch jobs
+            from training.batch import add_batch_steps
+
+            validated = validate_data()
+            run_uri = evaluate(validated)
+            add_batch_steps(validated, dag_id) >> run_uri
+        else:
+            run_uri = evaluate(train_head(cache_features(validate_data())))
         promote(run_uri, register(run_uri))
 
     return training_pipeline()
 
 
 for _variant in training_variants():
-    build_training_dag(_variant, variant_overrides(_variant))
+    build_training_dag(_variant, variant_overrides(_variant), dag_runner(_variant))

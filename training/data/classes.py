@@ -50,6 +50,9 @@ CLASS_NAMES: tuple[str, ...] = tuple(c.name for c in CLASSES)
 COLORMAP: dict[int, tuple[int, int, int, int]] = {c.id: (*c.color, 255) for c in CLASSES}
 #: Raw ``lc`` value -> RGBA, for colouring label rasters that keep the source values.
 SOURCE_COLORMAP: dict[int, tuple[int, int, int, int]] = {c.source_value: (*c.color, 255) for c in CLASSES}
+#: Raw ``lc`` values the release uses for unlabelled pixels besides 15: 0 (tile edges and
+#: gaps in the real CVPR 2019 rasters). They map to No Data like 15 and never refuse a tile.
+EXTRA_NODATA_SOURCE_VALUES: tuple[int, ...] = (0,)
 #: Raw ``lc`` value -> model class id.
 SOURCE_TO_ID: dict[int, int] = {c.source_value: c.id for c in CLASSES}
 
@@ -57,6 +60,8 @@ _UNMAPPED = 255
 _LUT = np.full(256, _UNMAPPED, dtype=np.uint8)
 for _cls in CLASSES:
     _LUT[_cls.source_value] = _cls.id
+for _value in EXTRA_NODATA_SOURCE_VALUES:
+    _LUT[_value] = NODATA_CLASS_ID
 
 
 class UnknownLabelValueError(ValueError):
@@ -64,7 +69,7 @@ class UnknownLabelValueError(ValueError):
 
 
 def remap_lc(labels: np.ndarray) -> np.ndarray:
-    """Map raw Chesapeake ``lc`` values (1..6, 15) to model ids 0..6 as uint8.
+    """Map raw Chesapeake ``lc`` values (1..6, 15; 0 is No Data too) to model ids 0..6 as uint8.
 
     Raises:
         UnknownLabelValueError: if any value is outside the table; silently mapping it would
@@ -84,10 +89,10 @@ def remap_lc(labels: np.ndarray) -> np.ndarray:
 
 
 def _unknown_message(bad: list[int]) -> str:
-    known = sorted(SOURCE_TO_ID)
+    known = sorted([*SOURCE_TO_ID, *EXTRA_NODATA_SOURCE_VALUES])
     return (
         f"label raster holds values {bad} that are not Chesapeake lc classes; expected only {known} "
-        "(1 water, 2 tree canopy, 3 low vegetation, 4 barren, 5 impervious, 6 road, 15 no data)"
+        "(1 water, 2 tree canopy, 3 low vegetation, 4 barren, 5 impervious, 6 road, 0 and 15 no data)"
     )
 
 

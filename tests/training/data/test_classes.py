@@ -32,7 +32,13 @@ def test_remap_maps_every_source_value_including_nodata():
     np.testing.assert_array_equal(out, [[0, 1, 2, 3], [4, 5, 6, 0]])
 
 
-@pytest.mark.parametrize("bad", [0, 7, 14, 255])
+def test_remap_maps_zero_to_nodata():
+    """The real release marks unlabelled pixels 0 as well as 15: both are No Data (id 6)."""
+    raw = np.array([[0, 1], [15, 0]], dtype=np.uint8)
+    np.testing.assert_array_equal(remap_lc(raw), [[6, 0], [6, 6]])
+
+
+@pytest.mark.parametrize("bad", [7, 14, 255])
 def test_remap_rejects_unknown_values(bad):
     raw = np.array([[1, bad]], dtype=np.uint8)
     with pytest.raises(UnknownLabelValueError, match=str(bad)):
