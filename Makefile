@@ -189,3 +189,7 @@ clean_up_infra: setup_env ## Destroy the inference stack, buckets, ECR images an
 .PHONY: bench
 bench: setup_env ## CPU inference benchmark (GEMM peak, eager fp32 vs ONNX int8, RSS, cold start, scenes, cost) -> outputs/bench/bench.json
 	$(CLI) bench --out outputs/bench/bench.json $(ARGS)
+
+.PHONY: batch_image
+batch_image: ## Build the AWS Batch training image (training/Dockerfile.batch; needs Docker): make batch_image TAG=<repository_url>:<tag>
+	docker build -f training/Dockerfile.batch -t $(or $(TAG),landcover-training:latest) .
