@@ -66,7 +66,14 @@ def release_source(config_file: Path = CONFIG_FILE) -> ReleaseSource:
     urls = tuple(str(u) for u in section.urls or ())
     if not urls:
         raise ValueError(f"{config_file}: download.urls is empty; list at least one URL of the release zip")
-    return ReleaseSource(urls=urls, sha256=section.get("sha256"), md5=section.get("md5"))
+    digests = {}
+    for name in ("sha256", "md5"):
+        value = section.get(name)
+        if value is not None and not isinstance(value, str):
+            # YAML reads an unquoted all-digit (or 1e5...) digest as a number: never guess it back.
+            raise ValueError(f"{config_file}: download.{name} must be a quoted hex string, got {value!r}")
+        digests[name] = value or None
+    return ReleaseSource(urls=urls, **digests)
 
 
 class DownloadError(RuntimeError):

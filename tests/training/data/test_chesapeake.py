@@ -82,3 +82,29 @@ def test_layout_on_s3(tmp_path, s3_bucket):
     (scene,) = find_scenes(f"{s3_bucket}/cvpr")
     assert scene.split == "train" and scene.image_uri.startswith("s3://")
     assert read_label(scene.label_uri).shape == (32, 32)
+
+
+def test_release_folder_names_follow_the_release():
+    from training.data.chesapeake import RELEASE_YEARS, release_folder
+
+    assert release_folder("va", "train") == "va_1m_2014_extended-debuffered-train_tiles"
+    assert release_folder("wv", "test") == "wv_1m_2014_extended-debuffered-test_tiles"
+    assert release_folder("ny", "val") == "ny_1m_2013_extended-debuffered-val_tiles"
+    assert set(RELEASE_YEARS) == {"de", "md", "va", "wv", "pa", "ny"}
+    for state in RELEASE_YEARS:
+        for split in ("train", "val", "test"):
+            assert split_of_folder(release_folder(state, split)) == split
+    with pytest.raises(ValueError, match="unknown state"):
+        release_folder("ca", "train")
+
+
+def test_label_value_zero_is_no_data_and_counted(tmp_path):
+    from training.data.chesapeake import label_nodata_counts
+
+    raw = np.full((32, 32), 2, dtype=np.uint8)
+    raw[:4] = 0  # unlabelled rows, as on the release's tile edges
+    raw[-2:] = 15
+    path = write_lc(tmp_path / "edge_lc.tif", raw)
+    labels = read_label(str(path))
+    assert (labels[:4] == 6).all() and (labels[-2:] == 6).all() and (labels[4:-2] == 1).all()
+    assert label_nodata_counts(str(path)) == {"0": 4 * 32, "15": 2 * 32, "pixels": 32 * 32}

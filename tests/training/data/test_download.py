@@ -162,3 +162,50 @@ def test_zip_slip_is_refused(tmp_path):
     archive.write_bytes(buf.getvalue())
     with pytest.raises(DownloadError, match="unsafe"):
         download.extract(archive, tmp_path / "out")
+
+
+def test_urls_and_checksums_come_from_the_data_config(tmp_path, monkeypatch):
+    """The downloader keeps no URL or digest of its own: it reads setup/conf/data/chesapeake.yaml."""
+    from omegaconf import OmegaConf
+
+    source = download.release_source()
+    section = OmegaConf.load(download.CONFIG_FILE).download
+    assert list(source.urls) == list(section.urls) and source.urls[0].startswith("https://")
+    assert source.md5 == section.md5 and source.sha256 == section.sha256
+    text = (download.Path(download.__file__)).read_text()
+    assert "blob.core.windows.net" not in text and source.md5 not in text
+
+    # A config pointing at a local mirror with its digest is all the downloader needs.
+    payload = _zip_bytes()
+    mirror = tmp_path / "mirror.zip"
+    mirror.write_bytes(payload)
+    config = tmp_path / "chesapeake.yaml"
+    config.write_text(
+        f"download:\n  urls:\n    - {mirror.as_uri()}\n  sha256: {hashlib.sha256(payload).hexdigest()}\n  md5: null\n"
+    )
+    monkeypatch.setattr(download, "CONFIG_FILE", config)
+    monkeypatch.setattr(download.release_source, "__defaults__", (config,))
+    dest = download_chesapeake(tmp_path / "cvpr", progress=False)
+    assert (dest / "de_1m_2013_extended-debuffered-test_tiles" / "m_1_lc.tif").read_bytes() == b"y" * 3000
+
+    config.write_text(f"download:\n  urls:\n    - {mirror.as_uri()}\n  sha256: '{'0' * 64}'\n")
+    with pytest.raises(ChecksumMismatchError, match="sha256"):
+        download_chesapeake(tmp_path / "bad", progress=False)
+    config.write_text(f"download:\n  urls:\n    - {mirror.as_uri()}\n  sha256: {'1' * 64}\n")
+    with pytest.raises(ValueError, match="quoted hex string"):
+        download.release_source(config)
+    config.write_text("download:\n  urls: []\n")
+    with pytest.raises(ValueError, match=r"download\.urls is empty"):
+        download.release_source(config)
+
+
+def test_file_url_copies_and_resumes(tmp_path, payload):
+    source = tmp_path / "src.zip"
+    source.write_bytes(payload)
+    dest = tmp_path / "out" / "f.zip"
+    dest.parent.mkdir()
+    (tmp_path / "out" / "f.zip.part").write_bytes(payload[:700])  # an interrupted copy
+    fetch(source.as_uri(), dest, progress=False)
+    assert dest.read_bytes() == payload
+    with pytest.raises(DownloadError, match="no such file"):
+        fetch((tmp_path / "missing.zip").as_uri(), tmp_path / "x.zip", progress=False)
