@@ -79,6 +79,33 @@ class PixelLogisticRegression:
             out[y : y + step] = (x @ self.weight + self.bias).argmax(-1).astype(np.uint8)
         return out
 
+    # -- the inference Predictor interface, so the baseline can run through the scene predictor --
+    backend = "pixel-baseline"
+
+    @property
+    def metadata(self) -> dict:
+        return {"model": "per-pixel logistic regression", **self.to_dict()}
+
+    def predict_proba(self, chips: np.ndarray) -> np.ndarray:
+        """Softmax probabilities (B, K, S, S) for Clay-normalised float32 chips (B, 4, S, S)."""
+        from training.data.naip import NAIP_MEANS, NAIP_STDS
+
+        arr = np.asarray(chips, dtype=np.float32)
+        if arr.ndim != 4 or arr.shape[1] != 4:
+            raise ValueError(f"chips must be (B, 4, S, S), got shape {arr.shape}")
+        mean = np.asarray(NAIP_MEANS, dtype=np.float32).reshape(1, 4, 1, 1)
+        std = np.asarray(NAIP_STDS, dtype=np.float32).reshape(1, 4, 1, 1)
+        raw = arr * std + mean  # digital numbers again
+        red, nir = raw[:, 0], raw[:, 3]
+        ndvi = (nir - red) / (nir + red + 1.0)
+        x = np.concatenate([arr, ndvi[:, None]], axis=1)  # (B, 5, S, S)
+        x = (np.moveaxis(x, 1, -1) - self.mean) / self.std  # (B, S, S, 5)
+        logits = x @ self.weight + self.bias  # (B, S, S, K)
+        logits -= logits.max(-1, keepdims=True)
+        p = np.exp(logits)
+        p /= p.sum(-1, keepdims=True)
+        return np.ascontiguousarray(np.moveaxis(p, -1, 1), dtype=np.float32)  # (B, K, S, S)
+
     def to_dict(self) -> dict:
         return {
             "features": list(SPECTRAL_FEATURES),
@@ -142,7 +169,7 @@ def fit_pixel_baseline(
         return loss
 
     loss = optimizer.step(closure)
-    log.info("spectral baseline fitted on %d pixels (loss %.4f)", len(y), float(loss))
+    log.info("spectral baseline fitted on %d pixels (loss %.4f)", len(y), float(loss.detach()))
     return PixelLogisticRegression(
         weight=weight.detach().numpy().astype(np.float32),
         bias=bias.detach().numpy().astype(np.float32),
