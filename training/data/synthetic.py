@@ -474,10 +474,12 @@ def write_lc_tif(
     """Write a raw-value Chesapeake ``lc`` label GeoTIFF with a colormap to a local path."""
     h, w = lc.shape
     with rasterio.open(path, "w", **_tiff_profile(1, h, w, transform, crs)) as dst:
-        dst.write(lc, 1)
-        dst.set_band_description(1, "lc")
+        # The colour table before the pixels: once they are flushed GDAL cannot make the band
+        # paletted ("Cannot modify tag PhotometricInterpretation while writing"), and it is lost.
         dst.write_colormap(1, SOURCE_COLORMAP)
+        dst.set_band_description(1, "lc")
         dst.update_tags(**tags)
+        dst.write(lc, 1)
 
 
 def scene_uris(root_uri: str, split: str, scene_id: str) -> tuple[str, str]:
