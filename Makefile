@@ -193,3 +193,7 @@ bench: setup_env ## CPU inference benchmark (GEMM peak, eager fp32 vs ONNX int8,
 .PHONY: batch_image
 batch_image: ## Build the AWS Batch training image (training/Dockerfile.batch; needs Docker): make batch_image TAG=<repository_url>:<tag>
 	docker build -f training/Dockerfile.batch -t $(or $(TAG),landcover-training:latest) .
+
+.PHONY: bench_features
+bench_features: setup_env ## Encoder feature-extraction chips/s on the best device (GPU bf16 where present) + whole-release time/cost: ARGS="--preset large --usd-per-hour 1.0"
+	$(PY) -m training.bench_features $(ARGS)
