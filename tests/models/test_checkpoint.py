@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import pytest
 import torch
@@ -30,7 +30,9 @@ def test_full_layout_checkpoint_yields_only_the_encoder(pretrain_ckpt: tuple[Pat
     raw = load_state_dict_file(path)
     assert {k.split(".")[1] for k in raw["state_dict"]} == {"encoder", "decoder", "teacher", "proj"}
     assert "optimizer_states" in raw
-    assert repr(raw["hyper_parameters"]["metadata_path"]) == "<opaque pathlib.PosixPath>"  # inert stand-in
+    assert raw["hyper_parameters"]["metadata_path"] == PurePosixPath(
+        "configs/metadata.yaml"
+    )  # inert stand-in
 
     state = load_encoder_state_dict(path)
     assert sorted(state) == sorted(source.state_dict())

@@ -1,49 +1,104 @@
-"""Pure checkpoint filters and strict loaders for Clay encoders and seed segmenters.
+"""Checkpoint readers, filters and strict loaders for Clay encoders and seed segmenters.
 
-Official ``clay-v1.5.ckpt`` files are Lightning checkpoints of 5 GB: encoder, decoder, a DINOv2
-teacher and optimizer state. We only ever need ``model.encoder.*``. ``torch.load(mmap=True)``
-maps the file instead of reading it, so the tensors we drop are never paged in; loading into a
-model built on the meta device with ``assign=True`` then keeps peak memory near the encoder's
-own size. (The seed Lambda read the whole file and ran out of memory.)
+Official ``clay-v1.5.ckpt`` files are Lightning checkpoints of 5.16 GB: encoder, decoder, a
+DINOv2 teacher and optimizer state, plus whatever Lightning pickled beside them
+(``AttributeDict``, omegaconf or jsonargparse configs, paths, callback state). We only ever
+need ``model.encoder.*`` (and, for the seed's Chesapeake checkpoint, its head).
 
-Strictness: any missing, unexpected or wrong-shape key raises one :class:`CheckpointMismatchError`
+Reading (:mod:`training.models.unpickler`): the pickle is read by a restricted unpickler that
+imports and runs nothing from the file; tensors stay lazy records until the caller picks
+them. Only the picked storages are read: memory-mapped for local files, by ranged GETs for
+``s3://`` objects, so peak memory stays near the size of what is kept, not the file's.
+Legacy (pre-1.6) torch files go through ``torch.load(weights_only=True)``; safetensors files
+through ``safe_open`` (only the picked keys). Remote files of those two formats are first
+copied to local disk (streamed; the error says how much room that needs).
+
+Strictness: any missing, unexpected or wrong-shape key raises a :class:`CheckpointMismatchError`
 that names every offending key, because a silently half-loaded foundation model trains fine
-and predicts garbage.
+and predicts garbage. Its subclasses say what went wrong: :class:`PresetMismatchError` (a
+Clay checkpoint of another preset) and :class:`ArchitectureMismatchError` (not a Clay
+checkpoint). Reading failures are :class:`TruncatedCheckpointError`,
+:class:`NotACheckpointError`, :class:`UnsafeCheckpointError` and :class:`InsufficientDiskError`,
+all :class:`CheckpointError` (a ``ValueError``).
 """
 
 from __future__ import annotations
 
+import logging
 import os
-import tempfile
-from collections.abc import Mapping
-from pathlib import Path
+import pickle
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from training import storage
+from training.models import unpickler
+from training.models.unpickler import (
+    CheckpointError,
+    InsufficientDiskError,
+    LazyTensor,
+    NotACheckpointError,
+    OpaqueObject,
+    TruncatedCheckpointError,
+    UnsafeCheckpointError,
+)
 
 __all__ = [
     "ENCODER_PREFIX",
     "SEED_HEAD_KEYS",
+    "ArchitectureMismatchError",
+    "CheckpointError",
     "CheckpointMismatchError",
+    "CheckpointStateDict",
+    "InsufficientDiskError",
+    "NotACheckpointError",
+    "OpaqueObject",
+    "PresetMismatchError",
+    "TruncatedCheckpointError",
+    "UnsafeCheckpointError",
+    "check_state_dict",
     "checkpoint_filter_fn",
     "load_encoder",
     "load_encoder_state_dict",
     "load_seed_segmenter",
     "load_state_dict_file",
+    "load_strict",
     "seed_to_segmenter_state_dict",
 ]
+
+log = logging.getLogger(__name__)
 
 ENCODER_PREFIX = "model.encoder."
 #: Head modules of the seed's Chesapeake checkpoint (``model.<name>.*``).
 SEED_HEAD_KEYS: tuple[str, ...] = ("conv1", "bn1", "conv2", "bn2", "conv_ps", "conv_out")
+#: Keys every Clay encoder state dict has (prefix stripped): how a Clay checkpoint is recognised.
+_CLAY_SIGNATURE = ("cls_token", "patch_embedding.")
 
 StateDict = dict[str, torch.Tensor]
 
 
-class CheckpointMismatchError(ValueError):
+class CheckpointStateDict(dict):
+    """A state dict that remembers the file it came from (``source``), for error messages."""
+
+    source: str | None = None
+
+
+def _with_source(state: dict, source: str | None) -> CheckpointStateDict:
+    out = CheckpointStateDict(state)
+    out.source = source
+    return out
+
+
+def _shape(value: object) -> list[int]:
+    return list(getattr(value, "shape", []))
+
+
+class CheckpointMismatchError(CheckpointError):
     """A state dict does not match the model key for key. Lists every offending key."""
+
+    hint = "check the preset (tiny/small/base/large) and that the file is a Clay encoder checkpoint"
 
     def __init__(
         self,
@@ -51,19 +106,51 @@ class CheckpointMismatchError(ValueError):
         unexpected: list[str],
         mismatched: list[tuple[str, tuple[int, ...], tuple[int, ...]]],
         what: str = "model",
+        source: str | None = None,
+        expected: Mapping[str, tuple[int, ...]] | None = None,
+        extra: str = "",
     ) -> None:
         self.missing, self.unexpected, self.mismatched = missing, unexpected, mismatched
-        lines = [f"state dict does not match the {what}:"]
+        self.source, self.what = source, what
+        self.expected = dict(expected or {})
+        head = f"state dict of {source}" if source else "state dict"
+        lines = [f"{head} does not match the {what}:"]
+        if extra:
+            lines.append("  " + extra)
         if missing:
-            lines.append(f"  missing keys ({len(missing)}): " + ", ".join(missing))
+            shown = [f"{k} {list(self.expected[k])}" if k in self.expected else k for k in missing]
+            lines.append(f"  missing keys ({len(missing)}): " + ", ".join(shown))
         if unexpected:
             lines.append(f"  unexpected keys ({len(unexpected)}): " + ", ".join(unexpected))
         for key, got, want in mismatched:
             lines.append(f"  wrong shape: {key}: checkpoint {list(got)} vs model {list(want)}")
-        lines.append(
-            "check the preset (tiny/small/base/large) and that the file is a Clay encoder checkpoint"
-        )
+        lines.append(self.hint)
         super().__init__("\n".join(lines))
+
+
+class PresetMismatchError(CheckpointMismatchError):
+    """A Clay checkpoint of another preset than the model's (e.g. ``small`` into ``large``)."""
+
+    def __init__(
+        self, *args: object, model_preset: str | None = None, fits: str | None = None, **kwargs: object
+    ) -> None:
+        self.model_preset, self.fits = model_preset, fits
+        self.hint = f"the checkpoint is a Clay '{fits}' model; build the model with preset={fits!r} (model={fits} in the config)"
+        super().__init__(
+            *args,
+            extra=f"the model is preset {model_preset!r}, the checkpoint fits preset {fits!r}",
+            **kwargs,
+        )  # type: ignore[arg-type]
+
+
+class ArchitectureMismatchError(CheckpointMismatchError):
+    """The checkpoint holds another architecture (no Clay encoder keys, or mostly foreign ones)."""
+
+    hint = (
+        "this is not a checkpoint of this architecture: a Clay v1.5 Lightning checkpoint keeps its "
+        "encoder under model.encoder.* (see DESIGN §4); an encoder-only file has cls_token, "
+        "patch_embedding.* and transformer.* at top level"
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -71,93 +158,145 @@ class CheckpointMismatchError(ValueError):
 # --------------------------------------------------------------------------------------------
 
 
-def _local_copy(path_or_uri: str | os.PathLike[str]) -> tuple[Path, bool]:
-    """A local path for the file; downloads remote URIs to a temp file (returns is_temp)."""
-    local = storage.local_path(str(path_or_uri))
-    if local is not None:
-        if not local.exists():
-            raise FileNotFoundError(f"no checkpoint at {path_or_uri}")
-        return local, False
-    suffix = Path(str(path_or_uri)).suffix
-    fd, tmp = tempfile.mkstemp(suffix=suffix, prefix="ckpt-")
-    os.close(fd)
-    storage.download(str(path_or_uri), tmp)
-    return Path(tmp), True
+@dataclass
+class _Source:
+    """An opened checkpoint: its flat state dict with values still lazy, and a reader."""
+
+    uri: str
+    state: Mapping[str, object]
+    read: Callable[[Mapping[str, object]], StateDict]
+    raw: object = None
 
 
-class OpaqueObject(dict):
-    """Inert stand-in for a non-tensor class pickled in a checkpoint (e.g. ``box.Box`` or a
-    ``Path`` in Lightning's ``hyper_parameters``). It records its arguments and state and runs
-    no code of the original class, so ``weights_only`` loading stays safe."""
+class _ShapeOnly:
+    """A safetensors entry not yet read: only its shape."""
 
-    qualname = "?"
-
-    def __init__(self, *args: object, **kwargs: object) -> None:
-        super().__init__()
-        self.__dict__["args"] = args
-
-    def __setstate__(self, state: object) -> None:
-        self.__dict__["state"] = state
-
-    def __repr__(self) -> str:
-        return f"<opaque {self.qualname}>"
+    def __init__(self, shape: list[int]) -> None:
+        self.shape = torch.Size(shape)
 
 
-def _opaque_class(qualname: str) -> type:
-    return type(qualname.rsplit(".", 1)[-1], (OpaqueObject,), {"qualname": qualname})
-
-
-def _torch_load(path: Path, mmap: bool) -> Mapping[str, object]:
-    import pickle
-
-    try:
-        return torch.load(path, mmap=mmap, weights_only=True, map_location="cpu")
-    except pickle.UnpicklingError:
-        unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
-        if not unsafe:
-            raise
-    # Non-tensor objects (hyper-parameters) that we never use: map each to an inert stand-in.
-    try:
-        with torch.serialization.safe_globals([(_opaque_class(name), name) for name in unsafe]):
-            return torch.load(path, mmap=mmap, weights_only=True, map_location="cpu")
-    except pickle.UnpicklingError as exc:
-        raise ValueError(
-            f"{path} pickles objects that cannot be loaded safely ({', '.join(unsafe)}). On a machine "
-            "where you trust the file, save just the weights, e.g. torch.save(torch.load(path, "
-            "weights_only=False)['state_dict'], 'weights.pt'), and load that instead"
-        ) from exc
-
-
-def load_state_dict_file(path: str | os.PathLike[str]) -> Mapping[str, object]:
-    """The raw top-level mapping of a ``.ckpt``/``.pt``/``.pth`` or ``.safetensors`` file.
-
-    Torch files are memory-mapped (``mmap=True, weights_only=True``): tensors are read lazily,
-    so tensors the caller drops cost no memory. Classes pickled beside the tensors (Lightning
-    ``hyper_parameters``) become inert :class:`OpaqueObject` stand-ins instead of failing the
-    ``weights_only`` load; nothing from the file is executed. Safetensors files are returned
-    as a flat dict.
-    """
-    path = Path(path)
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path), device="cpu")
-    try:
-        return _torch_load(path, mmap=True)
-    except RuntimeError as exc:
-        if "mmap" not in str(exc) and "zip" not in str(exc):
-            raise
-        # Legacy (non-zip) torch files cannot be memory-mapped.
-        return _torch_load(path, mmap=False)
-
-
-def _flat_state_dict(raw: Mapping[str, object], source: str) -> Mapping[str, object]:
+def _flat_state_dict(raw: object, source: str) -> Mapping[str, object]:
     state = raw.get("state_dict", raw) if isinstance(raw, Mapping) else None
     if not isinstance(state, Mapping):
-        raise ValueError(
-            f"{source} holds no state dict (expected a mapping of tensors or a 'state_dict' key)"
+        raise NotACheckpointError(
+            f"{source} holds no state dict (expected a mapping of tensors or a 'state_dict' key; "
+            f"found {type(raw).__name__})"
         )
     return state
+
+
+def _materialize(ckpt: unpickler.CheckpointFile, picked: Mapping[str, object]) -> StateDict:
+    lazy = {
+        k: v
+        for k, v in picked.items()
+        if isinstance(v, LazyTensor | unpickler.OpaqueTensor) or not isinstance(v, torch.Tensor)
+    }
+    out = ckpt.materialize_all(lazy)
+    return {k: out.get(k, v) for k, v in picked.items()}  # type: ignore[misc]
+
+
+@contextmanager
+def _open_source(path_or_uri: str | os.PathLike[str], allow_classes: Iterable[str] = ()) -> Iterator[_Source]:
+    uri = str(path_or_uri)
+    kind = unpickler.sniff(uri)
+    if kind == "zip":
+        with unpickler.open_checkpoint(uri, allow_classes) as ckpt:
+            yield _Source(
+                uri, _flat_state_dict(ckpt.obj, uri), lambda picked: _materialize(ckpt, picked), ckpt.obj
+            )
+            log.info("%s: read %.1f MB of %.1f MB", uri, ckpt.bytes_read / 1e6, ckpt.size / 1e6)
+        return
+    if kind == "legacy":
+        with unpickler.local_copy(uri) as local:
+            try:
+                raw = torch.load(local, weights_only=True, map_location="cpu")
+            except pickle.UnpicklingError as exc:
+                raise NotACheckpointError(
+                    f"{uri} is a legacy (pre-1.6, non-zip) torch file that pickles more than tensors, "
+                    f"which only the zip format can be read safely with; re-save it with a current torch ({exc})"
+                ) from exc
+            yield _Source(uri, _flat_state_dict(raw, uri), dict, raw)
+        return
+    if kind == "safetensors":
+        from safetensors import safe_open
+
+        with unpickler.local_copy(uri) as local, safe_open(str(local), framework="pt", device="cpu") as f:
+            state = {k: _ShapeOnly(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118
+            yield _Source(uri, state, lambda picked: {k: f.get_tensor(k) for k in picked})
+        return
+    raise NotACheckpointError(unpickler._not_zip_message(uri, kind, _size(uri)))
+
+
+def _size(uri: str) -> int:
+    from training import storage
+
+    fs, path = storage.filesystem(uri)
+    return int(fs.size(path))
+
+
+def _replace_lazy(obj: object, tensors: Mapping[int, torch.Tensor], seen: set[int]) -> object:
+    if isinstance(obj, LazyTensor):
+        return tensors[id(obj)]
+    if id(obj) in seen:
+        return obj
+    seen.add(id(obj))
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            obj[k] = _replace_lazy(v, tensors, seen)
+    elif isinstance(obj, list):
+        obj[:] = [_replace_lazy(v, tensors, seen) for v in obj]
+    elif isinstance(obj, tuple):
+        return (
+            type(obj)(*(_replace_lazy(v, tensors, seen) for v in obj))
+            if hasattr(obj, "_fields")
+            else tuple(_replace_lazy(v, tensors, seen) for v in obj)
+        )
+    if hasattr(obj, "__dict__") and not isinstance(obj, type):
+        for k, v in list(vars(obj).items()):
+            vars(obj)[k] = _replace_lazy(v, tensors, seen)
+    return obj
+
+
+def _collect_lazy(obj: object, found: dict[int, LazyTensor], seen: set[int]) -> None:
+    if isinstance(obj, LazyTensor):
+        found[id(obj)] = obj
+        return
+    if id(obj) in seen or isinstance(obj, str | bytes | int | float | type):
+        return
+    seen.add(id(obj))
+    if isinstance(obj, dict):
+        values: Iterable[object] = obj.values()
+    elif isinstance(obj, list | tuple | set | frozenset):
+        values = obj
+    else:
+        values = ()
+    for v in values:
+        _collect_lazy(v, found, seen)
+    if hasattr(obj, "__dict__"):
+        for v in vars(obj).values():
+            _collect_lazy(v, found, seen)
+
+
+def load_state_dict_file(
+    path_or_uri: str | os.PathLike[str], allow_classes: Iterable[str] = ()
+) -> Mapping[str, object]:
+    """The whole top-level object of a ``.ckpt``/``.pt``/``.pth`` or ``.safetensors`` file.
+
+    Every tensor in it is materialised: memory-mapped for local zip checkpoints (cheap until
+    touched), read in full for remote ones. Classes pickled beside the tensors become inert
+    stand-ins (:mod:`training.models.unpickler`); nothing from the file is run. To read only
+    the encoder, use :func:`load_encoder_state_dict`.
+    """
+    with _open_source(path_or_uri, allow_classes) as src:
+        if src.raw is None:  # safetensors
+            return src.read(src.state)
+        found: dict[int, LazyTensor] = {}
+        _collect_lazy(src.raw, found, set())
+        if not found:
+            return src.raw  # type: ignore[return-value]
+        named = {str(i): t for i, t in found.items()}
+        tensors = src.read(named)
+        return _replace_lazy(src.raw, {int(k): v for k, v in tensors.items()}, set())  # type: ignore[return-value]
 
 
 # --------------------------------------------------------------------------------------------
@@ -166,9 +305,9 @@ def _flat_state_dict(raw: Mapping[str, object], source: str) -> Mapping[str, obj
 
 
 def checkpoint_filter_fn(state_dict: Mapping[str, object]) -> StateDict:
-    """Encoder tensors with their prefix stripped, from any supported layout.
+    """Encoder entries with their prefix stripped, from any supported layout.
 
-    Detected from the keys:
+    Detected from the keys (values are passed through, lazy or not):
 
     - Lightning checkpoints of Clay or the seed (``model.encoder.*``; decoder, teacher, proj
       and head keys are dropped without being read);
@@ -176,10 +315,13 @@ def checkpoint_filter_fn(state_dict: Mapping[str, object]) -> StateDict:
     - a bare encoder state dict (``cls_token``, ``patch_embedding.*``, ``transformer.*``).
     """
     keys = list(state_dict)
+    out: dict = dict(state_dict)
     for prefix in (ENCODER_PREFIX, "encoder."):
         if any(k.startswith(prefix) for k in keys):
-            return {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}  # type: ignore[misc]
-    return dict(state_dict)  # type: ignore[arg-type]
+            out = {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}
+            break
+    source = getattr(state_dict, "source", None)
+    return _with_source(out, source) if source else out
 
 
 def seed_to_segmenter_state_dict(state_dict: Mapping[str, object]) -> StateDict:
@@ -202,15 +344,47 @@ def seed_to_segmenter_state_dict(state_dict: Mapping[str, object]) -> StateDict:
     return out
 
 
-def load_encoder_state_dict(path_or_uri: str | os.PathLike[str]) -> StateDict:
+def _is_clay_encoder(state: Mapping[str, object]) -> bool:
+    return "cls_token" in state and any(k.startswith("patch_embedding.") for k in state)
+
+
+def _expected_clay_shapes(preset: str = "large") -> dict[str, tuple[int, ...]]:
+    from training.models.clay import build_encoder
+
+    return {k: tuple(v.shape) for k, v in build_encoder(preset, device="meta").state_dict().items()}
+
+
+def _not_clay(source: str, state: Mapping[str, object], what: str) -> ArchitectureMismatchError:
+    expected = _expected_clay_shapes("large")
+    sample = ", ".join(f"{k} {_shape(v)}" for k, v in list(state.items())[:6])
+    wanted = ", ".join(f"{ENCODER_PREFIX}{k} {list(v)}" for k, v in list(expected.items())[:4])
+    return ArchitectureMismatchError(
+        [],
+        [],
+        [],
+        what,
+        source,
+        extra=(
+            f"no Clay encoder keys in its {len(state)} tensors (e.g. {sample or 'none'}); "
+            f"expected keys such as {wanted} (preset large)"
+        ),
+    )
+
+
+def load_encoder_state_dict(
+    path_or_uri: str | os.PathLike[str], allow_classes: Iterable[str] = ()
+) -> StateDict:
     """Encoder-only state dict (prefix stripped) from a Lightning ``.ckpt``, a ``.pt`` or a
-    ``.safetensors`` file, local or remote. Only ``model.encoder.*`` tensors are ever read."""
-    local, is_temp = _local_copy(path_or_uri)
-    try:
-        return checkpoint_filter_fn(_flat_state_dict(load_state_dict_file(local), str(path_or_uri)))
-    finally:
-        if is_temp:
-            local.unlink(missing_ok=True)  # mmapped pages stay valid after unlink on POSIX
+    ``.safetensors`` file, local or remote. Only the encoder's tensors are ever read.
+
+    ``allow_classes`` names extra pickled classes (``module.Class``) to accept as inert data.
+    Raises :class:`ArchitectureMismatchError` when the file holds no Clay encoder.
+    """
+    with _open_source(path_or_uri, allow_classes) as src:
+        picked = checkpoint_filter_fn(src.state)
+        if not _is_clay_encoder(picked):
+            raise _not_clay(src.uri, src.state, "Clay encoder")
+        return _with_source(src.read(picked), src.uri)
 
 
 # --------------------------------------------------------------------------------------------
@@ -218,24 +392,67 @@ def load_encoder_state_dict(path_or_uri: str | os.PathLike[str]) -> StateDict:
 # --------------------------------------------------------------------------------------------
 
 
-def check_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor], what: str = "model") -> None:
-    """Raise :class:`CheckpointMismatchError` unless keys and shapes match ``model`` exactly."""
-    expected = model.state_dict()
+def _diff(model: nn.Module, state_dict: Mapping[str, object]) -> tuple[list[str], list[str], list, dict]:
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     missing = sorted(k for k in expected if k not in state_dict)
     unexpected = sorted(k for k in state_dict if k not in expected)
     mismatched = [
-        (k, tuple(state_dict[k].shape), tuple(expected[k].shape))
+        (k, tuple(_shape(state_dict[k])), expected[k])
         for k in expected
-        if k in state_dict and tuple(state_dict[k].shape) != tuple(expected[k].shape)
+        if k in state_dict and tuple(_shape(state_dict[k])) != expected[k]
     ]
-    if missing or unexpected or mismatched:
-        raise CheckpointMismatchError(missing, unexpected, mismatched, what)
+    return missing, unexpected, mismatched, expected
 
 
-def load_strict(model: nn.Module, state_dict: Mapping[str, torch.Tensor], what: str = "model") -> nn.Module:
+def _model_preset(model: nn.Module) -> str | None:
+    encoder = getattr(model, "encoder", model)
+    return getattr(getattr(encoder, "config", None), "preset", None)
+
+
+def check_state_dict(
+    model: nn.Module,
+    state_dict: Mapping[str, object],
+    what: str = "model",
+    build_preset: Callable[[str], nn.Module] | None = None,
+) -> None:
+    """Raise a :class:`CheckpointMismatchError` unless keys and shapes match ``model`` exactly.
+
+    Values only need a ``shape`` (lazy tensors are checked without being read).
+    ``build_preset(name)`` builds the same model for another preset on the meta device; when
+    one fits the checkpoint exactly the error is a :class:`PresetMismatchError`. When fewer
+    than half of the model's keys are there it is an :class:`ArchitectureMismatchError`.
+    """
+    missing, unexpected, mismatched, expected = _diff(model, state_dict)
+    if not (missing or unexpected or mismatched):
+        return
+    source = getattr(state_dict, "source", None)
+    args = (missing, unexpected, mismatched, what, source, expected)
+    if build_preset is not None:
+        from training.models.clay import PRESETS
+
+        for name in PRESETS:
+            if name == _model_preset(model):
+                continue
+            other = _diff(build_preset(name), state_dict)
+            if not (other[0] or other[1] or other[2]):
+                raise PresetMismatchError(*args, model_preset=_model_preset(model), fits=name)
+    present = sum(1 for k in expected if k in state_dict)
+    if present < len(expected) / 2:
+        raise ArchitectureMismatchError(
+            *args, extra=f"only {present} of the model's {len(expected)} keys are in the checkpoint"
+        )
+    raise CheckpointMismatchError(*args)
+
+
+def load_strict(
+    model: nn.Module,
+    state_dict: Mapping[str, torch.Tensor],
+    what: str = "model",
+    build_preset: Callable[[str], nn.Module] | None = None,
+) -> nn.Module:
     """Strict, shape-checked load. Models built on the meta device take the tensors as they
     are (``assign=True``: no second copy, memory-mapped tensors stay mapped)."""
-    check_state_dict(model, state_dict, what)
+    check_state_dict(model, state_dict, what, build_preset)
     on_meta = any(t.is_meta for t in model.state_dict().values())
     model.load_state_dict(state_dict, strict=True, assign=on_meta)
     return model
@@ -245,32 +462,53 @@ def load_encoder(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> nn
     """Load an encoder state dict into a :class:`~training.models.clay.ClayEncoder` strictly.
 
     Accepts any layout :func:`checkpoint_filter_fn` understands. Raises
-    :class:`CheckpointMismatchError` naming every missing, unexpected or wrong-shape key.
+    :class:`CheckpointMismatchError` (or :class:`PresetMismatchError` /
+    :class:`ArchitectureMismatchError`) naming every missing, unexpected or wrong-shape key.
     """
-    return load_strict(model, checkpoint_filter_fn(state_dict), "Clay encoder")
+    from training.models.clay import build_encoder
+
+    return load_strict(
+        model, checkpoint_filter_fn(state_dict), "Clay encoder", lambda p: build_encoder(p, device="meta")
+    )
 
 
 def load_seed_segmenter(
-    path_or_uri: str | os.PathLike[str], preset: str = "large", device: str | torch.device = "cpu"
+    path_or_uri: str | os.PathLike[str],
+    preset: str = "large",
+    device: str | torch.device = "cpu",
+    allow_classes: Iterable[str] = (),
 ) -> nn.Module:
     """A :class:`~training.models.head.ClaySegmenter` holding the seed checkpoint's weights.
 
     The head width and class count are read from the checkpoint's ``conv1``/``conv_out``.
-    The model is built on the meta device and takes the (memory-mapped) tensors directly.
+    Keys and shapes are checked before any tensor is read; then only ``model.encoder.*`` and
+    the head are read, and the meta-built model takes them directly.
     """
     from training.models.head import build_segmenter
 
-    local, is_temp = _local_copy(path_or_uri)
-    try:
-        state = seed_to_segmenter_state_dict(_flat_state_dict(load_state_dict_file(local), str(path_or_uri)))
-    finally:
-        if is_temp:
-            local.unlink(missing_ok=True)
-    for key in ("head.conv1.weight", "head.conv_out.weight"):
-        if key not in state:
-            raise CheckpointMismatchError([key], [], [], "seed Chesapeake segmenter")
-    width = int(state["head.conv1.weight"].shape[0])
-    num_classes = int(state["head.conv_out.weight"].shape[0])
-    model = build_segmenter(preset, num_classes=num_classes, head_width=width, device="meta")
-    load_strict(model, state, "seed Chesapeake segmenter")
+    what = "seed Chesapeake segmenter"
+    with _open_source(path_or_uri, allow_classes) as src:
+        state = _with_source(seed_to_segmenter_state_dict(src.state), src.uri)
+        encoder_part = {k[len("encoder.") :]: v for k, v in state.items() if k.startswith("encoder.")}
+        if not _is_clay_encoder(encoder_part):
+            raise _not_clay(src.uri, src.state, what)
+        for key in ("head.conv1.weight", "head.conv_out.weight"):
+            if key not in state:
+                raise ArchitectureMismatchError(
+                    [key],
+                    [],
+                    [],
+                    what,
+                    src.uri,
+                    extra="no seed Chesapeake head (model.conv1/.../conv_out.*) in it",
+                )
+        width = int(_shape(state["head.conv1.weight"])[0])
+        num_classes = int(_shape(state["head.conv_out.weight"])[0])
+
+        def build(p: str) -> nn.Module:
+            return build_segmenter(p, num_classes=num_classes, head_width=width, device="meta")
+
+        model = build(preset)
+        check_state_dict(model, state, what, build)  # before reading any tensor
+        load_strict(model, _with_source(src.read(state), src.uri), what)
     return model.to(device).eval()
