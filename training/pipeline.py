@@ -136,7 +136,8 @@ def _build_segmenter(cfg: DictConfig):
     torch.manual_seed(cfg.seed)
     model = build_segmenter(cfg.model.preset, cfg.model.num_classes, cfg.model.head_width)
     if cfg.model.pretrained_uri:
-        load_encoder(model.encoder, load_encoder_state_dict(cfg.model.pretrained_uri))
+        allow = cfg.model.get("checkpoint_allow_classes") or ()
+        load_encoder(model.encoder, load_encoder_state_dict(cfg.model.pretrained_uri, allow_classes=allow))
     return model
 
 
