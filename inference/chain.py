@@ -138,33 +138,49 @@ _model_lock = threading.Lock()
 _loaded: _Loaded | None = None
 
 
-def model_artifact(settings: ChainSettings, pointer: dict[str, Any]) -> tuple[str, str]:
-    """``(backend, uri)`` of what to load for the champion, following ``BACKEND``.
+def model_artifact(settings: ChainSettings, pointer: dict[str, Any]) -> tuple[str, str, Any]:
+    """``(backend, uri, choice)`` of what to load for the champion on this CPU, following ``BACKEND``.
 
-    ONNX runs ``model.int8.onnx`` from the version's folder; torch runs the compact export.
-    ``auto`` takes ONNX when the champion has one and this image has onnxruntime.
+    :func:`inference.runtime_cpu.choose_path` picks the fastest path this CPU, this image and
+    the champion's artifacts allow (bf16 on AMX/AVX512-BF16, int8 with 8-bit weights on VNNI,
+    int8 with 7-bit weights on AVX2, torch fp32 last). ``BACKEND=onnx``/``torch`` restricts the
+    choice to that backend; ``auto`` allows all. ``choice`` is the
+    :class:`~inference.runtime_cpu.DispatchChoice` (path, reason, CPU flags, skipped paths).
     """
-    export_uri = str(pointer["export_uri"])
-    onnx_uri = artifacts.in_version(str(pointer["version_uri"]), artifacts.ONNX_INT8_NAME)
-    if settings.backend == "torch":
-        return "torch", export_uri
-    if settings.backend == "onnx":
-        if not storage.exists(onnx_uri):
-            raise ChainError(
-                f"BACKEND=onnx but champion {pointer['version']} has no {artifacts.ONNX_INT8_NAME} at {onnx_uri}; "
-                "export it with training.models.onnx_export.register_onnx, or set BACKEND=torch"
-            )
-        return "onnx", onnx_uri
-    if onnx_available() and storage.exists(onnx_uri):
-        return "onnx", onnx_uri
-    return "torch", export_uri
+    from inference.runtime_cpu import choose_path, runtime_available
+
+    version_uri = str(pointer["version_uri"])
+    uris = {artifacts.EXPORT_NAME: str(pointer["export_uri"])}
+
+    def uri_of(name: str) -> str:
+        return uris.get(name) or artifacts.in_version(version_uri, name)
+
+    def has_runtime(module: str) -> bool:
+        return onnx_available() if module == "onnxruntime" else runtime_available(module)
+
+    backends = None if settings.backend == "auto" else {settings.backend}
+    try:
+        choice = choose_path(
+            has_artifact=lambda name: name == artifacts.EXPORT_NAME or storage.exists(uri_of(name)),
+            has_runtime=has_runtime,
+            backends=backends,
+        )
+    except RuntimeError as exc:
+        raise ChainError(
+            f"BACKEND={settings.backend}: champion {pointer['version']} cannot run here ({exc}); "
+            f"ONNX runs need {artifacts.ONNX_INT8_NAME} (export it with "
+            "training.models.onnx_export.register_onnx), torch needs an image with torch"
+        ) from exc
+    return choice.backend, uri_of(choice.artifact), choice
 
 
 def load_champion(settings: ChainSettings) -> _Loaded:
     """The champion's predictor: re-reads the pointer, reuses the loaded model while it is unchanged.
 
     Remote artifacts are copied once into ``MODEL_CACHE_DIR/<model>/<version>/`` (``/tmp`` on
-    Lambda), so a warm container that sees a new champion downloads only the new model.
+    Lambda), so a warm container that sees a new champion downloads only the new model. The
+    CPU-specific optimised graph / compiled model is cached under ``MODEL_CACHE_DIR/compiled``.
+    The chosen path, its reason and the CPU flags are logged and kept as ``metadata["runtime"]``.
     """
     global _loaded
     pointer = champion(settings)
@@ -172,18 +188,25 @@ def load_champion(settings: ChainSettings) -> _Loaded:
     with _model_lock:
         if _loaded is not None and _loaded.version == version:
             return _loaded
-        from inference.runtime import load_predictor
+        from inference.runtime_cpu import load_chosen
 
-        backend, uri = model_artifact(settings, pointer)
+        _backend, uri, choice = model_artifact(settings, pointer)
         local = storage.local_path(uri)
         if local is None:
-            name = artifacts.ONNX_INT8_NAME if backend == "onnx" else artifacts.EXPORT_NAME
-            local = Path(settings.model_cache_dir) / settings.model_name / artifacts.safe_name(version) / name
+            local = (
+                Path(settings.model_cache_dir)
+                / settings.model_name
+                / artifacts.safe_name(version)
+                / choice.artifact
+            )
             if not local.exists():
                 storage.download(uri, local)
-        predictor = load_predictor(str(local), backend=backend)
-        _loaded = _Loaded(version, predictor, dict(predictor.metadata))
-        log.info("loaded champion %s %s (%s)", settings.model_name, version, backend)
+        cache = Path(settings.model_cache_dir) / "compiled"
+        predictor = load_chosen(choice, str(local), cache_dir=str(cache))
+        _loaded = _Loaded(version, predictor, {**predictor.metadata, "runtime": predictor.runtime})
+        log.info(
+            "loaded champion %s %s (%s: %s)", settings.model_name, version, choice.path.name, choice.reason
+        )
         return _loaded
 
 
@@ -426,6 +449,7 @@ def _write_outputs(
     )
     outputs.write_stac_item(stac, uris["stac_uri"])
     summary = monitor.SceneSummary.from_prediction(pred)
+    summary.extra["runtime"] = _loaded.metadata.get("runtime") if _loaded is not None else None
     storage.write_text(uris["summary_uri"], json.dumps(summary.to_dict()))
     return uris
 
@@ -615,7 +639,7 @@ def observe(settings: ChainSettings, execution_id: str) -> dict[str, Any]:
 
 def _reference_stats(settings: ChainSettings, version: str) -> dict[str, Any] | None:
     """The training reference statistics stored in the export of ``version`` (header only)."""
-    from training.models.export import read_export_metadata
+    from inference.runtime import read_safetensors_metadata as read_export_metadata  # no torch
 
     loaded = _loaded
     if loaded is not None and loaded.version == version:

@@ -5,7 +5,9 @@ How a scene is predicted (:func:`predict_scene`):
 - **Windows.** Square ``chip_size`` chips, their origins multiples of the model's patch size
   (8), so every chip's patch grid lines up with the scene's. Per axis the fewest chips that keep
   at least ``overlap`` pixels between neighbours are spread evenly over the scene; the last one
-  ends at the scene edge (no wasted chip of padding). A side shorter than a chip, or not a
+  ends at the scene edge (no wasted chip of padding). Where that would cost more than
+  ``MAX_TILING_COST`` x the non-overlapping chip count (small scenes), the overlap narrows, down
+  to one patch, to save a row or column of chips (:func:`plan_tiling`). A side shorter than a chip, or not a
   multiple of 8, is reflection-padded and the padding cropped afterwards.
 - **Blending.** Each chip's softmax is weighted by a separable cosine (Hann-half) ramp across
   each overlap it shares with a neighbour and 1 elsewhere; on the scene border there is no ramp.
@@ -135,22 +137,45 @@ class TilingPlan:
         return self.n_chips * self.chip_size**2 / (self.height * self.width)
 
 
+#: The most a scene's chips may cost relative to its non-overlapping chip count before
+#: :func:`plan_tiling` narrows the overlap (halving it, never below one patch) to need fewer chips.
+#: Narrow seams cost accuracy near chip borders (tests/inference/test_tiling_cost.py measures
+#: it), so only scenes above this ratio narrow: at 256 px chips that is scenes of about 1 km².
+MAX_TILING_COST = 1.3
+
+
 def plan_tiling(
     height: int,
     width: int,
     chip_size: int = DEFAULTS.chip_size,
     overlap: int = DEFAULTS.overlap,
     align: int = _PATCH,
+    max_cost_ratio: float | None = MAX_TILING_COST,
 ) -> TilingPlan:
-    """The sliding-window plan :func:`predict_scene` uses for a scene of this size."""
-    return TilingPlan(
-        height,
-        width,
-        chip_size,
-        overlap,
-        tuple(axis_offsets(height, chip_size, overlap, align)),
-        tuple(axis_offsets(width, chip_size, overlap, align)),
-    )
+    """The sliding-window plan :func:`predict_scene` uses for a scene of this size.
+
+    Adaptive overlap: the fewest chips that keep ``overlap`` pixels between neighbours, unless
+    that costs more than ``max_cost_ratio`` x the non-overlapping chip count; then the overlap
+    is halved (down to one patch, ``align``) while that saves chips, and the plan with the
+    widest overlap at the lowest chip count wins. A 1000 px side, for example, takes 4 chips of
+    256 px 8 px apart instead of 5 chips 32 px apart (16 chips instead of 25 for 1 km² at 1 m).
+    Chips are spread evenly, so the real overlap is often wider than the one asked for.
+    ``max_cost_ratio=None`` keeps ``overlap`` whatever it costs.
+    """
+
+    def plan(o: int) -> TilingPlan:
+        ys = tuple(axis_offsets(height, chip_size, o, align))
+        xs = tuple(axis_offsets(width, chip_size, o, align))
+        return TilingPlan(height, width, chip_size, o, ys, xs)
+
+    best = plan(overlap)
+    current = overlap
+    while max_cost_ratio is not None and best.cost_ratio > max_cost_ratio and current > align:
+        current = max(align, current // 2 // align * align)
+        candidate = plan(current)
+        if candidate.n_chips < best.n_chips:
+            best = candidate
+    return best
 
 
 def _ramp(dist: np.ndarray, overlap: int, margin: float) -> np.ndarray:

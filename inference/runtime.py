@@ -2,8 +2,10 @@
 
 :class:`Predictor` is what :mod:`inference.predict` calls. :class:`TorchPredictor` runs the
 compact export (``training.models.export``) with PyTorch; the ONNX Runtime backend lives in
-``inference.runtime_onnx`` and is imported only when asked for, so each Lambda image carries
-just the runtime it uses. Nothing here imports torch at module scope.
+``inference.runtime_onnx`` and the OpenVINO one in ``inference.runtime_openvino``, each imported
+only when asked for, so each Lambda image carries just the runtime it uses. Which backend and
+artifact suit this CPU is decided by :mod:`inference.runtime_cpu`. Nothing here imports torch
+at module scope; :func:`read_safetensors_metadata` reads an export's header without it.
 
 Inputs are already Clay-normalised (``training.data.naip.normalize``); the caller does that once
 per batch, so every backend sees exactly the same numbers.
@@ -11,17 +13,28 @@ per batch, so every backend sees exactly the same numbers.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import struct
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-__all__ = ["BACKENDS", "Predictor", "TorchPredictor", "default_num_threads", "load_predictor"]
+__all__ = [
+    "BACKENDS",
+    "Predictor",
+    "TorchPredictor",
+    "default_num_threads",
+    "load_predictor",
+    "read_safetensors_metadata",
+]
 
 log = logging.getLogger(__name__)
 
-BACKENDS: tuple[str, ...] = ("torch", "onnx")
+BACKENDS: tuple[str, ...] = ("torch", "onnx", "openvino")
+#: A safetensors header is an 8-byte little-endian length and that many bytes of JSON.
+_MAX_HEADER_BYTES = 100 * 2**20
 
 
 @runtime_checkable
@@ -29,7 +42,7 @@ class Predictor(Protocol):
     """A loaded segmentation model.
 
     Attributes:
-        backend: ``"torch"`` or ``"onnx"``.
+        backend: ``"torch"``, ``"onnx"`` or ``"openvino"``.
         num_classes: K, the number of output classes.
         metadata: the export's metadata (class table, normalisation, reference stats, ...).
     """
@@ -125,20 +138,49 @@ class TorchPredictor:
         return f"TorchPredictor({self.export_path!r}, dtype={self.dtype!r}, threads={self.num_threads})"
 
 
-def load_predictor(export_path: str, backend: str = "torch", **kwargs: Any) -> Predictor:
-    """Load the model at ``export_path`` with ``backend`` (``"torch"`` or ``"onnx"``).
+def read_safetensors_metadata(uri_or_path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The ``__metadata__`` of a safetensors file, values JSON-decoded where they parse; no torch.
 
-    Extra keyword arguments go to the backend's constructor (e.g. ``dtype``, ``num_threads``).
+    Reads only the header (two small range reads for ``s3://``), so the torch-free Lambda image
+    can read an export's reference statistics.
+    """
+    from training import storage
+
+    uri = str(uri_or_path)
+    fs, path = storage.filesystem(uri)
+    with fs.open(path, "rb") as fh:
+        (length,) = struct.unpack("<Q", fh.read(8))
+        if not 0 < length <= _MAX_HEADER_BYTES:
+            raise ValueError(f"{uri}: not a safetensors file (header length {length})")
+        header = json.loads(fh.read(length))
+    out: dict[str, Any] = {}
+    for key, value in (header.get("__metadata__") or {}).items():
+        try:
+            out[key] = json.loads(value)
+        except (TypeError, json.JSONDecodeError):
+            out[key] = value
+    return out
+
+
+def load_predictor(export_path: str, backend: str = "torch", **kwargs: Any) -> Predictor:
+    """Load the model at ``export_path`` with ``backend`` (``"torch"``, ``"onnx"`` or ``"openvino"``).
+
+    Extra keyword arguments go to the backend's constructor (e.g. ``dtype``, ``num_threads``,
+    ``precision``).
     """
     if backend == "torch":
         return TorchPredictor(export_path, **kwargs)
-    if backend == "onnx":
+    if backend in ("onnx", "openvino"):
+        module, cls, package = {
+            "onnx": ("inference.runtime_onnx", "OnnxPredictor", "onnxruntime"),
+            "openvino": ("inference.runtime_openvino", "OpenVinoPredictor", "openvino"),
+        }[backend]
         try:
-            from inference.runtime_onnx import OnnxPredictor
+            predictor_cls = getattr(__import__(module, fromlist=[cls]), cls)
         except ImportError as exc:
             raise ValueError(
-                "backend 'onnx' needs inference.runtime_onnx and onnxruntime, which are not "
-                f"available here ({exc}); use backend='torch' or install the ONNX runtime"
+                f"backend {backend!r} needs {module} and {package}, which are not "
+                f"available here ({exc}); use backend='torch' or install {package}"
             ) from exc
-        return OnnxPredictor(export_path, **kwargs)
+        return predictor_cls(export_path, **kwargs)
     raise ValueError(f"unknown backend {backend!r}; choose one of {list(BACKENDS)}")

@@ -12,6 +12,12 @@ activation memory does not grow with the caller's batch size (the large preset's
 scores alone are ~70 MB per chip); the CPU memory arena is kept, but with the
 ``kSameAsRequested`` growth strategy so it does not over-allocate by powers of two.
 
+Cold start: with ``cache_dir`` the first session saves its fully optimised graph (all ORT
+optimisations, including the CPU-specific layout ones) in ORT format under a key of the model
+file, the ORT version and this CPU's flags; later sessions on the same CPU load that file with
+graph optimisation off and use its bytes in place for the weights (no second copy), so a cold
+start does neither the optimisation nor the copy.
+
 Determinism: activations are quantised dynamically with one scale per tensor, so a chip run
 together with others could come out slightly different than alone. With ``max_batch=1`` (the
 default) every chip's probabilities depend on that chip only, whatever the caller's batching.
@@ -19,7 +25,9 @@ default) every chip's probabilities depend on that chip only, whatever the calle
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -28,7 +36,9 @@ import numpy as np
 
 from inference.runtime import check_chips, default_num_threads
 
-__all__ = ["OnnxPredictor", "session_options"]
+__all__ = ["OnnxPredictor", "optimized_cache_path", "session_options"]
+
+log = logging.getLogger(__name__)
 
 
 def session_options(threads: int | None = None, low_memory: bool = True) -> Any:
@@ -44,6 +54,19 @@ def session_options(threads: int | None = None, low_memory: bool = True) -> Any:
     if low_memory:
         options.enable_mem_pattern = False
     return options
+
+
+def optimized_cache_path(model: Path, cache_dir: str | os.PathLike[str]) -> Path:
+    """Where the optimised ORT-format graph of ``model`` for this CPU and ORT version is cached."""
+    import onnxruntime as ort
+
+    from inference.runtime_cpu import detect_cpu
+
+    st = model.stat()
+    cpu = detect_cpu()
+    key = f"{model.resolve()}|{st.st_size}|{st.st_mtime_ns}|{ort.__version__}|{cpu.arch}|{sorted(cpu.flags)}"
+    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+    return Path(cache_dir) / f"{model.stem}.{digest}.ort"
 
 
 def _provider_options(low_memory: bool) -> list[tuple[str, dict[str, str]]]:
@@ -80,18 +103,16 @@ class OnnxPredictor:
         num_threads: int | None = None,
         max_batch: int = 1,
         low_memory: bool = True,
+        cache_dir: str | os.PathLike[str] | None = None,
     ) -> None:
-        import onnxruntime as ort
-
         self.path = Path(path)
         if not self.path.exists():
             raise FileNotFoundError(f"no ONNX model at {self.path}")
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         self.max_batch = max_batch
-        self.session = ort.InferenceSession(
-            str(self.path), session_options(num_threads, low_memory), providers=_provider_options(low_memory)
-        )
+        self.cached_graph: str | None = None
+        self.session = self._session(num_threads, low_memory, cache_dir)
         self.metadata: dict[str, Any] = _decode(self.session.get_modelmeta().custom_metadata_map)
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
         self.input_name = self.metadata.get("input_name", inputs[0].name)
@@ -106,6 +127,36 @@ class OnnxPredictor:
         if classes is None:
             raise ValueError(f"{self.path}: cannot tell the number of classes (no metadata)")
         self.num_classes = int(classes)
+
+    def _session(self, threads: int | None, low_memory: bool, cache_dir: str | os.PathLike[str] | None) -> Any:
+        import onnxruntime as ort
+
+        options = session_options(threads, low_memory)
+        providers = _provider_options(low_memory)
+        if cache_dir is None:
+            return ort.InferenceSession(str(self.path), options, providers=providers)
+        cached = optimized_cache_path(self.path, cache_dir)
+        if cached.exists():
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+            options.add_session_config_entry("session.load_model_format", "ORT")
+            options.add_session_config_entry("session.use_ort_model_bytes_directly", "1")
+            options.add_session_config_entry("session.use_ort_model_bytes_for_initializers", "1")
+            try:
+                session = ort.InferenceSession(str(cached), options, providers=providers)
+                self.cached_graph = str(cached)
+                return session
+            except Exception as exc:  # a stale or truncated cache: rebuild it
+                log.warning("ignoring unreadable cached graph %s (%s)", cached, exc)
+                cached.unlink(missing_ok=True)
+                options = session_options(threads, low_memory)
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cached.with_name(f".{cached.name}.{os.getpid()}.tmp")
+        options.optimized_model_filepath = str(tmp)
+        options.add_session_config_entry("session.save_model_format", "ORT")
+        session = ort.InferenceSession(str(self.path), options, providers=providers)
+        if tmp.exists():
+            os.replace(tmp, cached)
+        return session
 
     def __repr__(self) -> str:
         return f"OnnxPredictor({str(self.path)!r}, chip_size={self.chip_size}, classes={self.num_classes})"

@@ -491,8 +491,7 @@ def register(run: Run) -> dict[str, Any]:
                 version=version,
             )
     onnx_uri = storage.join(version_uri, ONNX_INT8_NAME)
-    if not storage.exists(onnx_uri):
-        register_onnx(version_uri)
+    register_onnx(version_uri)  # every runtime path's artifact; keeps those already written
     return {"version": version, "version_uri": version_uri, "onnx_uri": onnx_uri}
 
 

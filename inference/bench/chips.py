@@ -13,11 +13,12 @@ from __future__ import annotations
 import gc
 import statistics
 import time
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-__all__ = ["bench_chips", "sample_chips"]
+__all__ = ["Candidate", "bench_chips", "candidates", "experiments", "run_candidates", "sample_chips"]
 
 
 def sample_chips(n: int, chip: int = 256, seed: int = 7) -> np.ndarray:
@@ -64,31 +65,38 @@ def _summary(seconds: list[float], flops: float, peak_gflops: float, peak_name: 
 
 def bench_chips(
     export_path: str,
-    onnx_path: str,
+    served_path: str,
     flops: float,
     peaks: dict[str, Any],
     eager_runs: int,
     opt_runs: int,
     chip: int = 256,
+    served_backend: str = "onnx",
+    served_kwargs: dict[str, Any] | None = None,
+    served_precision: str = "int8",
 ) -> dict[str, Any]:
-    """Eager fp32 vs optimised latency, throughput, GFLOP/s, share of peak and agreement."""
-    from inference.runtime import TorchPredictor
-    from inference.runtime_onnx import OnnxPredictor
+    """Eager fp32 vs the served path: latency, throughput, GFLOP/s, share of peak and agreement.
+
+    The served path is what the dispatcher chose for this CPU (``served_backend`` on
+    ``served_path``); its share of peak is against the measured peak of ``served_precision``.
+    ``eager_classes`` (argmax per chip) is returned for further agreement checks.
+    """
+    from inference.runtime import TorchPredictor, load_predictor
 
     chips = sample_chips(max(eager_runs, opt_runs), chip)
     eager = TorchPredictor(export_path, dtype="float32")
     eager_s, eager_cls = _timed(eager, chips[:eager_runs])
     del eager
     gc.collect()
-    time.sleep(0.5)  # let torch's OpenMP workers stop spinning before ONNX Runtime starts
-    opt = OnnxPredictor(onnx_path)
+    time.sleep(0.5)  # let torch's OpenMP workers stop spinning before the next runtime starts
+    opt = load_predictor(served_path, backend=served_backend, **(served_kwargs or {}))
     opt_s, opt_cls = _timed(opt, chips[:opt_runs])
     del opt
     gc.collect()
     n = min(eager_runs, opt_runs)
     agreement = float((eager_cls[:n] == opt_cls[:n]).mean())
     eager_sum = _summary(eager_s, flops, peaks["fp32"]["gflops"], "fp32")
-    opt_sum = _summary(opt_s, flops, peaks["int8"]["gflops"], "int8")
+    opt_sum = _summary(opt_s, flops, peaks[served_precision]["gflops"], served_precision)
     opt_sum["share_of_fp32_peak"] = opt_sum["gflops"] / peaks["fp32"]["gflops"]
     return {
         "chip": chip,
@@ -98,4 +106,162 @@ def bench_chips(
         "speedup": eager_sum["ms_per_chip"] / opt_sum["ms_per_chip"],
         "pixel_agreement": agreement,
         "agreement_chips": n,
+        "chips": chips,
+        "eager_classes": eager_cls,
     }
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One way to run the model in the side-by-side table."""
+
+    name: str
+    backend: str
+    artifact: str  # key of BenchModel.artifacts, or "variant:<name>"
+    precision: str  # the precision whose measured peak it is compared with
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    needs_any: frozenset[str] = frozenset()  # CPU flags that make it the intended path
+    runs_without: bool = True  # run even when the CPU lacks needs_any (code path exercised)
+    note: str = ""
+
+
+def candidates() -> list[Candidate]:
+    """Every path the bench compares (names follow inference.runtime_cpu where they are served)."""
+    from inference.runtime_cpu import BF16_FLAGS, INT8_DOT_FLAGS
+    from training.artifacts import EXPORT_NAME, ONNX_FP32_NAME, ONNX_INT8_NAME, ONNX_INT8_VNNI_NAME
+
+    return [
+        Candidate(
+            "torch-bf16",
+            "torch",
+            EXPORT_NAME,
+            "bf16",
+            {"dtype": "bfloat16"},
+            BF16_FLAGS,
+            False,
+            "torch bf16 (AMX / AVX512-BF16 oneDNN kernels)",
+        ),
+        Candidate(
+            "ort-fp32", "onnx", ONNX_FP32_NAME, "fp32", {}, frozenset(), True, "ONNX Runtime fp32 graph"
+        ),
+        Candidate(
+            "ort-int8-avx2",
+            "onnx",
+            ONNX_INT8_NAME,
+            "int8",
+            {},
+            frozenset({"avx2"}),
+            True,
+            "ONNX Runtime int8, 7-bit weights",
+        ),
+        Candidate(
+            "ort-int8-vnni",
+            "onnx",
+            ONNX_INT8_VNNI_NAME,
+            "int8",
+            {},
+            INT8_DOT_FLAGS,
+            True,
+            "ONNX Runtime int8, 8-bit weights",
+        ),
+        Candidate(
+            "openvino-fp32",
+            "openvino",
+            ONNX_FP32_NAME,
+            "fp32",
+            {"precision": "fp32"},
+            frozenset(),
+            True,
+            "OpenVINO CPU plugin fp32",
+        ),
+        Candidate(
+            "openvino-bf16",
+            "openvino",
+            ONNX_FP32_NAME,
+            "bf16",
+            {"precision": "bf16"},
+            BF16_FLAGS,
+            False,
+            "OpenVINO CPU plugin bf16",
+        ),
+    ]
+
+
+def experiments() -> list[Candidate]:
+    """Quantisation experiments (ONNX Runtime), built from the fp32 graph by the bench."""
+    from training.artifacts import ONNX_INT8_NAME
+
+    return [
+        Candidate("ort-int8-avx2", "onnx", ONNX_INT8_NAME, "int8", note="served AVX2 recipe (reference)"),
+        Candidate("ort-int8-attn", "onnx", "variant:int8-attn", "int8", note="+ attention score MatMuls"),
+        Candidate("ort-int8-conv", "onnx", "variant:int8-conv", "int8", note="+ head convs (ConvInteger)"),
+        Candidate(
+            "ort-int8-static",
+            "onnx",
+            "variant:int8-static",
+            "int8",
+            note="static QDQ, calibrated on 8 training-split chips",
+        ),
+    ]
+
+
+def run_candidates(
+    model: Any,
+    cands: list[Candidate],
+    chips: np.ndarray,
+    reference: np.ndarray,
+    reference_s: float,
+    flops: float,
+    peaks: dict[str, Any],
+    cpu: Any,
+) -> list[dict[str, Any]]:
+    """Time each candidate on ``chips`` (after a warm-up); agreement with ``reference`` classes.
+
+    A candidate whose CPU feature is missing and that would only run emulated
+    (``runs_without=False``) is reported "not available on this CPU" and not run; the others run
+    and say when this CPU is not the one they are meant for.
+    """
+    from inference.bench.models import prepare_variant
+    from inference.runtime import load_predictor
+
+    rows = []
+    for c in cands:
+        row: dict[str, Any] = {"name": c.name, "backend": c.backend, "precision": c.precision, "note": c.note}
+        has = not c.needs_any or bool(cpu.flags & c.needs_any)
+        row["cpu_has_feature"] = has
+        if not has:
+            row["cpu_note"] = f"not available on this CPU (lacks {' / '.join(sorted(c.needs_any))})"
+        if not has and not c.runs_without:
+            row["status"] = "not run: " + row["cpu_note"]
+            rows.append(row)
+            continue
+        try:
+            path = (
+                prepare_variant(model, c.artifact.split(":", 1)[1])
+                if c.artifact.startswith("variant:")
+                else model.artifacts[c.artifact]
+            )
+            t0 = time.perf_counter()
+            predictor = load_predictor(path, backend=c.backend, **c.kwargs)
+            row["load_s"] = time.perf_counter() - t0
+            seconds, classes = _timed(predictor, chips)
+            effective = getattr(predictor, "effective_precision", None)
+            del predictor
+            gc.collect()
+        except Exception as exc:  # one failing runtime must not hide the others
+            row["status"] = f"failed: {type(exc).__name__}: {str(exc)[:200]}"
+            rows.append(row)
+            continue
+        peak_key = c.precision if peaks.get(c.precision, {}).get("gflops") else "fp32"
+        summary = _summary(seconds, flops, peaks[peak_key]["gflops"], peak_key)
+        n = min(len(classes), len(reference))
+        row.update(summary)
+        row["speedup"] = reference_s / summary["ms_per_chip"] * 1e3
+        row["pixel_agreement"] = float((classes[:n] == reference[:n]).mean())
+        row["agreement_chips"] = n
+        if effective is not None:
+            row["effective_precision"] = effective
+        row["status"] = "ran" + ("" if has else f" ({row['cpu_note']}: measured anyway)")
+        rows.append(row)
+        time.sleep(0.3)
+    return rows

@@ -81,9 +81,7 @@ def write_files(folder: Path) -> dict[str, Path]:
 def measure_rss(folder: Path) -> list[dict]:
     # Write the files in a child process: ru_maxrss survives fork + exec on Linux, so the
     # measuring children must come from a parent that never held the 4 GB of tensors.
-    subprocess.run(
-        [sys.executable, "-m", "inference.bench.load", "write", "--dir", str(folder)], check=True
-    )
+    subprocess.run([sys.executable, "-m", "inference.bench.load", "write", "--dir", str(folder)], check=True)
     results = []
     for name, path in write_files(folder).items():
         out = subprocess.run(

@@ -1,4 +1,8 @@
-"""Benchmark models: random-weight exports per preset, their int8 ONNX, and analytic FLOPs.
+"""Benchmark models: random-weight exports per preset, every runtime artifact, and analytic FLOPs.
+
+Each model folder is laid out as a registry version folder: the export plus what
+``training.models.onnx_export.write_runtime_artifacts`` writes at registration (the int8 ONNX
+models for AVX2 and VNNI and the fp32 ONNX graph), so the dispatcher chooses from the same files.
 
 Random weights stand in for trained ones (same shapes, same cost); pixel agreement on random
 weights is pessimistic, because their logits sit close together (see the closing note).
@@ -17,7 +21,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["HEAD_WIDTH", "BenchModel", "analytic_flops", "prepare_model"]
+__all__ = ["HEAD_WIDTH", "BenchModel", "analytic_flops", "prepare_model", "prepare_variant"]
 
 #: Head widths of the model configs (setup/conf/model/clay_*.yaml).
 HEAD_WIDTH = {"tiny": 64, "small": 256, "base": 512, "large": 512}
@@ -37,6 +41,7 @@ class BenchModel:
     preset: str
     export_path: str
     onnx_path: str
+    artifacts: dict[str, str]
     export_bytes: int
     onnx_bytes: int
     build_seconds: float
@@ -58,24 +63,25 @@ def _key(preset: str, seed: int, root: Path) -> str:
 
 
 def prepare_model(preset: str, workdir: Path, seed: int = 0, rebuild: bool = False) -> BenchModel:
-    """Build (or reuse) ``model.safetensors`` and ``model.int8.onnx`` of a random ``preset`` model.
+    """Build (or reuse) the export and every runtime artifact of a random ``preset`` model.
 
     The fp32 model is built, written as the compact (fp16) export and dropped before the
     ONNX conversion reloads the export, so at most one torch copy of the weights is alive.
     """
     import torch
 
-    from training.artifacts import EXPORT_NAME, ONNX_INT8_NAME
+    from training.artifacts import EXPORT_NAME, ONNX_INT8_NAME, RUNTIME_ARTIFACT_NAMES
     from training.models.export import save_export
     from training.models.head import build_segmenter
-    from training.models.onnx_export import convert_export
+    from training.models.onnx_export import write_runtime_artifacts
 
     root = Path(__file__).resolve().parents[2]
     folder = workdir / "models" / f"{preset}-{_key(preset, seed, root)}"
-    export_path, onnx_path = folder / EXPORT_NAME, folder / ONNX_INT8_NAME
+    export_path = folder / EXPORT_NAME
+    paths = {name: str(folder / name) for name in RUNTIME_ARTIFACT_NAMES}
     info_path = folder / "build.json"
     width = HEAD_WIDTH.get(preset, 512)
-    if not rebuild and export_path.exists() and onnx_path.exists() and info_path.exists():
+    if not rebuild and info_path.exists() and all(Path(p).exists() for p in paths.values()):
         info = json.loads(info_path.read_text())
         return BenchModel(**{**info, "cached": True})
     folder.mkdir(parents=True, exist_ok=True)
@@ -86,14 +92,15 @@ def prepare_model(preset: str, workdir: Path, seed: int = 0, rebuild: bool = Fal
     del model
     build_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    convert_export(str(export_path), str(onnx_path))
+    write_runtime_artifacts(str(export_path), str(folder), overwrite=rebuild)
     convert_s = time.perf_counter() - t0
     result = BenchModel(
         preset=preset,
         export_path=str(export_path),
-        onnx_path=str(onnx_path),
+        onnx_path=paths[ONNX_INT8_NAME],
+        artifacts={EXPORT_NAME: str(export_path), **paths},
         export_bytes=export_path.stat().st_size,
-        onnx_bytes=onnx_path.stat().st_size,
+        onnx_bytes=Path(paths[ONNX_INT8_NAME]).stat().st_size,
         build_seconds=build_s,
         convert_seconds=convert_s,
         cached=False,
@@ -101,6 +108,20 @@ def prepare_model(preset: str, workdir: Path, seed: int = 0, rebuild: bool = Fal
     )
     info_path.write_text(json.dumps(result.to_dict(), indent=2))
     return result
+
+
+def prepare_variant(model: BenchModel, variant: str) -> str:
+    """The ONNX file of an experimental quantisation ``variant`` of ``model`` (cached beside it)."""
+    from training.artifacts import ONNX_FP32_NAME
+    from training.models.onnx_export import VARIANTS, make_variant, read_onnx_metadata
+
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown variant {variant!r}; known: {sorted(VARIANTS)}")
+    path = Path(model.export_path).parent / f"variant-{variant}.onnx"
+    if not path.exists():
+        fp32 = model.artifacts[ONNX_FP32_NAME]
+        make_variant(fp32, path, variant, read_onnx_metadata(fp32))
+    return str(path)
 
 
 def analytic_flops(preset: str, chip: int = 256, head_width: int | None = None, num_classes: int = 7) -> dict:

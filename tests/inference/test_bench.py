@@ -27,12 +27,16 @@ def test_analytic_flops_match_flop_counter() -> None:
 
 def test_bench_quick_writes_all_sections(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
-    cmd = [sys.executable, "-m", "inference.bench", "--quick", "--no-champion"]
+    # --no-image: building the Lambda env needs the network (tests/inference/test_lambda_env.py, opt-in).
+    cmd = [sys.executable, "-m", "inference.bench", "--quick", "--no-champion", "--no-image"]
     cmd += ["--out", str(out), "--workdir", str(tmp_path / "work")]
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=300)
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     for heading in (
+        "## 0. CPU and the dispatcher's choice",
         "## 1. GEMM peak",
+        "## 2b. Candidate paths side by side",
+        "## 2c. Quantisation experiments",
         "## 2. Per chip",
         "## 3. Whole scenes",
         "## 4. Lambda cost",
@@ -55,4 +59,34 @@ def test_bench_quick_writes_all_sections(tmp_path: Path) -> None:
         r["median_s"] > 0 and r["chips_run"] >= r["chips_nonoverlapping"] for r in rows
     )
     assert report["lambda_cost"]["optimized"]["usd_per_km2"] > 0
-    assert set(report["targets"]) >= {"a_throughput", "b_efficiency", "c_memory", "d_cold_start", "e_scene"}
+    assert set(report["targets"]) >= {
+        "a_throughput",
+        "a_agreement",
+        "b_efficiency",
+        "c_memory",
+        "d_cold_start",
+        "e_scene",
+    }
+    # The CPU is detected, and the dispatcher's choice is the served path, with its reason.
+    from inference.runtime_cpu import detect_cpu
+
+    assert report["machine"]["cpu_detected"]["flags"] == sorted(detect_cpu().flags)
+    choice = report["dispatch"]["tiny"]
+    assert choice["reason"] and tiny["served_path"] == choice["path"] == tiny["optimized"]["cold"]["path"]
+    assert report["targets"]["cpu_class"] in ("avx2", "accelerated")
+    rows = {r["name"]: r for r in report["candidates"]["rows"]}
+    assert set(rows) >= {
+        "torch-bf16",
+        "ort-fp32",
+        "ort-int8-avx2",
+        "ort-int8-vnni",
+        "openvino-fp32",
+        "openvino-bf16",
+    }
+    for name, row in rows.items():
+        assert row["status"].startswith(("ran", "not run: not available on this CPU")), (name, row["status"])
+        if row["status"].startswith("ran"):
+            assert row["ms_per_chip"] > 0 and 0.0 <= row["pixel_agreement"] <= 1.0
+    experiments = {r["name"]: r for r in report["experiments"]["rows"]}
+    assert {"ort-int8-attn", "ort-int8-conv", "ort-int8-static"} <= set(experiments)
+    assert all(r["status"].startswith("ran") for r in experiments.values()), experiments

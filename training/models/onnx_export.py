@@ -1,6 +1,13 @@
-"""Convert a compact export (``model.safetensors``) into an int8 ONNX model for the Lambda.
+"""Convert a compact export (``model.safetensors``) into the ONNX models the Lambda runtimes run.
 
-The result, ``model.int8.onnx``, is self-contained: the graph maps normalised float32 chips
+Registration (:func:`register_onnx` -> :func:`write_runtime_artifacts`) writes one file per
+runtime path of :mod:`inference.runtime_cpu`, beside the export in the version folder:
+
+- ``model.int8.onnx``: ONNX Runtime int8, 7-bit weights (AVX2 CPUs without VNNI);
+- ``model.int8-vnni.onnx``: ONNX Runtime int8, full 8-bit weights (VNNI / AMX-INT8 / Arm dotprod);
+- ``model.fp32.onnx``: the plain fp32 graph (OpenVINO, bf16 on AMX / AVX512-BF16).
+
+Each is self-contained: the graph maps normalised float32 chips
 ``chips`` (B, 4, S, S) to softmax probabilities ``probabilities`` (B, K, S, S), and the export's
 metadata (class table, normalisation, reference statistics, configs, ...) rides in the ONNX
 ``metadata_props`` as JSON strings, so the infer Lambda needs only ``onnxruntime`` + ``numpy``
@@ -21,6 +28,10 @@ Pipeline (:func:`convert_export`):
 4. ONNX Runtime's offline graph optimisation (``ORT_ENABLE_EXTENDED``, portable across x86
    CPUs) is applied once here, so the Lambda's session start does less work.
 
+The bench also builds experimental variants (:data:`VARIANTS`): the attention score MatMuls
+quantised too, the head convs quantised (``ConvInteger``), and static calibrated int8 (QDQ,
+calibration chips from the synthetic training split).
+
 Needs torch, onnx and onnxruntime (training image); the inference side never imports this.
 """
 
@@ -28,27 +39,43 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
 from training import storage
-from training.artifacts import EXPORT_NAME, ONNX_INT8_NAME
+from training.artifacts import (
+    EXPORT_NAME,
+    ONNX_FP32_NAME,
+    ONNX_INT8_NAME,
+    ONNX_INT8_VNNI_NAME,
+    RUNTIME_ARTIFACT_NAMES,
+)
 from training.models.export import load_export
 
 __all__ = [
     "ONNX_FORMAT",
+    "VARIANTS",
     "ProbabilityModel",
+    "QuantVariant",
+    "calibration_chips",
     "convert_export",
     "export_fp32_onnx",
+    "make_variant",
     "quantize_onnx",
     "read_onnx_metadata",
     "register_onnx",
+    "write_runtime_artifacts",
 ]
+
+log = logging.getLogger(__name__)
 
 ONNX_FORMAT = "landcover-clay-segmenter-onnx"
 ONNX_FORMAT_VERSION = 1
@@ -111,12 +138,14 @@ def quantize_onnx(
     weight_type: str = "qint8",
     per_channel: bool = True,
     reduce_range: bool = True,
+    ops: tuple[str, ...] | list[str] = tuple(QUANTIZED_OPS),
+    const_b_only: bool = True,
 ) -> Path:
-    """Dynamic int8 quantisation of the MatMul weights of an fp32 ONNX model.
+    """Dynamic int8 quantisation of an fp32 ONNX model (the MatMul weights by default).
 
-    ``onnxruntime.quantization.quantize_dynamic`` on MatMuls with a constant weight. At session
-    start ONNX Runtime fuses each ``DynamicQuantizeLinear -> MatMulInteger -> Mul`` group into
-    one ``DynamicQuantizeMatMul`` (MLAS's u8s8 or u8u8 GEMM).
+    ``onnxruntime.quantization.quantize_dynamic``. At session start ONNX Runtime fuses each
+    ``DynamicQuantizeLinear -> MatMulInteger -> Mul`` group into one ``DynamicQuantizeMatMul``
+    (MLAS's u8s8 or u8u8 GEMM).
 
     Args:
         src: fp32 model.
@@ -124,6 +153,9 @@ def quantize_onnx(
         weight_type: ``qint8`` (signed weights: u8s8 kernels) or ``quint8`` (u8u8).
         per_channel: one scale per output channel instead of per tensor.
         reduce_range: 7-bit weights (avoids u8s8 saturation on AVX2 without VNNI).
+        ops: operator types to quantise (``"Conv"`` adds the head convs as ``ConvInteger``).
+        const_b_only: quantise only MatMuls with a constant weight; False also quantises the
+            attention score products (both inputs dynamic).
 
     Returns:
         ``dst`` as a Path.
@@ -139,10 +171,165 @@ def quantize_onnx(
         weight_type=types[weight_type],
         per_channel=per_channel,
         reduce_range=reduce_range,
-        op_types_to_quantize=QUANTIZED_OPS,
-        extra_options={"MatMulConstBOnly": True},
+        op_types_to_quantize=list(ops),
+        extra_options={"MatMulConstBOnly": const_b_only},
     )
     return Path(dst)
+
+
+def calibration_chips(n: int, chip_size: int = 256, seed: int = 0) -> np.ndarray:
+    """``n`` normalised chips (n, 4, S, S) from the synthetic training split's scenes.
+
+    The scenes are those ``training.data.synthetic.generate_dataset`` writes for split
+    ``train`` (same seeds), so calibration sees the training distribution, not the bench's chips.
+    """
+    from training.data.naip import normalize
+    from training.data.synthetic import generate_scene, scene_seed
+
+    out = np.empty((n, 4, chip_size, chip_size), dtype=np.float32)
+    per_scene = 4
+    for i in range(n):
+        scene, k = divmod(i, per_scene)
+        if k == 0:
+            image, _ = generate_scene(scene_seed(seed, "train", scene), 2 * chip_size)
+        y, x = divmod(k, 2)
+        out[i] = normalize(image[:, y * chip_size : (y + 1) * chip_size, x * chip_size : (x + 1) * chip_size])
+    return out
+
+
+def quantize_static_onnx(
+    src: str | os.PathLike[str],
+    dst: str | os.PathLike[str],
+    chips: np.ndarray,
+    *,
+    ops: tuple[str, ...] = ("MatMul", "Conv"),
+    reduce_range: bool = True,
+) -> Path:
+    """Static (calibrated) int8: QDQ graph, activation ranges from MinMax over ``chips``."""
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+
+    class _Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self._it = iter([{INPUT_NAME: c[None]} for c in np.asarray(chips, dtype=np.float32)])
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self._it, None)
+
+    quantize_static(
+        str(src),
+        str(dst),
+        _Reader(),
+        quant_format=QuantFormat.QDQ,
+        op_types_to_quantize=list(ops),
+        per_channel=True,
+        reduce_range=reduce_range,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+    )
+    return Path(dst)
+
+
+@dataclass(frozen=True)
+class QuantVariant:
+    """How one ONNX artifact is made from the fp32 graph."""
+
+    name: str
+    method: str  # "none" | "dynamic" | "static"
+    reduce_range: bool = True
+    ops: tuple[str, ...] = tuple(QUANTIZED_OPS)
+    const_b_only: bool = True
+    optimize: bool = True  # ORT's portable offline optimisation (ORT-only graphs)
+    calibration: int = 0  # static: calibration chips
+    note: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def describe(self) -> dict[str, Any] | None:
+        if self.method == "none":
+            return None
+        return {
+            "method": f"onnxruntime.quantization.quantize_{self.method}",
+            "variant": self.name,
+            "ops": list(self.ops),
+            "attention_matmuls": not self.const_b_only,
+            "weight_type": "qint8",
+            "per_channel": True,
+            "reduce_range": self.reduce_range,
+            **({"calibration_chips": self.calibration} if self.method == "static" else {}),
+        }
+
+
+#: Every way the platform turns the fp32 graph into a runtime artifact (served + experiments).
+VARIANTS: dict[str, QuantVariant] = {
+    "fp32": QuantVariant("fp32", "none", optimize=False, note="plain fp32 graph (OpenVINO reads it)"),
+    "int8-avx2": QuantVariant("int8-avx2", "dynamic", True, note="served on AVX2: 7-bit weights"),
+    "int8-vnni": QuantVariant("int8-vnni", "dynamic", False, note="served on VNNI/AMX: 8-bit weights"),
+    "int8-attn": QuantVariant(
+        "int8-attn", "dynamic", True, const_b_only=False, note="experiment: attention score MatMuls too"
+    ),
+    "int8-conv": QuantVariant(
+        "int8-conv", "dynamic", True, ops=("MatMul", "Conv"), note="experiment: head convs too (ConvInteger)"
+    ),
+    "int8-static": QuantVariant(
+        "int8-static",
+        "static",
+        True,
+        ops=("MatMul", "Conv"),
+        optimize=False,
+        calibration=8,
+        note="experiment: static QDQ int8, calibrated on training-split chips",
+    ),
+}
+#: The registered artifact of each served variant.
+ARTIFACT_VARIANTS: dict[str, str] = {
+    ONNX_INT8_NAME: "int8-avx2",
+    ONNX_INT8_VNNI_NAME: "int8-vnni",
+    ONNX_FP32_NAME: "fp32",
+}
+
+
+def make_variant(
+    fp32_path: str | os.PathLike[str],
+    dst: str | os.PathLike[str],
+    variant: str | QuantVariant,
+    metadata: dict[str, Any],
+    *,
+    chip_size: int = 256,
+) -> Path:
+    """Build ``variant`` of an fp32 ONNX graph at local ``dst``, with ``metadata`` stored in it.
+
+    ``metadata`` is the ONNX metadata of :func:`onnx_metadata` (its ``quantization`` entry is
+    replaced by this variant's description).
+    """
+    spec = VARIANTS[variant] if isinstance(variant, str) else variant
+    dst = Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="onnx-variant-", dir=dst.parent) as tmp:
+        current = Path(tmp) / "q.onnx"
+        if spec.method == "none":
+            _copy(Path(fp32_path), current)
+        elif spec.method == "dynamic":
+            quantize_onnx(
+                fp32_path,
+                current,
+                reduce_range=spec.reduce_range,
+                ops=spec.ops,
+                const_b_only=spec.const_b_only,
+            )
+        elif spec.method == "static":
+            chips = calibration_chips(spec.calibration, chip_size)
+            quantize_static_onnx(fp32_path, current, chips, ops=spec.ops, reduce_range=spec.reduce_range)
+        else:
+            raise ValueError(f"unknown quantisation method {spec.method!r}")
+        _set_metadata(current, {**metadata, "quantization": spec.describe(), "variant": spec.name})
+        if spec.optimize:
+            current = _optimize_offline(current, Path(tmp) / "opt.onnx")
+        os.replace(current, dst)
+    return dst
 
 
 def _optimize_offline(src: Path, dst: Path) -> Path:
@@ -178,6 +365,54 @@ def read_onnx_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
     return {p.key: json.loads(p.value) for p in proto.metadata_props}
 
 
+def onnx_metadata(model: nn.Module, metadata: dict[str, Any], chip_size: int) -> dict[str, Any]:
+    """The ``metadata_props`` of an ONNX artifact: the export's metadata plus the graph's facts."""
+    meta = {k: v for k, v in metadata.items() if k not in ("format", "format_version", "fp32_keys")}
+    meta.update(
+        {
+            "format": ONNX_FORMAT,
+            "format_version": ONNX_FORMAT_VERSION,
+            "source_format": metadata.get("format"),
+            "source_format_version": metadata.get("format_version"),
+            "chip_size": chip_size,
+            "num_classes": int(model.num_classes),
+            "input_name": INPUT_NAME,
+            "output_name": OUTPUT_NAME,
+            "output": "softmax probabilities (B, K, S, S)",
+            "quantization": None,
+            "opset": OPSET,
+        }
+    )
+    return meta
+
+
+def _load_fp32(
+    export_uri: str | os.PathLike[str],
+    chip_size: int,
+    model: nn.Module | None,
+    metadata: dict[str, Any] | None,
+) -> tuple[nn.Module, dict[str, Any]]:
+    if model is None or metadata is None:
+        model, metadata = load_export(export_uri, dtype=torch.float32)
+    patch = model.encoder.patch_size
+    if chip_size % patch:
+        raise ValueError(f"chip_size {chip_size} is not a multiple of the patch size {patch}")
+    return model, onnx_metadata(model, metadata, chip_size)
+
+
+def _put(local: Path, out_uri: str) -> None:
+    """Move a finished local file to ``out_uri`` (local path, ``file://`` or ``s3://``)."""
+    dest = storage.local_path(str(out_uri))
+    if dest is not None:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        if _same_fs(local, dest):
+            os.replace(local, dest)
+        else:
+            _copy(local, dest)
+    else:
+        storage.upload(local, str(out_uri))
+
+
 def convert_export(
     export_uri: str | os.PathLike[str],
     out_uri: str | os.PathLike[str],
@@ -205,37 +440,15 @@ def convert_export(
     Returns:
         ``out_uri`` as a string.
     """
-    if model is None or metadata is None:
-        model, metadata = load_export(export_uri, dtype=torch.float32)
-    patch = model.encoder.patch_size
-    if chip_size % patch:
-        raise ValueError(f"chip_size {chip_size} is not a multiple of the patch size {patch}")
-    meta = {k: v for k, v in metadata.items() if k not in ("format", "format_version", "fp32_keys")}
-    meta.update(
-        {
-            "format": ONNX_FORMAT,
-            "format_version": ONNX_FORMAT_VERSION,
-            "source_format": metadata.get("format"),
-            "source_format_version": metadata.get("format_version"),
-            "chip_size": chip_size,
-            "num_classes": int(model.num_classes),
-            "input_name": INPUT_NAME,
-            "output_name": OUTPUT_NAME,
-            "output": "softmax probabilities (B, K, S, S)",
-            "quantization": (
-                {
-                    "method": "onnxruntime.quantization.quantize_dynamic",
-                    "ops": QUANTIZED_OPS,
-                    "weight_type": weight_type,
-                    "per_channel": per_channel,
-                    "reduce_range": reduce_range,
-                }
-                if quantize
-                else None
-            ),
-            "opset": OPSET,
+    model, meta = _load_fp32(export_uri, chip_size, model, metadata)
+    if quantize:
+        meta["quantization"] = {
+            "method": "onnxruntime.quantization.quantize_dynamic",
+            "ops": QUANTIZED_OPS,
+            "weight_type": weight_type,
+            "per_channel": per_channel,
+            "reduce_range": reduce_range,
         }
-    )
     with tempfile.TemporaryDirectory(prefix="onnx-export-") as tmp:
         tmpdir = Path(tmp)
         current = export_fp32_onnx(model, tmpdir / "fp32.onnx", chip_size)
@@ -253,16 +466,46 @@ def convert_export(
         _set_metadata(current, meta)
         if optimize:  # ORT keeps metadata_props in the optimised model
             current = _optimize_offline(current, tmpdir / "opt.onnx")
-        local = storage.local_path(str(out_uri))
-        if local is not None:
-            local.parent.mkdir(parents=True, exist_ok=True)
-            if _same_fs(current, local):
-                os.replace(current, local)
-            else:
-                _copy(current, local)
-        else:
-            storage.upload(current, str(out_uri))
+        _put(current, str(out_uri))
     return str(out_uri)
+
+
+def write_runtime_artifacts(
+    export_uri: str,
+    folder_uri: str,
+    names: tuple[str, ...] = RUNTIME_ARTIFACT_NAMES,
+    *,
+    chip_size: int = 256,
+    overwrite: bool = False,
+    model: nn.Module | None = None,
+    metadata: dict[str, Any] | None = None,
+) -> dict[str, str]:
+    """Write the runtime artifacts ``names`` (default: every runtime path's) into ``folder_uri``.
+
+    The export is loaded and traced to fp32 ONNX once; each artifact is then made from that
+    graph (:data:`ARTIFACT_VARIANTS`). Artifacts already there are kept unless ``overwrite``,
+    so a retried registration only adds what is missing.
+
+    Returns:
+        ``{name: uri}`` of every artifact in ``names``.
+    """
+    unknown = [n for n in names if n not in ARTIFACT_VARIANTS]
+    if unknown:
+        raise ValueError(f"no recipe for {unknown}; known: {sorted(ARTIFACT_VARIANTS)}")
+    uris = {name: storage.join(folder_uri, name) for name in names}
+    todo = [n for n in names if overwrite or not storage.exists(uris[n])]
+    if not todo:
+        return uris
+    model, meta = _load_fp32(export_uri, chip_size, model, metadata)
+    with tempfile.TemporaryDirectory(prefix="onnx-artifacts-") as tmp:
+        tmpdir = Path(tmp)
+        fp32 = export_fp32_onnx(model, tmpdir / "fp32.onnx", chip_size)
+        del model
+        for name in todo:
+            log.info("writing %s (%s) to %s", name, ARTIFACT_VARIANTS[name], uris[name])
+            local = make_variant(fp32, tmpdir / name, ARTIFACT_VARIANTS[name], meta, chip_size=chip_size)
+            _put(local, uris[name])
+    return uris
 
 
 def _same_fs(a: Path, b: Path) -> bool:
@@ -280,18 +523,17 @@ def _copy(src: Path, dst: Path) -> None:
     os.replace(tmp, dst)
 
 
-def register_onnx(version_uri: str, export_name: str = EXPORT_NAME) -> str:
-    """Write ``model.int8.onnx`` next to the export in a registry version folder.
+def register_onnx(version_uri: str, export_name: str = EXPORT_NAME) -> dict[str, str]:
+    """Write every runtime artifact (:data:`~training.artifacts.RUNTIME_ARTIFACT_NAMES`) that is
+    missing next to the export in a registry version folder.
 
     This is what the register step calls after ``register_version``:
     ``register_onnx(registry.version_uri(root, model_name, version))``.
 
     Returns:
-        The URI of the ONNX model.
+        ``{artifact name: URI}``.
     """
-    export_uri = storage.join(version_uri, export_name)
-    out_uri = storage.join(version_uri, ONNX_INT8_NAME)
-    return convert_export(export_uri, out_uri)
+    return write_runtime_artifacts(storage.join(version_uri, export_name), version_uri)
 
 
 def main(argv: list[str] | None = None) -> None:

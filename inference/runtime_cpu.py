@@ -1,0 +1,303 @@
+"""Pick the fastest inference path this CPU has: detect the instruction set, never assume it.
+
+Order of preference (:data:`PATHS`, first one whose needs are met wins):
+
+1. ``openvino-bf16``: OpenVINO's CPU plugin in bf16 on the fp32 ONNX graph, for CPUs with AMX
+   or AVX512-BF16 (native bf16 matmuls, ~4x fp32).
+2. ``ort-int8-vnni``: ONNX Runtime int8 with full-range (8-bit) weights, for CPUs with an int8
+   dot-product instruction (AVX512-VNNI, AVX-VNNI, AMX-INT8; ``asimddp`` on Graviton): MLAS's
+   u8s8 kernels accumulate in 32 bits there, so the 7-bit weights buy nothing.
+3. ``ort-int8-avx2``: ONNX Runtime int8 with 7-bit weights, for AVX2 CPUs without VNNI: the
+   ``vpmaddubsw`` pair sum saturates at 16 bits, which the reduced range avoids.
+4. ``torch-fp32``: the compact export with PyTorch (images that ship torch only).
+
+A path is skipped when its runtime is not installed or the champion lacks its artifact; every
+skip is recorded with its reason, so the log line and the recorded choice say why the winner won.
+Nothing here imports torch, onnxruntime or openvino; :func:`runtime_available` only asks
+whether they are installed.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import platform
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from training.artifacts import EXPORT_NAME, ONNX_FP32_NAME, ONNX_INT8_NAME, ONNX_INT8_VNNI_NAME
+
+__all__ = [
+    "PATHS",
+    "CpuInfo",
+    "DispatchChoice",
+    "RuntimePath",
+    "choose_path",
+    "detect_cpu",
+    "runtime_available",
+]
+
+log = logging.getLogger(__name__)
+
+#: The /proc/cpuinfo flags that decide the path (x86 and Arm spellings), reported as found.
+FLAGS_OF_INTEREST: tuple[str, ...] = (
+    "avx2",
+    "fma",
+    "avx512f",
+    "avx512bw",
+    "avx512_vnni",
+    "avx_vnni",
+    "avx512_bf16",
+    "amx_tile",
+    "amx_bf16",
+    "amx_int8",
+    "asimd",
+    "asimddp",
+    "i8mm",
+    "bf16",
+)
+BF16_FLAGS = frozenset({"amx_bf16", "avx512_bf16"})
+INT8_DOT_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8", "asimddp"})
+
+
+@dataclass(frozen=True)
+class CpuInfo:
+    """What this process runs on: model name, architecture and the flags that matter."""
+
+    model: str
+    arch: str
+    flags: frozenset[str]
+
+    @property
+    def cpu_class(self) -> str:
+        """``amx``, ``avx512_bf16``, ``vnni``, ``avx2`` or ``baseline`` (the best feature it has)."""
+        if self.flags & {"amx_bf16", "amx_int8"}:
+            return "amx"
+        if "avx512_bf16" in self.flags:
+            return "avx512_bf16"
+        if self.flags & INT8_DOT_FLAGS:
+            return "vnni"
+        if "avx2" in self.flags:
+            return "avx2"
+        return "baseline"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "arch": self.arch,
+            "cpu_class": self.cpu_class,
+            "flags": sorted(self.flags),
+        }
+
+
+def _parse_cpuinfo(text: str) -> tuple[str, set[str]]:
+    model, flags = "", set()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        key = key.strip().lower()
+        if key in ("model name", "cpu model") and not model:
+            model = value.strip()
+        elif key in ("flags", "features") and not flags:
+            flags = set(value.split())
+    return model, flags
+
+
+def detect_cpu(cpuinfo_text: str | None = None) -> CpuInfo:
+    """Read ``/proc/cpuinfo`` (or ``cpuinfo_text``); keep the flags in :data:`FLAGS_OF_INTEREST`."""
+    if cpuinfo_text is None:
+        try:
+            with open("/proc/cpuinfo") as fh:
+                cpuinfo_text = fh.read()
+        except OSError:  # pragma: no cover - not Linux
+            cpuinfo_text = ""
+    model, flags = _parse_cpuinfo(cpuinfo_text)
+    return CpuInfo(
+        model=model or platform.processor() or "unknown",
+        arch=platform.machine(),
+        flags=frozenset(f for f in flags if f in FLAGS_OF_INTEREST),
+    )
+
+
+def runtime_available(module: str) -> bool:
+    """Whether ``module`` (``onnxruntime``, ``openvino``, ``torch``) is installed, without importing it."""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # pragma: no cover
+        return False
+
+
+@dataclass(frozen=True)
+class RuntimePath:
+    """One way to run the model: backend, artifact and what the CPU must have to make it the fastest."""
+
+    name: str
+    backend: str  # a load_predictor backend
+    artifact: str  # a name in the registry version folder
+    precision: str  # fp32 | bf16 | int8
+    module: str  # the runtime package it needs
+    needs_any: frozenset[str] = frozenset()  # at least one of these flags (empty: any CPU)
+    options: dict[str, Any] = field(default_factory=dict)  # extra load_predictor kwargs
+    why: str = ""
+
+    def cpu_reason(self, cpu: CpuInfo) -> str | None:
+        """None when ``cpu`` qualifies, else why not."""
+        if not self.needs_any or cpu.flags & self.needs_any:
+            return None
+        return f"CPU lacks {' / '.join(sorted(self.needs_any))}"
+
+
+PATHS: tuple[RuntimePath, ...] = (
+    RuntimePath(
+        "openvino-bf16",
+        "openvino",
+        ONNX_FP32_NAME,
+        "bf16",
+        "openvino",
+        BF16_FLAGS,
+        {"precision": "bf16"},
+        "native bf16 matmuls (AMX / AVX512-BF16)",
+    ),
+    RuntimePath(
+        "ort-int8-vnni",
+        "onnx",
+        ONNX_INT8_VNNI_NAME,
+        "int8",
+        "onnxruntime",
+        INT8_DOT_FLAGS,
+        {},
+        "int8 dot product with 32-bit accumulation (VNNI / AMX-INT8 / Arm dotprod): full 8-bit weights",
+    ),
+    RuntimePath(
+        "ort-int8-avx2",
+        "onnx",
+        ONNX_INT8_NAME,
+        "int8",
+        "onnxruntime",
+        frozenset({"avx2"}),
+        {},
+        "AVX2 u8s8 int8 (7-bit weights avoid vpmaddubsw's 16-bit saturation)",
+    ),
+    RuntimePath("torch-fp32", "torch", EXPORT_NAME, "fp32", "torch", frozenset(), {}, "portable fallback"),
+)
+
+
+@dataclass
+class DispatchChoice:
+    """The chosen path, why, and why each better path was passed over."""
+
+    path: RuntimePath
+    reason: str
+    cpu: CpuInfo
+    skipped: list[tuple[str, str]]
+
+    @property
+    def backend(self) -> str:
+        return self.path.backend
+
+    @property
+    def artifact(self) -> str:
+        return self.path.artifact
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready record (what each prediction's summary carries)."""
+        return {
+            "path": self.path.name,
+            "backend": self.path.backend,
+            "artifact": self.path.artifact,
+            "precision": self.path.precision,
+            "reason": self.reason,
+            "cpu": self.cpu.to_dict(),
+            "skipped": [{"path": n, "why": w} for n, w in self.skipped],
+        }
+
+    def log_line(self) -> str:
+        return (
+            f"runtime path {self.path.name} ({self.path.backend}, {self.path.artifact}, {self.path.precision}): "
+            f"{self.reason}; CPU {self.cpu.model!r} class {self.cpu.cpu_class}, flags {sorted(self.cpu.flags)}; "
+            f"skipped: {'; '.join(f'{n}: {w}' for n, w in self.skipped) or 'none'}"
+        )
+
+
+def choose_path(
+    cpu: CpuInfo | None = None,
+    has_artifact: Callable[[str], bool] | None = None,
+    *,
+    has_runtime: Callable[[str], bool] = runtime_available,
+    backends: Iterable[str] | None = None,
+    paths: Iterable[RuntimePath] = PATHS,
+    force: str | None = None,
+) -> DispatchChoice:
+    """The first of ``paths`` this CPU, this image and this model can run.
+
+    Args:
+        cpu: the CPU (default: :func:`detect_cpu`).
+        has_artifact: whether the model has an artifact by name (default: every one exists).
+        has_runtime: whether a runtime package is installed.
+        backends: restrict to these backends (``BACKEND=onnx`` -> ``{"onnx"}``).
+        paths: candidates in order of preference.
+        force: take the path of this name whatever the CPU (benchmarks compare paths this way);
+            its runtime and artifact must still be there.
+
+    Raises:
+        RuntimeError: no candidate can run here (the skip reasons are in the message).
+    """
+    cpu = cpu or detect_cpu()
+    allowed = set(backends) if backends is not None else None
+    forced = (force or "").strip()
+    skipped: list[tuple[str, str]] = []
+    for path in paths:
+        why = None
+        if forced and path.name != forced:
+            why = f"forced {forced}"
+        elif allowed is not None and path.backend not in allowed:
+            why = f"backend {path.backend} not allowed (BACKEND={'/'.join(sorted(allowed))})"
+        elif not forced and (cpu_why := path.cpu_reason(cpu)):
+            why = cpu_why
+        elif not has_runtime(path.module):
+            why = f"{path.module} not installed in this image"
+        elif has_artifact is not None and not has_artifact(path.artifact):
+            why = f"model has no {path.artifact}"
+        if why:
+            skipped.append((path.name, why))
+            continue
+        if forced:
+            reason = f"forced ({forced}); CPU class {cpu.cpu_class}"
+        elif path.needs_any:
+            found = sorted(cpu.flags & path.needs_any)
+            reason = f"CPU has {', '.join(found)}: {path.why}"
+        else:
+            reason = f"{path.why} (no faster path available)"
+        return DispatchChoice(path, reason, cpu, skipped)
+    raise RuntimeError("no inference path can run here: " + "; ".join(f"{n}: {w}" for n, w in skipped))
+
+
+def load_chosen(
+    choice: DispatchChoice,
+    model_path: str,
+    *,
+    cache_dir: str | None = None,
+    num_threads: int | None = None,
+) -> Any:
+    """Load ``model_path`` (the chosen artifact, local) with the chosen backend and options.
+
+    ``cache_dir`` (ONNX Runtime / OpenVINO): where the CPU-specific optimised graph or compiled
+    model is kept, so the next cold start on this CPU skips graph optimisation / compilation.
+    The predictor gets a ``runtime`` attribute: :meth:`DispatchChoice.to_dict` plus what the
+    runtime reports (OpenVINO's effective precision).
+    """
+    from inference.runtime import load_predictor
+
+    kwargs: dict[str, Any] = dict(choice.path.options)
+    if num_threads is not None:
+        kwargs["num_threads"] = num_threads
+    if cache_dir is not None and choice.backend in ("onnx", "openvino"):
+        kwargs["cache_dir"] = cache_dir
+    predictor = load_predictor(model_path, backend=choice.backend, **kwargs)
+    record = choice.to_dict()
+    effective = getattr(predictor, "effective_precision", None)
+    if effective is not None:
+        record["effective_precision"] = effective
+    predictor.runtime = record
+    log.info(choice.log_line())
+    return predictor

@@ -1,0 +1,122 @@
+"""OpenVINO predictor: the CPU plugin on an ONNX graph, in bf16 where the CPU has it, else fp32.
+
+Runs ``model.fp32.onnx`` (or any ONNX written by :mod:`training.models.onnx_export`), reading the
+model's metadata from the ONNX ``metadata_props`` (OpenVINO keeps them as ``rt_info["framework"]``).
+
+- ``precision="bf16"`` asks the CPU plugin for bf16 inference (``INFERENCE_PRECISION_HINT``); on a
+  CPU without AMX or AVX512-BF16 the plugin runs fp32 instead, and :attr:`effective_precision`
+  says so (read back from the compiled model, never assumed).
+- ``cache_dir``: OpenVINO's compiled-model cache (``CACHE_DIR``); the second load of the same
+  model on the same CPU imports the compiled blob instead of compiling, which cuts cold start.
+
+Never imports torch (the Lambda image does not ship it).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from inference.runtime import check_chips, default_num_threads
+
+__all__ = ["OpenVinoPredictor"]
+
+PRECISIONS = ("fp32", "bf16")
+
+
+def _decode(value: Any) -> Any:
+    text = value.astype(str) if hasattr(value, "astype") else str(value)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+class OpenVinoPredictor:
+    """A :class:`~inference.runtime.Predictor` over an OpenVINO CPU compiled model.
+
+    Args:
+        path: local ONNX file.
+        precision: ``fp32`` or ``bf16`` (a hint; see :attr:`effective_precision`).
+        num_threads: inference threads; defaults to the CPUs this process may use.
+        cache_dir: compiled-model cache folder (None: no cache).
+    """
+
+    backend = "openvino"
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        precision: str = "fp32",
+        num_threads: int | None = None,
+        cache_dir: str | os.PathLike[str] | None = None,
+    ) -> None:
+        import openvino as ov
+
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        self.path = Path(path)
+        if not self.path.exists():
+            raise FileNotFoundError(f"no ONNX model at {self.path}")
+        core = ov.Core()
+        self.capabilities = [str(c) for c in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")]
+        config: dict[str, Any] = {
+            "INFERENCE_NUM_THREADS": int(num_threads or default_num_threads()),
+            "PERFORMANCE_HINT": "LATENCY",
+            "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
+        }
+        if cache_dir is not None:
+            Path(cache_dir).mkdir(parents=True, exist_ok=True)
+            core.set_property({"CACHE_DIR": str(cache_dir)})
+        self.precision = precision
+        model = core.read_model(str(self.path))
+        try:  # the ONNX metadata_props
+            framework = dict(model.get_rt_info()["framework"])
+        except (KeyError, RuntimeError, TypeError):
+            framework = {}
+        self.metadata: dict[str, Any] = {k: _decode(v) for k, v in framework.items()}
+        self.compiled = core.compile_model(model, "CPU", config)
+        del model
+        hint = self.compiled.get_property("INFERENCE_PRECISION_HINT")
+        self.effective_precision = {"f32": "fp32", "bf16": "bf16", "f16": "fp16"}.get(
+            getattr(hint, "get_type_name", lambda: str(hint))(), str(hint)
+        )
+        self._request = self.compiled.create_infer_request()
+        shape = self.compiled.input(0).get_partial_shape()
+        self.bands = int(shape[1].get_length()) if shape[1].is_static else 4
+        size = self.metadata.get("chip_size")
+        self.chip_size: int | None = int(size) if isinstance(size, int) else None
+        classes = self.metadata.get("num_classes")
+        if classes is None:
+            out = self.compiled.output(0).get_partial_shape()
+            classes = out[1].get_length() if out[1].is_static else None
+        if classes is None:
+            raise ValueError(f"{self.path}: cannot tell the number of classes (no metadata)")
+        self.num_classes = int(classes)
+
+    def __repr__(self) -> str:
+        return (
+            f"OpenVinoPredictor({str(self.path)!r}, precision={self.precision!r} "
+            f"(runs {self.effective_precision}), classes={self.num_classes})"
+        )
+
+    def predict_proba(self, chips: np.ndarray) -> np.ndarray:
+        """Softmax probabilities (B, K, S, S) float32 for normalised float32 chips (B, 4, S, S)."""
+        chips = check_chips(chips, self.bands)
+        if self.chip_size is not None and chips.shape[-2:] != (self.chip_size, self.chip_size):
+            raise ValueError(
+                f"this ONNX model was exported for {self.chip_size}x{self.chip_size} chips, "
+                f"got {chips.shape[-2]}x{chips.shape[-1]}; use chip_size={self.chip_size}"
+            )
+        n = chips.shape[0]
+        if n == 0:
+            return np.zeros((0, self.num_classes, *chips.shape[-2:]), dtype=np.float32)
+        out = np.empty((n, self.num_classes, *chips.shape[-2:]), dtype=np.float32)
+        for i in range(n):  # one chip per request: memory does not grow with the batch
+            result = self._request.infer({0: np.ascontiguousarray(chips[i : i + 1])})
+            out[i : i + 1] = next(iter(result.values()))
+        return out

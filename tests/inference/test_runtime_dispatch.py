@@ -1,0 +1,198 @@
+"""Dispatch by CPU (inference.runtime_cpu), every runtime artifact at registration, the OpenVINO
+predictor, ONNX Runtime's cached optimised graph and the torch-free export-metadata reader."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from inference.runtime import read_safetensors_metadata
+from inference.runtime_cpu import PATHS, CpuInfo, choose_path, detect_cpu, load_chosen
+from inference.runtime_onnx import OnnxPredictor
+from training.artifacts import (
+    EXPORT_NAME,
+    ONNX_FP32_NAME,
+    ONNX_INT8_NAME,
+    ONNX_INT8_VNNI_NAME,
+    RUNTIME_ARTIFACT_NAMES,
+)
+from training.models.export import read_export_metadata, save_export
+from training.models.head import build_segmenter
+from training.models.onnx_export import read_onnx_metadata, register_onnx
+
+REPO = Path(__file__).resolve().parents[2]
+CHIP = 64
+
+AMX = "model name : Intel(R) Xeon(R) Platinum 8488C\nflags : fpu avx2 fma avx512f avx512_vnni avx512_bf16 amx_tile amx_bf16 amx_int8\n"
+VNNI = "model name : Intel(R) Xeon(R) 8275CL\nflags : fpu avx2 fma avx512f avx512_vnni\n"
+AVX2 = "model name : AMD EPYC 7R32\nflags : fpu avx2 fma f16c\n"
+GRAVITON = "CPU implementer : 0x41\nFeatures : fp asimd asimddp i8mm bf16\n"
+OLD = "model name : Old\nflags : fpu sse4_2\n"
+
+
+def _everything(name: str) -> bool:
+    return True
+
+
+def _installed(module: str) -> bool:
+    return True
+
+
+@pytest.mark.parametrize(
+    ("cpuinfo", "path", "cls"),
+    [
+        (AMX, "openvino-bf16", "amx"),
+        (VNNI, "ort-int8-vnni", "vnni"),
+        (AVX2, "ort-int8-avx2", "avx2"),
+        (GRAVITON, "ort-int8-vnni", "vnni"),
+        (OLD, "torch-fp32", "baseline"),
+    ],
+)
+def test_the_fastest_path_the_cpu_has(cpuinfo: str, path: str, cls: str) -> None:
+    cpu = detect_cpu(cpuinfo)
+    assert cpu.cpu_class == cls
+    choice = choose_path(cpu, _everything, has_runtime=_installed)
+    assert choice.path.name == path
+    record = choice.to_dict()
+    assert record["cpu"]["flags"] == sorted(cpu.flags) and record["reason"]
+    better = [p.name for p in PATHS[: [p.name for p in PATHS].index(path)]]
+    assert [s["path"] for s in record["skipped"]] == better  # every better path says why not
+    assert path in choice.log_line() and cls in choice.log_line()
+
+
+def test_missing_runtime_or_artifact_falls_through_with_reasons() -> None:
+    cpu = detect_cpu(AMX)
+    no_openvino = choose_path(cpu, _everything, has_runtime=lambda m: m != "openvino")
+    assert no_openvino.path.name == "ort-int8-vnni"
+    assert "openvino not installed" in no_openvino.skipped[0][1]
+    old_champion = choose_path(cpu, lambda n: n in (EXPORT_NAME, ONNX_INT8_NAME), has_runtime=_installed)
+    assert old_champion.path.name == "ort-int8-avx2"  # only the AVX2 artifact: still runs on AMX
+    assert any(f"no {ONNX_INT8_VNNI_NAME}" in why for _, why in old_champion.skipped)
+    onnx_only = choose_path(cpu, _everything, has_runtime=_installed, backends={"onnx"})
+    assert onnx_only.path.name == "ort-int8-vnni"
+    with pytest.raises(RuntimeError, match="no inference path"):
+        choose_path(detect_cpu(OLD), _everything, has_runtime=lambda m: m != "torch")
+
+
+def test_forcing_a_path_ignores_the_cpu_but_not_the_files() -> None:
+    cpu = detect_cpu(AVX2)
+    forced = choose_path(cpu, _everything, has_runtime=_installed, force="openvino-bf16")
+    assert forced.path.name == "openvino-bf16" and "forced" in forced.reason
+    with pytest.raises(RuntimeError):
+        choose_path(cpu, lambda n: n != ONNX_FP32_NAME, has_runtime=_installed, force="openvino-bf16")
+
+
+def test_this_machine_is_detected_not_assumed() -> None:
+    cpu = detect_cpu()
+    assert isinstance(cpu, CpuInfo) and cpu.arch
+    text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    for flag in cpu.flags:
+        assert f" {flag}" in text
+
+
+@pytest.fixture(scope="module")
+def registered(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A version folder with a tiny export and every runtime artifact, as registration writes it."""
+    folder = tmp_path_factory.mktemp("version")
+    torch.manual_seed(0)
+    model = build_segmenter("tiny", head_width=32).eval()
+    save_export(
+        model, str(folder / EXPORT_NAME), reference_stats={"class_counts": [1, 2]}, extra={"run": "t"}
+    )
+    from training.models.onnx_export import write_runtime_artifacts
+
+    uris = write_runtime_artifacts(str(folder / EXPORT_NAME), str(folder), chip_size=CHIP)
+    assert set(uris) == set(RUNTIME_ARTIFACT_NAMES)
+    return folder
+
+
+def _chips(n: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    base = rng.normal(size=(n, 4, CHIP // 8, CHIP // 8)).astype(np.float32)
+    chips = np.repeat(np.repeat(base, 8, axis=2), 8, axis=3)
+    return (chips + 0.1 * rng.normal(size=chips.shape)).astype(np.float32)
+
+
+def test_registration_writes_every_runtime_artifact(registered: Path) -> None:
+    for name in RUNTIME_ARTIFACT_NAMES:
+        assert (registered / name).stat().st_size > 0, name
+    avx2, vnni = (
+        read_onnx_metadata(registered / ONNX_INT8_NAME),
+        read_onnx_metadata(registered / ONNX_INT8_VNNI_NAME),
+    )
+    assert avx2["quantization"]["reduce_range"] is True and vnni["quantization"]["reduce_range"] is False
+    assert read_onnx_metadata(registered / ONNX_FP32_NAME)["quantization"] is None
+    before = {n: (registered / n).stat().st_mtime_ns for n in RUNTIME_ARTIFACT_NAMES}
+    register_onnx(str(registered))  # a retried registration keeps what is there
+    assert before == {n: (registered / n).stat().st_mtime_ns for n in RUNTIME_ARTIFACT_NAMES}
+
+
+def test_every_path_agrees_with_torch_fp32(registered: Path) -> None:
+    from inference.runtime import TorchPredictor
+
+    chips = _chips(3)
+    ref = TorchPredictor(str(registered / EXPORT_NAME)).predict_proba(chips).argmax(1)
+    cpu = detect_cpu()
+    for name in ("ort-int8-avx2", "ort-int8-vnni", "openvino-bf16"):
+        choice = choose_path(cpu, lambda n: (registered / n).exists(), force=name)
+        predictor = load_chosen(choice, str(registered / choice.artifact))
+        probs = predictor.predict_proba(chips)
+        assert probs.shape == (3, 7, CHIP, CHIP)
+        np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-3)
+        agreement = (probs.argmax(1) == ref).mean()
+        # The 8-bit-weight model on a CPU without VNNI saturates (that is why AVX2 gets 7 bits).
+        floor = 0.9 if name == "ort-int8-vnni" and cpu.cpu_class == "avx2" else 0.98
+        assert agreement >= floor, (name, agreement)
+        assert predictor.runtime["path"] == name and predictor.num_classes == 7
+
+
+def test_openvino_reports_the_precision_it_runs(registered: Path) -> None:
+    from inference.runtime_openvino import OpenVinoPredictor
+
+    predictor = OpenVinoPredictor(registered / ONNX_FP32_NAME, precision="bf16")
+    native = bool(detect_cpu().flags & {"amx_bf16", "avx512_bf16"})
+    assert predictor.effective_precision == ("bf16" if native else "fp32")
+    assert predictor.metadata["reference_stats"] == {"class_counts": [1, 2]}
+    assert predictor.chip_size == CHIP
+    with pytest.raises(ValueError, match="exported for"):
+        predictor.predict_proba(np.zeros((1, 4, 2 * CHIP, 2 * CHIP), np.float32))
+
+
+def test_onnx_session_reuses_the_cached_optimised_graph(registered: Path, tmp_path: Path) -> None:
+    chips = _chips(2, seed=3)
+    first = OnnxPredictor(registered / ONNX_INT8_NAME, cache_dir=tmp_path)
+    assert first.cached_graph is None and list(tmp_path.glob("*.ort"))
+    second = OnnxPredictor(registered / ONNX_INT8_NAME, cache_dir=tmp_path)
+    assert second.cached_graph is not None
+    assert second.metadata == first.metadata
+    np.testing.assert_allclose(second.predict_proba(chips), first.predict_proba(chips), atol=1e-5)
+    next(tmp_path.glob("*.ort")).write_bytes(b"truncated")  # a broken cache is rebuilt, not fatal
+    third = OnnxPredictor(registered / ONNX_INT8_NAME, cache_dir=tmp_path)
+    assert third.cached_graph is None and third.predict_proba(chips).shape == (2, 7, CHIP, CHIP)
+
+
+def test_export_metadata_without_torch(registered: Path) -> None:
+    export = registered / EXPORT_NAME
+    assert read_safetensors_metadata(str(export)) == read_export_metadata(str(export))
+    code = (
+        "import sys, json\n"
+        "from inference.runtime import read_safetensors_metadata\n"
+        f"m = read_safetensors_metadata({str(export)!r})\n"
+        "print(json.dumps({'torch': 'torch' in sys.modules, 'stats': m['reference_stats']}))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == {
+        "torch": False,
+        "stats": {"class_counts": [1, 2]},
+    }
+    with pytest.raises(ValueError, match="not a safetensors"):
+        bad = registered / "bad.safetensors"
+        bad.write_bytes(b"\xff" * 16)
+        read_safetensors_metadata(str(bad))
