@@ -168,10 +168,10 @@ def test_dockerfile_is_the_lambda_image_without_training_stack() -> None:
     text = (REPO / "inference" / "Dockerfile").read_text()
     instructions = [line for line in text.splitlines() if line and not line.startswith("#")]
     assert instructions[0] == "FROM public.ecr.aws/lambda/python:3.11"
-    assert re.search(r"pip install --index-url https://download.pytorch.org/whl/cpu \"?torch==", text)
-    assert 'pip install ".[inference]"' in text
+    # Torch-free: the image installs its own requirements file, never torch.
+    assert "pip install -r /tmp/build/requirements-lambda.txt" in text
     code = "\n".join(instructions).lower()
-    for banned in ("airflow", "mlflow", "lightning", "moto", "[training]", "[dev]"):
+    for banned in ("airflow", "mlflow", "lightning", "moto", "[training]", "[dev]", "torch=", "whl/cpu"):
         assert banned not in code, banned
     (cmd,) = [line for line in instructions if line.startswith("CMD")]
     assert json.loads(cmd[len("CMD") :]) == ["inference.handlers.process.handler"]
@@ -186,3 +186,8 @@ def test_dockerfile_is_the_lambda_image_without_training_stack() -> None:
         "inference"
     ]
     assert not [d for d in extra if re.match(r"(apache-airflow|mlflow|pytorch-lightning|lightning)\b", d)]
+    image_reqs = (REPO / "inference" / "requirements-lambda.txt").read_text().splitlines()
+    pins = [line.split("#")[0].strip() for line in image_reqs if line.split("#")[0].strip()]
+    assert pins and not [
+        d for d in pins if re.match(r"(apache-airflow|mlflow|pytorch-lightning|lightning|torch)\b", d)
+    ]
