@@ -586,15 +586,13 @@ def observe(settings: ChainSettings, execution_id: str) -> dict[str, Any]:
     def tally(s: Session) -> tuple[int, str, list[str], int, float]:
         run = repository.get_run(s, execution_id)
         version = run.model_version or str(champion(settings)["version"])
-        mine, failed, seconds = [], 0, 0.0
-        now = utcnow()
+        # Each prediction counts in the one run that recorded it, including those of an earlier
+        # attempt of this execution (a redrive), which are no longer in its manifest.
+        mine = repository.predictions_of_run(s, run.id, version)
+        failed, now = 0, utcnow()
         for item in items:
             scene = _get_scene(s, item.scene_id)
-            pred = repository.prediction_by(s, scene, version)
-            if pred is not None:
-                if pred.run_id == run.id:  # each prediction counts in the one run that recorded it
-                    mine.append(scene.sha256)
-                    seconds += pred.seconds
+            if scene.status == SceneStatus.quarantined or repository.prediction_by(s, scene, version):
                 continue
             live_elsewhere = (
                 scene.status == SceneStatus.predicting
@@ -602,9 +600,9 @@ def observe(settings: ChainSettings, execution_id: str) -> dict[str, Any]:
                 and scene.lease_expires_at is not None
                 and scene.lease_expires_at > now
             )
-            if scene.status != SceneStatus.quarantined and not live_elsewhere:
-                failed += 1
-        return run.id, version, mine, failed, seconds
+            failed += not live_elsewhere
+        shas = [p.scene.sha256 for p in mine]
+        return run.id, version, shas, failed, float(sum(p.seconds for p in mine))
 
     run_id, version, predicted, failed, seconds = transaction(settings, f"tally run {execution_id}", tally)
     summaries = []

@@ -554,6 +554,19 @@ def predicted_by_run(session: Session, run_id: int) -> int:
     return int(session.execute(stmt).scalar_one())
 
 
+def predictions_of_run(session: Session, run_id: int, model_version: str) -> list[Prediction]:
+    """The predictions by ``model_version`` that run ``run_id`` recorded, with their scenes."""
+    from sqlalchemy.orm import selectinload
+
+    stmt = (
+        sa.select(Prediction)
+        .where(Prediction.run_id == run_id, Prediction.model_version == model_version)
+        .options(selectinload(Prediction.scene))
+        .order_by(Prediction.id)
+    )
+    return list(session.execute(stmt).scalars())
+
+
 def abandon_stale_runs(session: Session, now: datetime | None = None) -> list[Run]:
     """Close every ``running`` run whose deadline has passed as ``abandoned``, with what it did.
 
