@@ -186,6 +186,10 @@ provision_inference_infra: setup_env ## terraform apply the inference stack (S3,
 clean_up_infra: setup_env ## Destroy the inference stack, buckets, ECR images and RDS included (asks first)
 	bash setup/infra.sh clean
 
+.PHONY: faults
+faults: setup_env ## Fault-injection suite (SIGKILL, 45 s database outage, overlapping runs, S3 5xx, leases, redrive); make test runs it with a 4 s outage
+	FAULTS_FULL=1 $(VENV)/bin/pytest -v tests/faults
+
 .PHONY: bench
 bench: setup_env ## CPU inference benchmark (GEMM peak, eager fp32 vs ONNX int8, RSS, cold start, scenes, cost) -> outputs/bench/bench.json
 	$(CLI) bench --out outputs/bench/bench.json $(ARGS)
