@@ -186,6 +186,10 @@ provision_inference_infra: setup_env ## terraform apply the inference stack (S3,
 clean_up_infra: setup_env ## Destroy the inference stack, buckets, ECR images and RDS included (asks first)
 	bash setup/infra.sh clean
 
+.PHONY: bench_sync_memory
+bench_sync_memory: setup_env ## Peak memory of the synchronous API under hostile payloads (declared-huge rasters, full 6 MB requests)
+	$(PY) -m inference.bench.sync_memory
+
 .PHONY: faults
 faults: setup_env ## Fault-injection suite (SIGKILL, 45 s database outage, overlapping runs, S3 5xx, leases, redrive); make test runs it with a 4 s outage
 	FAULTS_FULL=1 $(VENV)/bin/pytest -v tests/faults
