@@ -123,7 +123,9 @@ def batch_world(tmp_path) -> Iterator[dict[str, Any]]:
     saved = {k: os.environ.get(k) for k in aws}
     os.environ.update(aws)
     try:
-        # moto's Batch without Docker: jobs are recorded, not run (the stand-in runs them).
+        # moto's backends live in this process: start from none. Batch without Docker: jobs are
+        # recorded, not run (the stand-in runs them).
+        requests.post(f"{endpoint}/moto-api/reset", timeout=10)
         requests.post(f"{endpoint}/moto-api/config", json={"batch": {"use_docker": False}}, timeout=10)
         session = boto3.Session(region_name=REGION)
         iam = session.client("iam", endpoint_url=endpoint)
@@ -162,7 +164,16 @@ def batch_world(tmp_path) -> Iterator[dict[str, Any]]:
         airflow = airflow_env(tmp_path / "airflow")
         airflow.update(env)
         airflow["AIRFLOW_CONN_AWS_DEFAULT"] = json.dumps(
-            {"conn_type": "aws", "extra": {"endpoint_url": endpoint, "region_name": REGION}}
+            {
+                "conn_type": "aws",
+                "extra": {
+                    "endpoint_url": endpoint,
+                    "region_name": REGION,
+                    # SubmitJob answers once the stand-in's "container" has finished: wait for it,
+                    # and never resubmit (a retried SubmitJob would start the job twice).
+                    "config_kwargs": {"read_timeout": 900, "retries": {"total_max_attempts": 1}},
+                },
+            }
         )
         # The operator's hook reads the connection (endpoint_url, region); the storage layer and
         # the "containers" read AWS_ENDPOINT_URL.
