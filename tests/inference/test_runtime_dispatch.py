@@ -196,3 +196,27 @@ def test_export_metadata_without_torch(registered: Path) -> None:
         bad = registered / "bad.safetensors"
         bad.write_bytes(b"\xff" * 16)
         read_safetensors_metadata(str(bad))
+
+
+def test_chain_picks_the_artifact_of_the_dispatched_path(registered: Path) -> None:
+    from types import SimpleNamespace
+
+    from inference import chain
+    from training import storage
+
+    pointer = {
+        "version": "v1",
+        "version_uri": storage.to_uri(str(registered)),
+        "export_uri": storage.to_uri(str(registered / EXPORT_NAME)),
+    }
+    expected = choose_path(detect_cpu(), lambda n: (registered / n).exists())
+    backend, uri, choice = chain.model_artifact(SimpleNamespace(backend="auto"), pointer)
+    assert choice.path.name == expected.path.name and backend == expected.backend
+    assert uri.endswith(expected.artifact)
+    backend, uri, choice = chain.model_artifact(SimpleNamespace(backend="onnx"), pointer)
+    assert backend == "onnx" and choice.path.name in ("ort-int8-avx2", "ort-int8-vnni")
+    backend, uri, _ = chain.model_artifact(SimpleNamespace(backend="torch"), pointer)
+    assert (backend, uri) == ("torch", pointer["export_uri"])
+    bare = {**pointer, "version_uri": storage.to_uri(str(registered / "missing"))}
+    with pytest.raises(chain.ChainError, match="cannot run here"):
+        chain.model_artifact(SimpleNamespace(backend="onnx"), bare)
