@@ -515,6 +515,23 @@ def test_s3_checkpoint_reads_only_the_encoder_members(s3_bucket: str, tiny_ckpt:
         assert ckpt.bytes_read < kept + 256 * 1024 < ckpt.size  # members + headers + directory
 
 
+def test_recompressed_archive_loads_locally_and_from_s3(
+    s3_bucket: str, tmp_path: Path, tiny_ckpt: Path
+) -> None:
+    """A checkpoint re-zipped with deflate (not what torch writes): read locally, copied from S3."""
+    packed = tmp_path / "deflated.ckpt"
+    with zipfile.ZipFile(tiny_ckpt) as src, zipfile.ZipFile(packed, "w", zipfile.ZIP_DEFLATED) as dst:
+        for info in src.infolist():
+            dst.writestr(info.filename, src.read(info))
+    expected = load_encoder_state_dict(tiny_ckpt)
+    storage.upload(packed, f"{s3_bucket}/deflated.ckpt")
+    for source in (packed, f"{s3_bucket}/deflated.ckpt"):
+        loaded = load_encoder_state_dict(source)
+        assert loaded.source == str(source)
+        for key, value in expected.items():
+            torch.testing.assert_close(loaded[key], value, rtol=0, atol=0)
+
+
 def test_s3_seed_checkpoint_and_legacy_copy(
     s3_bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

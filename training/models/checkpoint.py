@@ -9,9 +9,12 @@ Reading (:mod:`training.models.unpickler`): the pickle is read by a restricted u
 imports and runs nothing from the file; tensors stay lazy records until the caller picks
 them. Only the picked storages are read: memory-mapped for local files, by ranged GETs for
 ``s3://`` objects, so peak memory stays near the size of what is kept, not the file's.
-Legacy (pre-1.6) torch files go through ``torch.load(weights_only=True)``; safetensors files
-through ``safe_open`` (only the picked keys). Remote files of those two formats are first
-copied to local disk (streamed; the error says how much room that needs).
+Classes a checkpoint pickles that are not on the built-in list can be accepted as inert data
+with ``allow_classes`` (the ``model.checkpoint_allow_classes`` config key); they are still
+never imported. Legacy (pre-1.6) torch files go through ``torch.load(weights_only=True)``;
+safetensors files through ``safe_open`` (only the picked keys). Remote files of those two
+formats, and re-zipped checkpoints with compressed members, are first copied to local disk
+(streamed; the error says how much room that needs).
 
 Strictness: any missing, unexpected or wrong-shape key raises a :class:`CheckpointMismatchError`
 that names every offending key, because a silently half-loaded foundation model trains fine
@@ -28,7 +31,7 @@ import logging
 import os
 import pickle
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -200,7 +203,12 @@ def _open_source(path_or_uri: str | os.PathLike[str], allow_classes: Iterable[st
     uri = str(path_or_uri)
     kind = unpickler.sniff(uri)
     if kind == "zip":
-        with unpickler.open_checkpoint(uri, allow_classes) as ckpt:
+        with ExitStack() as stack:
+            ckpt = stack.enter_context(unpickler.open_checkpoint(uri, allow_classes))
+            if not ckpt.in_place:  # compressed members cannot be ranged-read: copy, then map
+                local = stack.enter_context(unpickler.local_copy(uri))
+                ckpt = stack.enter_context(unpickler.open_checkpoint(local, allow_classes))
+                ckpt.source = uri
             yield _Source(
                 uri, _flat_state_dict(ckpt.obj, uri), lambda picked: _materialize(ckpt, picked), ckpt.obj
             )

@@ -854,6 +854,8 @@ class CheckpointFile:
     _counter: _CountingReader | None = None
     _range_bytes: int = 0
     _cache: dict[str, torch.Tensor] = field(default_factory=dict)
+    #: False for a remote archive whose storages are compressed (no ranged reads): copy it first.
+    in_place: bool = True
 
     @property
     def bytes_read(self) -> int:
@@ -1186,6 +1188,11 @@ def open_checkpoint(
         obj, members, root, order, seen = _open_zip(counter, size, uri, allow_classes)
     ckpt = CheckpointFile(uri, size, obj, members, root, lambda refs: {}, order, seen, counter)
     ckpt._reader = _remote_reader(uri, members, root, size, uri, ckpt)
+    ckpt.in_place = all(
+        m.compress_type == zipfile.ZIP_STORED
+        for name, m in members.items()
+        if name.startswith(f"{root}/data/")
+    )
     yield ckpt
 
 
