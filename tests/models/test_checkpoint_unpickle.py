@@ -166,6 +166,7 @@ def _hyper_parameters(mods: dict[str, types.ModuleType]) -> dict:
         "dtype": torch.bfloat16,
         "numpy": np.float64(0.5),
         "stage": mods["my_callbacks"].Stage.FIT,
+        "by_stage": {mods["my_callbacks"].Stage.FIT: 1.0},  # a placeholder as a dict key
     }
 
 
@@ -261,6 +262,7 @@ def test_every_known_class_loads_strictly_without_its_module(tmp_path: Path, pro
         "dtype": "dtype",
         "numpy": "scalar",  # an opaque placeholder named after numpy's reconstructor
         "stage": "Stage",  # an enum of an unknown module: an opaque placeholder
+        "by_stage": "dict",
     }
     assert report["pl"][1] == "{'model_size': 'tiny', 'mask_ratio': 0.75}"
     assert report["box"][1] == "{'lr': 0.0001, 'nested': {'depth': 24}}"
@@ -277,7 +279,7 @@ def test_every_known_class_loads_strictly_without_its_module(tmp_path: Path, pro
 
 _HP_KEYS = {
     "pl", "lightning", "box", "box_list", "omegaconf", "listconfig", "jsonargparse", "argparse", "path",
-    "ordered", "defaultdict", "bytes", "set", "when", "dtype", "numpy", "stage",
+    "ordered", "defaultdict", "bytes", "set", "when", "dtype", "numpy", "stage", "by_stage",
 }  # fmt: skip
 
 

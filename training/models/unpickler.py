@@ -427,6 +427,13 @@ class OpaqueObject(dict, metaclass=_OpaqueType):
     def __init__(self, *args: object, **kwargs: object) -> None:  # never runs the original
         pass
 
+    # Hashable by identity: placeholders of enum members and the like serve as dict keys.
+    def __hash__(self) -> int:
+        return id(self)
+
+    def __eq__(self, other: object) -> bool:
+        return self is other
+
     def __setstate__(self, state: object) -> None:
         self.__dict__["state"] = state
 
