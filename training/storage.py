@@ -331,7 +331,7 @@ def read_ranges(uri: str, ranges: list[tuple[int, int]]) -> list[bytes]:
     if not ranges:
         return []
     fs, path = filesystem(uri)
-    starts, ends = zip(*ranges)
+    starts, ends = zip(*ranges, strict=True)
     try:
         return list(fs.cat_ranges([path] * len(ranges), list(starts), list(ends)))
     except FileNotFoundError as exc:
