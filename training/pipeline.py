@@ -131,10 +131,12 @@ def _build_segmenter(cfg: DictConfig):
     import torch
 
     from training.models.checkpoint import load_encoder, load_encoder_state_dict
-    from training.models.head import build_segmenter
+    from training.models.head import build_segmenter, head_spec
 
     torch.manual_seed(cfg.seed)
-    model = build_segmenter(cfg.model.preset, cfg.model.num_classes, cfg.model.head_width)
+    model = build_segmenter(
+        cfg.model.preset, cfg.model.num_classes, cfg.model.head_width, **head_spec(cfg.model)
+    )
     if cfg.model.pretrained_uri:
         allow = cfg.model.get("checkpoint_allow_classes") or ()
         load_encoder(model.encoder, load_encoder_state_dict(cfg.model.pretrained_uri, allow_classes=allow))
@@ -180,6 +182,7 @@ def _device(cfg: DictConfig):
 
 
 def _task(cfg: DictConfig, class_weights: list[float] | None, total_steps: int | None = None):
+    from training.models.head import head_spec
     from training.module import SegmentationTask
 
     warmup = int(cfg.training.warmup_fraction * total_steps) if total_steps else 0
@@ -187,6 +190,8 @@ def _task(cfg: DictConfig, class_weights: list[float] | None, total_steps: int |
         preset=cfg.model.preset,
         num_classes=cfg.model.num_classes,
         head_width=cfg.model.head_width,
+        **head_spec(cfg.model),
+        min_lr_ratio=cfg.training.get("min_lr_ratio", 0.0),
         features_only=True,
         loss=cfg.training.loss,
         focal_gamma=cfg.training.focal_gamma,
@@ -256,7 +261,12 @@ def _feature_cache(run: Run) -> tuple:
     recipes = _chip_recipes(cfg)
     root = storage.join(
         cfg.training.features_uri,
-        cache_fingerprint(model.encoder, [s for split in scenes.values() for s in split], recipes),
+        cache_fingerprint(
+            model.encoder,
+            [s for split in scenes.values() for s in split],
+            recipes,
+            feature_layers=model.head.feature_layers,
+        ),
     )
     save_encoder(model.encoder, storage.join(root, "encoder.safetensors"))
     return model, scenes, recipes, root
@@ -339,7 +349,12 @@ def train_head(run: Run) -> dict[str, Any]:
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     features_uri = run.result("cache_features")["features_uri"]
     stats = json.loads(storage.read_text(run.result("validate_data")["stats_uri"]))
-    train_set = CachedFeatures(storage.join(features_uri, "train"))
+    train_set = CachedFeatures(
+        storage.join(features_uri, "train"),
+        augment=cfg.training.get("augment", False),
+        crop=cfg.training.get("crop_size"),
+        seed=cfg.seed,
+    )
     val_set = CachedFeatures(storage.join(features_uri, "val"))
     batch = cfg.training.batch_size
     train_loader = DataLoader(
@@ -367,6 +382,8 @@ def train_head(run: Run) -> dict[str, Any]:
         enable_checkpointing=False,
         enable_model_summary=False,
         num_sanity_val_steps=0,
+        # Validate every n epochs, and at least after the last one.
+        check_val_every_n_epoch=max(1, min(cfg.training.get("val_every_n_epochs", 1), cfg.training.epochs)),
         deterministic=True,
     )
     trainer.fit(task, train_loader, val_loader)
@@ -411,25 +428,73 @@ def _trained_segmenter(run: Run, with_encoder: bool):
     return ClaySegmenter(encoder, task.model.head).eval()
 
 
+def _served_predictors(run: Run, model: Any, stats: dict, tmp: Path) -> dict[str, Any]:
+    """Export the trained model as the registry will (fp16 safetensors, then ONNX int8) into the
+    run folder, and load both with the inference runtimes: ``onnx`` (served) and ``fp32`` (torch)."""
+    from inference.runtime import load_predictor
+    from training import artifacts
+    from training.models.export import save_export
+    from training.models.onnx_export import convert_export
+
+    export_uri = storage.join(run.uri, artifacts.EXPORT_NAME)
+    onnx_uri = storage.join(run.uri, artifacts.ONNX_INT8_NAME)
+    if not storage.exists(export_uri):
+        save_export(model, export_uri, reference_stats=stats, extra={"run_id": run.run_id})
+    if not storage.exists(onnx_uri):
+        convert_export(export_uri, onnx_uri)
+    local = storage.local_path(onnx_uri) or storage.download(onnx_uri, tmp / artifacts.ONNX_INT8_NAME)
+    return {"onnx": load_predictor(str(local), "onnx"), "fp32": load_predictor(export_uri, "torch")}
+
+
 @step
 def evaluate(run: Run) -> dict[str, Any]:
-    """Held-out metrics of the model and of a majority-class baseline on the same pixels."""
-    from training.evaluation import evaluate_cached, render_confusion_matrix, render_samples
+    """Held-out metrics on the served path: whole test scenes through the inference scene
+    predictor with the exported model, ONNX int8 (served; gates promotion) and fp32, their
+    pixel agreement, and the majority-class and per-pixel spectral baselines on the same pixels."""
+    from training.baselines import fit_pixel_baseline
+    from training.evaluation import evaluate_served, render_confusion_matrix, render_samples
+    from training.features import CachedFeatures
 
     cfg = run.cfg
     features_uri = run.result("cache_features")["features_uri"]
     stats = json.loads(storage.read_text(run.result("validate_data")["stats_uri"]))
-    model = _trained_segmenter(run, with_encoder=False)
-    report = evaluate_cached(
-        model,
-        storage.join(features_uri, "test"),
-        train_class_fractions=stats["class_fractions"],
-        ignore_index=cfg.training.ignore_index,
-        batch_size=cfg.training.batch_size,
+    ignore = cfg.training.ignore_index
+    train = CachedFeatures(storage.join(features_uri, "train"))
+    if train.images is None:
+        raise ValueError(f"the feature cache at {features_uri} holds no chips; rebuild it")
+    pixel_baseline = fit_pixel_baseline(
+        train.images.numpy(),
+        train.labels.numpy(),
+        cfg.model.num_classes,
+        ignore_index=ignore,
+        max_pixels=cfg.training.get("pixel_baseline_pixels", 200_000),
+        seed=cfg.seed,
     )
+    del train
+    model = _trained_segmenter(run, with_encoder=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        predictors = _served_predictors(run, model, stats, Path(tmp))
+        report = evaluate_served(
+            predictors,
+            _scenes(cfg)["test"],
+            train_class_fractions=stats["class_fractions"],
+            pixel_baseline=pixel_baseline,
+            ignore_index=ignore,
+            served="onnx",
+            reference="fp32",
+            num_samples=max(1, cfg.logging.num_sample_images),
+        )
     metrics = report.metrics
     metrics_uri = storage.join(run.uri, "metrics.json")
     storage.write_text(metrics_uri, json.dumps(metrics, indent=2))
+    print(
+        f"[evaluate] served (onnx int8) mIoU {metrics['miou']:.4f}, "
+        f"fp32 {metrics['backends']['fp32']['miou']:.4f}, "
+        f"agreement {metrics['served_vs_reference_agreement']:.4f}; "
+        f"per-pixel baseline {metrics['pixel_baseline']['miou']:.4f}, "
+        f"majority {metrics['majority_baseline']['miou']:.4f}",
+        flush=True,
+    )
 
     tracker = _tracker(run)
     tracker.log_metrics(
@@ -437,7 +502,11 @@ def evaluate(run: Run) -> dict[str, Any]:
             "test_miou": metrics["miou"],
             "test_weighted_iou": metrics["weighted_iou"],
             "test_f1": metrics["f1"],
+            "test_miou_fp32": metrics["backends"]["fp32"]["miou"],
+            "test_served_fp32_agreement": metrics["served_vs_reference_agreement"],
             "baseline_miou": metrics["majority_baseline"]["miou"],
+            "pixel_baseline_miou": metrics["pixel_baseline"]["miou"],
+            "lead_over_pixel_baseline": metrics["lead_over_pixel_baseline"],
             **{f"test_iou_{k}": v for k, v in metrics["per_class_iou"].items() if v is not None},
         }
     )
@@ -448,7 +517,10 @@ def evaluate(run: Run) -> dict[str, Any]:
     return {
         "metrics_uri": metrics_uri,
         "miou": metrics["miou"],
+        "miou_fp32": metrics["backends"]["fp32"]["miou"],
+        "agreement": metrics["served_vs_reference_agreement"],
         "baseline_miou": metrics["majority_baseline"]["miou"],
+        "pixel_baseline_miou": metrics["pixel_baseline"]["miou"],
     }
 
 
@@ -475,7 +547,9 @@ def register(run: Run) -> dict[str, Any]:
             save_export(
                 model,
                 str(export_path),
-                reference_stats=stats,
+                # The drift reference: training data statistics plus the class mix and confidence
+                # of this model's own (served) predictions on the held-out scenes.
+                reference_stats={**stats, "predictions": metrics["prediction_reference"]},
                 extra={"run_id": run.run_id, "tracking": tracking},
             )
             registry.register_version(
@@ -508,9 +582,19 @@ def promote(run: Run) -> dict[str, Any]:
     print(f"[promote] {decision.outcome}: {decision.reason}", flush=True)
     result = {"decision": decision.to_dict()}
     if cfg.logging.style in ("mlflow", "both") and cfg.logging.mlflow.register_model:
+        from training.mlflow_model import log_served_model
+
         info = registry.get_version(cfg.storage.registry_uri, cfg.model_name, version)
+        mlflow_run = run.result("train_head")["tracking"].get("mlflow")
+        # The MLflow version points to a logged pyfunc model (the served ONNX int8 behind the
+        # scene predictor); the S3 registry stays the source of truth and the alias follows it.
+        source = (
+            log_served_model(run.result("register")["onnx_uri"], cfg.logging.mlflow.tracking_uri, mlflow_run)
+            if mlflow_run
+            else None
+        )
         result["mlflow"] = registry.register_in_mlflow(
-            info, cfg.logging.mlflow.tracking_uri, promoted=decision.promoted
+            info, cfg.logging.mlflow.tracking_uri, promoted=decision.promoted, model_source=source
         )
     tracker = _tracker(run)
     tracker.set_tags({"registry_version": version, "promotion": decision.outcome})
@@ -537,6 +621,28 @@ def run_all(cfg: DictConfig, run_id: str | None = None) -> Run:
     return run
 
 
+def _served_lines(metrics: dict[str, Any]) -> list[str]:
+    """Summary lines of the served-path evaluation (absent from older metrics files)."""
+    if "backends" not in metrics:
+        return []
+    fp32 = metrics["backends"]["fp32"]
+    lines = [
+        f"  served path           {metrics['backend']} int8, whole test scenes through the scene predictor "
+        f"(chip {metrics['sliding_window']['chip_size']}, overlap {metrics['sliding_window']['overlap']})",
+        f"  fp32 export mIoU      {fp32['miou']:.4f}   served/fp32 pixel agreement "
+        f"{100 * metrics['served_vs_reference_agreement']:.2f} %",
+    ]
+    if "pixel_baseline" in metrics:
+        pixel = metrics["pixel_baseline"]
+        iou = pixel["per_class_iou"]
+        lines.append(
+            f"  per-pixel baseline    {pixel['miou']:.4f}   (logistic regression, bands + NDVI; "
+            f"impervious {iou.get('Impervious (other)') or 0:.3f}, road {iou.get('Impervious (road)') or 0:.3f}); "
+            f"lead {metrics['lead_over_pixel_baseline']:+.4f}"
+        )
+    return lines
+
+
 def summary(run: Run) -> str:
     """A human summary of a finished run: metrics, baseline, tracking and the registry decision."""
     metrics = json.loads(storage.read_text(run.result("evaluate")["metrics_uri"]))
@@ -552,6 +658,7 @@ def summary(run: Run) -> str:
     ]
     for name, value in metrics["per_class_iou"].items():
         lines.append(f"    {name:<24} {'n/a' if value is None else f'{value:.4f}'}")
+    lines += _served_lines(metrics)
     if "mlflow" in tracking:
         lines.append(f"  MLflow run            {tracking['mlflow']}  ({run.cfg.logging.mlflow.tracking_uri})")
     if "wandb" in tracking:
