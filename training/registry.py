@@ -501,6 +501,7 @@ def register_in_mlflow(
     *,
     promoted: bool,
     registered_model_name: str | None = None,
+    model_source: str | None = None,
 ) -> dict[str, Any]:
     """Mirror a registry version into MLflow's model registry; move the ``champion`` alias if promoted.
 
@@ -514,6 +515,10 @@ def register_in_mlflow(
         run_id: MLflow run that produced the weights; default the manifest's ``run_id``.
         promoted: Whether :func:`promote_if_better` made this version the champion.
         registered_model_name: MLflow model name; default the registry model name.
+        model_source: the logged MLflow model a new version points to (``models:/...`` or
+            ``runs:/...``, see :func:`training.mlflow_model.log_served_model`), so
+            ``mlflow.pyfunc.load_model("models:/<name>@champion")`` works; default the registry
+            version folder (a pointer only, not loadable by MLflow).
 
     Returns:
         ``{"name", "version", "registry_version", "alias_moved"}`` (``version`` is MLflow's).
@@ -552,7 +557,7 @@ def register_in_mlflow(
             tags["export_sha256"] = version_info["export_sha256"]
         model_version = client.create_model_version(
             name=name,
-            source=version_info["uri"],
+            source=model_source or version_info["uri"],
             run_id=run_id or version_info.get("run_id"),
             tags=tags,
             description=f"Registry version {registry_version} ({version_info['uri']}).",
