@@ -397,16 +397,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "eager_fp32": {**eager_cost, "basis": "served s/km² x chip speedup"},
     }
     if args.image:
-        from inference.bench.image import build_lambda_env
+        from inference.bench.image import cached_lambda_env
 
-        _log("[bench] Lambda image environment (pip install --target) ...")
-        target = workdir / "lambda-env"
-        if target.exists():
-            import shutil
-
-            shutil.rmtree(target)
+        _log("[bench] Lambda image environment (pip install --target, cached by requirements) ...")
         try:
-            report["image"] = build_lambda_env(target)
+            report["image"] = cached_lambda_env(workdir, rebuild=args.rebuild)
         except Exception as exc:  # no network: say so, never fake the figure
             report["image"] = {"error": f"{type(exc).__name__}: {str(exc)[-500:]}"}
     report["targets"] = _targets(report, TARGETS_BY_CLASS[cpu_class], cpu_class)
@@ -647,7 +642,7 @@ def render(report: dict[str, Any]) -> str:
     )
     if img and "installed_mb" in img:
         out.append(
-            f"  {img['installed_mb']:.0f} MB installed in {img['seconds']:.0f} s; torch installed: {img['torch_installed']}, "
+            f"  {img['installed_mb']:.0f} MB installed in {img['seconds']:.0f} s{' (cached build)' if img.get('cached') else ''}; torch installed: {img['torch_installed']}, "
             f"Lightning: {img['lightning_installed']}; largest: "
             + ", ".join(f"{k} {v:.0f} MB" for k, v in img["largest"][:6])
         )

@@ -15,7 +15,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["IMAGE_BUDGET_BYTES", "REQUIREMENTS", "build_lambda_env", "shipped_files", "strip_env"]
+__all__ = [
+    "IMAGE_BUDGET_BYTES",
+    "REQUIREMENTS",
+    "build_lambda_env",
+    "cached_lambda_env",
+    "shipped_files",
+    "strip_env",
+]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 REQUIREMENTS = REPO_ROOT / "inference" / "requirements-lambda.txt"
@@ -74,6 +81,25 @@ def build_lambda_env(target: Path, requirements: Path = REQUIREMENTS, timeout: f
         "torch_installed": (target / "torch").exists(),
         "lightning_installed": (target / "pytorch_lightning").exists() or (target / "lightning").exists(),
     }
+
+
+def cached_lambda_env(workdir: Path, rebuild: bool = False) -> dict[str, Any]:
+    """:func:`build_lambda_env` under ``workdir/lambda-env-<hash of requirements + strip list>``;
+    a second run with unchanged files reuses the build and its report (``cached: true``)."""
+    import hashlib
+    import json
+    import shutil
+
+    key = hashlib.sha256(REQUIREMENTS.read_bytes() + STRIP_LIST.read_bytes()).hexdigest()[:12]
+    target = workdir / f"lambda-env-{key}"
+    info = target.with_suffix(".json")
+    if not rebuild and info.exists() and target.exists():
+        return {**json.loads(info.read_text()), "cached": True}
+    if target.exists():
+        shutil.rmtree(target)
+    report = build_lambda_env(target)
+    info.write_text(json.dumps(report, indent=2))
+    return {**report, "cached": False}
 
 
 def _patterns() -> list[tuple[bool, str]]:
