@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 __all__ = [
     "EvaluationReport",
     "evaluate_cached",
+    "evaluate_foreign",
     "evaluate_served",
     "majority_class",
     "render_confusion_matrix",
@@ -254,6 +255,47 @@ def evaluate_served(
     metrics["sliding_window"] = {"chip_size": chip_size, "overlap": overlap, "batch_size": batch_size}
     candidates.sort(key=lambda c: -c[0])
     return EvaluationReport(metrics, [sample for _, sample in candidates[:num_samples]])
+
+
+def evaluate_foreign(
+    predictor: Any,
+    scenes: list[SceneRecord],
+    ignore_index: int | None = None,
+    chip_size: int | None = None,
+    overlap: int | None = None,
+    batch_size: int | None = None,
+) -> dict[str, Any]:
+    """Pixel accuracy (and per-class recall) of ``predictor`` on scenes of another family
+    (:mod:`training.data.foreign`), through the same scene predictor as :func:`evaluate_served`."""
+    from inference.predict import predict_scene
+    from inference.settings import ChainDefaults
+
+    defaults = ChainDefaults()
+    num_classes = int(predictor.num_classes)
+    confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
+    for scene in scenes:
+        truth = read_label(scene.label_uri)
+        pred = predict_scene(
+            predictor,
+            scene.image_uri,
+            chip_size=chip_size or defaults.chip_size,
+            overlap=defaults.overlap if overlap is None else overlap,
+            batch_size=batch_size or defaults.batch_size,
+        )
+        keep = pred.valid & (truth != ignore_index if ignore_index is not None else True)
+        confusion += np.bincount(
+            truth[keep].astype(np.int64) * num_classes + pred.classes[keep], minlength=num_classes**2
+        ).reshape(num_classes, num_classes)
+    total = int(confusion.sum())
+    support = confusion.sum(1)
+    return {
+        "pixel_accuracy": float(np.trace(confusion) / total) if total else None,
+        "per_class_recall": {
+            CLASS_NAMES[i]: float(confusion[i, i] / support[i]) for i in range(num_classes) if support[i]
+        },
+        "pixels": total,
+        "scenes": [s.scene_id for s in scenes],
+    }
 
 
 def render_confusion_matrix(metrics: dict[str, Any]) -> plt.Figure:

@@ -452,7 +452,8 @@ def evaluate(run: Run) -> dict[str, Any]:
     predictor with the exported model, ONNX int8 (served; gates promotion) and fp32, their
     pixel agreement, and the majority-class and per-pixel spectral baselines on the same pixels."""
     from training.baselines import fit_pixel_baseline
-    from training.evaluation import evaluate_served, render_confusion_matrix, render_samples
+    from training.data.foreign import write_patch_scenes
+    from training.evaluation import evaluate_foreign, evaluate_served, render_confusion_matrix, render_samples
     from training.features import CachedFeatures
 
     cfg = run.cfg
@@ -484,6 +485,12 @@ def evaluate(run: Run) -> dict[str, Any]:
             reference="fp32",
             num_samples=max(1, cfg.logging.num_sample_images),
         )
+        # Robustness: a scene family the generator does not make (measured, never tuned to).
+        foreign = write_patch_scenes(storage.join(run.uri, "foreign_scenes"), seed=cfg.seed)
+        report.metrics["foreign_family"] = {
+            "family": "square patches of plain class spectra + sensor noise, other sizes, EPSG:5070",
+            **evaluate_foreign(predictors["onnx"], foreign, ignore_index=ignore),
+        }
     metrics = report.metrics
     metrics_uri = storage.join(run.uri, "metrics.json")
     storage.write_text(metrics_uri, json.dumps(metrics, indent=2))
@@ -507,6 +514,7 @@ def evaluate(run: Run) -> dict[str, Any]:
             "baseline_miou": metrics["majority_baseline"]["miou"],
             "pixel_baseline_miou": metrics["pixel_baseline"]["miou"],
             "lead_over_pixel_baseline": metrics["lead_over_pixel_baseline"],
+            "foreign_pixel_accuracy": metrics["foreign_family"]["pixel_accuracy"],
             **{f"test_iou_{k}": v for k, v in metrics["per_class_iou"].items() if v is not None},
         }
     )
@@ -639,6 +647,11 @@ def _served_lines(metrics: dict[str, Any]) -> list[str]:
             f"  per-pixel baseline    {pixel['miou']:.4f}   (logistic regression, bands + NDVI; "
             f"impervious {iou.get('Impervious (other)') or 0:.3f}, road {iou.get('Impervious (road)') or 0:.3f}); "
             f"lead {metrics['lead_over_pixel_baseline']:+.4f}"
+        )
+    if "foreign_family" in metrics:
+        lines.append(
+            f"  foreign scene family  pixel accuracy {metrics['foreign_family']['pixel_accuracy']:.4f} "
+            f"({metrics['foreign_family']['family']})"
         )
     return lines
 
