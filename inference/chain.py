@@ -500,7 +500,7 @@ def infer(settings: ChainSettings, execution_id: str, item: dict[str, Any] | Man
     temporary = False
     path = item.uri
     try:
-        path, temporary = _local_copy(settings, item)
+        path, temporary = retry.call(lambda: _local_copy(settings, item), f"read scene {item.scene_id}")
         pred = predict_scene(
             model.predictor,
             path,
