@@ -38,9 +38,13 @@ class LandcoverModel(mlflow.pyfunc.PythonModel):
 
         self.predictor = load_predictor(context.artifacts[ONNX_ARTIFACT], "onnx")
 
-    def predict(self, context: Any, model_input: Any, params: dict[str, Any] | None = None) -> np.ndarray:
+    # No type hints on purpose: MLflow 3 would validate and convert the input by them.
+    def predict(self, context, model_input, params=None):
+        """Class ids uint8 (B, H, W) of uint8 NAIP images (B, 4, H, W) (or one (4, H, W))."""
         from inference.predict import predict_array
 
+        if isinstance(model_input, dict):  # a named-tensor payload
+            (model_input,) = model_input.values()
         images = np.asarray(model_input)
         if images.ndim == 3:
             images = images[None]
@@ -55,8 +59,8 @@ def model_signature(chip_size: int = 256) -> tuple[Any, np.ndarray]:
     from mlflow.types.schema import Schema, TensorSpec
 
     signature = ModelSignature(
-        inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, 4, -1, -1), "naip")]),
-        outputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, -1, -1), "classes")]),
+        inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, 4, -1, -1))]),
+        outputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, -1, -1))]),
     )
     rng = np.random.default_rng(0)
     example = rng.integers(1, 256, (1, 4, chip_size, chip_size), dtype=np.uint8)
