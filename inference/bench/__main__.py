@@ -263,6 +263,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         eager_runs, opt_runs, cold_eager, cold_opt = runs_table.get(preset, (3, 5, 3, 3))
         m, choice = models[preset], choices[preset]
         flops = analytic_flops(preset, CHIP, m.head_width)
+        if m.flops_counted:  # the config's head (fusion by default): counted, not the seed formula
+            flops = {**flops, **m.flops_counted, "head_kind": m.head}
         _log(f"[bench] {preset}: chips ({eager_runs} eager, {opt_runs} served: {choice.path.name}) ...")
         res = chips_mod.bench_chips(
             m.export_path,

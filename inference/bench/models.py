@@ -27,6 +27,8 @@ __all__ = ["HEAD_WIDTH", "BenchModel", "analytic_flops", "prepare_model", "prepa
 HEAD_WIDTH = {"tiny": 64, "small": 256, "base": 512, "large": 512}
 
 _SOURCES = (
+    "setup/conf/model/clay_tiny.yaml",
+    "setup/conf/model/clay_large.yaml",
     "training/models/clay.py",
     "training/models/head.py",
     "training/models/export.py",
@@ -48,6 +50,8 @@ class BenchModel:
     convert_seconds: float
     cached: bool
     head_width: int
+    head: str = "seed"
+    flops_counted: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -87,7 +91,9 @@ def prepare_model(preset: str, workdir: Path, seed: int = 0, rebuild: bool = Fal
     folder.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     torch.manual_seed(seed)
-    model = build_segmenter(preset, head_width=width).eval()
+    spec = model_head(preset)
+    model = build_segmenter(preset, head_width=width, **spec).eval()
+    counted = counted_flops(model)
     save_export(model, str(export_path), extra={"bench": True, "seed": seed})
     del model
     build_s = time.perf_counter() - t0
@@ -105,9 +111,45 @@ def prepare_model(preset: str, workdir: Path, seed: int = 0, rebuild: bool = Fal
         convert_seconds=convert_s,
         cached=False,
         head_width=width,
+        head=spec["head"],
+        flops_counted=counted,
     )
     info_path.write_text(json.dumps(result.to_dict(), indent=2))
     return result
+
+
+def model_head(preset: str) -> dict[str, Any]:
+    """The head the model config of ``preset`` builds by default (``setup/conf/model/clay_<preset>.yaml``)."""
+    import yaml
+
+    from training.models.head import head_spec
+
+    path = Path(__file__).resolve().parents[2] / "setup" / "conf" / "model" / f"clay_{preset}.yaml"
+    return head_spec(yaml.safe_load(path.read_text()) if path.exists() else {})
+
+
+def counted_flops(model: Any, chip: int = 256) -> dict[str, Any]:
+    """FLOPs of one chip through ``model``: torch's FlopCounterMode (matmuls and convs) plus the
+    attention products, which the counter skips for CPU SDPA (added analytically)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    enc = model.encoder
+    n = 1 + (chip // enc.patch_size) ** 2
+    inner = enc.config.heads * enc.config.dim_head if hasattr(enc, "config") else None
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(torch.zeros(1, 4, chip, chip))
+    by_module = counter.get_flop_counts()
+    total = counter.get_total_flops()
+    head = sum(by_module.get("ClaySegmenter.head", {}).values()) if "ClaySegmenter.head" in by_module else None
+    attention = enc.config.depth * 2 * 2 * n * n * inner if inner else 0
+    return {
+        "total": total + attention,
+        "counted": total,
+        "attention": attention,
+        "head": head,
+        "method": "torch FlopCounterMode (matmuls/convs) + analytic attention products",
+    }
 
 
 def prepare_variant(model: BenchModel, variant: str) -> str:
