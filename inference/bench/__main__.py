@@ -340,7 +340,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             report["champion"] = {"error": f"{type(exc).__name__}: {exc}"}
 
     _log("[bench] whole scenes ...")
-    sizes = (300, 500) if args.quick else (1000, 2000, 4000)
+    sizes = (300, 500) if args.quick else tuple(args.scene_sizes)
     scenes = write_scenes(workdir / "scenes", sizes)
     scene_preset = "tiny" if args.quick else args.scene_preset
     sc_choice = choices[scene_preset]
@@ -351,7 +351,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             **sc_choice.path.options,
         ),
         scenes,
-        {s: (1 if args.quick else (2 if s <= 1000 else 1)) for s in sizes},
+        {s: 1 for s in sizes},
         chip=CHIP,
     )
     scaling["preset"] = scene_preset
@@ -697,6 +697,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-candidates", action="store_true", help="skip the side-by-side and experiments")
     parser.add_argument("--no-image", dest="image", action="store_false", help="skip building the Lambda env")
     parser.add_argument("--scene-preset", default="tiny", help="preset of the 1/4/16 km² scaling runs")
+    parser.add_argument(
+        "--scene-sizes",
+        nargs="+",
+        type=int,
+        default=[1000, 2000, 4000],
+        help="scene sides in px (1 m: km² = side²/1e6)",
+    )
     parser.add_argument("--rebuild", action="store_true", help="rebuild cached exports")
     parser.add_argument("--registry", default="outputs/registry")
     parser.add_argument("--model-name", default="chesapeake-landcover")
