@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import functools
 import json
-import re
+import logging
 import tempfile
 import time
 from collections.abc import Callable
@@ -24,12 +24,12 @@ from typing import Any
 
 import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
-from pytorch_lightning.loggers.logger import Logger
 
-from training import storage
+from training import artifacts, storage
 from training.config import apply_storage, to_yaml
 
-STEPS = ("validate_data", "cache_features", "train_head", "evaluate", "register", "promote")
+log = logging.getLogger(__name__)
+
 SYNTHETIC_CAVEAT = (
     "Trained and evaluated on procedurally generated NAIP-like scenes, with a Clay encoder that was "
     "randomly initialised (not pretrained) and kept frozen. The figures show the pipeline works end "
@@ -46,7 +46,7 @@ class Run:
     cfg: DictConfig
 
     def step_uri(self, step: str) -> str:
-        return storage.join(self.uri, "steps", f"{step}.json")
+        return artifacts.step_record_uri(self.uri, step)
 
     def result(self, step: str) -> dict[str, Any]:
         """The recorded result of an earlier step (raises if it has not run)."""
@@ -61,12 +61,8 @@ def new_run_id(variant: str) -> str:
     return f"{variant}-{datetime.now(UTC):%Y%m%dT%H%M%S}"
 
 
-def _safe_id(run_id: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", run_id).strip("_")
-
-
 def run_uri_for(cfg: DictConfig, run_id: str) -> str:
-    return storage.join(cfg.storage.root_uri, "runs", _safe_id(run_id))
+    return artifacts.run_uri(cfg.storage.root_uri, run_id)
 
 
 def start_run(cfg: DictConfig, run_id: str | None = None) -> Run:
@@ -75,9 +71,9 @@ def start_run(cfg: DictConfig, run_id: str | None = None) -> Run:
     Starting a run id that exists resumes it, provided the config is the same.
     """
     apply_storage(cfg)
-    run_id = _safe_id(run_id or new_run_id(cfg.training.name))
+    run_id = artifacts.safe_name(run_id or new_run_id(cfg.training.name))
     uri = run_uri_for(cfg, run_id)
-    config_uri = storage.join(uri, "config.yaml")
+    config_uri = storage.join(uri, artifacts.RUN_CONFIG_NAME)
     text = to_yaml(cfg)
     if not storage.exists(config_uri):
         storage.write_text(config_uri, text)
@@ -91,7 +87,7 @@ def start_run(cfg: DictConfig, run_id: str | None = None) -> Run:
 
 def load_run(uri: str) -> Run:
     """Rebuild a run from its folder (what every step after the first does)."""
-    cfg = OmegaConf.create(storage.read_text(storage.join(uri, "config.yaml")))
+    cfg = OmegaConf.create(storage.read_text(storage.join(uri, artifacts.RUN_CONFIG_NAME)))
     apply_storage(cfg)
     return Run(run_id=uri.rstrip("/").rsplit("/", 1)[-1], uri=uri, cfg=cfg)
 
@@ -104,14 +100,14 @@ def step(fn: Callable[[Run], dict[str, Any]]) -> Callable[[Run], dict[str, Any]]
     def wrapper(run: Run) -> dict[str, Any]:
         uri = run.step_uri(name)
         if storage.exists(uri):
-            print(f"[{name}] already done for run {run.run_id}; reusing its result", flush=True)
+            log.info("[%s] already done for run %s; reusing its result", name, run.run_id)
             return json.loads(storage.read_text(uri))
-        print(f"[{name}] starting (run {run.run_id})", flush=True)
+        log.info("[%s] starting (run %s)", name, run.run_id)
         started = time.perf_counter()
         result = fn(run)
         result["seconds"] = round(time.perf_counter() - started, 2)
         storage.write_text(uri, json.dumps(result, indent=2, default=str))
-        print(f"[{name}] done in {result['seconds']:.1f} s", flush=True)
+        log.info("[%s] done in %.1f s", name, result["seconds"])
         return result
 
     return wrapper
@@ -231,14 +227,14 @@ def validate_data(run: Run) -> dict[str, Any]:
                 raise ValueError(f"{record.label_uri} is not pixel-aligned with {record.image_uri}")
             for key, n in label_nodata_counts(record.label_uri).items():
                 nodata[split][key] = nodata[split].get(key, 0) + n
-        print(f"[validate_data] {split}: {len(records)} scenes ok", flush=True)
+        log.info("[validate_data] %s: %d scenes ok", split, len(records))
     ids = {split: {r.scene_id for r in records} for split, records in scenes.items()}
     leaked = (ids["train"] | ids["val"]) & ids["test"]
     if leaked:
         raise ValueError(f"held-out scenes also appear in train/val: {sorted(leaked)}")
 
     stats = compute_stats(scenes["train"])
-    stats_uri = storage.join(run.uri, "data_stats.json")
+    stats_uri = storage.join(run.uri, artifacts.DATA_STATS_NAME)
     stats.save(stats_uri)
     return {
         "stats_uri": stats_uri,
@@ -268,7 +264,7 @@ def _feature_cache(run: Run) -> tuple:
             feature_layers=model.head.feature_layers,
         ),
     )
-    save_encoder(model.encoder, storage.join(root, "encoder.safetensors"))
+    save_encoder(model.encoder, storage.join(root, artifacts.ENCODER_WEIGHTS_NAME))
     return model, scenes, recipes, root
 
 
@@ -286,7 +282,7 @@ def cache_features(run: Run) -> dict[str, Any]:
     model, scenes, recipes, root = _feature_cache(run)
     device = _device(run.cfg)
     counts = cache_splits(model, scenes, recipes, root, device, **_cache_options(run.cfg))
-    print(f"[cache_features] chips per split: {counts} at {root}", flush=True)
+    log.info("[cache_features] chips per split: %s at %s", counts, root)
     return {"features_uri": root, "chips": counts, "device": device.to_dict()}
 
 
@@ -301,41 +297,6 @@ def cache_features_shard(run: Run, index: int) -> dict[str, Any]:
     return {"features_uri": root, "shard": index, "device": device.to_dict()}
 
 
-class TrackerLogger(Logger):
-    """Lightning logger that forwards epoch-level metrics to our tracker, one step per epoch,
-    and prints a progress line for each."""
-
-    def __init__(self, tracker: Any):
-        super().__init__()
-        self.tracker = tracker
-
-    @property
-    def name(self) -> str:
-        return "tracker"
-
-    @property
-    def version(self) -> str:
-        return ",".join(self.tracker.ids().values())
-
-    def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
-        pass  # the composed config is logged when the tracker opens
-
-    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
-        epoch = int(metrics.get("epoch", step or 0)) + 1  # Lightning counts from 0; humans and steps from 1
-        scalars = {
-            k.replace("/", "_"): v for k, v in metrics.items() if k != "epoch" and not k.endswith("_step")
-        }
-        if not scalars:
-            return
-        self.tracker.log_metrics(scalars, step=epoch)
-        shown = ", ".join(
-            f"{k}={scalars[k]:.4f}"
-            for k in ("train_loss_epoch", "train_miou", "val_loss", "val_miou")
-            if k in scalars
-        )
-        print(f"[train_head] epoch {epoch}: {shown}", flush=True)
-
-
 @step
 def train_head(run: Run) -> dict[str, Any]:
     """Fit the head on cached features; log per-epoch metrics; store the head weights."""
@@ -344,6 +305,7 @@ def train_head(run: Run) -> dict[str, Any]:
 
     from training.features import CachedFeatures
     from training.progress import EpochProgress
+    from training.tracking import TrackerLogger
 
     cfg = run.cfg
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -388,13 +350,8 @@ def train_head(run: Run) -> dict[str, Any]:
     )
     trainer.fit(task, train_loader, val_loader)
 
-    head_uri = storage.join(run.uri, "head.safetensors")
-    with tempfile.TemporaryDirectory() as tmp:
-        from safetensors.torch import save_file
-
-        path = Path(tmp) / "head.safetensors"
-        save_file({k: v.contiguous() for k, v in task.model.head.state_dict().items()}, str(path))
-        storage.upload(path, head_uri)
+    head_uri = storage.join(run.uri, artifacts.HEAD_NAME)
+    storage.write_tensors(head_uri, task.model.head.state_dict())
     val = task.epoch_metrics.get("val", {})
     return {
         "head_uri": head_uri,
@@ -415,7 +372,7 @@ def _trained_segmenter(run: Run, with_encoder: bool):
     cfg = run.cfg
     task = _task(cfg, None)
     with tempfile.TemporaryDirectory() as tmp:
-        head_file = storage.download(run.result("train_head")["head_uri"], Path(tmp) / "head.safetensors")
+        head_file = storage.download(run.result("train_head")["head_uri"], Path(tmp) / artifacts.HEAD_NAME)
         task.model.head.load_state_dict(load_file(str(head_file)))
     if not with_encoder:
         return task.model.eval()
@@ -423,7 +380,7 @@ def _trained_segmenter(run: Run, with_encoder: bool):
 
     encoder = build_encoder(cfg.model.preset)
     load_encoder_weights(
-        encoder, storage.join(run.result("cache_features")["features_uri"], "encoder.safetensors")
+        encoder, storage.join(run.result("cache_features")["features_uri"], artifacts.ENCODER_WEIGHTS_NAME)
     )
     return ClaySegmenter(encoder, task.model.head).eval()
 
@@ -432,7 +389,6 @@ def _served_predictors(run: Run, model: Any, stats: dict, tmp: Path) -> dict[str
     """Export the trained model as the registry will (fp16 safetensors, then ONNX int8) into the
     run folder, and load both with the inference runtimes: ``onnx`` (served) and ``fp32`` (torch)."""
     from inference.runtime import load_predictor
-    from training import artifacts
     from training.models.export import save_export
     from training.models.onnx_export import convert_export
 
@@ -492,15 +448,15 @@ def evaluate(run: Run) -> dict[str, Any]:
             **evaluate_foreign(predictors["onnx"], foreign, ignore_index=ignore),
         }
     metrics = report.metrics
-    metrics_uri = storage.join(run.uri, "metrics.json")
+    metrics_uri = storage.join(run.uri, artifacts.RUN_METRICS_NAME)
     storage.write_text(metrics_uri, json.dumps(metrics, indent=2))
-    print(
-        f"[evaluate] served (onnx int8) mIoU {metrics['miou']:.4f}, "
-        f"fp32 {metrics['backends']['fp32']['miou']:.4f}, "
-        f"agreement {metrics['served_vs_reference_agreement']:.4f}; "
-        f"per-pixel baseline {metrics['pixel_baseline']['miou']:.4f}, "
-        f"majority {metrics['majority_baseline']['miou']:.4f}",
-        flush=True,
+    log.info(
+        "[evaluate] served (onnx int8) mIoU %.4f, fp32 %.4f, agreement %.4f; per-pixel baseline %.4f, majority %.4f",
+        metrics["miou"],
+        metrics["backends"]["fp32"]["miou"],
+        metrics["served_vs_reference_agreement"],
+        metrics["pixel_baseline"]["miou"],
+        metrics["majority_baseline"]["miou"],
     )
 
     tracker = _tracker(run)
@@ -538,7 +494,7 @@ def register(run: Run) -> dict[str, Any]:
     put the int8 ONNX model the Lambda serves by default next to it."""
     from training import registry
     from training.models.export import save_export
-    from training.models.onnx_export import ONNX_INT8_NAME, register_onnx
+    from training.models.onnx_export import register_onnx
 
     cfg = run.cfg
     root, version = cfg.storage.registry_uri, run.run_id
@@ -551,7 +507,7 @@ def register(run: Run) -> dict[str, Any]:
         model = _trained_segmenter(run, with_encoder=True)
         synthetic = cfg.data.name == "synthetic" and not cfg.model.pretrained_uri
         with tempfile.TemporaryDirectory() as tmp:
-            export_path = Path(tmp) / "model.safetensors"
+            export_path = Path(tmp) / artifacts.EXPORT_NAME
             save_export(
                 model,
                 str(export_path),
@@ -565,14 +521,14 @@ def register(run: Run) -> dict[str, Any]:
                 cfg.model_name,
                 export_path,
                 metrics,
-                storage.read_text(storage.join(run.uri, "config.yaml")),
+                storage.read_text(storage.join(run.uri, artifacts.RUN_CONFIG_NAME)),
                 run_id=tracking.get("mlflow") or run.run_id,
                 source={"kind": "training-run", "run_id": run.run_id, "run_uri": run.uri},
                 data_description=f"{cfg.data.name} data at {cfg.data.root_uri}; held-out split: test",
                 caveat=SYNTHETIC_CAVEAT if synthetic else None,
                 version=version,
             )
-    onnx_uri = storage.join(version_uri, ONNX_INT8_NAME)
+    onnx_uri = artifacts.in_version(version_uri, artifacts.ONNX_INT8_NAME)
     register_onnx(version_uri)  # every runtime path's artifact; keeps those already written
     return {"version": version, "version_uri": version_uri, "onnx_uri": onnx_uri}
 
@@ -587,7 +543,7 @@ def promote(run: Run) -> dict[str, Any]:
     decision = registry.promote_if_better(
         cfg.storage.registry_uri, cfg.model_name, version, margin=cfg.training.promotion_margin
     )
-    print(f"[promote] {decision.outcome}: {decision.reason}", flush=True)
+    log.info("[promote] %s: %s", decision.outcome, decision.reason)
     result = {"decision": decision.to_dict()}
     if cfg.logging.style in ("mlflow", "both") and cfg.logging.mlflow.register_model:
         from training.mlflow_model import log_served_model
@@ -610,7 +566,8 @@ def promote(run: Run) -> dict[str, Any]:
     return result
 
 
-STEP_FUNCTIONS: dict[str, Callable[[Run], dict[str, Any]]] = {
+#: The steps in the order they run (what the DAGs and :func:`run_all` follow).
+STEPS: dict[str, Callable[[Run], dict[str, Any]]] = {
     "validate_data": validate_data,
     "cache_features": cache_features,
     "train_head": train_head,
@@ -623,9 +580,9 @@ STEP_FUNCTIONS: dict[str, Callable[[Run], dict[str, Any]]] = {
 def run_all(cfg: DictConfig, run_id: str | None = None) -> Run:
     """Every step in order, in this process (what ``python -m training.train`` does)."""
     run = start_run(cfg, run_id)
-    for name in STEPS:
-        STEP_FUNCTIONS[name](run)
-    print(summary(run), flush=True)
+    for step_fn in STEPS.values():
+        step_fn(run)
+    log.info("%s", summary(run))
     return run
 
 

@@ -78,12 +78,20 @@ def boto3_client(service: str, profile: str | None = None) -> Any:
     return _cached_client(service, profile, endpoint_url(), _settings.region)
 
 
+#: botocore's retry policy for every client: throttling, 5xx and dropped connections are retried
+#: with exponential backoff and jitter ("standard" mode) before an error reaches the caller.
+RETRIES = {"mode": "standard", "max_attempts": 8}
+
+
 @functools.lru_cache(maxsize=32)
 def _cached_client(service: str, profile: str | None, endpoint: str | None, region: str | None) -> Any:
+    from botocore.config import Config
+
     session = boto3_session(profile)
+    config = Config(retries=RETRIES)
     if profile == "local":
-        return session.client(service)
-    return session.client(service, endpoint_url=endpoint)
+        return session.client(service, config=config)
+    return session.client(service, endpoint_url=endpoint, config=config)
 
 
 _s3_filesystem_cache: dict[tuple, fsspec.AbstractFileSystem] = {}
@@ -99,7 +107,11 @@ def _s3_filesystem() -> fsspec.AbstractFileSystem:
             client_kwargs["region_name"] = key[1]
         # skip_instance_cache: each endpoint gets its own filesystem, never a stale shared one.
         _s3_filesystem_cache[key] = fsspec.filesystem(
-            "s3", client_kwargs=client_kwargs, skip_instance_cache=True, use_listings_cache=False
+            "s3",
+            client_kwargs=client_kwargs,
+            config_kwargs={"retries": RETRIES},
+            skip_instance_cache=True,
+            use_listings_cache=False,
         )
     return _s3_filesystem_cache[key]
 

@@ -8,6 +8,7 @@ to a sqlite store with local artifacts; W&B defaults to offline mode (no network
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import tempfile
@@ -16,8 +17,11 @@ from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.loggers.logger import Logger
 
-from training import storage
+from training import artifacts, storage
+
+log = logging.getLogger(__name__)
 
 STYLES = ("mlflow", "wandb", "both")
 
@@ -219,7 +223,7 @@ def open_tracker(cfg: DictConfig, run_uri: str, run_name: str) -> Tracker:
     style = cfg.logging.style
     if style not in STYLES:
         raise ValueError(f"logging.style={style!r} is not one of {', '.join(STYLES)}")
-    ids_uri = storage.join(run_uri, "tracking.json")
+    ids_uri = storage.join(run_uri, artifacts.TRACKING_IDS_NAME)
     ids = json.loads(storage.read_text(ids_uri)) if storage.exists(ids_uri) else {}
     backends: dict[str, Any] = {}
     if style in ("mlflow", "both"):
@@ -238,3 +242,38 @@ def open_tracker(cfg: DictConfig, run_uri: str, run_name: str) -> Tracker:
         tracker.log_params(OmegaConf.to_container(cfg, resolve=True))
         tracker.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
     return tracker
+
+
+class TrackerLogger(Logger):
+    """Lightning logger that forwards epoch-level metrics to a :class:`Tracker`, one step per
+    epoch, and logs a progress line for each."""
+
+    def __init__(self, tracker: Any):
+        super().__init__()
+        self.tracker = tracker
+
+    @property
+    def name(self) -> str:
+        return "tracker"
+
+    @property
+    def version(self) -> str:
+        return ",".join(self.tracker.ids().values())
+
+    def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
+        pass  # the composed config is logged when the tracker opens
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        epoch = int(metrics.get("epoch", step or 0)) + 1  # Lightning counts from 0; humans and steps from 1
+        scalars = {
+            k.replace("/", "_"): v for k, v in metrics.items() if k != "epoch" and not k.endswith("_step")
+        }
+        if not scalars:
+            return
+        self.tracker.log_metrics(scalars, step=epoch)
+        shown = ", ".join(
+            f"{k}={scalars[k]:.4f}"
+            for k in ("train_loss_epoch", "train_miou", "val_loss", "val_miou")
+            if k in scalars
+        )
+        log.info("[train_head] epoch %d: %s", epoch, shown)

@@ -116,8 +116,8 @@ def test_rerun_is_idempotent_and_does_not_rehash(local_settings, monkeypatch) ->
     assert len(first) == 2
 
     hashed: list[str] = []
-    real_hash = chain.sha256_of
-    monkeypatch.setattr(chain, "sha256_of", lambda uri: hashed.append(uri) or real_hash(uri))
+    real_hash = storage.sha256_of
+    monkeypatch.setattr(storage, "sha256_of", lambda uri: hashed.append(uri) or real_hash(uri))
     second = run(settings, "idem-2")
     assert second.succeeded
     assert [c for c, _ in second.calls] == ["process", "observe"]  # nothing to predict

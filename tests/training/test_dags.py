@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from pipeline_fixtures import TINY_OVERRIDES, make_tiny_home
 
+from tests.training.pipeline_fixtures import promotion_history
 from training import registry
 from training.airflow_runner import DAGS_FOLDER, run_embedded
 from training.config import compose, training_variants, variant_overrides
@@ -108,7 +109,7 @@ def test_each_dag_runs_end_to_end(tmp_path, monkeypatch) -> None:
     assert sorted(versions) == sorted(run.run_id for run in runs.values())
     champion = registry.champion(cfg.storage.registry_uri, cfg.model_name)
     assert champion is not None and champion["version"] in versions
-    decisions = registry.history(cfg.storage.registry_uri, cfg.model_name)
+    decisions = promotion_history(cfg.storage.registry_uri, cfg.model_name)
     assert len(decisions) == 3 and decisions[0]["promoted"]  # the first one had no champion to beat
 
     # MLflow holds what the run logged: params, per-epoch metrics, pictures, and the registry alias.

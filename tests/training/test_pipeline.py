@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 from pipeline_fixtures import TINY_OVERRIDES, make_tiny_home
 
@@ -17,9 +19,10 @@ def tiny_cfg(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_run_all_is_idempotent_and_tracked_in_both_backends(tiny_cfg, capsys) -> None:
+def test_run_all_is_idempotent_and_tracked_in_both_backends(tiny_cfg, caplog) -> None:
+    caplog.set_level(logging.INFO, logger="training.pipeline")
     run = pipeline.run_all(tiny_cfg, run_id="t1")
-    out = capsys.readouterr().out
+    out = caplog.text
     assert "held-out mIoU" in out and "majority-class baseline" in out and "registry version" in out
 
     # The run folder holds the exact config: a run is reproducible from it.
@@ -29,9 +32,10 @@ def test_run_all_is_idempotent_and_tracked_in_both_backends(tiny_cfg, capsys) ->
 
     # Re-running finds every step's result and redoes nothing.
     before = {step: run.result(step) for step in pipeline.STEPS}
+    caplog.clear()
     again = pipeline.run_all(tiny_cfg, run_id="t1")
     assert {step: again.result(step) for step in pipeline.STEPS} == before
-    assert capsys.readouterr().out.count("already done") == len(pipeline.STEPS)
+    assert caplog.text.count("already done") == len(pipeline.STEPS)
 
     # The same run id with another config is refused rather than silently mixed.
     with pytest.raises(ValueError, match="different config"):

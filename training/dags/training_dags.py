@@ -9,6 +9,7 @@ to adjust a run from the UI or the REST API.
 
 from __future__ import annotations
 
+import logging
 from datetime import timedelta
 
 import pendulum
@@ -16,6 +17,8 @@ from airflow.sdk import Param, dag, task
 
 from training.batch import dag_runner
 from training.config import dag_schedule, training_variants, variant_overrides
+
+log = logging.getLogger(__name__)
 
 
 def build_training_dag(dag_id: str, variant_overrides: list[str], runner: str = "local"):
@@ -80,7 +83,7 @@ def build_training_dag(dag_id: str, variant_overrides: list[str], runner: str = 
 
             run = pipeline.load_run(run_uri)
             decision = pipeline.promote(run)["decision"]
-            print(pipeline.summary(run), flush=True)
+            log.info("%s", pipeline.summary(run))  # the run's summary, once, in the task log
             return {"version": version, "outcome": decision["outcome"]}
 
         if runner == "batch":  # training.runner=batch: cache_features and train_head are AWS Batch jobs
