@@ -162,3 +162,30 @@ def test_metrics_to_dict() -> None:
     )
     assert out["per_class_iou"] == {"a": pytest.approx(5 / 6), "b": pytest.approx(2 / 3), "c": None}
     assert out["confusion_matrix"] == confmat.tolist() and out["miou"] == pytest.approx(0.6)
+
+
+def test_fusion_head_trains_from_cached_features_and_pixels() -> None:
+    """The default head learns from features + pixels, and equals its end-to-end loss."""
+    task = _task(head="fusion", lr=3e-3)
+    assert task.model.head.kind == "fusion" and task.hparams.head == "fusion"
+    data = RandomChips(8)
+    images, masks = data.images, data.masks
+    with torch.no_grad():
+        cache = task.model.forward_features(images).float()
+    task.eval()
+    with torch.no_grad():
+        end_to_end = task.criterion(task.logits({"image": images, "mask": masks}), masks).item()
+        cached = task.criterion(
+            task.logits({"features": cache, "pixels": images, "mask": masks}), masks
+        ).item()
+    assert abs(end_to_end - cached) <= 1e-5
+    with pytest.raises(ValueError, match="needs the normalised pixels"):
+        task.logits({"features": cache, "mask": masks})
+
+    batches = [{"features": cache, "pixels": images, "mask": masks}]
+    first = cached
+    _trainer(max_steps=10).fit(task, DataLoader(batches, batch_size=None))
+    task.eval()
+    with torch.no_grad():
+        last = task.criterion(task.logits(batches[0]), masks).item()
+    assert last < first
