@@ -27,6 +27,7 @@ import hashlib
 import json
 import logging
 import threading
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -399,7 +400,9 @@ def _local_copy(settings: ChainSettings, item: ManifestItem) -> tuple[str, bool]
     if local is not None:
         path, temporary = local, False
     else:
-        path = Path(settings.scene_cache_dir) / f"{item.sha256}.tif"
+        # A name of its own: two attempts on one scene in one process (the local runner with
+        # --concurrency, a lease takeover) must not delete each other's copy.
+        path = Path(settings.scene_cache_dir) / f"{item.sha256}-{uuid.uuid4().hex[:8]}.tif"
         storage.download(item.uri, path)
         temporary = True
     sha, _ = storage.sha256_of(storage.to_uri(path))

@@ -15,7 +15,19 @@ VERBOSE_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 class _ConsoleHandler(logging.StreamHandler):
-    """The handler :func:`configure_console` installs (recognised so it is installed once)."""
+    """The handler :func:`configure_console` installs (recognised so it is installed once).
+
+    It writes to whatever ``sys.stdout`` is when a record is emitted, so a redirected or
+    replaced stdout (a test's capture, a notebook) is followed rather than a stale stream kept.
+    """
+
+    @property  # type: ignore[override]
+    def stream(self) -> object:
+        return sys.stdout
+
+    @stream.setter
+    def stream(self, value: object) -> None:
+        pass
 
 
 def configure_console(level: int = logging.INFO, verbose: bool = False) -> None:
@@ -28,7 +40,7 @@ def configure_console(level: int = logging.INFO, verbose: bool = False) -> None:
     root = logging.getLogger()
     handler = next((h for h in root.handlers if isinstance(h, _ConsoleHandler)), None)
     if handler is None:
-        handler = _ConsoleHandler(sys.stdout)
+        handler = _ConsoleHandler()
         root.addHandler(handler)
     handler.setFormatter(logging.Formatter(VERBOSE_FORMAT if verbose else CONSOLE_FORMAT))
     root.setLevel(level)

@@ -9,6 +9,7 @@ from training.data.synthetic import generate_dataset
 # Small enough that a whole pipeline run takes seconds on 2 cores, big enough to learn something.
 TINY_OVERRIDES = [
     "training.epochs=2",
+    "training.val_every_n_epochs=1",
     "training.chips_per_scene=8",
     "training.val_chips_per_scene=4",
     "training.batch_size=4",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pytest
 import rasterio
@@ -89,10 +91,11 @@ def test_scene_seeds_differ_per_split():
     assert len(seeds) == 15
 
 
-def test_generate_dataset_layout_and_idempotence(tmp_path, capsys):
+def test_generate_dataset_layout_and_idempotence(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="training.data.synthetic")
     records = generate_dataset(str(tmp_path), scenes_per_split=1, size=256, seed=0, workers=1)
     assert [r.split for r in records] == ["train", "val", "test"]
-    out = capsys.readouterr().out
+    out = caplog.text
     assert out.count("wrote") == 3
     assert [r.scene_id for r in find_scenes(str(tmp_path))] == [r.scene_id for r in records]
 
@@ -110,8 +113,9 @@ def test_generate_dataset_layout_and_idempotence(tmp_path, capsys):
     assert read_label(train.label_uri).max() <= 6
 
     mtime = (tmp_path / "val" / "synth-val-000_naip-new.tif").stat().st_mtime_ns
+    caplog.clear()
     generate_dataset(str(tmp_path), scenes_per_split=1, size=256, seed=0, workers=1)
-    assert capsys.readouterr().out.count("skip") == 3
+    assert caplog.text.count("skip") == 3
     assert (tmp_path / "val" / "synth-val-000_naip-new.tif").stat().st_mtime_ns == mtime
 
 
