@@ -73,7 +73,10 @@ class ChainDefaults(BaseModel):
 
     def lambda_cost_usd(self, seconds: float, memory_mb: int, invocations: int = 0) -> float:
         """Estimated Lambda cost: GB-seconds at the compute price plus the request charges."""
-        return seconds * memory_mb / 1024.0 * self.lambda_usd_per_gb_s + invocations * self.lambda_usd_per_request
+        return (
+            seconds * memory_mb / 1024.0 * self.lambda_usd_per_gb_s
+            + invocations * self.lambda_usd_per_request
+        )
 
 
 #: The defaults, for code without settings at hand.
@@ -94,9 +97,11 @@ class ChainSettings(ChainDefaults):
     # Terraform sets LAMBDA_MEMORY_MB per function; Lambda itself sets AWS_LAMBDA_FUNCTION_MEMORY_SIZE.
     # Locally it is the configured infer memory (infra.infer_memory_mb). None: cost not estimated.
     lambda_memory_mb: int | None = Field(
-        default_factory=lambda: int(os.environ["AWS_LAMBDA_FUNCTION_MEMORY_SIZE"])
-        if os.environ.get("AWS_LAMBDA_FUNCTION_MEMORY_SIZE")
-        else None,
+        default_factory=lambda: (
+            int(os.environ["AWS_LAMBDA_FUNCTION_MEMORY_SIZE"])
+            if os.environ.get("AWS_LAMBDA_FUNCTION_MEMORY_SIZE")
+            else None
+        ),
         alias="LAMBDA_MEMORY_MB",
         gt=0,
     )

@@ -41,7 +41,10 @@ def convert_seed_checkpoint(
     does not fit the ``preset``.
     """
     model = load_seed_segmenter(src, preset=preset)
-    provenance = {"source_checkpoint": Path(str(src)).name, "converted_from": "Chesapeake segmentor checkpoint of the replaced deployment"}
+    provenance = {
+        "source_checkpoint": Path(str(src)).name,
+        "converted_from": "Chesapeake segmentor checkpoint of the replaced deployment",
+    }
     return save_export(model, dst_uri, reference_stats=reference_stats, extra={**provenance, **(extra or {})})
 
 

@@ -270,7 +270,11 @@ def _feature_cache(run: Run) -> tuple:
 
 def _cache_options(cfg: DictConfig) -> dict[str, int]:
     t = cfg.training
-    return {"shard_size": t.shard_size, "batch_size": t.encode_batch_size, "scenes_per_shard": t.scenes_per_shard}
+    return {
+        "shard_size": t.shard_size,
+        "batch_size": t.encode_batch_size,
+        "scenes_per_shard": t.scenes_per_shard,
+    }
 
 
 @step

@@ -233,7 +233,9 @@ def assert_consistent(settings: ChainSettings, good: int, quarantined: dict[str,
         if sc.status not in (SceneStatus.predicted, SceneStatus.quarantined)
     ]
     assert not stuck, f"scenes left in a non-terminal state: {stuck}"
-    assert len(predicted) == good, [(sc.source_uri, sc.status.value, sc.error, sc.error_message) for sc in scenes]
+    assert len(predicted) == good, [
+        (sc.source_uri, sc.status.value, sc.error, sc.error_message) for sc in scenes
+    ]
     per_scene: dict[int, int] = {}
     for p in preds:
         per_scene[p.scene_id] = per_scene.get(p.scene_id, 0) + 1

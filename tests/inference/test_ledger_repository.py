@@ -435,7 +435,7 @@ def test_runs_past_their_deadline_are_abandoned_with_what_they_did(session: Sess
     stale, _ = repo.start_run(
         session, "exec-stale", model_version="v1", deadline_at=now - timedelta(seconds=5)
     )
-    live, _ = repo.start_run(session, "exec-live", model_version="v1", deadline_at=now + timedelta(hours=1))
+    repo.start_run(session, "exec-live", model_version="v1", deadline_at=now + timedelta(hours=1))
     scene = new_scene(session)
     repo.claim_for_prediction(session, scene, "exec-stale", lease_s=600)
     predict(session, scene, run_id=stale.id)

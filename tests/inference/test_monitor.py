@@ -27,7 +27,13 @@ from training.data.stats import StatsAccumulator
 from training.data.synthetic import generate_scene
 
 #: Of the names the dashboards read, those only a run (not a scene) has.
-RUN_ONLY_NAMES = {"reference_class_fraction", "scenes_predicted", "seconds_total", "cost_usd", "cost_usd_per_km2"}
+RUN_ONLY_NAMES = {
+    "reference_class_fraction",
+    "scenes_predicted",
+    "seconds_total",
+    "cost_usd",
+    "cost_usd_per_km2",
+}
 SCENE_NAMES = set(METRIC_NAMES) - RUN_ONLY_NAMES
 
 

@@ -188,7 +188,9 @@ def test_gated_promotion_and_history(root: str, export_file: Path) -> None:
     pointer = registry.champion(root, MODEL)
     assert pointer["version"] == "v3" and pointer["miou"] == 0.60
     assert pointer["previous"] == {"version": "v1", "miou": 0.50}
-    assert registry.champion(root, MODEL)["export_uri"] == registry.get_version(root, MODEL, "v3")["export_uri"]
+    assert (
+        registry.champion(root, MODEL)["export_uri"] == registry.get_version(root, MODEL, "v3")["export_uri"]
+    )
 
     records = promotion_history(root, MODEL)
     assert [(r["version"], r["outcome"]) for r in records] == [
