@@ -128,7 +128,9 @@ class OnnxPredictor:
             raise ValueError(f"{self.path}: cannot tell the number of classes (no metadata)")
         self.num_classes = int(classes)
 
-    def _session(self, threads: int | None, low_memory: bool, cache_dir: str | os.PathLike[str] | None) -> Any:
+    def _session(
+        self, threads: int | None, low_memory: bool, cache_dir: str | os.PathLike[str] | None
+    ) -> Any:
         import onnxruntime as ort
 
         options = session_options(threads, low_memory)

@@ -141,7 +141,9 @@ def counted_flops(model: Any, chip: int = 256) -> dict[str, Any]:
         model(torch.zeros(1, 4, chip, chip))
     by_module = counter.get_flop_counts()
     total = counter.get_total_flops()
-    head = sum(by_module.get("ClaySegmenter.head", {}).values()) if "ClaySegmenter.head" in by_module else None
+    head = (
+        sum(by_module.get("ClaySegmenter.head", {}).values()) if "ClaySegmenter.head" in by_module else None
+    )
     attention = enc.config.depth * 2 * 2 * n * n * inner if inner else 0
     return {
         "total": total + attention,
