@@ -71,11 +71,17 @@ def default_num_threads() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def check_chips(chips: np.ndarray, in_channels: int = 4) -> np.ndarray:
-    """Validate a chip batch: float ``[B, C, S, S]`` with finite values; returns float32."""
+def check_chips(chips: np.ndarray, in_channels: int = 4, chip_size: int | None = None) -> np.ndarray:
+    """Validate a chip batch: float ``[B, C, S, S]`` with finite values (and ``S == chip_size``
+    for a model exported for one chip size); returns float32."""
     arr = np.asarray(chips)
     if arr.ndim != 4 or arr.shape[1] != in_channels:
         raise ValueError(f"expected chips shaped [B, {in_channels}, S, S], got {arr.shape}")
+    if chip_size is not None and arr.shape[-2:] != (chip_size, chip_size):
+        raise ValueError(
+            f"this model was exported for {chip_size}x{chip_size} chips, "
+            f"got {arr.shape[-2]}x{arr.shape[-1]}; use chip_size={chip_size}"
+        )
     if arr.dtype.kind != "f":
         raise ValueError(
             f"predict_proba takes normalised float chips, got {arr.dtype}; "

@@ -165,12 +165,7 @@ class OnnxPredictor:
 
     def predict_proba(self, chips: np.ndarray) -> np.ndarray:
         """Softmax probabilities (B, K, S, S) float32 for normalised float32 chips (B, 4, S, S)."""
-        chips = check_chips(chips, self.bands)
-        if self.chip_size is not None and chips.shape[-2:] != (self.chip_size, self.chip_size):
-            raise ValueError(
-                f"this ONNX model was exported for {self.chip_size}x{self.chip_size} chips, "
-                f"got {chips.shape[-2]}x{chips.shape[-1]}; use chip_size={self.chip_size}"
-            )
+        chips = check_chips(chips, self.bands, self.chip_size)
         chips = np.ascontiguousarray(chips)
         n = chips.shape[0]
         if n == 0:
