@@ -12,7 +12,6 @@ import http.client
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -31,17 +30,12 @@ from inference.ledger import RunStatus, SceneStatus
 from inference.ledger.models import Prediction, Run, Scene
 from inference.settings import ChainSettings
 from inference.statemachine import local
+from tests.ports import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 #: Set by `make faults`: the long cases (a 45 s database outage) run too.
 FULL = os.environ.get("FAULTS_FULL") == "1"
 OUTAGE_S = 45.0 if FULL else 4.0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 # --- a Postgres cluster of the test's own --------------------------------------------------------

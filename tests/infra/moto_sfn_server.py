@@ -22,16 +22,12 @@ import time
 from threading import Thread
 from typing import Any
 
+from tests.ports import free_port
+
 VALIDATE_TARGET = "AWSStepFunctions.ValidateStateMachineDefinition"
 # The provider reads a machine's published versions after creating it; moto lacks the action.
 # This stack never publishes versions, so "none" is the true answer.
 LIST_VERSIONS_TARGET = "AWSStepFunctions.ListStateMachineVersions"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def validate_definition(body: bytes) -> dict[str, Any]:
@@ -85,7 +81,7 @@ class MotoSfnServer:
     """moto's server (all services) on 127.0.0.1, plus ValidateStateMachineDefinition."""
 
     def __init__(self, port: int | None = None) -> None:
-        self.port = port or _free_port()
+        self.port = port or free_port()
         self.endpoint = f"http://127.0.0.1:{self.port}"
         self._server: Any = None
         self._thread: Thread | None = None
@@ -136,7 +132,7 @@ class MotoServerProcess:
     """
 
     def __init__(self, port: int | None = None, start_timeout_s: float = 60.0) -> None:
-        self.port = port or _free_port()
+        self.port = port or free_port()
         self.endpoint = f"http://127.0.0.1:{self.port}"
         self.start_timeout_s = start_timeout_s
         self._proc: subprocess.Popen[bytes] | None = None

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from tests.ports import free_port
 from training import compose_env
 from training.airflow_runner import AirflowClient, default_credentials, run_remote
 from training.airflow_ui import PASSWORDS_FILE, ensure_password, serve_ui, ui_env
@@ -25,12 +26,6 @@ STARTUP_SECONDS = 240
 RUN_SECONDS = 900  # 6 tasks; each re-imports torch, Lightning and MLflow (30-45 s at load ~10)
 # Environment that would send the run elsewhere than tmp_path.
 LEAKY_ENV = ("MLFLOW_TRACKING_URI", "AWS_ENDPOINT_URL", "AWS_PROFILE", "LANDCOVER_OVERRIDES", "AIRFLOW_URL")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _tail(path: Path, chars: int = 4000) -> str:
@@ -57,7 +52,7 @@ def _wait_until(check, seconds: float, what: str, proc: subprocess.Popen, log: P
 def standalone(tmp_path: Path) -> Iterator[tuple[str, str, subprocess.Popen, Path]]:
     """``python -m training.airflow_ui`` on a free port; everything under tmp_path. Yields
     ``(url, password, process, log)`` once the API is healthy and the baseline DAG is parsed."""
-    port = _free_port()
+    port = free_port()
     airflow_home = tmp_path / "airflow"
     password = ensure_password(airflow_home)
     env = {k: v for k, v in os.environ.items() if k not in LEAKY_ENV}

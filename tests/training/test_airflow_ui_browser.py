@@ -14,7 +14,6 @@ import contextlib
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,18 +25,13 @@ import requests
 from pipeline_fixtures import TINY_OVERRIDES, make_tiny_home
 
 from tests.observability.test_obs_report import _chromium
+from tests.ports import free_port
 from training.airflow_runner import run_embedded
 from training.airflow_ui import ui_env
 from training.config import REPO_ROOT
 
 STARTUP_SECONDS = 180
 LEAKY_ENV = ("MLFLOW_TRACKING_URI", "AWS_ENDPOINT_URL", "AWS_PROFILE", "LANDCOVER_OVERRIDES", "AIRFLOW_URL")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @contextlib.contextmanager
@@ -83,7 +77,7 @@ def test_ui_shows_the_in_process_run_and_its_task_log(tmp_path, monkeypatch) -> 
     overrides = [*TINY_OVERRIDES, "training.epochs=2", "training.precision=32-true"]
     run_embedded("baseline", overrides, "ui-run")
 
-    with api_server(_free_port(), tmp_path / "api-server.log") as url:
+    with api_server(free_port(), tmp_path / "api-server.log") as url:
         runs = requests.get(f"{url}/api/v2/dags/baseline/dagRuns", timeout=30).json()["dag_runs"]
         assert [(r["state"], r["run_type"]) for r in runs] == [("success", "manual")]
         run_id = runs[0]["dag_run_id"]

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -25,6 +24,7 @@ from typing import Any
 import pytest
 from pipeline_fixtures import TINY_OVERRIDES
 
+from tests.ports import free_port
 from training import batch, storage
 from training.airflow_runner import airflow_env, migrate_metadata
 from training.config import REPO_ROOT, compose
@@ -34,12 +34,6 @@ from training.pipeline import load_run, run_uri_for
 HARNESS = Path(__file__).with_name("batch_harness.py")
 PROJECT = "lcbatch"
 REGION = "us-east-1"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class ContainerStandIn:
@@ -100,7 +94,7 @@ def batch_world(tmp_path) -> Iterator[dict[str, Any]]:
     from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
     from werkzeug.serving import make_server
 
-    port = _free_port()
+    port = free_port()
     endpoint = f"http://127.0.0.1:{port}"
     home = tmp_path / "home"
     aws = {
