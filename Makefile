@@ -102,6 +102,19 @@ setup_inference_observability: env_file ## Start Grafana (docker compose) on the
 run_inference: setup_env ## Run the inference state machine locally (moto interpreter + real handlers); ARGS="--ledger-url ... --s3-prefix ... overrides"
 	$(CLI) infer run $(ARGS)
 
+# Scale runs (issue: real-size scenes), each in its own folders and ledger under outputs/.
+SCALE_DIR := $(CURDIR)/outputs/scale
+SCALE_ARGS := --ledger-url sqlite:///$(SCALE_DIR)/ledger.db inference.input_uri=file://$(SCALE_DIR)/input inference.output_uri=file://$(SCALE_DIR)/predictions
+
+.PHONY: scale_run
+scale_run: setup_env ## One 6,000 x 7,000 px (40 km²-class) synthetic scene through the local state machine in many blocks, with the large preset's Lambda figures (ARGS=...)
+	$(CLI) infer run --scene-size 6000x7000 $(SCALE_ARGS) inference.block_chips=8 $(ARGS)
+
+.PHONY: load_run
+load_run: setup_env ## 200 small synthetic scenes in one execution: each predicted exactly once, exact totals, flat memory (ARGS=...)
+	rm -rf $(SCALE_DIR)/load
+	$(CLI) infer run --load 200 --size 256 --ledger-url sqlite:///$(SCALE_DIR)/load/ledger.db inference.input_uri=file://$(SCALE_DIR)/load/input inference.output_uri=file://$(SCALE_DIR)/load/predictions $(ARGS)
+
 .PHONY: upload_and_run_inference
 upload_and_run_inference: setup_env ## Drop N new synthetic scenes into the input prefix, running the chain after each (ARGS="--scenes 3 --interval 10")
 	$(CLI) infer upload $(ARGS)

@@ -1,23 +1,29 @@
-"""The process -> infer -> observe chain: the logic the three Lambda handlers call.
+"""The process -> infer (per block) -> assemble (per scene) -> observe chain: the logic the
+Lambda handlers call.
 
 Each step is idempotent, because Step Functions retries, redrives and re-runs:
 
 - :func:`process` lists the input prefix (one paginated listing), hashes only keys it has not
   seen with the same ETag, registers each object by the sha256 of its bytes (a duplicate upload
   under another key becomes an alias of the existing scene), validates new scenes (a bad input
-  is quarantined with its reason; the run goes on) and writes the run's manifest: every scene
-  that still lacks a prediction by the champion, including ones a crashed run left behind.
-- :func:`infer` predicts one manifest item with the champion (cached in ``MODEL_CACHE_DIR``
-  across warm calls, the pointer re-read every call), writes class + confidence COGs, a STAC
-  item and a summary under deterministic keys (``<OUTPUT_URI>/<sha256>/<model_version>/``, so
-  a re-run overwrites rather than duplicates), and records the prediction, its lineage and its
-  scene metrics in one transaction. A scene that already has a prediction by that model
-  version is a no-op.
+  is quarantined with its reason; the run goes on), plans each scene to predict as blocks
+  (sized for the infer timeout from the champion's measured throughput, see
+  :mod:`inference.blocks`) and writes the run's manifests: the blocks still to predict of every
+  scene that lacks a prediction by the champion (including what a crashed run left behind),
+  and the list of those scenes.
+- :func:`infer` predicts one block with the champion (cached in ``MODEL_CACHE_DIR`` across warm
+  calls, the pointer re-read every call) under its scene's lease, and writes the block's
+  rasters and sums to one file. A block already predicted is a no-op.
+- :func:`assemble` builds a scene whose blocks are all predicted into class + confidence COGs,
+  a quicklook, a STAC item and a summary under deterministic keys
+  (``<OUTPUT_URI>/<sha256>/<model_version>/``, so a re-run overwrites rather than duplicates),
+  records the prediction, its lineage and its scene metrics in one transaction, and removes the
+  block outputs. A scene already predicted by that model version is a no-op.
 - :func:`observe` aggregates the run's scenes, computes drift against the export's reference
   statistics, writes run metrics and closes the run.
 - :func:`record_failure` is the state machine's Catch path.
 
-State payloads carry ids and URIs only; the manifest itself lives in object storage.
+State payloads carry ids and URIs only; the manifests live in object storage.
 """
 
 from __future__ import annotations
@@ -39,9 +45,10 @@ import sqlalchemy as sa
 from pydantic import BaseModel
 from sqlalchemy.orm import Session
 
-from inference import retry
+from inference import block_outputs, retry
+from inference.blocks import BlockSizing, Throughput, block_sizing
 from inference.ledger import db, repository
-from inference.ledger.models import Scene, SceneStatus, utcnow
+from inference.ledger.models import BlockStatus, Scene, SceneStatus, utcnow
 from inference.settings import ChainSettings, onnx_available
 from training import artifacts, registry, storage
 from training.data.naip import NaipValidationError, validate_naip
@@ -66,12 +73,24 @@ class ContentChangedError(ChainError):
     """The bytes at a scene's URI no longer match its sha256 (the key was overwritten)."""
 
 
-class ManifestItem(BaseModel):
-    """One scene of a run's manifest: what the Map state hands each infer call."""
+class SceneItem(BaseModel):
+    """One scene of a run: what the assembly Map hands each assemble call."""
 
     scene_id: int
     uri: str
     sha256: str
+
+
+class BlockItem(SceneItem):
+    """One block of a scene: what the infer Map hands each infer call (the manifest's items).
+
+    ``window`` is the block's core ``[row_off, col_off, height, width]`` as process planned it
+    with ``block_chips`` chips a side; infer re-plans from the scene and refuses a mismatch.
+    """
+
+    block: int = 0
+    block_chips: int
+    window: list[int]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -343,7 +362,8 @@ def _register(settings: ChainSettings, s: Session, obj: ListedObject) -> tuple[i
 def process(settings: ChainSettings, execution_id: str) -> dict[str, Any]:
     """Discover, register and validate new inputs; write the run's manifest. See the module doc."""
     configure_storage(settings)
-    version = str(retry.call(lambda: champion(settings), "read the champion pointer")["version"])
+    pointer = retry.call(lambda: champion(settings), "read the champion pointer")
+    version = str(pointer["version"])
 
     def open_run(s: Session) -> None:
         for stale in repository.abandon_stale_runs(s):
@@ -360,33 +380,106 @@ def process(settings: ChainSettings, execution_id: str) -> dict[str, Any]:
         )
         discovered, quarantined, aliases = discovered + new, quarantined + bad, aliases + alias
 
-    def manifest(s: Session) -> list[dict[str, Any]]:
+    sizing = _block_sizing(settings, pointer)
+    log.info("blocks of %d x %d chips: %s", sizing.block_chips, sizing.block_chips, sizing.reason)
+
+    def manifest(s: Session) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         todo = repository.scenes_to_predict(s, version, max_attempts=settings.max_attempts)
+        blocks, scenes = [], []
+        for scene in todo:
+            planned = repository.plan_blocks(
+                s, scene, version, sizing.block_chips, _planned_blocks(settings, scene, sizing.block_chips)
+            )
+            left = repository.blocks_to_predict(planned, settings.max_attempts)
+            spent = [b for b in planned if b.status != BlockStatus.predicted and b not in left]
+            if spent:
+                log.warning(
+                    "scene %s: block(s) %s out of attempts (last error %s); not retried",
+                    scene.id,
+                    [b.block_index for b in spent],
+                    spent[0].error,
+                )
+                continue
+            item = SceneItem(scene_id=scene.id, uri=scene.source_uri, sha256=scene.sha256)
+            scenes.append(item.model_dump())
+            blocks += [
+                BlockItem(
+                    **item.model_dump(), block=b.block_index, block_chips=b.block_chips, window=list(b.window)
+                ).model_dump()
+                for b in left
+            ]
         repository.update_run(s, execution_id, scenes_discovered=discovered, scenes_quarantined=quarantined)
         repository.touch_run(s, execution_id, _deadline(settings))
-        return [ManifestItem(scene_id=t.id, uri=t.source_uri, sha256=t.sha256).model_dump() for t in todo]
+        return blocks, scenes
 
-    items = transaction(settings, f"list the scenes to predict for {execution_id}", manifest)
+    blocks, scenes = transaction(settings, f"list the blocks to predict for {execution_id}", manifest)
     uri = manifest_uri(settings, execution_id)
-    retry.call(lambda: storage.write_text(uri, json.dumps(items)), f"write the manifest {uri}")
+    scenes_uri = artifacts.scenes_manifest_uri(settings.manifest_prefix, execution_id)
+    # The scene list first: a manifest of blocks is only ever read beside its scenes.
+    retry.call(
+        lambda: storage.write_text(scenes_uri, json.dumps(scenes)), f"write the scene list {scenes_uri}"
+    )
+    retry.call(lambda: storage.write_text(uri, json.dumps(blocks)), f"write the manifest {uri}")
     log.info(
-        "process %s: %d new, %d quarantined, %d aliases, %d to predict",
+        "process %s: %d new, %d quarantined, %d aliases, %d scenes to predict in %d blocks",
         execution_id,
         discovered,
         quarantined,
         aliases,
-        len(items),
+        len(scenes),
+        len(blocks),
     )
     return {
         "execution_id": execution_id,
         "manifest_uri": uri,
         "manifest_key": object_key(uri),
+        "scenes_uri": scenes_uri,
+        "scenes_key": object_key(scenes_uri),
         "model_version": version,
-        "scenes": len(items),
+        "scenes": len(scenes),
+        "blocks": len(blocks),
+        "block_chips": sizing.block_chips,
+        "max_concurrency": settings.max_concurrency,
+        "tolerated_failure_percentage": settings.tolerated_failure_percentage,
         "discovered": discovered,
         "quarantined": quarantined,
         "aliases": aliases,
     }
+
+
+def _block_sizing(settings: ChainSettings, pointer: dict[str, Any]) -> BlockSizing:
+    """The block side for this run: configured, or from the champion's measured throughput."""
+    throughput = None
+    if settings.block_chips is None:
+        manifest = retry.call(
+            lambda: registry.get_version(settings.registry_uri, settings.model_name, str(pointer["version"])),
+            "read the champion's metrics",
+        )
+        throughput = Throughput.from_metrics(manifest.get("metrics"))
+    try:
+        return block_sizing(settings, throughput, settings.infer_memory_mb)
+    except ValueError as exc:
+        raise ChainError(f"champion {pointer['version']}: {exc}") from exc
+
+
+def _planned_blocks(settings: ChainSettings, scene: Scene, block_chips: int) -> list[dict[str, Any]]:
+    """Ledger rows of the blocks :func:`inference.predict.plan_blocks` makes of ``scene``."""
+    from inference.predict import PATCH_SIZE, plan_blocks, plan_tiling
+
+    if scene.height is None or scene.width is None:
+        raise ChainError(f"scene {scene.id} has no size in the ledger; it was never validated")
+    plan = plan_tiling(scene.height, scene.width, settings.chip_size, settings.overlap, PATCH_SIZE)
+    return [
+        {
+            "block_index": b.index,
+            "row_off": b.window[0],
+            "col_off": b.window[1],
+            "height": b.window[2],
+            "width": b.window[3],
+            "chips": b.chips(plan),
+        }
+        for b in plan_blocks(plan, block_chips)
+    ]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -394,7 +487,7 @@ def process(settings: ChainSettings, execution_id: str) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------
 
 
-def _local_copy(settings: ChainSettings, item: ManifestItem) -> tuple[str, bool]:
+def _local_copy(settings: ChainSettings, item: SceneItem) -> tuple[str, bool]:
     """A local path of the scene's bytes, checked against its sha256; (path, is_temporary)."""
     local = storage.local_path(item.uri)
     if local is not None:
@@ -417,7 +510,7 @@ def _local_copy(settings: ChainSettings, item: ManifestItem) -> tuple[str, bool]
 
 
 def _write_outputs(
-    settings: ChainSettings, pred: Any, item: ManifestItem, version: str, image_path: str | None = None
+    settings: ChainSettings, pred: Any, item: SceneItem, version: str, image_path: str | None = None
 ) -> dict[str, str]:
     """Class COG, confidence COG, quicklook PNG, STAC item and summary under the scene's
     deterministic prefix (``image_path``: a local copy of the input, read for the quicklook)."""
@@ -464,13 +557,131 @@ def _get_scene(s: Session, scene_id: int) -> Scene:
     return scene
 
 
-def infer(settings: ChainSettings, execution_id: str, item: dict[str, Any] | ManifestItem) -> dict[str, Any]:
-    """Predict one scene with the champion; idempotent per (scene, model version)."""
-    from inference import monitor
-    from inference.predict import predict_scene
+def infer(settings: ChainSettings, execution_id: str, item: dict[str, Any] | BlockItem) -> dict[str, Any]:
+    """Predict one block of a scene with the champion; idempotent per (scene, model version, block).
+
+    The scene is claimed under the execution's lease (its blocks share it; another live
+    execution's lease leaves the block to that execution). The block's classes, confidence and
+    sums go to one file under the blocks prefix; :func:`assemble` builds the scene from them.
+    """
+    from inference.predict import predict_block
 
     configure_storage(settings)
-    item = ManifestItem.model_validate(item)
+    item = BlockItem.model_validate(item)
+    model = load_champion(settings)
+    version = model.version
+    result = {"scene_id": item.scene_id, "block": item.block, "model_version": version}
+
+    def claim(s: Session) -> tuple[str, Any]:
+        scene = _get_scene(s, item.scene_id)
+        if repository.prediction_by(s, scene, version) is not None:
+            return "skipped", None
+        if scene.status == SceneStatus.quarantined:
+            return "quarantined", None
+        block = repository.get_block(s, scene.id, version, item.block)
+        if block is None:
+            raise ChainError(f"block {item.block} of scene {scene.id} by {version} was never planned")
+        if block.status == BlockStatus.predicted:
+            return "skipped", None
+        try:
+            repository.claim_for_prediction(s, scene, execution_id, settings.lease_s)
+        except repository.LeaseHeld as exc:
+            return "leased", exc.owner
+        repository.claim_block(s, block)
+        repository.touch_run(s, execution_id, _deadline(settings))
+        return "claimed", repository.get_run(s, execution_id).id
+
+    what = f"block {item.block} of scene {item.scene_id}"
+    outcome, value = transaction(settings, f"claim {what}", claim)
+    if outcome in ("skipped", "quarantined"):
+        return {**result, "status": outcome}
+    if outcome == "leased":
+        log.info("scene %s is being predicted by %s; %s left to it", item.scene_id, value, what)
+        return {**result, "status": "leased_elsewhere", "lease_owner": value}
+    run_id = int(value)
+
+    started = utcnow()
+    temporary = False
+    path = item.uri
+    try:
+        path, temporary = retry.call(lambda: _local_copy(settings, item), f"read scene {item.scene_id}")
+        pred = predict_block(
+            model.predictor,
+            path,
+            item.block,
+            block_chips=item.block_chips,
+            chip_size=settings.chip_size,
+            overlap=settings.overlap,
+            batch_size=settings.batch_size,
+            max_pixels=settings.max_pixels,
+            low_confidence_threshold=settings.low_confidence_threshold,
+            expected_window=item.window,
+        )
+        uri = artifacts.block_output_uri(settings.output_uri, item.sha256, version, item.block)
+        retry.call(
+            lambda: storage.write_bytes(uri, block_outputs.to_bytes(pred)), f"write the outputs of {what}"
+        )
+    except NaipValidationError as exc:
+        transaction(
+            settings,
+            f"quarantine scene {item.scene_id}",
+            lambda s, bad=exc: repository.quarantine(s, _get_scene(s, item.scene_id), bad.reason, bad.detail),
+        )
+        return {**result, "status": "quarantined"}
+    except Exception as exc:
+        reason = "content_changed" if isinstance(exc, ContentChangedError) else type(exc).__name__
+
+        def failed(s: Session, message: str = str(exc)[:2000]) -> None:
+            block = repository.get_block(s, item.scene_id, version, item.block)
+            if block is not None:
+                repository.fail_block(s, block, reason, message)
+
+        transaction(settings, f"record the failed attempt on {what}", failed)
+        raise
+    finally:
+        if temporary:
+            Path(path).unlink(missing_ok=True)
+
+    def record(s: Session) -> bool:
+        block = repository.get_block(s, item.scene_id, version, item.block)
+        won = repository.record_block(
+            s,
+            block,
+            output_uri=uri,
+            started_at=started,
+            finished_at=utcnow(),
+            seconds=pred.seconds,
+            run_id=run_id,
+        )
+        repository.touch_run(s, execution_id, _deadline(settings))
+        return won
+
+    won = transaction(settings, f"record {what}", record)
+    log.info(
+        "%s: %d chips in %.1f s%s", what, pred.n_chips, pred.seconds, "" if won else " (already recorded)"
+    )
+    return {**result, "status": "predicted" if won else "skipped", "seconds": round(pred.seconds, 3)}
+
+
+# ---------------------------------------------------------------------------------------------
+# assemble
+# ---------------------------------------------------------------------------------------------
+
+
+def assemble(settings: ChainSettings, execution_id: str, item: dict[str, Any] | SceneItem) -> dict[str, Any]:
+    """Build a scene's outputs from its blocks and record its prediction; idempotent per scene.
+
+    When every block is predicted: the class and confidence COGs, quicklook, STAC item and
+    summary are written exactly as a one-call prediction writes them (the scene sums are the
+    exact sums of the blocks'), the prediction and its metrics are recorded in one transaction,
+    and the block outputs are removed. A scene with blocks missing is failed (its lease
+    released), so the next run redoes only those blocks; one another live execution holds is
+    left to it.
+    """
+    from inference import monitor
+
+    configure_storage(settings)
+    item = SceneItem.model_validate(item)
     model = load_champion(settings)
     version = model.version
     result = {"scene_id": item.scene_id, "model_version": version, "class_uri": None}
@@ -482,37 +693,46 @@ def infer(settings: ChainSettings, execution_id: str, item: dict[str, Any] | Man
             return "skipped", done.class_uri
         if scene.status == SceneStatus.quarantined:
             return "quarantined", None
+        blocks = repository.blocks_of(s, scene.id, version)
+        missing = [b.block_index for b in blocks if b.status != BlockStatus.predicted]
         try:
             repository.claim_for_prediction(s, scene, execution_id, settings.lease_s)
         except repository.LeaseHeld as exc:
             return "leased", exc.owner
+        if not blocks or missing:
+            detail = f"{len(missing)} of {len(blocks)} block(s) not predicted: {missing[:20]}"
+            repository.fail_attempt(s, scene, execution_id, "blocks_incomplete", detail)
+            return "incomplete", detail
         repository.touch_run(s, execution_id, _deadline(settings))
-        return "claimed", repository.get_run(s, execution_id).id
+        parts = [(b.window, b.output_uri, b.seconds or 0.0, b.started_at) for b in blocks]
+        return "ready", (repository.get_run(s, execution_id).id, parts)
 
-    outcome, value = transaction(settings, f"claim scene {item.scene_id}", claim)
+    outcome, value = transaction(settings, f"claim the assembly of scene {item.scene_id}", claim)
     if outcome == "skipped":
         return {**result, "status": "skipped", "class_uri": value}
     if outcome == "quarantined":
         return {**result, "status": "quarantined"}
     if outcome == "leased":
-        log.info("scene %s is being predicted by %s; left to it", item.scene_id, value)
+        log.info("scene %s is being predicted by %s; its assembly is left to it", item.scene_id, value)
         return {**result, "status": "leased_elsewhere", "lease_owner": value}
-    run_id = int(value)
+    if outcome == "incomplete":
+        log.warning("scene %s not assembled: %s", item.scene_id, value)
+        return {**result, "status": "incomplete", "detail": value}
+    run_id, parts = value
 
-    started = utcnow()
     temporary = False
     path = item.uri
     try:
         path, temporary = retry.call(lambda: _local_copy(settings, item), f"read scene {item.scene_id}")
-        pred = predict_scene(
-            model.predictor,
+        pred = block_outputs.assemble(
             path,
-            chip_size=settings.chip_size,
-            overlap=settings.overlap,
-            batch_size=settings.batch_size,
+            [
+                (window, retry.call(lambda u=uri: storage.read_bytes(u), f"read {uri}"))
+                for window, uri, *_ in parts
+            ],
             max_pixels=settings.max_pixels,
-            low_confidence_threshold=settings.low_confidence_threshold,
         )
+        pred.seconds = float(sum(seconds for _, _, seconds, _ in parts))
         uris = retry.call(
             lambda: _write_outputs(settings, pred, item, version, image_path=path),
             f"write the outputs of scene {item.scene_id}",
@@ -520,26 +740,18 @@ def infer(settings: ChainSettings, execution_id: str, item: dict[str, Any] | Man
         rows, drift = monitor.scene_metrics(
             pred, model.metadata.get("reference_stats"), settings.drift_threshold
         )
-    except NaipValidationError as exc:
-        transaction(
-            settings,
-            f"quarantine scene {item.scene_id}",
-            lambda s, bad=exc: repository.quarantine(s, _get_scene(s, item.scene_id), bad.reason, bad.detail),
-        )
-        return {**result, "status": "quarantined"}
     except Exception as exc:
-        reason = "content_changed" if isinstance(exc, ContentChangedError) else type(exc).__name__
+        reason, message = f"assembly_{type(exc).__name__}"[:64], str(exc)[:2000]
         transaction(
             settings,
-            f"record the failed attempt on scene {item.scene_id}",
-            lambda s, message=str(exc)[:2000]: repository.fail_attempt(
-                s, _get_scene(s, item.scene_id), execution_id, reason[:64], message
-            ),
+            f"record the failed assembly of scene {item.scene_id}",
+            lambda s: repository.fail_attempt(s, _get_scene(s, item.scene_id), execution_id, reason, message),
         )
         raise
     finally:
         if temporary:
             Path(path).unlink(missing_ok=True)
+    started = min((t for *_, t in parts if t is not None), default=utcnow())
 
     def record(s: Session) -> bool:
         scene = _get_scene(s, item.scene_id)
@@ -552,7 +764,8 @@ def infer(settings: ChainSettings, execution_id: str, item: dict[str, Any] | Man
             confidence_uri=uris["confidence_uri"],
             stac_uri=uris["stac_uri"],
             started_at=started,
-            finished_at=utcnow(),
+            finished_at=max(utcnow(), started),
+            seconds=pred.seconds,
             run_id=run_id,
         )
         won = prediction.run_id == run_id
@@ -561,9 +774,21 @@ def infer(settings: ChainSettings, execution_id: str, item: dict[str, Any] | Man
         repository.touch_run(s, execution_id, _deadline(settings))
         return won
 
-    if not transaction(settings, f"record the prediction of scene {item.scene_id}", record):
+    won = transaction(settings, f"record the prediction of scene {item.scene_id}", record)
+    prefix = artifacts.blocks_prefix(settings.output_uri, item.sha256, version)
+    try:  # the lifecycle rule expires what is left if this fails
+        storage.delete(prefix, recursive=True)
+    except Exception as exc:  # cleanup only
+        log.warning("could not remove the block outputs under %s: %s", prefix, exc)
+    if not won:
         return {**result, "status": "skipped", "class_uri": uris["class_uri"]}
-    return {**result, "status": "predicted", "class_uri": uris["class_uri"], "drift": drift}
+    return {
+        **result,
+        "status": "predicted",
+        "class_uri": uris["class_uri"],
+        "blocks": len(parts),
+        "drift": drift,
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -571,10 +796,10 @@ def infer(settings: ChainSettings, execution_id: str, item: dict[str, Any] | Man
 # ---------------------------------------------------------------------------------------------
 
 
-def _read_manifest(settings: ChainSettings, execution_id: str) -> list[ManifestItem]:
-    uri = manifest_uri(settings, execution_id)
+def _read_scenes(settings: ChainSettings, execution_id: str) -> list[SceneItem]:
+    uri = artifacts.scenes_manifest_uri(settings.manifest_prefix, execution_id)
     try:
-        return [ManifestItem.model_validate(x) for x in json.loads(storage.read_text(uri))]
+        return [SceneItem.model_validate(x) for x in json.loads(storage.read_text(uri))]
     except FileNotFoundError:
         return []
 
@@ -584,7 +809,7 @@ def observe(settings: ChainSettings, execution_id: str) -> dict[str, Any]:
     from inference import monitor
 
     configure_storage(settings)
-    items = retry.call(lambda: _read_manifest(settings, execution_id), f"read the manifest of {execution_id}")
+    items = retry.call(lambda: _read_scenes(settings, execution_id), f"read the scene list of {execution_id}")
 
     def tally(s: Session) -> tuple[int, str, list[str], int, float]:
         run = repository.get_run(s, execution_id)
@@ -605,9 +830,12 @@ def observe(settings: ChainSettings, execution_id: str) -> dict[str, Any]:
             )
             failed += not live_elsewhere
         shas = [p.scene.sha256 for p in mine]
-        return run.id, version, shas, failed, float(sum(p.seconds for p in mine))
+        calls = repository.blocks_of_run(s, run.id) + len(mine)  # infer + assemble invocations
+        return run.id, version, shas, failed, float(sum(p.seconds for p in mine)), calls
 
-    run_id, version, predicted, failed, seconds = transaction(settings, f"tally run {execution_id}", tally)
+    run_id, version, predicted, failed, seconds, calls = transaction(
+        settings, f"tally run {execution_id}", tally
+    )
     summaries = []
     for sha256 in predicted:
         summary_uri = artifacts.scene_outputs(settings.output_uri, sha256, version).summary_uri
@@ -615,12 +843,12 @@ def observe(settings: ChainSettings, execution_id: str) -> dict[str, Any]:
         summaries.append(monitor.SceneSummary.from_dict(json.loads(text)))
 
     reference = _reference_stats(settings, version) if summaries else None
-    memory_mb = settings.lambda_memory_mb
+    memory_mb = settings.infer_memory_mb
     rows, drift = monitor.run_metrics(
         summaries,
         reference,
         seconds_total=seconds,
-        cost_usd=None if memory_mb is None else settings.lambda_cost_usd(seconds, memory_mb, len(predicted)),
+        cost_usd=None if memory_mb is None else settings.lambda_cost_usd(seconds, memory_mb, calls),
         threshold=settings.drift_threshold,
     )
 

@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from affine import Affine
 from rasterio.windows import Window
 
 from inference.runtime import Predictor
@@ -46,19 +47,24 @@ from training.data.naip import NAIP_BANDS, normalize, open_naip
 
 __all__ = [
     "CONFIDENCE_SCALE",
+    "PATCH_SIZE",
+    "Block",
     "InvalidImageError",
     "ScenePrediction",
     "TilingPlan",
     "axis_offsets",
+    "plan_blocks",
     "plan_tiling",
     "predict_array",
+    "predict_block",
     "predict_scene",
 ]
 
 #: ``confidence`` rasters are uint8: max softmax = value * CONFIDENCE_SCALE; 0 means nodata
 #: (a real max softmax is at least 1/K, i.e. >= 36 for K = 7).
 CONFIDENCE_SCALE = 1.0 / 255.0
-_PATCH = 8
+#: Clay's patch side: chip origins are multiples of it, so every chip's patch grid lines up.
+PATCH_SIZE = 8
 _MIN_WEIGHT = 1e-4
 #: Fraction of each overlap, at the chip edge, that gets (almost) no weight: the pixels whose
 #: receptive field the chip border cuts. The sin² cross-fade spans the middle of the overlap.
@@ -76,7 +82,7 @@ def _round_up(n: int, m: int) -> int:
     return -(-n // m) * m
 
 
-def axis_offsets(length: int, chip_size: int, overlap: int, align: int = _PATCH) -> list[int]:
+def axis_offsets(length: int, chip_size: int, overlap: int, align: int = PATCH_SIZE) -> list[int]:
     """Chip origins along one axis of ``length`` pixels (padded to ``align``, at least a chip).
 
     The fewest chips whose neighbours overlap by at least ``overlap`` pixels, spread evenly, each
@@ -149,7 +155,7 @@ def plan_tiling(
     width: int,
     chip_size: int = DEFAULTS.chip_size,
     overlap: int = DEFAULTS.overlap,
-    align: int = _PATCH,
+    align: int = PATCH_SIZE,
     max_cost_ratio: float | None = MAX_TILING_COST,
 ) -> TilingPlan:
     """The sliding-window plan :func:`predict_scene` uses for a scene of this size.
@@ -176,6 +182,61 @@ def plan_tiling(
         if candidate.n_chips < best.n_chips:
             best = candidate
     return best
+
+
+@dataclass(frozen=True)
+class Block:
+    """A rectangle of a scene's chip grid that one infer call predicts.
+
+    ``chip_rows``/``chip_cols`` are the ``[start, stop)`` chip indices whose "own" pixels the
+    block outputs: the rows from a chip row's origin to the next one's (the pixels the
+    whole-scene pass finalises after that chip row), likewise for columns. ``window`` is that
+    core in scene pixels, ``(row_off, col_off, height, width)``; the cores of a scene's blocks
+    partition it. To blend its border pixels exactly as the whole-scene pass does, a block also
+    runs the chips before its core that still cover it (its halo, one overlap wide), so it reads
+    ``read_window``.
+    """
+
+    index: int
+    chip_rows: tuple[int, int]
+    chip_cols: tuple[int, int]
+    window: tuple[int, int, int, int]
+
+    def chips(self, plan: TilingPlan) -> int:
+        """Chips this block runs (halo included): its cost, before chips skipped as all-nodata."""
+        r0 = _first_covering(plan.ys, self.chip_rows[0], plan.chip_size)
+        c0 = _first_covering(plan.xs, self.chip_cols[0], plan.chip_size)
+        return (self.chip_rows[1] - r0) * (self.chip_cols[1] - c0)
+
+
+def _core_edges(offsets: Sequence[int], length: int) -> list[int]:
+    """Pixel edges of the chips' own spans along an axis: each origin, then the axis end."""
+    return [*offsets[1:], length]
+
+
+def plan_blocks(plan: TilingPlan, block_chips: int) -> list[Block]:
+    """Split ``plan``'s chip grid into blocks of at most ``block_chips`` x ``block_chips`` chips.
+
+    Row-major, index 0 at the top left; a scene no larger than one block is one block.
+    """
+    if block_chips < 1:
+        raise ValueError(f"block_chips must be >= 1, got {block_chips}")
+    ends_y, ends_x = _core_edges(plan.ys, plan.height), _core_edges(plan.xs, plan.width)
+    blocks = []
+    for r in range(0, len(plan.ys), block_chips):
+        r1 = min(r + block_chips, len(plan.ys))
+        y0 = 0 if r == 0 else plan.ys[r]
+        for c in range(0, len(plan.xs), block_chips):
+            c1 = min(c + block_chips, len(plan.xs))
+            x0 = 0 if c == 0 else plan.xs[c]
+            window = (y0, x0, ends_y[r1 - 1] - y0, ends_x[c1 - 1] - x0)
+            blocks.append(Block(len(blocks), (r, r1), (c, c1), window))
+    return blocks
+
+
+def whole_scene(plan: TilingPlan) -> Block:
+    """The one block that is the whole scene (what :func:`predict_scene` predicts)."""
+    return Block(0, (0, len(plan.ys)), (0, len(plan.xs)), (0, 0, plan.height, plan.width))
 
 
 def _ramp(dist: np.ndarray, overlap: int, margin: float) -> np.ndarray:
@@ -250,6 +311,9 @@ class ScenePrediction:
     n_chips: int = 0
     n_chips_skipped: int = 0
     seconds: float = 0.0
+    #: The scene pixels these arrays cover, ``(row_off, col_off, height, width)``; a block's
+    #: core window, or the whole scene.
+    window: tuple[int, int, int, int] | None = None
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -311,7 +375,7 @@ class ScenePrediction:
 
 # --- the engine ----------------------------------------------------------------------------------
 
-RowReader = Callable[[int, int], tuple[np.ndarray, np.ndarray]]
+WindowReader = Callable[[int, int, int, int], tuple[np.ndarray, np.ndarray]]
 
 
 def _pad_to(arr: np.ndarray, rows: int, cols: int, mode: str) -> np.ndarray:
@@ -330,90 +394,110 @@ def _batches(items: list[int], size: int) -> Iterator[list[int]]:
         yield items[i : i + size]
 
 
+def _first_covering(offsets: Sequence[int], index: int, chip_size: int) -> int:
+    """The first chip along an axis that still covers pixels from ``offsets[index]`` on."""
+    k = index
+    while k > 0 and offsets[k - 1] + chip_size > offsets[index]:
+        k -= 1
+    return k
+
+
 def _run(
     predictor: Predictor,
-    read_rows: RowReader,
-    height: int,
-    width: int,
+    read: WindowReader,
+    plan: TilingPlan,
+    block: Block,
     *,
-    chip_size: int,
-    overlap: int,
     batch_size: int,
     low_confidence_threshold: float,
 ) -> ScenePrediction:
+    """Predict the pixels of ``block`` (its core window) with the scene's chips that cover them.
+
+    The chips, their blend weights and the order in which they accumulate are those of the
+    whole-scene pass, so a block's pixels equal the one-pass result wherever the predictor's
+    output does not depend on which chips share its batch.
+    """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     start = time.perf_counter()
-    align = int(getattr(predictor, "patch_size", _PATCH))
-    plan = plan_tiling(height, width, chip_size, overlap, align)
     k = int(predictor.num_classes)
-    _, wp = plan.padded_shape
+    size, height, width = plan.chip_size, plan.height, plan.width
     ys, xs = plan.ys, plan.xs
-    wy, wx = _ramps(ys, chip_size), _ramps(xs, chip_size)
+    wy, wx = _ramps(ys, size), _ramps(xs, size)
+    (i0, i1), (j0, j1) = block.chip_rows, block.chip_cols
+    r0, c0 = _first_covering(ys, i0, size), _first_covering(xs, j0, size)
+    core_y0, core_x0, core_h, core_w = block.window
+    read_x0 = xs[c0]
+    read_x1 = min(xs[j1 - 1] + size, width)
+    wb = xs[j1 - 1] + size - read_x0  # buffer width: the block's chips side by side
+    lc0, lc1 = core_x0 - read_x0, core_x0 - read_x0 + core_w  # core columns in the buffer
 
-    classes = np.full((height, width), NODATA_CLASS_ID, dtype=np.uint8)
-    confidence = np.zeros((height, width), dtype=np.uint8)
-    valid_out = np.zeros((height, width), dtype=bool)
-    acc = np.zeros((k, chip_size, wp), dtype=np.float32)  # (K, S, Wp): one band of probabilities
-    wsum = np.zeros((chip_size, wp), dtype=np.float32)  # (S, Wp)
+    classes = np.full((core_h, core_w), NODATA_CLASS_ID, dtype=np.uint8)
+    confidence = np.zeros((core_h, core_w), dtype=np.uint8)
+    valid_out = np.zeros((core_h, core_w), dtype=bool)
+    acc = np.zeros((k, size, wb), dtype=np.float32)  # (K, S, Wb): one band of probabilities
+    wsum = np.zeros((size, wb), dtype=np.float32)  # (S, Wb)
     class_counts = np.zeros(k, dtype=np.int64)
     band_counts = np.zeros((len(NAIP_BANDS), 256), dtype=np.int64)
     conf_sum = ent_sum = 0.0
     low_count = n_run = n_skipped = 0
     log_k = math.log(k) if k > 1 else 1.0
 
-    for i, y in enumerate(ys):
-        y_end = min(y + chip_size, height)
-        image, valid = read_rows(y, y_end)  # (4, h, W) uint8, (h, W) bool
-        strip = _pad_to(image, chip_size, wp, "reflect")  # (4, S, Wp)
-        vstrip = _pad_to(valid, chip_size, wp, "constant")  # (S, Wp)
-        todo = [j for j, x in enumerate(xs) if vstrip[:, x : x + chip_size].any()]
-        n_skipped += len(xs) - len(todo)
+    for i in range(r0, i1):
+        y = ys[i]
+        y_end = min(y + size, height)
+        image, valid = read(y, y_end, read_x0, read_x1)  # (4, h, w) uint8, (h, w) bool
+        strip = _pad_to(image, size, wb, "reflect")  # (4, S, Wb)
+        vstrip = _pad_to(valid, size, wb, "constant")  # (S, Wb)
+        local = {j: xs[j] - read_x0 for j in range(c0, j1)}
+        todo = [j for j, x in local.items() if vstrip[:, x : x + size].any()]
+        n_skipped += len(local) - len(todo)
         for batch in _batches(todo, batch_size):
-            chips = np.stack([strip[:, :, xs[j] : xs[j] + chip_size] for j in batch])  # (B, 4, S, S)
+            chips = np.stack([strip[:, :, local[j] : local[j] + size] for j in batch])  # (B, 4, S, S)
             probs = predictor.predict_proba(normalize(chips))  # (B, K, S, S)
-            if probs.shape != (len(batch), k, chip_size, chip_size):
+            if probs.shape != (len(batch), k, size, size):
                 raise ValueError(
-                    f"predictor returned shape {probs.shape}; expected {(len(batch), k, chip_size, chip_size)}"
+                    f"predictor returned shape {probs.shape}; expected {(len(batch), k, size, size)}"
                 )
             n_run += len(batch)
             for b, j in enumerate(batch):
-                x = xs[j]
+                x = local[j]
                 w2 = wy[i][:, None] * wx[j][None, :]  # (S, S)
-                acc[:, :, x : x + chip_size] += probs[b] * w2
-                wsum[:, x : x + chip_size] += w2
+                acc[:, :, x : x + size] += probs[b] * w2
+                wsum[:, x : x + size] += w2
 
-        # Rows above the next chip row's origin are final.
-        step = ys[i + 1] - y if i + 1 < len(ys) else chip_size
-        rows = min(y + step, height) - y
-        p = acc[:, :rows, :width]  # (K, r, W), normalised in place: these rows leave the buffer
-        ws = wsum[:rows, :width]
-        v = valid[:rows] & (ws > 0)
-        np.divide(p, np.maximum(ws, _MIN_WEIGHT)[None], out=p)
-        cls = p.argmax(axis=0).astype(np.uint8)  # (r, W)
-        top = p.max(axis=0)  # (r, W)
-        ent = np.zeros(top.shape, dtype=np.float32)
-        for c in range(k):
-            pc = p[c]
-            ent -= pc * np.log(np.maximum(pc, 1e-12))
-        ent /= np.float32(log_k)
-        out_rows = slice(y, y + rows)
-        classes[out_rows][v] = cls[v]
-        confidence[out_rows][v] = np.clip(np.rint(top[v] * 255.0), 1, 255).astype(np.uint8)
-        valid_out[out_rows] = v
-        class_counts += np.bincount(cls[v], minlength=k)[:k]
-        conf_sum += float(top[v].sum(dtype=np.float64))
-        ent_sum += float(ent[v].sum(dtype=np.float64))
-        low_count += int((top[v] < low_confidence_threshold).sum())
-        for b in range(band_counts.shape[0]):
-            band_counts[b] += np.bincount(image[b, :rows][v], minlength=256)
+        # Rows above the next chip row's origin are final; those in the core are kept.
+        step = ys[i + 1] - y if i + 1 < len(ys) else size
+        if i >= i0:
+            rows = min(y + step, height) - y
+            p = acc[:, :rows, lc0:lc1]  # (K, r, w), normalised in place: these rows leave the buffer
+            ws = wsum[:rows, lc0:lc1]
+            v = valid[:rows, lc0:lc1] & (ws > 0)
+            np.divide(p, np.maximum(ws, _MIN_WEIGHT)[None], out=p)
+            cls = p.argmax(axis=0).astype(np.uint8)  # (r, w)
+            top = p.max(axis=0)  # (r, w)
+            ent = np.zeros(top.shape, dtype=np.float32)
+            for c in range(k):
+                pc = p[c]
+                ent -= pc * np.log(np.maximum(pc, 1e-12))
+            ent /= np.float32(log_k)
+            out_rows = slice(y - core_y0, y - core_y0 + rows)
+            classes[out_rows][v] = cls[v]
+            confidence[out_rows][v] = np.clip(np.rint(top[v] * 255.0), 1, 255).astype(np.uint8)
+            valid_out[out_rows] = v
+            class_counts += np.bincount(cls[v], minlength=k)[:k]
+            conf_sum += float(top[v].sum(dtype=np.float64))
+            ent_sum += float(ent[v].sum(dtype=np.float64))
+            low_count += int((top[v] < low_confidence_threshold).sum())
+            for b in range(band_counts.shape[0]):
+                band_counts[b] += np.bincount(image[b, :rows, lc0:lc1][v], minlength=256)
 
         # Slide the buffer down by ``step`` rows.
-        if step < chip_size:
-            acc[:, : chip_size - step] = acc[:, step:]
-            wsum[: chip_size - step] = wsum[step:]
-        acc[:, chip_size - step :] = 0.0
-        wsum[chip_size - step :] = 0.0
+        if step < size:
+            acc[:, : size - step] = acc[:, step:]
+            wsum[: size - step] = wsum[step:]
+        acc[:, size - step :] = 0.0
+        wsum[size - step :] = 0.0
 
     return ScenePrediction(
         classes=classes,
@@ -425,11 +509,12 @@ def _run(
         low_confidence_threshold=low_confidence_threshold,
         entropy_sum=ent_sum,
         band_counts=band_counts,
-        chip_size=chip_size,
-        overlap=overlap,
+        chip_size=size,
+        overlap=plan.overlap,
         n_chips=n_run,
         n_chips_skipped=n_skipped,
         seconds=time.perf_counter() - start,
+        window=block.window,
     )
 
 
@@ -458,24 +543,68 @@ def predict_scene(
         max_pixels: refuse larger scenes; None means the chain's default.
         low_confidence_threshold: max softmax below this counts as low confidence.
     """
-    with open_naip(image_uri, max_pixels=DEFAULTS.max_pixels if max_pixels is None else max_pixels) as scene:
-        height, width = scene.shape
+    return predict_block(
+        predictor,
+        image_uri,
+        block_chips=None,
+        chip_size=chip_size,
+        overlap=overlap,
+        batch_size=batch_size,
+        max_pixels=max_pixels,
+        low_confidence_threshold=low_confidence_threshold,
+    )
 
-        def read_rows(y0: int, y1: int) -> tuple[np.ndarray, np.ndarray]:
-            window = Window(0, y0, width, y1 - y0)
+
+def predict_block(
+    predictor: Predictor,
+    image_uri: str,
+    block_index: int = 0,
+    *,
+    block_chips: int | None,
+    chip_size: int = DEFAULTS.chip_size,
+    overlap: int = DEFAULTS.overlap,
+    batch_size: int = DEFAULTS.batch_size,
+    max_pixels: int | None = None,
+    low_confidence_threshold: float = DEFAULTS.low_confidence_threshold,
+    expected_window: Sequence[int] | None = None,
+) -> ScenePrediction:
+    """Predict block ``block_index`` of :func:`plan_blocks` (``block_chips`` chips a side; None:
+    the whole scene) of a NAIP scene; the result covers the block's core window.
+
+    ``expected_window``: the window the caller planned for this block (the manifest's); a
+    mismatch (other settings, another model's patch size) raises rather than writing pixels
+    to the wrong place. Other arguments as :func:`predict_scene`.
+    """
+    limit = DEFAULTS.max_pixels if max_pixels is None else max_pixels
+    with open_naip(image_uri, max_pixels=limit) as scene:
+        height, width = scene.shape
+        align = int(getattr(predictor, "patch_size", PATCH_SIZE))
+        plan = plan_tiling(height, width, chip_size, overlap, align)
+        blocks = [whole_scene(plan)] if block_chips is None else plan_blocks(plan, block_chips)
+        if not 0 <= block_index < len(blocks):
+            raise ValueError(f"block {block_index} is not one of this scene's {len(blocks)} blocks")
+        block = blocks[block_index]
+        if expected_window is not None and tuple(expected_window) != block.window:
+            raise ValueError(
+                f"block {block_index} of {image_uri} is window {block.window} with these settings, "
+                f"not the planned {tuple(expected_window)}"
+            )
+
+        def read(y0: int, y1: int, x0: int, x1: int) -> tuple[np.ndarray, np.ndarray]:
+            window = Window(x0, y0, x1 - x0, y1 - y0)
             return scene.read(window), scene.valid_mask(window)
 
         pred = _run(
             predictor,
-            read_rows,
-            height,
-            width,
-            chip_size=chip_size,
-            overlap=overlap,
+            read,
+            plan,
+            block,
             batch_size=batch_size,
             low_confidence_threshold=low_confidence_threshold,
         )
-        pred.crs, pred.transform, pred.profile = scene.crs, scene.transform, scene.profile
+        pred.crs, pred.profile = scene.crs, scene.profile
+        row_off, col_off, _, _ = block.window
+        pred.transform = scene.transform @ Affine.translation(col_off, row_off)
         pred.source_uri = str(image_uri)
     return pred
 
@@ -499,16 +628,15 @@ def predict_array(
     valid = np.asarray(valid, dtype=bool)
     _, height, width = image.shape
 
-    def read_rows(y0: int, y1: int) -> tuple[np.ndarray, np.ndarray]:
-        return image[:, y0:y1], valid[y0:y1]
+    def read(y0: int, y1: int, x0: int, x1: int) -> tuple[np.ndarray, np.ndarray]:
+        return image[:, y0:y1, x0:x1], valid[y0:y1, x0:x1]
 
+    plan = plan_tiling(height, width, chip_size, overlap, int(getattr(predictor, "patch_size", PATCH_SIZE)))
     return _run(
         predictor,
-        read_rows,
-        height,
-        width,
-        chip_size=chip_size,
-        overlap=overlap,
+        read,
+        plan,
+        whole_scene(plan),
         batch_size=batch_size,
         low_confidence_threshold=low_confidence_threshold,
     )

@@ -11,7 +11,14 @@
     A demo of scheduled inference: drops N new synthetic scenes into the input prefix, one every S seconds,
     and runs the chain after each drop.
 
-Both print a summary table: scenes, km², class areas, drift flags, quarantined inputs, time.
+``make run_inference ARGS="--scene-size 6000x7000"`` (``make scale_run``)
+    A scale run: one synthetic scene of that size (a NAIP quarter-quad is about 6,000 x 7,000 px)
+    is written into the input prefix and predicted in many blocks. Besides the summary it prints
+    the blocks, seconds per km², the peak RSS while infer calls ran, and, from ``make bench``'s
+    measured large-preset throughput (``--bench``), the time and cost of the large preset per
+    block and per scene on Lambda.
+
+All print a summary table: scenes, km², class areas, drift flags, quarantined inputs, time.
 A champion must exist in the registry (``make train_baseline`` makes one).
 """
 
@@ -104,17 +111,185 @@ def seed_input(settings: ChainSettings, repo_root: Path) -> list[str]:
     return copied
 
 
-def run_once(settings: ChainSettings, concurrency: int = 1) -> dict[str, Any]:
-    """One execution of the state machine with the real handlers; returns the summary."""
+def run_once(settings: ChainSettings, concurrency: int = 1, rss: RssSampler | None = None) -> dict[str, Any]:
+    """One execution of the state machine with the real handlers; returns the summary.
+
+    ``rss``: a sampler that records the process's peak RSS while each function's calls run.
+    """
     from inference import handlers
     from inference.statemachine import local
 
     handlers.configure(settings)
+    functions = local.default_handlers()
+    if rss is not None:
+        functions = {name: rss.wrap(name, fn) for name, fn in functions.items()}
     try:
-        execution = local.run_execution(settings.manifest_prefix, concurrency=concurrency)
+        execution = local.run_execution(settings.manifest_prefix, concurrency=concurrency, handlers=functions)
     finally:
         handlers.configure(None)
     return summarize(settings, execution)
+
+
+def _rss_bytes() -> int:
+    """This process's current resident set size (``/proc/self/statm``)."""
+    import os
+
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+class RssSampler:
+    """Peak RSS of this process while a function's calls run, sampled every ``interval_s``.
+
+    Locally every handler shares one process with moto's interpreter, so a function's figure is
+    an upper bound of what its own Lambda container would hold.
+    """
+
+    def __init__(self, interval_s: float = 0.02) -> None:
+        import threading
+
+        self.interval_s = interval_s
+        self.peaks: dict[str, int] = {}
+        self.calls: dict[str, int] = {}
+        self.after: dict[str, list[int]] = {}  # RSS after each call, in call order
+        self._active: dict[str, int] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, name="rss-sampler", daemon=True)
+        self._thread.start()
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self._note()
+
+    def _note(self) -> None:
+        rss = _rss_bytes()
+        with self._lock:
+            for name in self._active:
+                self.peaks[name] = max(self.peaks.get(name, 0), rss)
+
+    def wrap(self, name: str, fn: Any) -> Any:
+        def call(event: dict[str, Any], context: Any) -> Any:
+            with self._lock:
+                self._active[name] = self._active.get(name, 0) + 1
+                self.calls[name] = self.calls.get(name, 0) + 1
+            try:
+                return fn(event, context)
+            finally:
+                self._note()
+                with self._lock:
+                    self.after.setdefault(name, []).append(_rss_bytes())
+                    self._active[name] -= 1
+                    if not self._active[name]:
+                        del self._active[name]
+
+        return call
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def _write_synthetic(path: str, height: int, width: int, seed: int) -> None:
+    from training.data.synthetic import make_scene, write_naip_tif
+
+    scene = make_scene(seed, (height, width))
+    write_naip_tif(path, scene.image, scene.transform, scene.crs, synthetic_seed=str(seed))
+
+
+def write_scale_scene(settings: ChainSettings, height: int, width: int, seed: int) -> str:
+    """One synthetic ``height x width`` scene in the input prefix, generated in a child process
+    (the generator's memory must not count in this process's peak RSS)."""
+    import multiprocessing
+    import tempfile
+
+    from training import storage
+
+    name = f"scale-{height}x{width}-{seed}_naip-new.tif"
+    with tempfile.TemporaryDirectory(prefix="scale-") as tmp:
+        path = str(Path(tmp) / name)
+        child = multiprocessing.get_context("spawn").Process(
+            target=_write_synthetic, args=(path, height, width, seed)
+        )
+        child.start()
+        child.join()
+        if child.exitcode != 0:
+            raise RunLocalError(
+                f"writing the {height} x {width} synthetic scene failed (exit {child.exitcode})"
+            )
+        uri = storage.join(settings.input_uri, name)
+        storage.upload(path, uri)
+    return uri
+
+
+def load_report(settings: ChainSettings, summary: dict[str, Any], rss: RssSampler, uris: list[str]) -> str:
+    """The load run's checks: each scene predicted exactly once, exact run totals, flat memory."""
+    import statistics
+
+    from inference import chain
+    from inference.ledger import repository
+
+    with chain.session(settings) as s:
+        run = repository.get_run(s, summary["execution_id"])
+        mine = repository.predictions_of_run(s, run.id, run.model_version)
+        by_scene: dict[int, int] = {}
+        for uri in uris:
+            scene = repository.known_source(s, uri)
+            n = len(repository.predictions_for(s, scene)) if scene is not None else 0
+            by_scene[scene.id if scene is not None else -1] = n
+    once = sum(1 for n in by_scene.values() if n == 1)
+    after = [b / 2**20 for b in rss.after.get("infer", [])]
+    k = max(1, min(20, len(after) // 4))
+    first, last = statistics.median(after[:k]), statistics.median(after[-k:])
+    return "\n".join(
+        [
+            f"load run       {len(uris)} scenes in one execution: {once} predicted exactly once, "
+            f"{len(uris) - once} not; run totals predicted {run.scenes_predicted} (ledger rows {len(mine)}), "
+            f"failed {run.scenes_failed}",
+            f"memory         RSS after infer calls: median of the first {k} {first:.0f} MB, of the last {k} "
+            f"{last:.0f} MB ({last - first:+.0f} MB over {len(after)} calls); peak {max(after, default=0):.0f} MB",
+        ]
+    )
+
+
+def scale_report(
+    settings: ChainSettings, summary: dict[str, Any], rss: RssSampler, shape: tuple[int, int], bench: Path
+) -> str:
+    """The scale run's figures: blocks, s/km², peak RSS, and the large preset on Lambda."""
+    import json
+
+    from inference.blocks import lambda_estimate, throughput_from_bench
+
+    height, width = shape
+    area = float(summary["metrics"].get("area_km2", {}).get("", 0.0))
+    seconds = summary["seconds"]
+    blocks = rss.calls.get("infer", 0)
+    memory = settings.infer_memory_mb
+    peak = rss.peaks.get("infer", 0) / 2**20
+    lines = [
+        f"scale run      {height} x {width} px, {area:.2f} km² valid, in {blocks} blocks "
+        f"(block_chips {settings.block_chips or 'from throughput'})",
+        f"speed          {seconds:.1f} s wall, {seconds / max(area, 1e-9):.2f} s/km² (all steps, this machine)",
+        f"infer RSS      peak {peak:.0f} MB while infer calls ran (whole local process, moto included)"
+        + (f"; Lambda memory {memory} MB: {'under' if peak < memory else 'OVER'}" if memory else ""),
+    ]
+    report = json.loads(bench.read_text()) if bench.exists() else None
+    throughput = throughput_from_bench(report, "large") if report else None
+    if throughput is None or not memory:
+        lines.append(f"large preset   no measured large-preset throughput in {bench}: run `make bench` first")
+        return "\n".join(lines)
+    large = settings.model_copy(update={"block_chips": None})
+    est = lambda_estimate(large, throughput, height, width, memory)
+    lines += [
+        f"large preset   measured {throughput.seconds_per_chip:.2f} s/chip on {throughput.threads} threads "
+        f"({throughput.cpu}, {bench})",
+        f"  on Lambda    {memory} MB ({large.lambda_vcpus(memory):.2f} vCPU): {est.blocks} blocks of "
+        f"{est.block_chips} x {est.block_chips} chips, slowest block {est.seconds_per_block_max:.0f} s "
+        f"of the {est.timeout_s:.0f} s timeout ({est.seconds_per_block_max / est.timeout_s:.0%})",
+        f"  per scene    {est.chips} chips, {est.seconds_total / 3600:.2f} h of Lambda compute, ${est.usd:.3f}"
+        f" (${est.usd / max(area, 1e-9):.4f}/km²)",
+    ]
+    return "\n".join(lines)
 
 
 def summarize(settings: ChainSettings, execution: Any) -> dict[str, Any]:
@@ -223,6 +398,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.add_argument("-v", "--verbose", action="store_true")
         if name == "run":
             p.add_argument("--no-seed", action="store_true", help="do not copy the synthetic test scenes")
+            p.add_argument("--scene-size", help="scale run: predict one synthetic HxW scene, e.g. 6000x7000")
+            p.add_argument("--load", type=int, help="load run: N new small synthetic scenes in one execution")
+            p.add_argument(
+                "--size", type=int, default=256, help="side of the load run's scenes (default 256)"
+            )
+            p.add_argument("--seed", type=int, default=7, help="seed of the scale run's scene (default 7)")
+            p.add_argument(
+                "--bench",
+                type=Path,
+                default=Path("outputs/bench/bench.json"),
+                help="make bench's report, for the large preset's measured throughput",
+            )
         else:
             p.add_argument("--scenes", type=int, default=3, help="scenes to drop (default 3)")
             p.add_argument("--interval", type=float, default=10.0, help="seconds between drops (default 10)")
@@ -246,6 +433,30 @@ def main(argv: Sequence[str] | None = None) -> int:
             pointer.get("miou"),
             settings.input_uri,
         )
+        if args.command == "run" and args.load:
+            uris = upload_scenes(settings, args.load, args.size, args.seed * 1000)
+            log.info("wrote %d scenes of %d px", len(uris), args.size)
+            rss = RssSampler()
+            try:
+                summary = run_once(settings, args.concurrency, rss)
+            finally:
+                rss.close()
+            log.info("%s", format_summary(summary))
+            log.info("%s", load_report(settings, summary, rss, uris))
+            return 0 if summary["status"] == "SUCCEEDED" else 1
+        if args.command == "run" and args.scene_size:
+            height, _, width = args.scene_size.lower().partition("x")
+            shape = (int(height), int(width or height))
+            log.info("writing a %d x %d synthetic scene ...", *shape)
+            log.info("wrote %s", write_scale_scene(settings, *shape, args.seed))
+            rss = RssSampler()
+            try:
+                summary = run_once(settings, args.concurrency, rss)
+            finally:
+                rss.close()
+            log.info("%s", format_summary(summary))
+            log.info("%s", scale_report(settings, summary, rss, shape, args.bench))
+            return 0 if summary["status"] == "SUCCEEDED" else 1
         if args.command == "run":
             if not args.no_seed:
                 for uri in seed_input(settings, REPO_ROOT):

@@ -67,9 +67,27 @@ class ChainDefaults(BaseModel):
     lease_s: float = Field(960.0, alias="LEASE_S", ge=0.0)
     # A running run that makes no progress (no claim, no prediction) for this long is abandoned.
     run_stale_after_s: float = Field(1920.0, alias="RUN_STALE_AFTER_S", gt=0.0)
+    # Blocks: a scene is predicted in blocks of at most block_chips x block_chips chips, one infer
+    # call each. None sizes them from the champion's measured throughput so that one block's
+    # prediction takes at most block_time_share of the infer timeout at the infer memory.
+    block_chips: int | None = Field(None, alias="BLOCK_CHIPS", gt=0)
+    block_time_share: float = Field(0.5, alias="BLOCK_TIME_SHARE", gt=0.0, le=1.0)
+    # Lambda calls each Map (blocks, then scenes) runs at once, and the share of failed items it
+    # tolerates before the execution fails (the ledger records every failure either way).
+    max_concurrency: int = Field(10, alias="MAX_CONCURRENCY", gt=0)
+    tolerated_failure_percentage: float = Field(5.0, alias="TOLERATED_FAILURE_PERCENTAGE", ge=0.0, le=100.0)
+    # The infer function's timeout (Terraform sets it from infra.infer_timeout_s; Lambda's cap is 900 s).
+    infer_timeout_s: float = Field(900.0, alias="INFER_TIMEOUT_S", gt=0.0, le=900.0)
+    # Lambda gives one full vCPU at 1,769 MB, CPU in proportion to memory, and at most 6 vCPUs.
+    lambda_mb_per_vcpu: float = Field(1769.0, alias="LAMBDA_MB_PER_VCPU", gt=0.0)
+    lambda_max_vcpus: float = Field(6.0, alias="LAMBDA_MAX_VCPUS", gt=0.0)
     # AWS Lambda x86 on-demand list prices (us-east-1): compute per GB-second, and per request.
     lambda_usd_per_gb_s: float = Field(0.0000166667, alias="LAMBDA_USD_PER_GB_S", ge=0.0)
     lambda_usd_per_request: float = Field(0.0000002, alias="LAMBDA_USD_PER_REQUEST", ge=0.0)
+
+    def lambda_vcpus(self, memory_mb: float) -> float:
+        """The CPU share a Lambda function of ``memory_mb`` gets, in vCPUs."""
+        return min(memory_mb / self.lambda_mb_per_vcpu, self.lambda_max_vcpus)
 
     def lambda_cost_usd(self, seconds: float, memory_mb: int, invocations: int = 0) -> float:
         """Estimated Lambda cost: GB-seconds at the compute price plus the request charges."""
@@ -94,17 +112,10 @@ class ChainSettings(ChainDefaults):
     manifest_uri: str | None = Field(
         None, alias="MANIFEST_URI", description="prefix of run manifests; default <OUTPUT_URI>/manifests"
     )
-    # Terraform sets LAMBDA_MEMORY_MB per function; Lambda itself sets AWS_LAMBDA_FUNCTION_MEMORY_SIZE.
-    # Locally it is the configured infer memory (infra.infer_memory_mb). None: cost not estimated.
-    lambda_memory_mb: int | None = Field(
-        default_factory=lambda: (
-            int(os.environ["AWS_LAMBDA_FUNCTION_MEMORY_SIZE"])
-            if os.environ.get("AWS_LAMBDA_FUNCTION_MEMORY_SIZE")
-            else None
-        ),
-        alias="LAMBDA_MEMORY_MB",
-        gt=0,
-    )
+    # The infer function's memory, which blocks are sized for and infer costs are priced at
+    # (every function sees it; Terraform sets it from infra.infer_memory_mb). None: costs are
+    # not estimated and blocks need a configured block_chips.
+    infer_memory_mb: int | None = Field(None, alias="INFER_MEMORY_MB", gt=0)
     aws_endpoint_url: str | None = Field(None, alias="AWS_ENDPOINT_URL")
     aws_region: str | None = Field(None, alias="AWS_REGION")
 
@@ -196,7 +207,8 @@ def settings_from_config(cfg: Any, **overrides: Any) -> ChainSettings:
         "model_name": cfg.model_name,
         "aws_endpoint_url": store.s3.endpoint_url,
         "aws_region": store.s3.region,
-        "lambda_memory_mb": cfg.infra.infer_memory_mb,
+        "infer_memory_mb": cfg.infra.infer_memory_mb,
+        "infer_timeout_s": cfg.infra.infer_timeout_s,
     }
     for key in ChainSettings.model_fields:
         if key in inf:

@@ -5,8 +5,8 @@
 Composes ``setup/conf`` (with ``storage=s3``: the cloud stack keeps the registry in S3) and writes
 ``inference/tf/vars/inference.tfvars.json``. Keys come from the ``infra`` group (project, region,
 schedule, RDS/access switches), ``inference`` (chain settings -> Lambda env) and ``model_name``.
-``null`` values are left out so Terraform's defaults apply (e.g. ``infer_memory_mb``, which
-``make bench`` decides). No credentials are read or written.
+``null`` values are left out so Terraform's (or the chain's) defaults apply. No credentials are
+read or written.
 """
 
 from __future__ import annotations
@@ -30,21 +30,29 @@ INFRA_KEYS = (
     "schedule_enabled",
     "backend",
     "infer_memory_mb",
+    "infer_timeout_s",
     "enable_rds",
     "ledger_secret_arn",
     "enable_access_host",
     "alarm_email",
     "log_retention_days",
 )
-# inference.<key> -> ChainSettings environment variable on every Lambda.
-CHAIN_ENV = {
-    "chip_size": "CHIP_SIZE",
-    "overlap": "OVERLAP",
-    "batch_size": "BATCH_SIZE",
-    "low_confidence_threshold": "LOW_CONFIDENCE_THRESHOLD",
-    "drift_threshold": "DRIFT_THRESHOLD",
-    "max_pixels": "MAX_PIXELS",
-}
+
+
+def chain_env(inference: dict[str, Any]) -> dict[str, str]:
+    """inference.<key> set in the config -> its ChainSettings environment variable, on every Lambda.
+
+    Every chain tunable (a :class:`~inference.settings.ChainDefaults` field) the config sets;
+    the variable names are the fields' aliases, so they are spelled once.
+    """
+    from inference.settings import ChainDefaults
+
+    fields = ChainDefaults.model_fields
+    return {
+        fields[key].alias: str(value)
+        for key, value in inference.items()
+        if key in fields and fields[key].alias and value is not None
+    }
 
 
 def _bucket(uri: str, what: str) -> str:
@@ -65,9 +73,7 @@ def render(overrides: list[str], image_tag: str | None = None) -> dict[str, Any]
     tfvars: dict[str, Any] = {key: infra.get(key) for key in INFRA_KEYS}
     tfvars["model_name"] = cfg["model_name"]
     tfvars["registry_bucket_name"] = _bucket(cfg["storage"]["registry_uri"], "storage.registry_uri")
-    tfvars["chain_settings"] = {
-        env: str(inference[key]) for key, env in CHAIN_ENV.items() if inference.get(key) is not None
-    }
+    tfvars["chain_settings"] = chain_env(inference)
     if image_tag:
         tfvars["image_tag"] = image_tag
     return {key: value for key, value in tfvars.items() if value is not None}

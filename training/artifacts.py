@@ -56,6 +56,12 @@ STAC_ITEM_NAME = "item.json"
 SCENE_SUMMARY_NAME = "summary.json"
 QUICKLOOK_NAME = "quicklook.png"
 MANIFESTS_DIR = "manifests"
+#: Where the per-block outputs of scenes being assembled go, under the output prefix (removed
+#: after assembly; the bucket's lifecycle rule expires what a crash leaves behind).
+BLOCKS_DIR = "_blocks"
+BLOCK_OUTPUT_SUFFIX = ".npz"
+#: Suffix of an execution's scene list, beside its block manifest.
+SCENES_MANIFEST_SUFFIX = ".scenes.json"
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
@@ -158,5 +164,22 @@ def default_manifest_prefix(output_uri: str) -> str:
 
 
 def manifest_uri(manifest_prefix: str, execution_id: str) -> str:
-    """The manifest of one state-machine execution."""
+    """The manifest of one state-machine execution: the blocks its infer Map predicts."""
     return storage.join(manifest_prefix, safe_name(execution_id) + ".json")
+
+
+def scenes_manifest_uri(manifest_prefix: str, execution_id: str) -> str:
+    """The scenes of one execution, which its assembly Map finishes and observe tallies."""
+    return storage.join(manifest_prefix, safe_name(execution_id) + SCENES_MANIFEST_SUFFIX)
+
+
+def blocks_prefix(output_uri: str, sha256: str, model_version: str) -> str:
+    """The folder of one scene's block outputs (by one model version)."""
+    return storage.join(output_uri, BLOCKS_DIR, sha256, safe_name(model_version))
+
+
+def block_output_uri(output_uri: str, sha256: str, model_version: str, block_index: int) -> str:
+    """The outputs of one block (classes, confidence and the block's sums, in one file)."""
+    return storage.join(
+        blocks_prefix(output_uri, sha256, model_version), f"{block_index:05d}{BLOCK_OUTPUT_SUFFIX}"
+    )

@@ -42,11 +42,8 @@ from typing import Any
 
 import numpy as np
 
-#: AWS Lambda x86_64 price per GB-second (us-east-1, first tier) and per request.
-LAMBDA_USD_PER_GB_S = 0.0000166667
-LAMBDA_USD_PER_REQUEST = 0.20 / 1e6
-#: Lambda gives one full vCPU at 1,769 MB and CPU in proportion to memory below that.
-LAMBDA_MB_PER_VCPU = 1769
+from inference.settings import DEFAULTS
+
 CHIP = 256
 
 # Runs per preset: (eager fp32 chips, served chips, cold-start children eager, served).
@@ -166,15 +163,15 @@ def _lambda_cost(s_per_km2: float, peak_rss_bytes: int, cores: int) -> dict[str,
     need_mb = int(np.ceil(peak_rss_bytes / 2**20 * 1.10 / 64) * 64)  # +10 % headroom, 64 MB steps
     memory_mb = max(1024, need_mb) if need_mb <= 1024 else need_mb
     gb = memory_mb / 1024
-    naive = s_per_km2 * gb * LAMBDA_USD_PER_GB_S
+    naive = s_per_km2 * gb * DEFAULTS.lambda_usd_per_gb_s
     # Lambda CPU share = memory / 1769 MB; a compute-bound job needs cores * s_per_km2 vCPU-seconds.
-    vcpu = min(memory_mb / LAMBDA_MB_PER_VCPU, 6.0)
+    vcpu = DEFAULTS.lambda_vcpus(memory_mb)
     lambda_s = s_per_km2 * cores / vcpu
-    adjusted = lambda_s * gb * LAMBDA_USD_PER_GB_S
+    adjusted = lambda_s * gb * DEFAULTS.lambda_usd_per_gb_s
     return {
         "memory_mb": memory_mb,
         "memory_needed_mb": need_mb,
-        "usd_per_gb_s": LAMBDA_USD_PER_GB_S,
+        "usd_per_gb_s": DEFAULTS.lambda_usd_per_gb_s,
         "s_per_km2_here": s_per_km2,
         "usd_per_km2_same_cpu": naive,
         "lambda_vcpu": vcpu,
@@ -221,7 +218,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "created_utc": datetime.now(UTC).isoformat(timespec="seconds"),
         "quick": args.quick,
         "machine": {
-            "cpu": cpu.model or _cpu_name(),
+            "cpu": cpu.model,
             "cpu_detected": cpu.to_dict(),
             "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "target_class": cpu_class,
@@ -410,17 +407,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     report["machine"]["load_average_end"] = _load_average()
     report["timing_s"] = {"models": t_models - t_start, "total": time.perf_counter() - t_start}
     return report
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:  # pragma: no cover
-        pass
-    return platform.processor() or "unknown"
 
 
 def _targets(report: dict[str, Any], t: dict[str, float], cpu_class: str) -> dict[str, Any]:

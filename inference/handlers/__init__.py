@@ -1,7 +1,7 @@
 """Lambda entry points: each handler parses its event, calls one :mod:`inference.chain` function
 and returns ids and URIs.
 
-One container image serves all four functions; each picks its entry point with the image CMD
+One container image serves all five functions; each picks its entry point with the image CMD
 override (``inference.handlers.process.handler`` and so on, see ``inference/Dockerfile``).
 
 Settings are read from the environment once per container. On Lambda (``AWS_LAMBDA_FUNCTION_NAME``
@@ -62,7 +62,8 @@ class ExecutionEvent(BaseModel):
 
 
 class InferEvent(ExecutionEvent):
-    """One Map item: the execution id plus a manifest item (scene id, URI, sha256)."""
+    """One Map item: the execution id plus a manifest item (a block of a scene for infer, a
+    scene for assemble)."""
 
     item: dict[str, Any]
 

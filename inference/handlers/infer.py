@@ -1,9 +1,9 @@
-"""Lambda ``infer``: predict one scene of the Map state, or serve a synchronous request.
+"""Lambda ``infer``: predict one block of the Map state, or serve a synchronous request.
 
 Two event shapes:
 
-- a Map item ``{"execution_id", "item": {"scene_id", "uri", "sha256"}}`` -> ``{"scene_id",
-  "status", "class_uri", "model_version"}`` (the batch chain);
+- a Map item ``{"execution_id", "item": {"scene_id", "uri", "sha256", "block", "block_chips",
+  "window"}}`` -> ``{"scene_id", "block", "status", "model_version"}`` (the batch chain);
 - the synchronous API request of the replaced deployment ``{"image": <base64>, "output_size"?: [H, W]}`` (directly or as an
   API Gateway proxy ``body``) -> ``{"statusCode": 200, "body": {"prediction", "shape",
   "classes", ...}}`` with model class ids 0..6 and the explicit class table. A bad image is a

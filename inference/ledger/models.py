@@ -104,6 +104,15 @@ ALLOWED_TRANSITIONS: dict[SceneStatus, frozenset[SceneStatus]] = {
 }
 
 
+class BlockStatus(enum.StrEnum):
+    """State of one block of a scene's prediction by one model version."""
+
+    pending = "pending"  # planned by process, not yet started
+    predicting = "predicting"  # an infer call is on it (stays here if the Lambda dies)
+    predicted = "predicted"  # its outputs are written; a second record of it is a no-op
+    failed = "failed"  # an attempt failed; a re-run redoes it while attempts remain
+
+
 class RunStatus(enum.StrEnum):
     """State of one state-machine execution."""
 
@@ -139,6 +148,7 @@ class Base(DeclarativeBase):
         list[float]: JSONType,
         SceneStatus: _enum_type(SceneStatus, "scene_status"),
         RunStatus: _enum_type(RunStatus, "run_status"),
+        BlockStatus: _enum_type(BlockStatus, "block_status"),
     }
 
 
@@ -242,6 +252,42 @@ class Prediction(Base):
 
     scene: Mapped[Scene] = relationship(back_populates="predictions", lazy="raise")
     run: Mapped[Run | None] = relationship(back_populates="predictions", lazy="raise")
+
+
+class Block(Base):
+    """One block of a scene's prediction by a model version: the unit one infer call predicts.
+
+    ``process`` plans the blocks (:func:`inference.predict.plan_blocks`); the scene is
+    predicted (its :class:`Prediction` row) once every block is and the scene's outputs are
+    assembled from theirs. The window is the block's core in scene pixels.
+    """
+
+    __tablename__ = "blocks"
+    __table_args__ = (sa.UniqueConstraint("scene_id", "model_version", "block_index"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    scene_id: Mapped[int] = mapped_column(sa.ForeignKey("scenes.id", ondelete="CASCADE"), index=True)
+    model_version: Mapped[str] = mapped_column(sa.String(128))
+    block_index: Mapped[int]
+    block_chips: Mapped[int]  # chips a side the plan used (the block grid it belongs to)
+    row_off: Mapped[int]
+    col_off: Mapped[int]
+    height: Mapped[int]
+    width: Mapped[int]
+    chips: Mapped[int]  # chips it runs, halo included (its cost)
+    status: Mapped[BlockStatus] = mapped_column(default=BlockStatus.pending)
+    attempts: Mapped[int] = mapped_column(default=0)
+    error: Mapped[str | None] = mapped_column(sa.String(64))
+    error_message: Mapped[str | None]
+    output_uri: Mapped[str | None]  # the block's outputs (removed once the scene is assembled)
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+    seconds: Mapped[float | None]  # prediction time of the attempt that recorded it
+    run_id: Mapped[int | None] = mapped_column(sa.ForeignKey("runs.id", ondelete="SET NULL"), index=True)
+
+    @property
+    def window(self) -> tuple[int, int, int, int]:
+        return (self.row_off, self.col_off, self.height, self.width)
 
 
 class Metric(Base):

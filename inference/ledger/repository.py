@@ -24,6 +24,8 @@ from sqlalchemy.orm import Session
 from inference.ledger.models import (
     ALLOWED_TRANSITIONS,
     SHA256_LENGTH,
+    Block,
+    BlockStatus,
     Metric,
     Prediction,
     Run,
@@ -277,12 +279,15 @@ def _compare_and_set(
 
 def claim_for_prediction(session: Session, scene: Scene, owner: str, lease_s: float) -> Scene:
     """Start one prediction attempt under a lease: ``predicting``, ``attempts + 1``, held by
-    ``owner`` (the execution) for ``lease_s`` seconds.
+    ``owner`` (the execution) for ``lease_s`` seconds. The owner's blocks share the lease: each
+    claim of a block renews it.
 
     One conditional UPDATE decides, so two executions racing for a scene cannot both win. A live
     lease of another owner is never taken (:class:`LeaseHeld`); an expired one is taken over, and
     the takeover counts one more attempt, so a scene that kills the Lambda every time runs out of
-    attempts instead of being retried forever. The same owner may re-claim (a retried Lambda).
+    attempts instead of being retried forever. The same owner may re-claim (its next block, a
+    retried Lambda, its assembly): that renews the lease without counting an attempt (a block
+    that keeps failing runs out of its own attempts, see :func:`blocks_to_predict`).
 
     Raises:
         LeaseHeld: another owner's lease on the scene is still live.
@@ -302,12 +307,15 @@ def claim_for_prediction(session: Session, scene: Scene, owner: str, lease_s: fl
         Scene.lease_owner == owner,
         Scene.lease_expires_at < now,
     )
+    # The live owner re-claiming (its next block, a retried Lambda) renews the lease without
+    # counting an attempt: a scene's attempts count the executions that took it.
+    renewal = sa.and_(Scene.status == SceneStatus.predicting, Scene.lease_owner == owner)
     stmt = (
         sa.update(Scene)
         .where(Scene.id == scene.id, Scene.status == scene.status, free)
         .values(
             status=SceneStatus.predicting,
-            attempts=Scene.attempts + 1,
+            attempts=sa.case((renewal, Scene.attempts), else_=Scene.attempts + 1),
             lease_owner=owner,
             lease_expires_at=now + timedelta(seconds=lease_s),
             error=None,
@@ -423,6 +431,7 @@ def record_prediction(
     started_at: datetime,
     finished_at: datetime,
     run_id: int | None = None,
+    seconds: float | None = None,
 ) -> Prediction:
     """Record the prediction of ``model_version`` on ``scene``; scene → predicted.
 
@@ -443,7 +452,8 @@ def record_prediction(
         "stac_uri": stac_uri,
         "started_at": started_at,
         "finished_at": finished_at,
-        "seconds": (finished_at - started_at).total_seconds(),
+        # Compute time: the sum over a scene's blocks, which may have run side by side.
+        "seconds": (finished_at - started_at).total_seconds() if seconds is None else seconds,
         "run_id": run_id,
     }
     stmt = _insert(session)(Prediction).values(**values)
@@ -468,6 +478,120 @@ def prediction_by(session: Session, scene: Scene, model_version: str) -> Predict
         Prediction.scene_id == scene.id, Prediction.model_version == model_version
     )
     return session.execute(stmt).scalar_one_or_none()
+
+
+# ---------------------------------------------------------------------------------------------
+# Blocks
+# ---------------------------------------------------------------------------------------------
+
+
+def plan_blocks(
+    session: Session, scene: Scene, model_version: str, block_chips: int, blocks: Iterable[dict[str, Any]]
+) -> list[Block]:
+    """The blocks of ``scene``'s prediction by ``model_version``, inserting the planned ones once.
+
+    ``blocks``: ``{"block_index", "row_off", "col_off", "height", "width", "chips"}`` per block
+    (from :func:`inference.predict.plan_blocks`). A scene planned before keeps its blocks (and
+    with them what is done) even if the block size has changed since: ``block_chips`` of the
+    returned rows says which plan they follow.
+    """
+    existing = blocks_of(session, scene.id, model_version)
+    if existing:
+        return existing
+    rows = [
+        {**b, "scene_id": scene.id, "model_version": model_version, "block_chips": block_chips}
+        for b in blocks
+    ]
+    if not rows:
+        raise ValueError(f"scene {scene.id}: a plan needs at least one block")
+    stmt = _insert(session)(Block).values([{**r, "status": BlockStatus.pending, "attempts": 0} for r in rows])
+    session.execute(stmt.on_conflict_do_nothing(index_elements=["scene_id", "model_version", "block_index"]))
+    return blocks_of(session, scene.id, model_version)
+
+
+def blocks_of(session: Session, scene_id: int, model_version: str) -> list[Block]:
+    """Every block of a scene's prediction by ``model_version``, in index order."""
+    stmt = (
+        sa.select(Block)
+        .where(Block.scene_id == scene_id, Block.model_version == model_version)
+        .order_by(Block.block_index)
+    )
+    return list(session.execute(stmt).scalars())
+
+
+def get_block(session: Session, scene_id: int, model_version: str, block_index: int) -> Block | None:
+    stmt = sa.select(Block).where(
+        Block.scene_id == scene_id, Block.model_version == model_version, Block.block_index == block_index
+    )
+    return session.execute(stmt).scalar_one_or_none()
+
+
+def blocks_to_predict(blocks: Iterable[Block], max_attempts: int = DEFAULT_MAX_ATTEMPTS) -> list[Block]:
+    """The blocks a run still has to predict: not ``predicted``, with attempts left.
+
+    A ``predicting`` block is one whose attempt died (its scene's lease has run out, or the
+    scene would not be offered); it is redone.
+    """
+    return [b for b in blocks if b.status != BlockStatus.predicted and b.attempts < max_attempts]
+
+
+def claim_block(session: Session, block: Block) -> Block:
+    """Start an attempt on ``block`` (its scene claimed first): ``predicting``, ``attempts + 1``."""
+    session.execute(
+        sa.update(Block)
+        .where(Block.id == block.id, Block.status != BlockStatus.predicted)
+        .values(status=BlockStatus.predicting, attempts=Block.attempts + 1, started_at=utcnow(), error=None)
+        .execution_options(synchronize_session=False)
+    )
+    session.refresh(block)
+    return block
+
+
+def record_block(
+    session: Session,
+    block: Block,
+    *,
+    output_uri: str,
+    started_at: datetime,
+    finished_at: datetime,
+    seconds: float,
+    run_id: int | None,
+) -> bool:
+    """Mark ``block`` predicted with its outputs; False (a no-op) if it already was."""
+    changed = session.execute(
+        sa.update(Block)
+        .where(Block.id == block.id, Block.status != BlockStatus.predicted)
+        .values(
+            status=BlockStatus.predicted,
+            output_uri=output_uri,
+            started_at=started_at,
+            finished_at=finished_at,
+            seconds=seconds,
+            run_id=run_id,
+            error=None,
+            error_message=None,
+        )
+        .execution_options(synchronize_session=False)
+    ).rowcount
+    session.refresh(block)
+    return changed == 1
+
+
+def blocks_of_run(session: Session, run_id: int) -> int:
+    """How many blocks run ``run_id`` recorded."""
+    return int(session.execute(sa.select(sa.func.count(Block.id)).where(Block.run_id == run_id)).scalar_one())
+
+
+def fail_block(session: Session, block: Block, reason: str, message: str | None = None) -> Block:
+    """Record a failed attempt on ``block`` (a re-run redoes it while attempts remain)."""
+    session.execute(
+        sa.update(Block)
+        .where(Block.id == block.id, Block.status != BlockStatus.predicted)
+        .values(status=BlockStatus.failed, error=reason[:64], error_message=message)
+        .execution_options(synchronize_session=False)
+    )
+    session.refresh(block)
+    return block
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """Run ``pipeline.asl.json`` on moto's Step Functions interpreter, in-process, against the real handlers.
 
 The definition is the exact file Terraform deploys, rendered the way ``templatefile()`` renders
-it (only ``${name}`` placeholders: the four Lambda ARNs and the manifest bucket). moto's parsing
+it (only ``${name}`` placeholders: the five Lambda ARNs and the manifest bucket). moto's parsing
 interpreter then runs it: Retry, Catch, the Distributed Map with its S3 ItemReader,
 MaxConcurrency. Everything that depends on how moto works inside is in
 :mod:`inference.statemachine.moto_shim` (version-checked); this module only uses public APIs.
@@ -14,10 +14,10 @@ MaxConcurrency. Everything that depends on how moto works inside is in
    stackTrace}``, where ``errorType`` is the exception's class name, or ``Runtime.ExitError`` for
    ``SystemExit`` as when a Lambda's runtime dies). Calls run ``concurrency`` at a time (default
    1: one warm container per function, which also keeps a laptop's cores sane).
-2. **The manifest.** The interpreter reads the ItemReader's manifest from the emulator's S3,
+2. **The manifests.** The interpreter reads the ItemReaders' manifests from the emulator's S3,
    while our storage may be ``file://``, a moto server or real S3. After ``process`` returns, the
-   dispatcher copies the manifest it wrote (``manifest_uri``) to
-   ``s3://<manifest_bucket>/<manifest_key>`` in the emulator. Nothing else is mirrored: infer
+   dispatcher copies the two it wrote (``manifest_uri``: the blocks, ``scenes_uri``: the scenes)
+   to ``s3://<manifest_bucket>/<manifest_key>`` and ``<scenes_key>`` in the emulator. Nothing else is mirrored: infer
    reads scenes through the storage layer, which keeps its own endpoint (``AWS_ENDPOINT_URL``,
    ``storage.s3.endpoint_url`` or real S3) while the emulator's clients never follow it.
 
@@ -46,7 +46,7 @@ from inference.statemachine.moto_shim import REGION, LocalRunError, emulator, ht
 log = logging.getLogger(__name__)
 
 ACCOUNT = "123456789012"
-FUNCTIONS = ("process", "infer", "observe", "failure")
+FUNCTIONS = ("process", "infer", "assemble", "observe", "failure")
 FUNCTION_PREFIX = "landcover"
 LOCAL_MANIFEST_BUCKET = "local-manifests"
 #: What a local handler sees as ``context.get_remaining_time_in_millis()`` (Lambda's 900 s cap).
@@ -114,11 +114,12 @@ def local_definition(manifest_bucket: str, prefix: str = FUNCTION_PREFIX) -> str
 
 def default_handlers() -> dict[str, Handler]:
     """Function name -> the real handler (imported lazily: they pull in torch)."""
-    from inference.handlers import failure, infer, observe, process
+    from inference.handlers import assemble, failure, infer, observe, process
 
     return {
         "process": process.handler,
         "infer": infer.handler,
+        "assemble": assemble.handler,
         "observe": observe.handler,
         "failure": failure.handler,
     }
@@ -250,8 +251,9 @@ def run_execution(
     s3: Any = None
 
     def mirror(result: dict[str, Any]) -> None:
-        body = storage.read_bytes(result["manifest_uri"])
-        s3.put_object(Bucket=bucket, Key=result["manifest_key"], Body=body)
+        for uri, key in (("scenes_uri", "scenes_key"), ("manifest_uri", "manifest_key")):
+            if uri in result:
+                s3.put_object(Bucket=bucket, Key=result[key], Body=storage.read_bytes(result[uri]))
 
     dispatcher = _Dispatcher(handlers, concurrency, mirror)
     start = time.perf_counter()

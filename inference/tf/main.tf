@@ -1,6 +1,6 @@
 # Root module of the inference stack:
 #   kms -> s3 (data, predictions, registry) -> ecr -> network -> rds (+ secret) ->
-#   cloudwatch (log groups) -> iam (one role per function) -> lambda (four functions, one image)
+#   cloudwatch (log groups) -> iam (one role per function) -> lambda (five functions, one image)
 #   -> sfn (the ASL file via templatefile) -> scheduler -> cloudwatch alarms; access (optional).
 data "aws_partition" "current" {}
 
@@ -16,7 +16,8 @@ locals {
 
   definition_file = coalesce(var.state_machine_definition_file, "${path.module}/../statemachine/pipeline.asl.json")
 
-  # The four steps of the chain, all in one image; each handler module has handler(event, context).
+  # The five steps of the chain, all in one image; each handler module has handler(event, context).
+  # assemble holds a whole scene's rasters and reads its blocks: it gets the infer budget.
   functions = {
     process = {
       handler   = "inference.handlers.process.handler"
@@ -29,6 +30,12 @@ locals {
       timeout_s            = var.infer_timeout_s
       ephemeral_storage_mb = var.infer_ephemeral_storage_mb
       reserved_concurrency = var.infer_reserved_concurrency
+    }
+    assemble = {
+      handler              = "inference.handlers.assemble.handler"
+      memory_mb            = var.infer_memory_mb
+      timeout_s            = var.infer_timeout_s
+      ephemeral_storage_mb = var.infer_ephemeral_storage_mb
     }
     observe = {
       handler   = "inference.handlers.observe.handler"
@@ -46,8 +53,10 @@ locals {
   access = {
     process = { read = ["data", "registry"], write = ["predictions"] }
     infer   = { read = ["data", "registry", "predictions"], write = ["predictions"] }
-    observe = { read = ["predictions", "registry"], write = ["predictions"] }
-    failure = { read = [], write = [] }
+    # assemble removes a scene's block outputs once its COGs are written.
+    assemble = { read = ["data", "registry", "predictions"], write = ["predictions"], delete = ["predictions"] }
+    observe  = { read = ["predictions", "registry"], write = ["predictions"] }
+    failure  = { read = [], write = [] }
   }
 
   ledger_secret_arn = var.enable_rds ? module.rds[0].secret_arn : var.ledger_secret_arn
@@ -80,9 +89,15 @@ locals {
     }],
   )
 
-  # ChainSettings, shared by every function (LAMBDA_MEMORY_MB is set per function).
+  # Where infer writes block outputs under the output prefix: training/artifacts.BLOCKS_DIR
+  # (tests/infra/test_terraform.py checks they match). Expired by lifecycle after a crash.
+  blocks_prefix = "${trimsuffix(var.output_prefix, "/")}/_blocks/"
+
+  # ChainSettings, shared by every function. Blocks are sized for the infer function's budget.
   environment = merge(
     {
+      INFER_MEMORY_MB = tostring(var.infer_memory_mb)
+      INFER_TIMEOUT_S = tostring(var.infer_timeout_s)
       INPUT_URI       = "s3://${local.bucket_names.data}/${var.input_prefix}"
       OUTPUT_URI      = "s3://${local.bucket_names.predictions}/${var.output_prefix}"
       MANIFEST_URI    = "s3://${local.bucket_names.predictions}/${trimsuffix(var.manifest_prefix, "/")}"
@@ -122,7 +137,10 @@ module "s3" {
     predictions = {
       name            = local.bucket_names.predictions
       noncurrent_days = var.noncurrent_version_days
-      expire_prefixes = { (var.manifest_prefix) = var.manifest_expiration_days }
+      expire_prefixes = {
+        (var.manifest_prefix) = var.manifest_expiration_days
+        (local.blocks_prefix) = var.block_output_expiration_days
+      }
     }
     registry = {
       name            = local.bucket_names.registry
@@ -230,11 +248,12 @@ module "sfn" {
   name            = "${local.name}-pipeline"
   definition_file = local.definition_file
   definition_vars = {
-    process_function_arn = module.lambda.arns["process"]
-    infer_function_arn   = module.lambda.arns["infer"]
-    observe_function_arn = module.lambda.arns["observe"]
-    failure_function_arn = module.lambda.arns["failure"]
-    manifest_bucket      = module.s3.names["predictions"]
+    process_function_arn  = module.lambda.arns["process"]
+    infer_function_arn    = module.lambda.arns["infer"]
+    assemble_function_arn = module.lambda.arns["assemble"]
+    observe_function_arn  = module.lambda.arns["observe"]
+    failure_function_arn  = module.lambda.arns["failure"]
+    manifest_bucket       = module.s3.names["predictions"]
   }
   function_arns       = values(module.lambda.arns)
   manifest_bucket_arn = module.s3.arns["predictions"]

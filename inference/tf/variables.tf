@@ -67,6 +67,12 @@ variable "manifest_expiration_days" {
   default     = 30
 }
 
+variable "block_output_expiration_days" {
+  description = "Days block outputs are kept (assembly removes them; this catches what a crash left)."
+  type        = number
+  default     = 3
+}
+
 variable "noncurrent_version_days" {
   description = "Days non-current object versions are kept (data, predictions, registry)."
   type        = number
@@ -112,10 +118,15 @@ variable "infer_memory_mb" {
   type        = number
 }
 
+# Like infer_memory_mb, the timeout comes from the config (infra.infer_timeout_s): blocks are sized
+# to fit it, so it has one home there; no default here.
 variable "infer_timeout_s" {
-  description = "Timeout of the infer function (one scene)."
+  description = "Timeout of the infer and assemble functions (one block, one scene assembly), from infra.infer_timeout_s."
   type        = number
-  default     = 900
+  validation {
+    condition     = var.infer_timeout_s > 0 && var.infer_timeout_s <= 900
+    error_message = "infer_timeout_s must be in (0, 900]: Lambda stops a call at 900 s."
+  }
 }
 
 variable "infer_ephemeral_storage_mb" {

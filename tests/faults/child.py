@@ -2,7 +2,7 @@
 
     python -m tests.faults.child SETTINGS_JSON EXECUTION_ID [--stall-marker PATH]
 
-With ``--stall-marker`` the first scene prediction touches PATH and then hangs (the injected
+With ``--stall-marker`` the first block prediction touches PATH and then hangs (the injected
 fault: the parent kills the process there, mid-infer, after the scene was claimed).
 """
 
@@ -34,7 +34,7 @@ def main() -> int:
             Path(args.stall_marker).touch()
             time.sleep(3600)
 
-        inference.predict.predict_scene = stall  # the injected fault, in this child only
+        inference.predict.predict_block = stall  # the injected fault, in this child only
     result = run_chain(settings, args.execution_id)
     json.dump({"status": result.status, "calls": result.calls}, sys.stdout)
     return 0 if result.succeeded else 1

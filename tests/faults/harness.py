@@ -27,7 +27,7 @@ import sqlalchemy as sa
 
 from inference import chain, handlers
 from inference.ledger import RunStatus, SceneStatus
-from inference.ledger.models import Prediction, Run, Scene
+from inference.ledger.models import Block, BlockStatus, Prediction, Run, Scene
 from inference.settings import ChainSettings
 from inference.statemachine import local
 from tests.ports import free_port
@@ -219,6 +219,7 @@ def assert_consistent(settings: ChainSettings, good: int, quarantined: dict[str,
         scenes = list(s.execute(sa.select(Scene)).scalars())
         runs = list(s.execute(sa.select(Run)).scalars())
         preds = list(s.execute(sa.select(Prediction)).scalars())
+        blocks = list(s.execute(sa.select(Block)).scalars())
         sources = {uri: scene for scene in scenes for uri in [scene.source_uri]}
     predicted = [sc for sc in scenes if sc.status == SceneStatus.predicted]
     stuck = [
@@ -234,6 +235,8 @@ def assert_consistent(settings: ChainSettings, good: int, quarantined: dict[str,
     for p in preds:
         per_scene[p.scene_id] = per_scene.get(p.scene_id, 0) + 1
     assert sorted(per_scene) == sorted(sc.id for sc in predicted) and set(per_scene.values()) == {1}
+    # A scene is predicted only once all of its blocks are.
+    assert {b.scene_id for b in blocks if b.status != BlockStatus.predicted}.isdisjoint(per_scene)
     for uri, reason in quarantined.items():
         scene = sources[uri]
         assert scene.status == SceneStatus.quarantined and scene.error == reason, (uri, scene.error)

@@ -20,7 +20,7 @@ import sqlalchemy as sa
 
 from inference import chain
 from inference.ledger import RunStatus, SceneStatus
-from inference.ledger.models import Prediction, Run, Scene
+from inference.ledger.models import Block, BlockStatus, Prediction, Run, Scene
 from tests.faults.harness import (
     OUTAGE_S,
     REPO_ROOT,
@@ -191,7 +191,7 @@ def test_lease_that_expires_mid_block(world, monkeypatch) -> None:
     settings, bad = world(lease_s=1.0)
     import inference.predict
 
-    real_predict = inference.predict.predict_scene
+    real_predict = inference.predict.predict_block
 
     b_done = threading.Event()
 
@@ -200,7 +200,7 @@ def test_lease_that_expires_mid_block(world, monkeypatch) -> None:
             b_done.wait(timeout=300)  # outlives its 1 s lease, and B's whole attempt
         return real_predict(*args, **kwargs)
 
-    monkeypatch.setattr(inference.predict, "predict_scene", slow_for_the_first_attempt)
+    monkeypatch.setattr(inference.predict, "predict_block", slow_for_the_first_attempt)
     first = chain.process(settings, "lease-a")
     chain.process(settings, "lease-b")
     (item, *_) = __import__("json").loads(storage.read_text(first["manifest_uri"]))
@@ -220,6 +220,9 @@ def test_lease_that_expires_mid_block(world, monkeypatch) -> None:
     b_done.set()
     attempt_a.join()
     assert outcome["b"]["status"] == "predicted" and outcome["a"]["status"] == "skipped", outcome
+    scene_item = {k: item[k] for k in ("scene_id", "uri", "sha256")}
+    assert chain.assemble(settings, "lease-b", scene_item)["status"] == "predicted"
+    assert chain.assemble(settings, "lease-a", scene_item)["status"] == "skipped"
     for execution_id in ("lease-a", "lease-b"):
         chain.observe(settings, execution_id)
     with ledger(settings) as s:
@@ -240,16 +243,16 @@ def test_map_tolerates_a_failed_item_and_a_rerun_finishes_it(world, monkeypatch)
     settings, bad = world()
     import inference.predict
 
-    real_predict = inference.predict.predict_scene
+    real_predict = inference.predict.predict_block
     calls = {"n": 0}
 
-    def fails_on_one_scene(predictor, path, **kwargs):
+    def fails_on_one_scene(predictor, path, *args, **kwargs):
         calls["n"] += 1
-        if calls["n"] == 1:  # the first scene's attempt fails (not a transient fault: no retry)
-            raise RuntimeError("injected: this scene's attempt fails")
-        return real_predict(predictor, path, **kwargs)
+        if calls["n"] == 1:  # the first block's attempt fails (not a transient fault: no retry)
+            raise RuntimeError("injected: this block's attempt fails")
+        return real_predict(predictor, path, *args, **kwargs)
 
-    monkeypatch.setattr(inference.predict, "predict_scene", fails_on_one_scene)
+    monkeypatch.setattr(inference.predict, "predict_block", fails_on_one_scene)
     result = run_chain(settings, "tol-1")
     # moto 5.2.5 parses ToleratedFailurePercentage but does not enforce it (on AWS, 1 of 3 > 5 %
     # fails the Map and the Catch path records the run failed); the ledger is right either way.
@@ -257,9 +260,13 @@ def test_map_tolerates_a_failed_item_and_a_rerun_finishes_it(world, monkeypatch)
     with ledger(settings) as s:
         run = s.execute(sa.select(Run).where(Run.execution_id == "tol-1")).scalar_one()
         failed = [sc for sc in s.execute(sa.select(Scene)).scalars() if sc.status == SceneStatus.failed]
+        failed_blocks = [b for b in s.execute(sa.select(Block)).scalars() if b.status == BlockStatus.failed]
     assert (run.scenes_predicted, run.scenes_failed) == (GOOD - 1, 1)
-    assert [sc.error for sc in failed] == ["RuntimeError"] and "injected" in failed[0].error_message
-    monkeypatch.setattr(inference.predict, "predict_scene", real_predict)
+    # The block records its error; its scene is failed at assembly, for the next run to finish.
+    assert [sc.error for sc in failed] == ["blocks_incomplete"]
+    (block,) = failed_blocks
+    assert block.error == "RuntimeError" and "injected" in block.error_message
+    monkeypatch.setattr(inference.predict, "predict_block", real_predict)
     again = run_chain(settings, "tol-2")
     assert again.succeeded
     figures = assert_consistent(settings, GOOD, bad)

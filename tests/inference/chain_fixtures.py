@@ -46,10 +46,20 @@ def tiny_export() -> Path:
     return path
 
 
+@functools.cache
+def tiny_throughput() -> dict[str, Any]:
+    """The tiny export's measured throughput, as the training pipeline stores it (measured once)."""
+    from inference.blocks import measure_throughput
+    from inference.runtime import TorchPredictor
+
+    return measure_throughput(TorchPredictor(str(tiny_export())), 128, chips=4).to_dict()
+
+
 def make_champion(registry_uri: str, model_name: str = MODEL_NAME, miou: float = 0.5) -> dict[str, Any]:
     """Register the tiny export in ``registry_uri`` and promote it; returns the champion pointer."""
+    metrics = {"miou": miou, "throughput": tiny_throughput()}
     manifest = registry.register_version(
-        registry_uri, model_name, tiny_export(), {"miou": miou}, "model: tiny\n", caveat="test model"
+        registry_uri, model_name, tiny_export(), metrics, "model: tiny\n", caveat="test model"
     )
     decision = registry.promote_if_better(registry_uri, model_name, manifest["version"])
     assert decision.promoted
@@ -93,7 +103,7 @@ def chain_settings(root_uri: str, ledger_url: str, **overrides: Any) -> ChainSet
         "lease_s": 0.0,  # one execution at a time: a scene left predicting is from a crashed attempt
         "model_cache_dir": tempfile.mkdtemp(prefix="chain-model-"),
         "scene_cache_dir": tempfile.mkdtemp(prefix="chain-scenes-"),
-        "lambda_memory_mb": 3008,
+        "infer_memory_mb": 3008,
     }
     values.update(overrides)
     return ChainSettings.model_validate(values)

@@ -21,7 +21,7 @@ from tests.inference.chain_fixtures import (
     write_bad,
     write_scene,
 )
-from training import storage
+from training import artifacts, storage
 
 
 def run(settings, execution_id: str) -> local.LocalExecution:
@@ -126,10 +126,12 @@ def test_rerun_is_idempotent_and_does_not_rehash(local_settings, monkeypatch) ->
     with chain.session(settings) as s:
         assert repository.get_run(s, "idem-2").scenes_predicted == 0
 
-    # A redelivered Map item is a no-op too.
+    # Redelivered Map items are no-ops too.
     scene = scenes(settings)[0]
     item = {"scene_id": scene.id, "uri": scene.source_uri, "sha256": scene.sha256}
-    out = chain.infer(settings, "idem-2", item)
+    block = {**item, "block": 0, "block_chips": 8, "window": [0, 0, 256, 256]}
+    assert chain.infer(settings, "idem-2", block)["status"] == "skipped"
+    out = chain.assemble(settings, "idem-2", item)
     assert out["status"] == "skipped" and out["class_uri"] == first[scene.id][1]
     assert len(predictions(settings)) == 2
 
@@ -141,25 +143,26 @@ def test_crash_mid_run_then_rerun_completes_without_duplicates(local_settings, m
 
     import inference.predict
 
-    real_predict, calls = inference.predict.predict_scene, []
+    real_predict, calls = inference.predict.predict_block, []
 
-    def crashing(predictor, uri, **kwargs):
+    def crashing(predictor, uri, *args, **kwargs):
         calls.append(uri)
         if len(calls) == 2:
-            raise SystemExit(137)  # the Lambda dies mid-scene: no except clause runs
-        return real_predict(predictor, uri, **kwargs)
+            raise SystemExit(137)  # the Lambda dies mid-block: no except clause runs
+        return real_predict(predictor, uri, *args, **kwargs)
 
-    monkeypatch.setattr(inference.predict, "predict_scene", crashing)
+    monkeypatch.setattr(inference.predict, "predict_block", crashing)
     first = run(settings, "crash-1")
     assert ("infer", "error") in first.calls
     status = {s.id: s.status for s in scenes(settings)}
-    assert sorted(status.values()) == [SceneStatus.predicted, SceneStatus.predicted, SceneStatus.predicting]
-    (crashed_id,) = [i for i, st in status.items() if st == SceneStatus.predicting]
+    # The scene whose block was lost is not assembled: failed, its lease released.
+    assert sorted(status.values()) == [SceneStatus.failed, SceneStatus.predicted, SceneStatus.predicted]
+    (crashed_id,) = [i for i, st in status.items() if st == SceneStatus.failed]
 
-    monkeypatch.setattr(inference.predict, "predict_scene", real_predict)
+    monkeypatch.setattr(inference.predict, "predict_block", real_predict)
     second = run(settings, "crash-2")
     assert second.succeeded, (second.error, second.cause)
-    assert [c for c, _ in second.calls].count("infer") == 1  # only the lost scene
+    assert [c for c, _ in second.calls].count("infer") == 1  # only the lost block
 
     final = scenes(settings)
     assert all(s.status == SceneStatus.predicted for s in final)
@@ -168,3 +171,66 @@ def test_crash_mid_run_then_rerun_completes_without_duplicates(local_settings, m
     assert next(s for s in final if s.id == crashed_id).attempts == 2
     folders = {uri.rsplit("/", 3)[-3] for uri in storage.list_uris(settings.output_uri, suffix="classes.tif")}
     assert folders == {s.sha256 for s in final}
+
+
+def test_a_scene_in_many_blocks_equals_its_one_call_prediction(tmp_uri, postgres_url, monkeypatch) -> None:
+    # 256 px scenes in 128 px chips: 3 x 3 chips, so one chip a side makes 9 blocks.
+    settings = chain_settings(tmp_uri, migrated(postgres_url), block_chips=1)
+    make_champion(settings.registry_uri)
+    uri = write_scene(storage.join(settings.input_uri, "scene.tif"), seed=400)
+
+    import inference.predict
+
+    real_block, seen = inference.predict.predict_block, []
+
+    def one_block_dies(predictor, path, block_index=0, **kwargs):
+        seen.append(block_index)
+        if block_index == 4:
+            raise SystemExit(137)  # the Lambda dies on the middle block
+        return real_block(predictor, path, block_index, **kwargs)
+
+    monkeypatch.setattr(inference.predict, "predict_block", one_block_dies)
+    first = run(settings, "blocks-1")
+    assert sorted(seen) == list(range(9)) and predictions(settings) == []
+    (scene,) = scenes(settings)
+    assert scene.status == SceneStatus.failed and scene.error == "blocks_incomplete"
+    with chain.session(settings) as s:
+        blocks = repository.blocks_of(s, scene.id, registry_version(settings))
+        assert [b.status.value for b in blocks].count("predicted") == 8
+        assert first.output["scenes"] == 0 and repository.get_run(s, "blocks-1").scenes_failed == 1
+
+    seen.clear()
+    monkeypatch.setattr(
+        inference.predict, "predict_block", lambda *a, **k: seen.append(a[2]) or real_block(*a, **k)
+    )
+    second = run(settings, "blocks-2")
+    assert second.succeeded and seen == [4]  # only the lost block is redone
+    (pred,) = predictions(settings)
+    with chain.session(settings) as s:
+        run_row = repository.get_run(s, "blocks-2")
+        assert (run_row.scenes_predicted, run_row.scenes_failed) == (1, 0) and pred.run_id == run_row.id
+        assert repository.blocks_of_run(s, run_row.id) == 1
+
+    # The assembled COGs equal a one-call prediction of the scene, and the block files are gone.
+    import rasterio
+
+    model = chain.load_champion(settings)
+    one = real_block(
+        model.predictor,
+        storage.local_path(uri),
+        block_chips=None,
+        chip_size=settings.chip_size,
+        overlap=settings.overlap,
+        batch_size=settings.batch_size,
+    )
+    with rasterio.open(storage.local_path(pred.class_uri)) as src:
+        classes = src.read(1)
+        assert src.transform == one.transform
+    with rasterio.open(storage.local_path(pred.confidence_uri)) as src:
+        confidence = src.read(1)
+    valid = one.valid
+    assert (classes[valid] == one.classes[valid]).mean() >= 0.995
+    assert (confidence[valid].astype(int) - one.confidence[valid]).__abs__().max() <= 2
+    summary = json.loads(storage.read_text(pred.class_uri.replace("classes.tif", "summary.json")))
+    assert sum(summary["class_counts"]) == int(valid.sum())
+    assert storage.list_uris(storage.join(settings.output_uri, artifacts.BLOCKS_DIR)) == []

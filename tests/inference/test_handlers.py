@@ -94,7 +94,7 @@ def test_settings_defaults_have_one_home() -> None:
         DEFAULTS.drift_threshold,
         DEFAULTS.max_pixels,
     )
-    assert s.lambda_memory_mb == cfg.infra.infer_memory_mb
+    assert (s.infer_memory_mb, s.infer_timeout_s) == (cfg.infra.infer_memory_mb, cfg.infra.infer_timeout_s)
 
 
 def test_cost_estimate() -> None:

@@ -14,7 +14,16 @@ from sqlalchemy.orm import Session
 
 from inference.ledger import db
 from inference.ledger import repository as repo
-from inference.ledger.models import Metric, Prediction, Run, RunStatus, Scene, SceneSource, SceneStatus
+from inference.ledger.models import (
+    BlockStatus,
+    Metric,
+    Prediction,
+    Run,
+    RunStatus,
+    Scene,
+    SceneSource,
+    SceneStatus,
+)
 
 INJECTION = "s3://bucket/x'); DROP TABLE scenes; --\" OR 1=1 %s %(x)s :param"
 
@@ -278,9 +287,10 @@ def test_scenes_to_predict_finishes_crashed_work(engine: sa.Engine) -> None:
 
 def test_scene_that_keeps_crashing_runs_out_of_attempts(session: Session) -> None:
     scene = new_scene(session)
-    for attempt in range(1, 4):
+    for attempt in range(1, 4):  # one execution after another takes it, and its Lambda dies
         assert [s.id for s in repo.scenes_to_predict(session, "v1", max_attempts=3)] == [scene.id]
-        repo.claim_for_prediction(session, scene, "exec-1", 0.0)
+        repo.claim_for_prediction(session, scene, f"exec-{attempt}", 0.0)
+        repo.claim_for_prediction(session, scene, f"exec-{attempt}", 0.0)  # its next block: no new attempt
         assert scene.attempts == attempt
     assert repo.scenes_to_predict(session, "v1", max_attempts=3) == []
 
@@ -397,8 +407,8 @@ def test_a_live_lease_is_never_taken_and_an_expired_one_is_taken_once(session: S
         repo.claim_for_prediction(session, scene, "exec-b", lease_s=600)
     assert held.value.owner == "exec-a" and scene.attempts == 1
     assert scene.id not in [s.id for s in repo.scenes_to_predict(session, "v1")]  # live: not offered
-    repo.claim_for_prediction(session, scene, "exec-a", lease_s=600)  # a retried Lambda of the owner
-    assert scene.attempts == 2
+    repo.claim_for_prediction(session, scene, "exec-a", lease_s=600)  # the owner's next block renews
+    assert scene.attempts == 1
     # The lease runs out (its Lambda died): offered again, taken over once, counted once.
     session.execute(
         sa.update(Scene)
@@ -407,7 +417,7 @@ def test_a_live_lease_is_never_taken_and_an_expired_one_is_taken_once(session: S
     )
     assert [s.id for s in repo.scenes_to_predict(session, "v1")] == [scene.id]
     repo.claim_for_prediction(session, scene, "exec-b", lease_s=600)
-    assert (scene.lease_owner, scene.attempts) == ("exec-b", 3)
+    assert (scene.lease_owner, scene.attempts) == ("exec-b", 2)
     # The late first owner's failure does not end the taker's live attempt ...
     repo.fail_attempt(session, scene, "exec-a", "Timeout", "late")
     assert scene.status == SceneStatus.predicting and scene.lease_owner == "exec-b"
@@ -452,3 +462,54 @@ def test_runs_past_their_deadline_are_abandoned_with_what_they_did(session: Sess
     assert repo.get_run(session, "exec-live").deadline_at == now + timedelta(hours=2)
     reopened, created = repo.start_run(session, "exec-stale", deadline_at=now + timedelta(hours=1))
     assert not created and reopened.status == RunStatus.running
+
+
+# --- blocks -------------------------------------------------------------------------------------
+
+
+def _rows(n: int) -> list[dict]:
+    return [
+        {"block_index": i, "row_off": 0, "col_off": 100 * i, "height": 100, "width": 100, "chips": 4}
+        for i in range(n)
+    ]
+
+
+def test_blocks_are_planned_once_and_a_block_done_twice_is_a_no_op(session: Session) -> None:
+    scene = new_scene(session)
+    run_a, _ = repo.start_run(session, "exec-a")
+    run_b, _ = repo.start_run(session, "exec-b")
+    blocks = repo.plan_blocks(session, scene, "v1", 2, _rows(3))
+    assert [b.block_index for b in blocks] == [0, 1, 2] and {b.block_chips for b in blocks} == {2}
+    # A re-run planning with another block size keeps the first plan (and what it has done).
+    again = repo.plan_blocks(session, scene, "v1", 5, _rows(1))
+    assert [b.id for b in again] == [b.id for b in blocks] and {b.block_chips for b in again} == {2}
+    assert repo.plan_blocks(session, scene, "v2", 5, _rows(1))[0].block_chips == 5  # per model version
+
+    first = blocks[0]
+    repo.claim_block(session, first)
+    assert (first.status, first.attempts) == (BlockStatus.predicting, 1)
+    t0 = datetime.now(UTC)
+    done = {"output_uri": "s3://b/0.npz", "started_at": t0, "finished_at": t0, "seconds": 1.5}
+    assert repo.record_block(session, first, run_id=run_a.id, **done)
+    assert not repo.record_block(session, first, run_id=run_b.id, **{**done, "seconds": 9.0})
+    assert (first.status, first.run_id, first.seconds) == (BlockStatus.predicted, run_a.id, 1.5)
+    repo.claim_block(session, first)  # a redelivered item cannot reopen it
+    repo.fail_block(session, first, "Late", "a late failure")
+    assert (first.status, first.attempts) == (BlockStatus.predicted, 1)
+    assert repo.blocks_of_run(session, run_a.id) == 1 and repo.blocks_of_run(session, run_b.id) == 0
+
+
+def test_only_missing_or_failed_blocks_with_attempts_left_are_redone(session: Session) -> None:
+    scene = new_scene(session)
+    done, failed, crashed, spent, fresh = repo.plan_blocks(session, scene, "v1", 1, _rows(5))
+    t0 = datetime.now(UTC)
+    repo.claim_block(session, done)
+    repo.record_block(session, done, output_uri="u", started_at=t0, finished_at=t0, seconds=1.0, run_id=None)
+    repo.claim_block(session, failed)
+    repo.fail_block(session, failed, "OSError", "disk full")
+    repo.claim_block(session, crashed)  # ... and the Lambda died
+    for _ in range(3):
+        repo.claim_block(session, spent)
+        repo.fail_block(session, spent, "MemoryError")
+    todo = repo.blocks_to_predict(repo.blocks_of(session, scene.id, "v1"), max_attempts=3)
+    assert [b.block_index for b in todo] == [failed.block_index, crashed.block_index, fresh.block_index]

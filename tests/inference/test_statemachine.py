@@ -40,6 +40,7 @@ TRANSIENT = {
 TEMPLATE_VARS = {
     "process_function_arn",
     "infer_function_arn",
+    "assemble_function_arn",
     "observe_function_arn",
     "failure_function_arn",
     "manifest_bucket",
@@ -67,7 +68,8 @@ def test_definition_is_json_templated_only_in_arns_and_bucket(asl: dict) -> None
     assert "%{" not in text  # no templatefile directives
     rendered = json.loads(local.local_definition("my-bucket"))
     assert "${" not in json.dumps(rendered)
-    assert rendered["States"]["InferScenes"]["ItemReader"]["Parameters"]["Bucket"] == "my-bucket"
+    for name in ("InferBlocks", "AssembleScenes"):
+        assert rendered["States"][name]["ItemReader"]["Parameters"]["Bucket"] == "my-bucket"
     with pytest.raises(KeyError, match="manifest_bucket"):
         local.render(text, {f"{n}_function_arn": "x" for n in local.FUNCTIONS})
 
@@ -75,26 +77,32 @@ def test_definition_is_json_templated_only_in_arns_and_bucket(asl: dict) -> None
 def test_definition_shape(asl: dict) -> None:
     states = asl["States"]
     assert asl["StartAt"] == "Process"
-    assert states["Process"]["Next"] == "InferScenes"
-    m = states["InferScenes"]
-    assert m["Type"] == "Map" and m["Next"] == "Observe"
-    assert m["ItemProcessor"]["ProcessorConfig"] == {"Mode": "DISTRIBUTED", "ExecutionType": "STANDARD"}
-    assert m["ItemReader"]["Resource"] == "arn:aws:states:::s3:getObject"
-    assert m["ItemReader"]["ReaderConfig"]["InputType"] == "JSON"
-    assert isinstance(m["MaxConcurrency"], int) and m["MaxConcurrency"] > 0
-    assert 0 < m["ToleratedFailurePercentage"] < 100
-    assert m["ResultPath"] is None  # the Map's results never enter the state's data
+    assert states["Process"]["Next"] == "InferBlocks"
+    for name, key, then in (
+        ("InferBlocks", "$.manifest_key", "AssembleScenes"),
+        ("AssembleScenes", "$.scenes_key", "Observe"),
+    ):
+        m = states[name]
+        assert m["Type"] == "Map" and m["Next"] == then
+        assert m["ItemProcessor"]["ProcessorConfig"] == {"Mode": "DISTRIBUTED", "ExecutionType": "STANDARD"}
+        assert m["ItemReader"]["Resource"] == "arn:aws:states:::s3:getObject"
+        assert m["ItemReader"]["ReaderConfig"]["InputType"] == "JSON"
+        assert m["ItemReader"]["Parameters"]["Key.$"] == key
+        # Concurrency and tolerance come from the config, through process's output.
+        assert m["MaxConcurrencyPath"] == "$.max_concurrency"
+        assert m["ToleratedFailurePercentagePath"] == "$.tolerated_failure_percentage"
+        assert m["ResultPath"] is None  # the Map's results never enter the state's data
     assert states["Observe"].get("End") is True
     assert states["RecordFailure"]["Next"] == "Failed" and states["Failed"]["Type"] == "Fail"
 
     tasks = _tasks(states)
-    assert set(tasks) == {"Process", "Infer", "Observe", "RecordFailure"}
+    assert set(tasks) == {"Process", "Infer", "Assemble", "Observe", "RecordFailure"}
     for name, task in tasks.items():
         retry = task["Retry"][0]
         assert set(retry["ErrorEquals"]) == TRANSIENT, name
         assert retry["BackoffRate"] > 1 and retry["MaxAttempts"] >= 2, name
         assert task["Resource"].startswith("${") and task["Resource"].endswith("_function_arn}")
-    for name in ("Process", "InferScenes", "Observe"):
+    for name in ("Process", "InferBlocks", "AssembleScenes", "Observe"):
         catch = states[name]["Catch"]
         assert catch == [{"ErrorEquals": ["States.ALL"], "ResultPath": "$.error", "Next": "RecordFailure"}]
     # Payloads carry ids/URIs: the failure step gets the execution name and the caught error.
@@ -108,21 +116,31 @@ def _fake_handlers(tmp_path, **overrides):
     """process writes a 3-item manifest; infer/observe succeed; failure records its event."""
     from training import storage
 
-    seen: dict[str, list] = {"infer": [], "failure": [], "observe": []}
+    seen: dict[str, list] = {"infer": [], "assemble": [], "failure": [], "observe": []}
     prefix = storage.to_uri(tmp_path / "manifests")
 
     def process(event, context):
         uri = f"{prefix}/{event['execution_id']}.json"
+        scenes_uri = f"{prefix}/{event['execution_id']}.scenes.json"
         items = [{"scene_id": i, "uri": f"file:///s{i}.tif", "sha256": "0" * 64} for i in range(3)]
-        storage.write_text(uri, json.dumps(items))
+        storage.write_text(scenes_uri, json.dumps(items))
+        storage.write_text(uri, json.dumps([{**item, "block": 0} for item in items]))
         return {
             "execution_id": event["execution_id"],
             "manifest_uri": uri,
             "manifest_key": uri[len("file:///") :],
+            "scenes_uri": scenes_uri,
+            "scenes_key": scenes_uri[len("file:///") :],
+            "max_concurrency": 2,
+            "tolerated_failure_percentage": 5.0,
         }
 
     def infer(event, context):
         seen["infer"].append(event)
+        return {"scene_id": event["item"]["scene_id"], "status": "predicted"}
+
+    def assemble(event, context):
+        seen["assemble"].append(event)
         return {"scene_id": event["item"]["scene_id"], "status": "predicted"}
 
     def observe(event, context):
@@ -133,7 +151,13 @@ def _fake_handlers(tmp_path, **overrides):
         seen["failure"].append(event)
         return {"execution_id": event["execution_id"], "status": "failed"}
 
-    handlers = {"process": process, "infer": infer, "observe": observe, "failure": failure}
+    handlers = {
+        "process": process,
+        "infer": infer,
+        "assemble": assemble,
+        "observe": observe,
+        "failure": failure,
+    }
     handlers.update(overrides)
     return prefix, handlers, seen
 
@@ -156,6 +180,7 @@ def test_map_fans_out_over_the_manifest_and_retries_transient_errors(tmp_path, m
     result = local.run_execution(prefix, execution_id="fanout-1", handlers=handlers)
     assert result.succeeded, (result.error, result.cause)
     assert sorted(e["item"]["scene_id"] for e in seen["infer"]) == [0, 1, 2]
+    assert sorted(e["item"]["scene_id"] for e in seen["assemble"]) == [0, 1, 2]
     assert all(e["execution_id"] == "fanout-1" for e in seen["infer"])
     assert len(sleeps) == 2  # two retries with (jittered) backoff, no real sleeping
     assert all(0 <= s <= 60 for s in sleeps)  # FULL jitter within MaxDelaySeconds

@@ -32,6 +32,7 @@ ASL_VALIDATOR = REPO_ROOT / ".cache" / "npm" / "node_modules" / ".bin" / "asl-va
 ASL_VARIABLES = {
     "process_function_arn",
     "infer_function_arn",
+    "assemble_function_arn",
     "observe_function_arn",
     "failure_function_arn",
     "manifest_bucket",
@@ -88,6 +89,7 @@ def _render_asl(arns: dict[str, str]) -> str:
 FAKE_VALUES = {
     "process_function_arn": "arn:aws:lambda:us-east-1:123456789012:function:lc-process",
     "infer_function_arn": "arn:aws:lambda:us-east-1:123456789012:function:lc-infer",
+    "assemble_function_arn": "arn:aws:lambda:us-east-1:123456789012:function:lc-assemble",
     "observe_function_arn": "arn:aws:lambda:us-east-1:123456789012:function:lc-observe",
     "failure_function_arn": "arn:aws:lambda:us-east-1:123456789012:function:lc-failure",
     "manifest_bucket": "lc-predictions",
@@ -244,8 +246,17 @@ def test_render_tfvars_from_hydra(tmp_path) -> None:
     # Tunables the config leaves null keep the chain's own default on Lambda too.
     assert "CHIP_SIZE" not in tfvars["chain_settings"]
     assert tfvars["infer_memory_mb"] == compose().infra.infer_memory_mb  # one home: the config
+    assert tfvars["infer_timeout_s"] == compose().infra.infer_timeout_s
     unknown = set(tfvars) - _variable_names()
     assert not unknown, f"tfvars keys with no Terraform variable: {unknown}"
+
+
+def test_block_outputs_lifecycle_prefix_is_the_code_s() -> None:
+    # Terraform cannot import training.artifacts: its blocks prefix must spell the same folder.
+    from training import artifacts
+
+    main_tf = (TF_DIR / "main.tf").read_text()
+    assert f'blocks_prefix = "${{trimsuffix(var.output_prefix, "/")}}/{artifacts.BLOCKS_DIR}/"' in main_tf
 
 
 @pytest.mark.parametrize("action", ["setup", "provision", "clean"])

@@ -198,7 +198,7 @@ if __name__ == "__main__":  # pragma: no cover - a demo helper
 
 
 def seed_with_chain(ledger_url: str, root_uri: str) -> dict[str, int]:
-    """Seed ``ledger_url`` by running the real Lambda handlers (process → infer → observe).
+    """Seed ``ledger_url`` by running the real Lambda handlers (process → infer → assemble → observe).
 
     A tiny random champion (``tests.inference.chain_fixtures``) predicts small synthetic scenes:
     run 1 with champion v1 (two good scenes, one corrupt input quarantined), then a better model
@@ -207,6 +207,7 @@ def seed_with_chain(ledger_url: str, root_uri: str) -> dict[str, int]:
     Returns execution id -> number of scenes each run predicted.
     """
     from inference import handlers
+    from inference.handlers import assemble as assemble_handler
     from inference.handlers import failure as failure_handler
     from inference.handlers import infer as infer_handler
     from inference.handlers import observe as observe_handler
@@ -226,9 +227,10 @@ def seed_with_chain(ledger_url: str, root_uri: str) -> dict[str, int]:
 
         def full_run(execution_id: str) -> None:
             manifest = process_handler.handler({"execution_id": execution_id})
-            items = json.loads(storage.read_text(manifest["manifest_uri"]))
-            for item in items:
+            for item in json.loads(storage.read_text(manifest["manifest_uri"])):
                 infer_handler.handler({"execution_id": execution_id, "item": item})
+            for item in json.loads(storage.read_text(manifest["scenes_uri"])):
+                assemble_handler.handler({"execution_id": execution_id, "item": item})
             predicted[execution_id] = observe_handler.handler({"execution_id": execution_id})["scenes"]
 
         full_run("chain-001")

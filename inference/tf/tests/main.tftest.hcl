@@ -58,7 +58,8 @@ variables {
   project         = "landcover-test"
   model_name      = "chesapeake-landcover"
   image_tag       = "test"
-  infer_memory_mb = 1024 # setup/conf/infra/default.yaml renders this in real use
+  infer_memory_mb = 1024 # setup/conf/infra/default.yaml renders these in real use
+  infer_timeout_s = 900
   # Mock providers cannot serve ephemeral resources (Terraform 1.11), so the generated
   # password path is exercised by the opt-in apply against moto instead.
   db_generate_password = false
@@ -73,17 +74,18 @@ run "default_stack" {
   # --- The deployed definition is the ASL file with the ARNs substituted.
   assert {
     condition = jsondecode(module.sfn.definition) == jsondecode(templatefile(output.state_machine_definition_file, {
-      process_function_arn = module.lambda.arns["process"]
-      infer_function_arn   = module.lambda.arns["infer"]
-      observe_function_arn = module.lambda.arns["observe"]
-      failure_function_arn = module.lambda.arns["failure"]
-      manifest_bucket      = module.s3.names["predictions"]
+      process_function_arn  = module.lambda.arns["process"]
+      infer_function_arn    = module.lambda.arns["infer"]
+      assemble_function_arn = module.lambda.arns["assemble"]
+      observe_function_arn  = module.lambda.arns["observe"]
+      failure_function_arn  = module.lambda.arns["failure"]
+      manifest_bucket       = module.s3.names["predictions"]
     }))
     error_message = "The deployed definition is not the ASL file with the ARNs substituted."
   }
   assert {
-    condition     = length(distinct(values(module.lambda.arns))) == 4 && alltrue([for arn in values(module.lambda.arns) : strcontains(module.sfn.definition, arn)])
-    error_message = "Each of the four distinct Lambda ARNs must appear in the definition."
+    condition     = length(distinct(values(module.lambda.arns))) == 5 && alltrue([for arn in values(module.lambda.arns) : strcontains(module.sfn.definition, arn)])
+    error_message = "Each of the five distinct Lambda ARNs must appear in the definition."
   }
   assert {
     condition     = !strcontains(module.sfn.definition, "$${")
@@ -118,16 +120,16 @@ run "default_stack" {
     error_message = "Default timeouts are not as configured."
   }
   assert {
-    condition     = length(module.lambda.arns) == 4
-    error_message = "Expected process, infer, observe and failure functions."
+    condition     = length(module.lambda.arns) == 5
+    error_message = "Expected process, infer, assemble, observe and failure functions."
   }
   assert {
-    condition     = module.lambda.handlers["infer"][0] == "inference.handlers.infer.handler" && module.lambda.handlers["failure"][0] == "inference.handlers.failure.handler"
+    condition     = module.lambda.handlers["infer"][0] == "inference.handlers.infer.handler" && module.lambda.handlers["assemble"][0] == "inference.handlers.assemble.handler" && module.lambda.handlers["failure"][0] == "inference.handlers.failure.handler"
     error_message = "Each function runs its own handler from the shared image."
   }
   assert {
     condition = alltrue([for k, env in module.lambda.environments : alltrue([
-      for name in ["INPUT_URI", "OUTPUT_URI", "REGISTRY_URI", "MODEL_NAME", "LEDGER_SECRET_ARN", "BACKEND", "LAMBDA_MEMORY_MB", "MANIFEST_URI"] :
+      for name in ["INPUT_URI", "OUTPUT_URI", "REGISTRY_URI", "MODEL_NAME", "LEDGER_SECRET_ARN", "BACKEND", "INFER_MEMORY_MB", "INFER_TIMEOUT_S", "MANIFEST_URI"] :
       contains(keys(env), name)
     ])])
     error_message = "Every function needs the ChainSettings environment."
@@ -210,7 +212,7 @@ run "default_stack" {
     error_message = "Each execution role must decrypt (its environment, objects, secret) through the stack's services only."
   }
   assert {
-    condition     = toset([for s in jsondecode(module.kms.policy).Statement : s.Sid if contains(flatten([s.Action]), "kms:GenerateDataKey")]) == toset(["ProcessFunctionWritesObjects", "InferFunctionWritesObjects", "ObserveFunctionWritesObjects"])
+    condition     = toset([for s in jsondecode(module.kms.policy).Statement : s.Sid if contains(flatten([s.Action]), "kms:GenerateDataKey")]) == toset(["ProcessFunctionWritesObjects", "InferFunctionWritesObjects", "AssembleFunctionWritesObjects", "ObserveFunctionWritesObjects"])
     error_message = "Only the functions that write objects may generate data keys (through S3); failure writes none."
   }
   assert {
@@ -284,8 +286,13 @@ run "configured_memory_timeouts_and_access_host" {
   }
 
   assert {
-    condition     = module.lambda.environments["infer"]["LAMBDA_MEMORY_MB"] == "5120"
-    error_message = "LAMBDA_MEMORY_MB must follow the configured memory."
+    condition     = alltrue([for k, env in module.lambda.environments : env["INFER_MEMORY_MB"] == "5120" && env["INFER_TIMEOUT_S"] == "600"])
+    error_message = "Every function (process sizes blocks, observe prices them) must see the infer memory and timeout."
+  }
+
+  assert {
+    condition     = module.lambda.settings["assemble"] == { memory_mb = 5120, timeout_s = 600 }
+    error_message = "assemble gets the infer budget."
   }
 
   assert {

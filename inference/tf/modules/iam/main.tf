@@ -100,6 +100,14 @@ resource "aws_iam_role_policy" "function" {
           Resource = [for b in each.value.write : "${var.bucket_arns[b]}/*"]
         },
       ],
+      length(each.value.delete) == 0 ? [] : [
+        {
+          Sid      = "DeleteObjects"
+          Effect   = "Allow"
+          Action   = ["s3:DeleteObject"]
+          Resource = [for b in each.value.delete : "${var.bucket_arns[b]}/*"]
+        },
+      ],
       var.ledger_secret_arn == null ? [] : [
         {
           Sid      = "ReadLedgerCredentials"

@@ -4,10 +4,11 @@ variable "name" {
 }
 
 variable "functions" {
-  description = "Per function key (process, infer, ...): bucket roles it reads (list+get) and writes (put)."
+  description = "Per function key (process, infer, ...): bucket roles it reads (list+get), writes (put) and deletes from."
   type = map(object({
-    read  = list(string)
-    write = list(string)
+    read   = list(string)
+    write  = list(string)
+    delete = optional(list(string), [])
   }))
 }
 

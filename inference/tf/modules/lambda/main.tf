@@ -26,11 +26,7 @@ resource "aws_lambda_function" "this" {
   }
 
   environment {
-    variables = merge(
-      var.environment,
-      { LAMBDA_MEMORY_MB = tostring(each.value.memory_mb) },
-      each.value.environment,
-    )
+    variables = merge(var.environment, each.value.environment)
   }
 
   vpc_config {
