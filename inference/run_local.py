@@ -238,7 +238,7 @@ def load_report(settings: ChainSettings, summary: dict[str, Any], rss: RssSample
             n = len(repository.predictions_for(s, scene)) if scene is not None else 0
             by_scene[scene.id if scene is not None else -1] = n
     once = sum(1 for n in by_scene.values() if n == 1)
-    after = [b / 2**20 for b in rss.after.get("infer", [])]
+    after = [b / 2**20 for b in rss.after.get("infer", [])] or [0.0]
     k = max(1, min(20, len(after) // 4))
     first, last = statistics.median(after[:k]), statistics.median(after[-k:])
     return "\n".join(

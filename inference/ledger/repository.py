@@ -310,9 +310,16 @@ def claim_for_prediction(session: Session, scene: Scene, owner: str, lease_s: fl
     # The live owner re-claiming (its next block, a retried Lambda) renews the lease without
     # counting an attempt: a scene's attempts count the executions that took it.
     renewal = sa.and_(Scene.status == SceneStatus.predicting, Scene.lease_owner == owner)
+    # Any status a prediction may start from, not just the one read above: the execution's
+    # other blocks claim the same scene concurrently, and the loser must renew, not fail.
+    claimable = [
+        st
+        for st in SceneStatus
+        if st == SceneStatus.predicting or SceneStatus.predicting in ALLOWED_TRANSITIONS[st]
+    ]
     stmt = (
         sa.update(Scene)
-        .where(Scene.id == scene.id, Scene.status == scene.status, free)
+        .where(Scene.id == scene.id, Scene.status.in_(claimable), free)
         .values(
             status=SceneStatus.predicting,
             attempts=sa.case((renewal, Scene.attempts), else_=Scene.attempts + 1),

@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 from inference.ledger import db
 from inference.ledger import repository as repo
 from inference.ledger.models import (
+    Block,
     BlockStatus,
     Metric,
     Prediction,
@@ -65,7 +66,7 @@ def engine(migrated_url: str) -> Iterator[sa.Engine]:
     """An engine on the migrated ledger, emptied first (children before parents)."""
     engine = db.make_engine(migrated_url)
     with engine.begin() as conn:
-        for table in (Metric, Prediction, SceneSource, Run, Scene):
+        for table in (Metric, Prediction, Block, SceneSource, Run, Scene):
             conn.execute(sa.delete(table))
     try:
         yield engine
@@ -513,3 +514,33 @@ def test_only_missing_or_failed_blocks_with_attempts_left_are_redone(session: Se
         repo.fail_block(session, spent, "MemoryError")
     todo = repo.blocks_to_predict(repo.blocks_of(session, scene.id, "v1"), max_attempts=3)
     assert [b.block_index for b in todo] == [failed.block_index, crashed.block_index, fresh.block_index]
+
+
+def test_an_executions_blocks_claim_their_scene_concurrently(engine: sa.Engine) -> None:
+    # Eight infer calls of one execution start on the same scene at once: every one gets the
+    # claim (the first takes it, the rest renew the lease), and it counts as one attempt.
+    import threading
+
+    if engine.dialect.name == "sqlite":
+        pytest.skip("SQLite serialises writers; the race needs concurrent transactions (Postgres)")
+    with db.session_scope(engine) as s:
+        scene_id = new_scene(s).id
+    barrier, errors = threading.Barrier(8), []
+
+    def claim() -> None:
+        barrier.wait()
+        try:
+            with db.session_scope(engine) as s:
+                repo.claim_for_prediction(s, s.get(Scene, scene_id), "exec-1", lease_s=600)
+        except Exception as exc:  # collected for the assertion
+            errors.append(exc)
+
+    threads = [threading.Thread(target=claim) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    with db.session_scope(engine) as s:
+        scene = s.get(Scene, scene_id)
+        assert (scene.status, scene.lease_owner, scene.attempts) == (SceneStatus.predicting, "exec-1", 1)
