@@ -45,6 +45,7 @@ __all__ = [
     "majority_class",
     "render_confusion_matrix",
     "render_samples",
+    "served_throughput",
 ]
 
 
@@ -133,6 +134,37 @@ def _scene_samples(
     return out
 
 
+def _check_class_ids(ids: np.ndarray, num_classes: int, what: str) -> None:
+    """Raise unless every id is in ``[0, num_classes)`` (the metrics then skip their own checks)."""
+    if ids.size and int(ids.max()) >= num_classes:
+        raise ValueError(f"{what} holds class id {int(ids.max())}; the model has {num_classes} classes")
+
+
+def served_throughput(predictor: Any, seconds: float, chips: int, chip_size: int) -> dict[str, Any]:
+    """What the served backend measured on the held-out scenes, for sizing inference blocks.
+
+    ``seconds_per_chip`` is the scene predictor's wall time (reading, normalising, the model,
+    blending) over the chips it ran, on ``threads`` intra-op threads of ``cpu``.
+    """
+    from inference.runtime import default_num_threads
+    from inference.runtime_cpu import detect_cpu
+
+    threads = getattr(predictor, "num_threads", None)
+    session = getattr(predictor, "session", None)
+    if threads is None and hasattr(session, "get_session_options"):  # an ONNX Runtime session
+        threads = session.get_session_options().intra_op_num_threads or None
+    threads = threads or default_num_threads()
+    return {
+        "seconds_per_chip": seconds / chips if chips else None,
+        "seconds": round(seconds, 3),
+        "chips": int(chips),
+        "chip_size": int(chip_size),
+        "threads": int(threads),
+        "cpu": detect_cpu().model,
+        "backend": str(getattr(predictor, "backend", type(predictor).__name__)),
+    }
+
+
 def evaluate_served(
     predictors: dict[str, Any],
     scenes: list[SceneRecord],
@@ -164,8 +196,9 @@ def evaluate_served(
     Returns:
         A report whose ``metrics`` are the served predictor's (``miou``, ``per_class_iou``,
         ...) plus ``backends`` (every predictor's metrics), ``served_vs_reference_agreement``,
-        ``majority_baseline``, ``pixel_baseline``, ``lead_over_pixel_baseline`` and
-        ``prediction_reference`` (class mix and confidence of the served predictions).
+        ``majority_baseline``, ``pixel_baseline``, ``lead_over_pixel_baseline``,
+        ``prediction_reference`` (class mix and confidence of the served predictions) and
+        ``throughput`` (the served backend's measured seconds per chip; :func:`served_throughput`).
     """
     from inference.predict import predict_scene
     from inference.settings import ChainDefaults
@@ -180,25 +213,33 @@ def evaluate_served(
     batch_size = batch_size or defaults.batch_size
     num_classes = int(predictors[served].num_classes)
     names = CLASS_NAMES[:num_classes]
-    metrics_by = {name: build_metrics(num_classes, ignore_index) for name in predictors}
+    # Every input is checked once here (class ids in [0, num_classes)), so the metrics skip
+    # torchmetrics' per-update checks: they cost seconds per scene and metric.
+    metrics_by = {name: build_metrics(num_classes, ignore_index, validate_args=False) for name in predictors}
     majority = majority_class(train_class_fractions, ignore_index)
-    baseline_metrics = build_metrics(num_classes, ignore_index)
-    pixel_metrics = build_metrics(num_classes, ignore_index) if pixel_baseline is not None else None
+    baseline_metrics = build_metrics(num_classes, ignore_index, validate_args=False)
+    pixel_metrics = (
+        build_metrics(num_classes, ignore_index, validate_args=False) if pixel_baseline is not None else None
+    )
     agree = compared = 0
     class_counts = np.zeros(num_classes, dtype=np.int64)
     confidence_sum = entropy_sum = 0.0
     low_count = 0
     seconds: dict[str, float] = dict.fromkeys(predictors, 0.0)
+    chips_run: dict[str, int] = dict.fromkeys(predictors, 0)
     candidates: list[tuple[int, dict[str, Any]]] = []
     for scene in scenes:
-        truth = read_label(scene.label_uri)  # (H, W) ids 0..6
+        truth = read_label(scene.label_uri)  # (H, W) ids 0..6 (read_label refuses other values)
+        _check_class_ids(truth, num_classes, f"labels of {scene.scene_id}")
         preds = {}
         for name, predictor in predictors.items():
             pred = predict_scene(
                 predictor, scene.image_uri, chip_size=chip_size, overlap=overlap, batch_size=batch_size
             )
+            _check_class_ids(pred.classes[pred.valid], num_classes, f"{name} prediction of {scene.scene_id}")
             preds[name] = pred
             seconds[name] += pred.seconds
+            chips_run[name] += pred.n_chips
             log.info(
                 "[evaluate] %s: %s in %.1f s (%d chips)", scene.scene_id, name, pred.seconds, pred.n_chips
             )
@@ -212,6 +253,7 @@ def evaluate_served(
             image = src.read()
         if pixel_metrics is not None:
             pixel_pred = pixel_baseline.predict(image)
+            _check_class_ids(pixel_pred[valid], num_classes, f"pixel baseline of {scene.scene_id}")
             pixel_metrics.update(torch.from_numpy(pixel_pred[valid].astype(np.int64)), target)
         if reference in preds and reference != served:
             agree += int((preds[reference].classes[valid] == main.classes[valid]).sum())
@@ -231,6 +273,10 @@ def evaluate_served(
     }
     for name in backends:
         metrics["backends"][name]["seconds"] = round(seconds[name], 2)
+        metrics["backends"][name]["chips"] = chips_run[name]
+    metrics["throughput"] = served_throughput(
+        predictors[served], seconds[served], chips_run[served], chip_size
+    )
     metrics["served_vs_reference_agreement"] = agree / compared if compared else None
     metrics["agreement_reference"] = reference if compared else None
     baseline = metrics_to_dict(baseline_metrics.compute(), names, ignore_index)
