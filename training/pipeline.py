@@ -190,6 +190,7 @@ def _task(cfg: DictConfig, class_weights: list[float] | None, total_steps: int |
         min_lr_ratio=cfg.training.get("min_lr_ratio", 0.0),
         features_only=True,
         loss=cfg.training.loss,
+        lovasz_weight=cfg.training.get("lovasz_weight", 1.0),
         focal_gamma=cfg.training.focal_gamma,
         class_weights=class_weights,
         ignore_index=cfg.training.ignore_index,

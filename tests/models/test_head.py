@@ -151,6 +151,34 @@ def test_fusion_head_reads_several_depths_in_its_order() -> None:
     assert seg(x).shape == (1, 7, 32, 32)
 
 
+def test_fusion_head_pyramid_levels() -> None:
+    """Pyramid levels add stride-2 stages and a U-Net decoder; sizes that halve unevenly still
+    come back to full resolution, fine detail still reaches the output, and a config written
+    before levels existed rebuilds the head without them."""
+    torch.manual_seed(0)
+    seg = build_segmenter("tiny", head="fusion", head_options={"levels": [8, 12]}).eval()
+    keys = {k.split(".")[1] for k in seg.state_dict() if k.startswith("head.")}
+    assert keys == {"stem", "context", "down", "up", "fuse", "classifier"}
+    assert seg.head.config()["levels"] == [8, 12]
+    x = torch.randn(2, 4, 40, 56)  # 40 -> 20 -> 10, 56 -> 28 -> 14; patch grid 5 x 7
+    with torch.inference_mode():
+        out = seg(x)
+        cached = seg.forward_from_features(seg.forward_features(x), x)
+    assert out.shape == (2, 7, 40, 56)
+    torch.testing.assert_close(cached, out, rtol=0, atol=0)
+    y = x.clone()
+    y[0, :, 20, 20] += 3.0
+    with torch.inference_mode():
+        delta = (seg(y) - out).abs().amax(1)[0]
+    assert float(delta[20, 20]) > 10 * float(delta[0, 0])
+    rebuilt = build_head(seg.head.config())
+    rebuilt.load_state_dict(seg.head.state_dict())
+    older = {k: v for k, v in seg.head.config().items() if k != "levels"}
+    assert build_head(older).levels == ()
+    with pytest.raises(ValueError, match="levels"):
+        make_head("fusion", 192, options={"levels": [8, 0]})
+
+
 def test_head_configs_rebuild_each_kind(fusion: ClaySegmenter, seg: ClaySegmenter) -> None:
     for model in (fusion, seg):
         rebuilt = build_head(model.head.config())
@@ -178,6 +206,7 @@ def test_head_spec_from_the_model_config() -> None:
             "context_out": 16,
             "fuse_channels": 32,
             "feature_layers": [-1],
+            "levels": [32, 48],
         },
     }
     assert head_spec(compose(["model.head=seed"]).model) == {"head": "seed", "head_options": None}

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from training.models.losses import CrossEntropy, FocalLoss, build_loss, focal_loss
+from training.models.losses import CrossEntropy, FocalLoss, build_loss, focal_loss, lovasz_softmax
 
 
 @pytest.fixture
@@ -63,3 +63,41 @@ def test_bf16_logits_give_fp32_loss(batch: tuple[torch.Tensor, torch.Tensor]) ->
     logits, target = batch
     loss = build_loss("focal")(logits.bfloat16(), target)
     assert loss.dtype == torch.float32 and torch.isfinite(loss)
+
+
+def test_lovasz_is_zero_when_right_and_ignores_no_data(batch: tuple[torch.Tensor, torch.Tensor]) -> None:
+    _, target = batch
+    right = 50.0 * F.one_hot(target, 7).permute(0, 3, 1, 2).float()  # confident and correct
+    assert float(lovasz_softmax(right, target, ignore_index=6)) < 1e-6
+    wrong = right.roll(1, dims=1)  # confident and wrong everywhere
+    assert float(lovasz_softmax(wrong, target, ignore_index=6)) == pytest.approx(1.0, abs=1e-4)
+    # Pixels of the ignored class change nothing, whatever is predicted there.
+    noisy = right.clone()
+    noisy[:, :, target[0] == 6] = torch.randn_like(noisy[:, :, target[0] == 6])
+    mixed = torch.where((target == 6).unsqueeze(1), noisy, right)
+    assert float(lovasz_softmax(mixed, target, ignore_index=6)) < 1e-6
+
+
+def test_lovasz_penalises_a_missed_thin_class_more_than_ce() -> None:
+    """A 1-px line of class 1 across a field of class 0, predicted as field: CE barely moves
+    (few pixels wrong), the IoU surrogate loses the whole class."""
+    target = torch.zeros(1, 32, 32, dtype=torch.long)
+    target[0, 16] = 1
+    logits = torch.zeros(1, 2, 32, 32)
+    logits[:, 0] = 4.0  # field everywhere
+    assert float(F.cross_entropy(logits, target)) < 0.2
+    assert float(lovasz_softmax(logits, target)) > 0.45
+
+
+def test_combined_loss_adds_the_weighted_lovasz_term(batch: tuple[torch.Tensor, torch.Tensor]) -> None:
+    logits, target = batch
+    logits = logits.clone().requires_grad_(True)
+    loss = build_loss("ce+lovasz", ignore_index=6, lovasz_weight=0.5)
+    expected = F.cross_entropy(logits, target, ignore_index=6) + 0.5 * lovasz_softmax(logits, target, 6)
+    value = loss(logits, target)
+    torch.testing.assert_close(value, expected)
+    value.backward()
+    assert logits.grad is not None and logits.grad.abs().sum() > 0
+    assert isinstance(build_loss("focal+lovasz").main, FocalLoss)
+    with pytest.raises(ValueError, match="unknown loss"):
+        build_loss("dice")

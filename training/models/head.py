@@ -112,22 +112,31 @@ class FusionHead(nn.Module):
 
     - **pixel branch** (full resolution): the normalised bands plus NDVI (computed from the
       de-normalised red and NIR) through two conv3x3 + BN + ReLU of ``pixel_channels``;
+    - **pixel pyramid** (optional, ``levels``): each entry adds a level at half the resolution
+      of the one above (a stride-2 conv3x3 and a conv3x3 of that many channels), so the pixels
+      are also seen over 2, 4, ... times the area: a 5 px street and a 4 px driveway have the
+      same spectra and width, and differ in length and in what is around them;
     - **context branch** (patch grid): the encoder grids of ``feature_layers`` (concatenated)
       through conv1x1 to ``context_channels``, a conv3x3, and conv1x1 to ``context_out``,
-      then bilinear upsampling by the patch size;
-    - **fusion** (full resolution): both concatenated, two conv3x3 + BN + ReLU of
-      ``fuse_channels`` and a conv1x1 to the classes.
+      bilinearly upsampled to the deepest level (full resolution without ``levels``);
+    - **decoder** (with ``levels``): from the deepest level up, a conv3x3 over that level's
+      features concatenated with what comes from below (the context at the bottom), then
+      bilinear x2 upsampling, U-Net style;
+    - **fusion** (full resolution): the pixel branch and what comes from below concatenated,
+      two conv3x3 + BN + ReLU of ``fuse_channels`` and a conv1x1 to the classes.
 
     Args:
         in_dim: channels of the encoder grid it reads (``dim * len(feature_layers)``).
         num_classes: output classes.
         pixel_channels: width of the full-resolution pixel branch.
         context_channels: width of the context branch on the patch grid.
-        context_out: context channels carried to full resolution.
+        context_out: context channels carried to the deepest level.
         fuse_channels: width of the fusion convs.
         feature_layers: encoder block indices whose normed grids are read (negative from the
             end; ``(-1,)`` is the encoder's output).
         mean, std: the input normalisation (per band), to recover NDVI from normalised pixels.
+        levels: channels of each pyramid level (1/2, 1/4, ... resolution); empty: none (the
+            pixel branch and the upsampled context meet at full resolution).
     """
 
     kind = "fusion"
@@ -144,6 +153,7 @@ class FusionHead(nn.Module):
         feature_layers: Sequence[int] = (-1,),
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
+        levels: Sequence[int] = (),
     ) -> None:
         super().__init__()
         if mean is None or std is None:
@@ -156,6 +166,9 @@ class FusionHead(nn.Module):
         self.context_out, self.fuse_channels = context_out, fuse_channels
         self.feature_layers = tuple(int(i) for i in feature_layers)
         self.mean, self.std = [float(m) for m in mean], [float(s) for s in std]
+        self.levels = tuple(int(c) for c in levels)
+        if any(c <= 0 for c in self.levels):
+            raise ValueError(f"fusion head levels must be positive channel counts, got {list(self.levels)}")
         self.stem = nn.Sequential(
             _conv_bn_relu(len(self.mean) + 1, pixel_channels), _conv_bn_relu(pixel_channels, pixel_channels)
         )
@@ -164,8 +177,22 @@ class FusionHead(nn.Module):
             _conv_bn_relu(context_channels, context_channels),
             _conv_bn_relu(context_channels, context_out, 1),
         )
+        # down[i] makes level i + 1 (1/2^(i+1) resolution); up[i] decodes it, reading what
+        # comes from the level below (the context for the deepest one).
+        self.down = nn.ModuleList()
+        self.up = nn.ModuleList()
+        above = pixel_channels
+        for channels in self.levels:
+            self.down.append(
+                nn.Sequential(_conv_bn_relu(above, channels, 3, stride=2), _conv_bn_relu(channels, channels))
+            )
+            above = channels
+        for i, channels in enumerate(self.levels):
+            below = self.levels[i + 1] if i + 1 < len(self.levels) else context_out
+            self.up.append(_conv_bn_relu(channels + below, channels))
+        first = self.levels[0] if self.levels else context_out
         self.fuse = nn.Sequential(
-            _conv_bn_relu(pixel_channels + context_out, fuse_channels),
+            _conv_bn_relu(pixel_channels + first, fuse_channels),
             _conv_bn_relu(fuse_channels, fuse_channels),
         )
         self.classifier = nn.Conv2d(fuse_channels, num_classes, 1)
@@ -182,6 +209,7 @@ class FusionHead(nn.Module):
             "feature_layers": list(self.feature_layers),
             "mean": self.mean,
             "std": self.std,
+            "levels": list(self.levels),
         }
 
     def _ndvi(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -192,11 +220,16 @@ class FusionHead(nn.Module):
     def forward(self, grid: torch.Tensor, pixels: torch.Tensor | None = None) -> torch.Tensor:
         if pixels is None:
             raise ValueError("the fusion head needs the normalised pixels beside the encoder grid")
-        size = pixels.shape[-2:]
         x = self.stem(torch.cat((pixels, self._ndvi(pixels)), dim=1))  # (B, pc, H, W)
-        c = self.context(grid)  # (B, co, h, w)
-        c = F.interpolate(c, size=size, mode="bilinear", align_corners=False)  # (B, co, H, W)
-        return self.classifier(self.fuse(torch.cat((x, c), dim=1)))  # (B, K, H, W)
+        skips = [x]  # level i: (B, c_i, H / 2^i, W / 2^i)
+        for down in self.down:
+            skips.append(down(skips[-1]))
+        y = self.context(grid)  # (B, co, h, w)
+        y = F.interpolate(y, size=skips[-1].shape[-2:], mode="bilinear", align_corners=False)
+        for i in range(len(self.levels) - 1, -1, -1):
+            y = self.up[i](torch.cat((skips[i + 1], y), dim=1))  # (B, c_{i+1}, ...)
+            y = F.interpolate(y, size=skips[i].shape[-2:], mode="bilinear", align_corners=False)
+        return self.classifier(self.fuse(torch.cat((x, y), dim=1)))  # (B, K, H, W)
 
 
 #: Heads by ``kind`` (the ``model.head`` config key and the export's ``head_config.kind``).
@@ -370,7 +403,8 @@ def build_segmenter(
             ``load_state_dict(..., assign=True)``); the small wavelength/GSD buffers stay on the CPU.
         head: ``seed`` or ``fusion`` (see :data:`HEADS`).
         head_options: extra constructor arguments of the fusion head (``pixel_channels``,
-            ``context_channels``, ``context_out``, ``fuse_channels``, ``feature_layers``).
+            ``context_channels``, ``context_out``, ``fuse_channels``, ``feature_layers``,
+            ``levels``).
     """
     encoder = build_encoder(preset, device=device)
     with torch.device(device or "cpu"):

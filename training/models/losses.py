@@ -1,4 +1,9 @@
-"""Segmentation losses: focal loss and a factory for cross-entropy / focal."""
+"""Segmentation losses: focal loss, cross-entropy, the Lovasz-softmax IoU surrogate, and a factory.
+
+Cross-entropy weighs every pixel alike, so a class of thin structures (a 5 px road) costs little
+when its edges are wrong; the Lovasz-softmax term (Berman et al. 2018) is a convex surrogate of
+each class's IoU, the metric that gates promotion, and weighs every present class alike.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["FocalLoss", "build_loss", "focal_loss"]
+__all__ = [
+    "LOSSES",
+    "CombinedLoss",
+    "CrossEntropy",
+    "FocalLoss",
+    "build_loss",
+    "focal_loss",
+    "lovasz_softmax",
+]
 
 
 def focal_loss(
@@ -95,17 +108,88 @@ class CrossEntropy(nn.Module):
         return F.cross_entropy(logits.float(), target, weight=self.weight, ignore_index=ignore)
 
 
+def _lovasz_grad(gt_sorted: torch.Tensor) -> torch.Tensor:
+    """Gradient of the Lovasz extension of the Jaccard loss w.r.t. errors sorted along the last
+    axis (Berman et al. 2018), for each row of ``gt_sorted`` (K, P) at once."""
+    gts = gt_sorted.sum(-1, keepdim=True)  # (K, 1)
+    intersection = gts - gt_sorted.cumsum(-1)
+    union = gts + (1.0 - gt_sorted).cumsum(-1)
+    jaccard = 1.0 - intersection / union  # (K, P)
+    return torch.cat((jaccard[:, :1], jaccard[:, 1:] - jaccard[:, :-1]), dim=-1)
+
+
+def lovasz_softmax(
+    logits: torch.Tensor, target: torch.Tensor, ignore_index: int | None = None
+) -> torch.Tensor:
+    """Lovasz-softmax loss over the batch: the mean, over the classes present in ``target``,
+    of the Lovasz extension of ``1 - IoU`` on the softmax probabilities.
+
+    Args:
+        logits: (B, K, H, W) unnormalised scores.
+        target: (B, H, W) class ids.
+        ignore_index: class id whose pixels are left out (No Data), or None.
+    """
+    k = logits.shape[1]
+    probs = F.softmax(logits.float(), dim=1).transpose(0, 1).reshape(k, -1)  # (K, P)
+    labels = target.reshape(-1)  # (P,)
+    if ignore_index is not None:
+        keep = labels != ignore_index
+        probs, labels = probs[:, keep], labels[keep]
+    fg = F.one_hot(labels, k).T.to(probs.dtype)  # (K, P)
+    # A class absent from the batch has no IoU to improve; the ignored class is never scored.
+    present = fg.sum(-1) > 0
+    if ignore_index is not None and 0 <= ignore_index < k:
+        present[ignore_index] = False
+    if not bool(present.any()):
+        return probs.sum() * 0.0  # nothing labelled: 0 with a gradient path
+    fg, probs = fg[present], probs[present]
+    errors_sorted, order = torch.sort((fg - probs).abs(), dim=-1, descending=True)  # (C, P)
+    grad = _lovasz_grad(fg.gather(-1, order))
+    return (errors_sorted * grad).sum(-1).mean()
+
+
+class LovaszSoftmax(nn.Module):
+    """Module form of :func:`lovasz_softmax`."""
+
+    def __init__(self, ignore_index: int | None = None) -> None:
+        super().__init__()
+        self.ignore_index = ignore_index
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return lovasz_softmax(logits, target, self.ignore_index)
+
+
+class CombinedLoss(nn.Module):
+    """``main(logits, target) + weight * extra(logits, target)``."""
+
+    def __init__(self, main: nn.Module, extra: nn.Module, weight: float = 1.0) -> None:
+        super().__init__()
+        self.main, self.extra, self.weight = main, extra, float(weight)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return self.main(logits, target) + self.weight * self.extra(logits, target)
+
+
+#: Names :func:`build_loss` accepts (the ``training.loss`` config key).
+LOSSES = ("ce", "cross_entropy", "focal", "ce+lovasz", "focal+lovasz")
+
+
 def build_loss(
     name: str = "focal",
     gamma: float = 2.0,
     class_weights: Sequence[float] | None = None,
     ignore_index: int | None = None,
+    lovasz_weight: float = 1.0,
 ) -> nn.Module:
-    """``ce`` (cross-entropy) or ``focal``; ``ignore_index=6`` drops Chesapeake No Data pixels."""
+    """``ce`` (cross-entropy), ``focal``, or either ``+lovasz`` (plus ``lovasz_weight`` times the
+    Lovasz-softmax IoU surrogate); ``ignore_index=6`` drops Chesapeake No Data pixels."""
     match name:
         case "ce" | "cross_entropy":
             return CrossEntropy(class_weights, ignore_index)
         case "focal":
             return FocalLoss(gamma, class_weights, ignore_index)
+        case "ce+lovasz" | "focal+lovasz":
+            main = build_loss(name.split("+")[0], gamma, class_weights, ignore_index)
+            return CombinedLoss(main, LovaszSoftmax(ignore_index), lovasz_weight)
         case _:
-            raise ValueError(f"unknown loss {name!r}; choose 'ce' or 'focal'")
+            raise ValueError(f"unknown loss {name!r}; choose one of {', '.join(LOSSES)}")
