@@ -185,7 +185,10 @@ class RssSampler:
 
         return call
 
-    def close(self) -> None:
+    def __enter__(self) -> RssSampler:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
 
@@ -436,11 +439,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "run" and args.load:
             uris = upload_scenes(settings, args.load, args.size, args.seed * 1000)
             log.info("wrote %d scenes of %d px", len(uris), args.size)
-            rss = RssSampler()
-            try:
+            with RssSampler() as rss:
                 summary = run_once(settings, args.concurrency, rss)
-            finally:
-                rss.close()
             log.info("%s", format_summary(summary))
             log.info("%s", load_report(settings, summary, rss, uris))
             return 0 if summary["status"] == "SUCCEEDED" else 1
@@ -449,11 +449,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             shape = (int(height), int(width or height))
             log.info("writing a %d x %d synthetic scene ...", *shape)
             log.info("wrote %s", write_scale_scene(settings, *shape, args.seed))
-            rss = RssSampler()
-            try:
+            with RssSampler() as rss:
                 summary = run_once(settings, args.concurrency, rss)
-            finally:
-                rss.close()
             log.info("%s", format_summary(summary))
             log.info("%s", scale_report(settings, summary, rss, shape, args.bench))
             return 0 if summary["status"] == "SUCCEEDED" else 1

@@ -542,15 +542,28 @@ def blocks_to_predict(blocks: Iterable[Block], max_attempts: int = DEFAULT_MAX_A
     return [b for b in blocks if b.status != BlockStatus.predicted and b.attempts < max_attempts]
 
 
-def claim_block(session: Session, block: Block) -> Block:
-    """Start an attempt on ``block`` (its scene claimed first): ``predicting``, ``attempts + 1``."""
-    session.execute(
+def _update_unless_predicted(session: Session, block: Block, **values: Any) -> bool:
+    """Set ``values`` on ``block`` unless it is predicted (one conditional UPDATE); True if it changed."""
+    changed = session.execute(
         sa.update(Block)
         .where(Block.id == block.id, Block.status != BlockStatus.predicted)
-        .values(status=BlockStatus.predicting, attempts=Block.attempts + 1, started_at=utcnow(), error=None)
+        .values(**values)
         .execution_options(synchronize_session=False)
-    )
+    ).rowcount
     session.refresh(block)
+    return changed == 1
+
+
+def claim_block(session: Session, block: Block) -> Block:
+    """Start an attempt on ``block`` (its scene claimed first): ``predicting``, ``attempts + 1``."""
+    _update_unless_predicted(
+        session,
+        block,
+        status=BlockStatus.predicting,
+        attempts=Block.attempts + 1,
+        started_at=utcnow(),
+        error=None,
+    )
     return block
 
 
@@ -565,23 +578,18 @@ def record_block(
     run_id: int | None,
 ) -> bool:
     """Mark ``block`` predicted with its outputs; False (a no-op) if it already was."""
-    changed = session.execute(
-        sa.update(Block)
-        .where(Block.id == block.id, Block.status != BlockStatus.predicted)
-        .values(
-            status=BlockStatus.predicted,
-            output_uri=output_uri,
-            started_at=started_at,
-            finished_at=finished_at,
-            seconds=seconds,
-            run_id=run_id,
-            error=None,
-            error_message=None,
-        )
-        .execution_options(synchronize_session=False)
-    ).rowcount
-    session.refresh(block)
-    return changed == 1
+    return _update_unless_predicted(
+        session,
+        block,
+        status=BlockStatus.predicted,
+        output_uri=output_uri,
+        started_at=started_at,
+        finished_at=finished_at,
+        seconds=seconds,
+        run_id=run_id,
+        error=None,
+        error_message=None,
+    )
 
 
 def blocks_of_run(session: Session, run_id: int) -> int:
@@ -591,13 +599,9 @@ def blocks_of_run(session: Session, run_id: int) -> int:
 
 def fail_block(session: Session, block: Block, reason: str, message: str | None = None) -> Block:
     """Record a failed attempt on ``block`` (a re-run redoes it while attempts remain)."""
-    session.execute(
-        sa.update(Block)
-        .where(Block.id == block.id, Block.status != BlockStatus.predicted)
-        .values(status=BlockStatus.failed, error=reason[:64], error_message=message)
-        .execution_options(synchronize_session=False)
+    _update_unless_predicted(
+        session, block, status=BlockStatus.failed, error=reason[:64], error_message=message
     )
-    session.refresh(block)
     return block
 
 
