@@ -50,8 +50,9 @@ CHIP = 256
 # Large eager fp32 gets fewer runs to keep the whole bench under 10 minutes on 2 cores.
 FULL_RUNS = {"tiny": (4, 6, 1, 3), "small": (5, 10, 3, 3), "base": (5, 10, 3, 3), "large": (3, 5, 1, 3)}
 QUICK_RUNS = {"tiny": (2, 3, 1, 2)}
-#: Chips per candidate path in the side-by-side table (after one warm-up chip).
-CANDIDATE_RUNS = 3
+#: Chips per candidate path in the side-by-side table (after one warm-up chip); 2 keeps the
+#: six large-preset paths at about 2 minutes of the bench's 10 on 2 cores.
+CANDIDATE_RUNS = 2
 #: Targets by CPU class (the issue's table): AVX2-only CPUs, and CPUs with AMX / AVX512-BF16 / VNNI.
 TARGETS_BY_CLASS: dict[str, dict[str, float]] = {
     "avx2": {
