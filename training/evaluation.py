@@ -33,7 +33,7 @@ from training.data.naip import open_naip
 from training.data.preview import colorize, stretch_rgb
 from training.features import CachedFeatures
 from training.models.head import ClaySegmenter
-from training.module import build_metrics, metrics_to_dict
+from training.module import build_metrics, confusion_counts, metrics_from_confusion, metrics_to_dict
 
 log = logging.getLogger(__name__)
 
@@ -213,14 +213,17 @@ def evaluate_served(
     batch_size = batch_size or defaults.batch_size
     num_classes = int(predictors[served].num_classes)
     names = CLASS_NAMES[:num_classes]
-    # Every input is checked once here (class ids in [0, num_classes)), so the metrics skip
-    # torchmetrics' per-update checks: they cost seconds per scene and metric.
-    metrics_by = {name: build_metrics(num_classes, ignore_index, validate_args=False) for name in predictors}
+
+    # One confusion matrix per predictor (a bincount per scene; the metrics come from it with
+    # torchmetrics' own reductions): torchmetrics' update passes cost seconds per scene and metric.
+    # Every input is checked once (class ids in [0, num_classes)), as the bincount needs.
+    def counts() -> np.ndarray:
+        return np.zeros((num_classes, num_classes), dtype=np.int64)
+
+    confusion = {name: counts() for name in predictors}
     majority = majority_class(train_class_fractions, ignore_index)
-    baseline_metrics = build_metrics(num_classes, ignore_index, validate_args=False)
-    pixel_metrics = (
-        build_metrics(num_classes, ignore_index, validate_args=False) if pixel_baseline is not None else None
-    )
+    baseline_confusion = counts()
+    pixel_confusion = counts() if pixel_baseline is not None else None
     agree = compared = 0
     class_counts = np.zeros(num_classes, dtype=np.int64)
     confidence_sum = entropy_sum = 0.0
@@ -245,16 +248,18 @@ def evaluate_served(
             )
         main = preds[served]
         valid = main.valid
-        target = torch.from_numpy(truth[valid].astype(np.int64))
+        target = truth[valid]
         for name, pred in preds.items():
-            metrics_by[name].update(torch.from_numpy(pred.classes[valid].astype(np.int64)), target)
-        baseline_metrics.update(torch.full_like(target, majority), target)
+            confusion[name] += confusion_counts(pred.classes[valid], target, num_classes, ignore_index)
+        baseline_confusion += confusion_counts(
+            np.full_like(target, majority), target, num_classes, ignore_index
+        )
         with open_naip(scene.image_uri) as src:
             image = src.read()
-        if pixel_metrics is not None:
-            pixel_pred = pixel_baseline.predict(image)
-            _check_class_ids(pixel_pred[valid], num_classes, f"pixel baseline of {scene.scene_id}")
-            pixel_metrics.update(torch.from_numpy(pixel_pred[valid].astype(np.int64)), target)
+        if pixel_confusion is not None:
+            pixel_pred = pixel_baseline.predict(image)[valid]
+            _check_class_ids(pixel_pred, num_classes, f"pixel baseline of {scene.scene_id}")
+            pixel_confusion += confusion_counts(pixel_pred, target, num_classes, ignore_index)
         if reference in preds and reference != served:
             agree += int((preds[reference].classes[valid] == main.classes[valid]).sum())
             compared += int(valid.sum())
@@ -264,7 +269,7 @@ def evaluate_served(
         low_count += main.low_confidence_count
         candidates += _scene_samples(image, truth, main.classes, scene.scene_id, chip_size, num_samples)
 
-    backends = {name: metrics_to_dict(m.compute(), names, ignore_index) for name, m in metrics_by.items()}
+    backends = {name: metrics_from_confusion(cm, names, ignore_index) for name, cm in confusion.items()}
     metrics = dict(backends[served])
     metrics["backend"] = served
     metrics["backends"] = {
@@ -279,11 +284,11 @@ def evaluate_served(
     )
     metrics["served_vs_reference_agreement"] = agree / compared if compared else None
     metrics["agreement_reference"] = reference if compared else None
-    baseline = metrics_to_dict(baseline_metrics.compute(), names, ignore_index)
+    baseline = metrics_from_confusion(baseline_confusion, names, ignore_index)
     baseline.pop("confusion_matrix")
     metrics["majority_baseline"] = {"class": CLASS_NAMES[majority], **baseline}
-    if pixel_metrics is not None:
-        pixel = metrics_to_dict(pixel_metrics.compute(), names, ignore_index)
+    if pixel_confusion is not None:
+        pixel = metrics_from_confusion(pixel_confusion, names, ignore_index)
         pixel.pop("confusion_matrix")
         metrics["pixel_baseline"] = {"model": "logistic regression on 4 bands + NDVI", **pixel}
         metrics["lead_over_pixel_baseline"] = metrics["miou"] - pixel["miou"]

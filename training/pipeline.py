@@ -610,6 +610,12 @@ def _served_lines(metrics: dict[str, Any]) -> list[str]:
             f"impervious {iou.get('Impervious (other)') or 0:.3f}, road {iou.get('Impervious (road)') or 0:.3f}); "
             f"lead {metrics['lead_over_pixel_baseline']:+.4f}"
         )
+    if "throughput" in metrics and metrics["throughput"]["seconds_per_chip"] is not None:
+        tp = metrics["throughput"]
+        lines.append(
+            f"  served throughput     {tp['seconds_per_chip']:.3f} s per {tp['chip_size']} px chip "
+            f"({tp['chips']} chips, {tp['threads']} threads, {tp['cpu']})"
+        )
     if "foreign_family" in metrics:
         lines.append(
             f"  foreign scene family  pixel accuracy {metrics['foreign_family']['pixel_accuracy']:.4f} "

@@ -111,3 +111,25 @@ def _image(uri: str) -> np.ndarray:
 
     with open_naip(uri) as src:
         return src.read()
+
+
+@pytest.mark.parametrize("case", ["mixed", "absent_class", "never_no_data"])
+def test_metrics_from_confusion_equal_torchmetrics(case: str) -> None:
+    from training.module import confusion_counts, metrics_from_confusion
+
+    rng = np.random.default_rng(len(case))
+    target = rng.integers(0, 7, 20_000)
+    pred = np.where(rng.random(target.size) < 0.7, target, rng.integers(0, 7, target.size))
+    if case == "absent_class":
+        pred[pred == 3], target[target == 3] = 2, 2
+    if case == "never_no_data":
+        pred[pred == 6] = 0
+    checked = build_metrics(7, 6)
+    checked.update(torch.from_numpy(pred), torch.from_numpy(target))
+    expected = metrics_to_dict(checked.compute(), CLASS_NAMES[:7], 6)
+    got = metrics_from_confusion(confusion_counts(pred, target, 7, 6), CLASS_NAMES[:7], 6)
+    assert got["confusion_matrix"] == expected["confusion_matrix"]
+    for key in ("miou", "weighted_iou", "f1"):
+        assert got[key] == pytest.approx(expected[key], abs=1e-6)
+    for name, value in expected["per_class_iou"].items():
+        assert got["per_class_iou"][name] == (None if value is None else pytest.approx(value, abs=1e-6))
