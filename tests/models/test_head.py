@@ -206,7 +206,7 @@ def test_head_spec_from_the_model_config() -> None:
             "context_out": 16,
             "fuse_channels": 32,
             "feature_layers": [-1],
-            "levels": [32, 48],
+            "levels": [],
         },
     }
     assert head_spec(compose(["model.head=seed"]).model) == {"head": "seed", "head_options": None}
