@@ -23,6 +23,7 @@ from inference.runtime_cpu import detect_cpu
 from inference.settings import ChainDefaults
 
 __all__ = [
+    "WHOLE_SCENE",
     "BlockSizing",
     "LambdaEstimate",
     "Throughput",
@@ -66,6 +67,11 @@ class Throughput:
         return self.seconds_per_chip * slowdown * (chip_size / self.chip_size) ** 2
 
 
+#: ``block_chips`` of a plan that keeps every scene in one block (what a model without a measured
+#: throughput gets: the chain as it was before blocks). Fits the ledger's 32-bit integer.
+WHOLE_SCENE = 2**31 - 1
+
+
 @dataclass(frozen=True)
 class BlockSizing:
     """The block side chosen for a run, and why."""
@@ -87,9 +93,12 @@ def block_sizing(
     The largest side ``n`` whose ``(n + 1)²`` chips (the core plus its one-chip halo row and
     column) take at most ``block_time_share`` of the infer timeout on a Lambda of ``memory_mb``.
 
+    With neither a configured size nor a measured throughput (a model registered before
+    throughputs were recorded), every scene stays one block (:data:`WHOLE_SCENE`), as before
+    blocks existed; the reason says so and how to get real blocks.
+
     Raises:
-        ValueError: no block size is configured and the model has no measured throughput (or
-            no Lambda memory is known), or even a one-chip block would not fit the timeout.
+        ValueError: even a 2 x 2-chip block would not fit the timeout at the measured speed.
     """
     budget = settings.infer_timeout_s * settings.block_time_share
     if settings.block_chips is not None:
@@ -101,10 +110,11 @@ def block_sizing(
         per_block = None if per_chip is None else per_chip * (settings.block_chips + 1) ** 2
         return BlockSizing(settings.block_chips, "configured (block_chips)", per_chip, per_block)
     if throughput is None or not memory_mb:
-        raise ValueError(
-            "cannot size blocks: the champion has no measured throughput (metrics.json 'throughput', "
-            "written by the training pipeline's served-path evaluation) or no Lambda memory is set; "
-            "set inference.block_chips (BLOCK_CHIPS) or register the model with its throughput"
+        return BlockSizing(
+            WHOLE_SCENE,
+            "one block per scene: the champion has no measured throughput (metrics.json 'throughput', "
+            "written by the training pipeline's served-path evaluation) or no infer memory is set; set "
+            "inference.block_chips (BLOCK_CHIPS) or register the model again to predict in blocks",
         )
     per_chip = throughput.lambda_seconds_per_chip(settings, memory_mb, settings.chip_size)
     side = math.isqrt(int(budget / per_chip)) - 1

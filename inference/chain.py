@@ -46,7 +46,7 @@ from pydantic import BaseModel
 from sqlalchemy.orm import Session
 
 from inference import block_outputs, retry
-from inference.blocks import BlockSizing, Throughput, block_sizing
+from inference.blocks import WHOLE_SCENE, BlockSizing, Throughput, block_sizing
 from inference.ledger import db, repository
 from inference.ledger.models import BlockStatus, Scene, SceneStatus, utcnow
 from inference.settings import ChainSettings, onnx_available
@@ -381,7 +381,10 @@ def process(settings: ChainSettings, execution_id: str) -> dict[str, Any]:
         discovered, quarantined, aliases = discovered + new, quarantined + bad, aliases + alias
 
     sizing = _block_sizing(settings, pointer)
-    log.info("blocks of %d x %d chips: %s", sizing.block_chips, sizing.block_chips, sizing.reason)
+    if sizing.block_chips == WHOLE_SCENE:
+        log.warning("%s", sizing.reason)
+    else:
+        log.info("blocks of %d x %d chips: %s", sizing.block_chips, sizing.block_chips, sizing.reason)
 
     def manifest(s: Session) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         todo = repository.scenes_to_predict(s, version, max_attempts=settings.max_attempts)

@@ -10,7 +10,7 @@ import pytest
 from helpers_core import LocalPredictor, tiny_predictor
 
 from inference import block_outputs
-from inference.blocks import Throughput, block_sizing, measure_throughput
+from inference.blocks import WHOLE_SCENE, Throughput, block_sizing, measure_throughput
 from inference.predict import plan_blocks, plan_tiling, predict_block, predict_scene
 from inference.settings import DEFAULTS, ChainDefaults
 from training.data.synthetic import make_scene, write_naip_tif
@@ -140,8 +140,10 @@ def test_block_size_follows_the_measured_throughput() -> None:
     # More memory, more vCPU: bigger blocks; a configured size wins.
     assert block_sizing(settings, slow, 3538).block_chips > b.block_chips
     assert block_sizing(settings.model_copy(update={"block_chips": 3}), slow, 1024).block_chips == 3
-    with pytest.raises(ValueError, match="no measured throughput"):
-        block_sizing(settings, None, 1024)
+    # A model registered before throughputs were recorded keeps each scene in one block.
+    legacy = block_sizing(settings, None, 1024)
+    assert legacy.block_chips == WHOLE_SCENE and "no measured throughput" in legacy.reason
+    assert len(plan_blocks(plan_tiling(7000, 6000), legacy.block_chips)) == 1
     with pytest.raises(ValueError, match="more memory"):
         block_sizing(settings, Throughput(seconds_per_chip=400.0, threads=2, chip_size=256), 1024)
 
