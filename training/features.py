@@ -74,11 +74,14 @@ def cache_fingerprint(
     scenes: Sequence[SceneRecord],
     recipes: dict[str, ChipRecipe],
     feature_layers: Sequence[int] = (-1,),
+    precision: str | None = None,
 ) -> str:
-    """Identity of a cache: the encoder, the encoder layers the head reads, the scenes and
-    each split's chip recipe (and the shard layout)."""
+    """Identity of a cache: the encoder, the encoder layers the head reads, the scenes, each
+    split's chip recipe, the configured precision the encoder runs in (a bf16 cache is not an
+    fp32 one) and the shard layout."""
     payload = {
         "format": CACHE_FORMAT,
+        "precision": precision,
         "feature_layers": [int(i) for i in feature_layers],
         "encoder": encoder_fingerprint(encoder),
         "scenes": sorted(s.image_uri for s in scenes),

@@ -263,6 +263,7 @@ def _feature_cache(run: Run) -> tuple:
             [s for split in scenes.values() for s in split],
             recipes,
             feature_layers=model.head.feature_layers,
+            precision=cfg.training.precision,
         ),
     )
     save_encoder(model.encoder, storage.join(root, artifacts.ENCODER_WEIGHTS_NAME))

@@ -48,6 +48,10 @@ def test_cache_is_written_once_and_reused(tmp_path) -> None:
     assert cache_fingerprint(model.encoder, scenes, {"train": recipe}) != cache_fingerprint(
         model.encoder, scenes, {"train": ChipRecipe(size=64, random_count=7, seed=1)}
     )
+    # ... and so does the precision the encoder runs in.
+    assert cache_fingerprint(
+        model.encoder, scenes, {"train": recipe}, precision="32-true"
+    ) != cache_fingerprint(model.encoder, scenes, {"train": recipe}, precision="bf16-mixed")
 
 
 def test_cached_training_loss_matches_end_to_end(tmp_path) -> None:
