@@ -479,7 +479,6 @@ def _planned_blocks(settings: ChainSettings, scene: Scene, block_chips: int) -> 
             "col_off": b.window[1],
             "height": b.window[2],
             "width": b.window[3],
-            "chips": b.chips(plan),
         }
         for b in plan_blocks(plan, block_chips)
     ]

@@ -274,7 +274,6 @@ class Block(Base):
     col_off: Mapped[int]
     height: Mapped[int]
     width: Mapped[int]
-    chips: Mapped[int]  # chips it runs, halo included (its cost)
     status: Mapped[BlockStatus] = mapped_column(default=BlockStatus.pending)
     attempts: Mapped[int] = mapped_column(default=0)
     error: Mapped[str | None] = mapped_column(sa.String(64))

@@ -497,7 +497,7 @@ def plan_blocks(
 ) -> list[Block]:
     """The blocks of ``scene``'s prediction by ``model_version``, inserting the planned ones once.
 
-    ``blocks``: ``{"block_index", "row_off", "col_off", "height", "width", "chips"}`` per block
+    ``blocks``: ``{"block_index", "row_off", "col_off", "height", "width"}`` per block
     (from :func:`inference.predict.plan_blocks`). A scene planned before keeps its blocks (and
     with them what is done) even if the block size has changed since: ``block_chips`` of the
     returned rows says which plan they follow.

@@ -470,8 +470,7 @@ def test_runs_past_their_deadline_are_abandoned_with_what_they_did(session: Sess
 
 def _rows(n: int) -> list[dict]:
     return [
-        {"block_index": i, "row_off": 0, "col_off": 100 * i, "height": 100, "width": 100, "chips": 4}
-        for i in range(n)
+        {"block_index": i, "row_off": 0, "col_off": 100 * i, "height": 100, "width": 100} for i in range(n)
     ]
 
 

@@ -5,7 +5,7 @@ and a Lambda call stops at 900 s. ``process`` now plans blocks per (scene, model
 Map fans out over them; the scene is assembled from its blocks.
 
 - ``blocks``: scene, model version, index (unique together), the plan's block size, the core
-  window, chips run, status (VARCHAR + CHECK), attempts, error, output URI, timings, run.
+  window, status (VARCHAR + CHECK), attempts, error, output URI, timings, run.
 
 Revision ID: c41d9e6f2b83
 Revises: 8b5e2d7c4a91
@@ -43,7 +43,6 @@ def upgrade() -> None:
         sa.Column("col_off", sa.Integer(), nullable=False),
         sa.Column("height", sa.Integer(), nullable=False),
         sa.Column("width", sa.Integer(), nullable=False),
-        sa.Column("chips", sa.Integer(), nullable=False),
         sa.Column(
             "status",
             sa.Enum(
