@@ -125,7 +125,7 @@ def transaction(settings: ChainSettings, what: str, work: Callable[[Session], T]
     return retry.call(attempt, what)
 
 
-def _deadline(settings: ChainSettings) -> datetime:
+def deadline(settings: ChainSettings) -> datetime:
     """The deadline a run gets each time it makes progress."""
     return utcnow() + timedelta(seconds=settings.run_stale_after_s)
 
@@ -197,13 +197,38 @@ def model_artifact(settings: ChainSettings, pointer: dict[str, Any]) -> tuple[st
 def load_champion(settings: ChainSettings) -> _Loaded:
     """The champion's predictor: re-reads the pointer, reuses the loaded model while it is unchanged.
 
+    See :func:`load_version` for the cache.
+    """
+    return _load(settings, champion(settings))
+
+
+def load_version(settings: ChainSettings, version: str) -> _Loaded:
+    """The predictor of registered ``version`` (the shadow challenger), loaded like the champion.
+
+    One model is held at a time: the shadow pass runs after the champion's blocks, so a warm
+    container swaps once per execution instead of holding two models in its memory.
+    """
+    loaded = _loaded
+    if loaded is not None and loaded.version == version:  # versions are immutable
+        return loaded
+    manifest = retry.call(
+        lambda: registry.get_version(settings.registry_uri, settings.model_name, version),
+        f"read version {version}",
+    )
+    return _load(
+        settings, {"version": version, "version_uri": manifest["uri"], "export_uri": manifest["export_uri"]}
+    )
+
+
+def _load(settings: ChainSettings, pointer: dict[str, Any]) -> _Loaded:
+    """Load the model ``pointer`` names (``version``, ``version_uri``, ``export_uri``), or reuse it.
+
     Remote artifacts are copied once into ``MODEL_CACHE_DIR/<model>/<version>/`` (``/tmp`` on
     Lambda), so a warm container that sees a new champion downloads only the new model. The
     CPU-specific optimised graph / compiled model is cached under ``MODEL_CACHE_DIR/compiled``.
     The chosen path, its reason and the CPU flags are logged and kept as ``metadata["runtime"]``.
     """
     global _loaded
-    pointer = champion(settings)
     version = str(pointer["version"])
     with _model_lock:
         if _loaded is not None and _loaded.version == version:
@@ -224,9 +249,7 @@ def load_champion(settings: ChainSettings) -> _Loaded:
         cache = Path(settings.model_cache_dir) / "compiled"
         predictor = load_chosen(choice, str(local), cache_dir=str(cache))
         _loaded = _Loaded(version, predictor, {**predictor.metadata, "runtime": predictor.runtime})
-        log.info(
-            "loaded champion %s %s (%s: %s)", settings.model_name, version, choice.path.name, choice.reason
-        )
+        log.info("loaded %s %s (%s: %s)", settings.model_name, version, choice.path.name, choice.reason)
         return _loaded
 
 
@@ -368,9 +391,16 @@ def process(settings: ChainSettings, execution_id: str) -> dict[str, Any]:
     def open_run(s: Session) -> None:
         for stale in repository.abandon_stale_runs(s):
             log.warning("closed run %s as abandoned: %s", stale.execution_id, stale.error)
-        repository.start_run(s, execution_id, model_version=version, deadline_at=_deadline(settings))
+        repository.start_run(s, execution_id, model_version=version, deadline_at=deadline(settings))
 
     transaction(settings, f"open run {execution_id}", open_run)
+
+    challenger = retry.call(
+        lambda: registry.challenger(settings.registry_uri, settings.model_name), "read the challenger pointer"
+    )
+    challenger_version = (
+        None if challenger is None or challenger["version"] == version else str(challenger["version"])
+    )
 
     discovered = quarantined = aliases = 0
     listed = retry.call(lambda: list_objects(settings.input_uri), f"list {settings.input_uri}")
@@ -412,7 +442,7 @@ def process(settings: ChainSettings, execution_id: str) -> dict[str, Any]:
                 for b in left
             ]
         repository.update_run(s, execution_id, scenes_discovered=discovered, scenes_quarantined=quarantined)
-        repository.touch_run(s, execution_id, _deadline(settings))
+        repository.touch_run(s, execution_id, deadline(settings))
         return blocks, scenes
 
     blocks, scenes = transaction(settings, f"list the blocks to predict for {execution_id}", manifest)
@@ -424,13 +454,14 @@ def process(settings: ChainSettings, execution_id: str) -> dict[str, Any]:
     )
     retry.call(lambda: storage.write_text(uri, json.dumps(blocks)), f"write the manifest {uri}")
     log.info(
-        "process %s: %d new, %d quarantined, %d aliases, %d scenes to predict in %d blocks",
+        "process %s: %d new, %d quarantined, %d aliases, %d scenes to predict in %d blocks%s",
         execution_id,
         discovered,
         quarantined,
         aliases,
         len(scenes),
         len(blocks),
+        f"; challenger {challenger_version} predicts them in shadow" if challenger_version and scenes else "",
     )
     return {
         "execution_id": execution_id,
@@ -439,6 +470,8 @@ def process(settings: ChainSettings, execution_id: str) -> dict[str, Any]:
         "scenes_uri": scenes_uri,
         "scenes_key": object_key(scenes_uri),
         "model_version": version,
+        # The shadow pass (inference.shadow) runs when a challenger is named and there is work.
+        "challenger_version": challenger_version if scenes else None,
         "scenes": len(scenes),
         "blocks": len(blocks),
         "block_chips": sizing.block_chips,
@@ -489,7 +522,7 @@ def _planned_blocks(settings: ChainSettings, scene: Scene, block_chips: int) -> 
 # ---------------------------------------------------------------------------------------------
 
 
-def _local_copy(settings: ChainSettings, item: SceneItem) -> tuple[str, bool]:
+def local_copy(settings: ChainSettings, item: SceneItem) -> tuple[str, bool]:
     """A local path of the scene's bytes, checked against its sha256; (path, is_temporary)."""
     local = storage.local_path(item.uri)
     if local is not None:
@@ -552,7 +585,7 @@ def _write_outputs(
     return uris
 
 
-def _get_scene(s: Session, scene_id: int) -> Scene:
+def get_scene(s: Session, scene_id: int) -> Scene:
     scene = s.get(Scene, scene_id)
     if scene is None:
         raise ChainError(f"scene {scene_id} is not in the ledger; the manifest does not match it")
@@ -575,7 +608,7 @@ def infer(settings: ChainSettings, execution_id: str, item: dict[str, Any] | Blo
     result = {"scene_id": item.scene_id, "block": item.block, "model_version": version}
 
     def claim(s: Session) -> tuple[str, Any]:
-        scene = _get_scene(s, item.scene_id)
+        scene = get_scene(s, item.scene_id)
         if repository.prediction_by(s, scene, version) is not None:
             return "skipped", None
         if scene.status == SceneStatus.quarantined:
@@ -590,7 +623,7 @@ def infer(settings: ChainSettings, execution_id: str, item: dict[str, Any] | Blo
         except repository.LeaseHeld as exc:
             return "leased", exc.owner
         repository.claim_block(s, block)
-        repository.touch_run(s, execution_id, _deadline(settings))
+        repository.touch_run(s, execution_id, deadline(settings))
         return "claimed", repository.get_run(s, execution_id).id
 
     what = f"block {item.block} of scene {item.scene_id}"
@@ -606,7 +639,7 @@ def infer(settings: ChainSettings, execution_id: str, item: dict[str, Any] | Blo
     temporary = False
     path = item.uri
     try:
-        path, temporary = retry.call(lambda: _local_copy(settings, item), f"read scene {item.scene_id}")
+        path, temporary = retry.call(lambda: local_copy(settings, item), f"read scene {item.scene_id}")
         pred = predict_block(
             model.predictor,
             path,
@@ -627,7 +660,7 @@ def infer(settings: ChainSettings, execution_id: str, item: dict[str, Any] | Blo
         transaction(
             settings,
             f"quarantine scene {item.scene_id}",
-            lambda s, bad=exc: repository.quarantine(s, _get_scene(s, item.scene_id), bad.reason, bad.detail),
+            lambda s, bad=exc: repository.quarantine(s, get_scene(s, item.scene_id), bad.reason, bad.detail),
         )
         return {**result, "status": "quarantined"}
     except Exception as exc:
@@ -655,7 +688,7 @@ def infer(settings: ChainSettings, execution_id: str, item: dict[str, Any] | Blo
             seconds=pred.seconds,
             run_id=run_id,
         )
-        repository.touch_run(s, execution_id, _deadline(settings))
+        repository.touch_run(s, execution_id, deadline(settings))
         return won
 
     won = transaction(settings, f"record {what}", record)
@@ -689,7 +722,7 @@ def assemble(settings: ChainSettings, execution_id: str, item: dict[str, Any] | 
     result = {"scene_id": item.scene_id, "model_version": version, "class_uri": None}
 
     def claim(s: Session) -> tuple[str, Any]:
-        scene = _get_scene(s, item.scene_id)
+        scene = get_scene(s, item.scene_id)
         done = repository.prediction_by(s, scene, version)
         if done is not None:
             return "skipped", done.class_uri
@@ -705,7 +738,7 @@ def assemble(settings: ChainSettings, execution_id: str, item: dict[str, Any] | 
             detail = f"{len(missing)} of {len(blocks)} block(s) not predicted: {missing[:20]}"
             repository.fail_attempt(s, scene, execution_id, "blocks_incomplete", detail)
             return "incomplete", detail
-        repository.touch_run(s, execution_id, _deadline(settings))
+        repository.touch_run(s, execution_id, deadline(settings))
         parts = [(b.window, b.output_uri, b.seconds or 0.0, b.started_at) for b in blocks]
         return "ready", (repository.get_run(s, execution_id).id, parts)
 
@@ -725,7 +758,7 @@ def assemble(settings: ChainSettings, execution_id: str, item: dict[str, Any] | 
     temporary = False
     path = item.uri
     try:
-        path, temporary = retry.call(lambda: _local_copy(settings, item), f"read scene {item.scene_id}")
+        path, temporary = retry.call(lambda: local_copy(settings, item), f"read scene {item.scene_id}")
         pred = block_outputs.assemble(
             path,
             [
@@ -747,7 +780,7 @@ def assemble(settings: ChainSettings, execution_id: str, item: dict[str, Any] | 
         transaction(
             settings,
             f"record the failed assembly of scene {item.scene_id}",
-            lambda s: repository.fail_attempt(s, _get_scene(s, item.scene_id), execution_id, reason, message),
+            lambda s: repository.fail_attempt(s, get_scene(s, item.scene_id), execution_id, reason, message),
         )
         raise
     finally:
@@ -756,7 +789,7 @@ def assemble(settings: ChainSettings, execution_id: str, item: dict[str, Any] | 
     started = min((t for *_, t in parts if t is not None), default=utcnow())
 
     def record(s: Session) -> bool:
-        scene = _get_scene(s, item.scene_id)
+        scene = get_scene(s, item.scene_id)
         prediction = repository.record_prediction(
             s,
             scene,
@@ -773,7 +806,7 @@ def assemble(settings: ChainSettings, execution_id: str, item: dict[str, Any] | 
         won = prediction.run_id == run_id
         if won:  # a prediction and its metrics belong to the one run that recorded it first
             repository.record_metrics(s, run_id, scene.id, version, rows)
-        repository.touch_run(s, execution_id, _deadline(settings))
+        repository.touch_run(s, execution_id, deadline(settings))
         return won
 
     won = transaction(settings, f"record the prediction of scene {item.scene_id}", record)
@@ -821,7 +854,7 @@ def observe(settings: ChainSettings, execution_id: str) -> dict[str, Any]:
         mine = repository.predictions_of_run(s, run.id, version)
         failed, now = 0, utcnow()
         for item in items:
-            scene = _get_scene(s, item.scene_id)
+            scene = get_scene(s, item.scene_id)
             if scene.status == SceneStatus.quarantined or repository.prediction_by(s, scene, version):
                 continue
             live_elsewhere = (
@@ -854,17 +887,22 @@ def observe(settings: ChainSettings, execution_id: str) -> dict[str, Any]:
         threshold=settings.drift_threshold,
     )
 
-    def close(s: Session) -> None:
-        repository.record_metrics(s, run_id, None, version, rows)
-        repository.finish_run(s, execution_id, scenes_predicted=len(predicted), scenes_failed=failed)
+    def close(s: Session) -> dict[str, Any]:
+        from inference import shadow
 
-    transaction(settings, f"close run {execution_id}", close)
+        shadow_rows, shadow_summary = shadow.run_rows(settings, s, run_id)
+        repository.record_metrics(s, run_id, None, version, rows + shadow_rows)
+        repository.finish_run(s, execution_id, scenes_predicted=len(predicted), scenes_failed=failed)
+        return shadow_summary
+
+    shadow_summary = transaction(settings, f"close run {execution_id}", close)
     return {
         "execution_id": execution_id,
         "scenes": len(predicted),
         "failed": failed,
         "drift": bool(drift),
         "model_version": version,
+        **({"shadow": shadow_summary} if shadow_summary else {}),
     }
 
 

@@ -34,6 +34,7 @@ VERSION_MANIFEST_NAME = "version.json"
 VERSION_CLAIM_NAME = "_claim.json"
 # -- names beside the versions --------------------------------------------------------------
 CHAMPION_NAME = "champion.json"
+CHALLENGER_NAME = "challenger.json"  # the model predicting in shadow beside the champion
 HISTORY_DIR = "history"
 
 # -- names inside a training run folder -----------------------------------------------------
@@ -60,6 +61,8 @@ MANIFESTS_DIR = "manifests"
 #: after assembly; the bucket's lifecycle rule expires what a crash leaves behind).
 BLOCKS_DIR = "_blocks"
 BLOCK_OUTPUT_SUFFIX = ".npz"
+#: The challenger's outputs (never served) under the output prefix, and its blocks under BLOCKS_DIR.
+SHADOW_DIR = "_shadow"
 #: Suffix of an execution's scene list, beside its block manifest.
 SCENES_MANIFEST_SUFFIX = ".scenes.json"
 
@@ -105,6 +108,11 @@ def version_uri(root_uri: str, model_name: str, version: str) -> str:
 def champion_uri(root_uri: str, model_name: str) -> str:
     """The champion pointer of ``model_name``."""
     return storage.join(model_uri(root_uri, model_name), CHAMPION_NAME)
+
+
+def challenger_uri(root_uri: str, model_name: str) -> str:
+    """The challenger pointer of ``model_name`` (the model predicting in shadow)."""
+    return storage.join(model_uri(root_uri, model_name), CHALLENGER_NAME)
 
 
 def history_uri(root_uri: str, model_name: str) -> str:
@@ -173,13 +181,23 @@ def scenes_manifest_uri(manifest_prefix: str, execution_id: str) -> str:
     return storage.join(manifest_prefix, safe_name(execution_id) + SCENES_MANIFEST_SUFFIX)
 
 
-def blocks_prefix(output_uri: str, sha256: str, model_version: str) -> str:
-    """The folder of one scene's block outputs (by one model version)."""
-    return storage.join(output_uri, BLOCKS_DIR, sha256, safe_name(model_version))
+def blocks_prefix(output_uri: str, sha256: str, model_version: str, shadow: bool = False) -> str:
+    """The folder of one scene's block outputs by one model version (``shadow``: as challenger)."""
+    base = (
+        storage.join(output_uri, BLOCKS_DIR, SHADOW_DIR) if shadow else storage.join(output_uri, BLOCKS_DIR)
+    )
+    return storage.join(base, sha256, safe_name(model_version))
 
 
-def block_output_uri(output_uri: str, sha256: str, model_version: str, block_index: int) -> str:
+def block_output_uri(
+    output_uri: str, sha256: str, model_version: str, block_index: int, shadow: bool = False
+) -> str:
     """The outputs of one block (classes, confidence and the block's sums, in one file)."""
     return storage.join(
-        blocks_prefix(output_uri, sha256, model_version), f"{block_index:05d}{BLOCK_OUTPUT_SUFFIX}"
+        blocks_prefix(output_uri, sha256, model_version, shadow), f"{block_index:05d}{BLOCK_OUTPUT_SUFFIX}"
     )
+
+
+def shadow_outputs(output_uri: str, sha256: str, challenger_version: str) -> SceneOutputs:
+    """The output folder of scene ``sha256`` predicted in shadow by ``challenger_version``."""
+    return SceneOutputs(storage.join(output_uri, SHADOW_DIR, sha256, safe_name(challenger_version)))

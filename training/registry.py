@@ -17,6 +17,8 @@ Layout under a registry root::
             version.json         the manifest, written LAST with If-None-Match: a version is
                                  registered exactly when this object exists
         champion.json            {version, miou, promoted_at, previous, export_uri, ...}
+        challenger.json          {version, miou, named_at, reason, export_uri, ...}: predicts in
+                                 shadow beside the champion on live imagery, never served
         history/<decided_at>-<version>.json   one immutable record per promotion decision
 
 Version ids are ``YYYYMMDDTHHMMSSffffffZ-<6 hex>``: a UTC timestamp with microseconds, so
@@ -102,12 +104,15 @@ class PromotionDecision:
     changed: bool = False
     decided_at: str = ""
     attempts: int = 1
+    #: True when the held-out gate passed but the shadow criteria are not met (yet).
+    awaiting_shadow: bool = False
+    shadow: dict[str, Any] | None = None  # the shadow evidence the decision saw, if required
 
     @property
     def outcome(self) -> str:
-        """``promoted``, ``challenger`` or ``already-champion``."""
+        """``promoted``, ``already-champion``, ``awaiting-shadow`` or ``challenger``."""
         if not self.promoted:
-            return "challenger"
+            return "awaiting-shadow" if self.awaiting_shadow else "challenger"
         return "promoted" if self.changed else "already-champion"
 
     def to_dict(self) -> dict[str, Any]:
@@ -118,6 +123,50 @@ class PromotionDecision:
             None if self.champion_miou is None else round(self.candidate_miou - self.champion_miou, 10)
         )
         return out
+
+
+@dataclass(frozen=True)
+class ShadowCriteria:
+    """What a candidate must show in shadow on live imagery, on top of the held-out gate.
+
+    ``evidence`` is :func:`inference.ledger.repository.shadow_evidence` of the candidate beside
+    the current champion: scenes compared, pixel-weighted agreement and per-class area shift.
+    ``min_scenes`` 0 means no shadow requirement (the held-out gate alone decides).
+    """
+
+    min_scenes: int = 0
+    min_agreement: float = 0.0
+    max_area_shift: float = 1.0
+
+    def __post_init__(self) -> None:
+        if (
+            self.min_scenes < 0
+            or not 0.0 <= self.min_agreement <= 1.0
+            or not 0.0 <= self.max_area_shift <= 1.0
+        ):
+            raise ValueError(f"shadow criteria need min_scenes >= 0 and shares in [0, 1], got {self}")
+
+    @property
+    def required(self) -> bool:
+        return self.min_scenes > 0
+
+    def unmet(self, evidence: Mapping[str, Any] | None, champion_version: str) -> str | None:
+        """Why ``evidence`` does not meet the criteria beside ``champion_version``; None when it does."""
+        if evidence is None:
+            return f"no shadow evidence yet (needs {self.min_scenes} scenes)"
+        if evidence.get("champion_version") != champion_version:
+            return f"the shadow evidence is beside {evidence.get('champion_version')}, not champion {champion_version}"
+        scenes = int(evidence.get("scenes") or 0)
+        if scenes < self.min_scenes:
+            return f"{scenes} of {self.min_scenes} scenes compared in shadow"
+        agreement = evidence.get("agreement")
+        if agreement is None or float(agreement) < self.min_agreement:
+            return f"shadow agreement {agreement} is below {self.min_agreement}"
+        shifts = {k: abs(float(v)) for k, v in (evidence.get("area_shift") or {}).items()}
+        worst = max(shifts, key=shifts.__getitem__, default=None)
+        if worst is not None and shifts[worst] > self.max_area_shift:
+            return f"class {worst!r} area shifts by {shifts[worst]:.4f}, beyond {self.max_area_shift}"
+        return None
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -406,11 +455,16 @@ def promote_if_better(
     version: str,
     margin: float = 0.0,
     *,
+    shadow: ShadowCriteria | None = None,
+    evidence: Mapping[str, Any] | None = None,
     max_attempts: int = 32,
 ) -> PromotionDecision:
     """Make ``version`` the champion if its held-out mIoU beats the champion's by more than ``margin``.
 
-    No champion yet means promoted. Otherwise the candidate is recorded as a challenger.
+    No champion yet means promoted. Otherwise the candidate is recorded as a challenger. With
+    ``shadow`` criteria that are required, a candidate that passes the held-out gate is promoted
+    only when ``evidence`` (its shadow comparison beside the current champion) meets them;
+    otherwise the decision is ``awaiting-shadow``.
     Promoting the current champion again is an idempotent no-op (``promoted=True,
     changed=False``). Every call appends one history record.
 
@@ -456,6 +510,24 @@ def promote_if_better(
                 **base,
             )
             break
+        unmet = (
+            shadow.unmet(evidence, str(pointer["version"]))
+            if pointer is not None and shadow is not None and shadow.required
+            else None
+        )
+        if unmet is not None:
+            decision = PromotionDecision(
+                promoted=False,
+                awaiting_shadow=True,
+                shadow=None if evidence is None else dict(evidence),
+                reason=(
+                    f"mIoU {candidate:.4f} beats champion {pointer['version']} "
+                    f"({float(pointer['miou']):.4f}) by more than the margin {margin:.4f}, "
+                    f"but the shadow criteria are not met: {unmet}"
+                ),
+                **base,
+            )
+            break
         new_pointer = {
             "model_name": model_name,
             "version": version,
@@ -480,7 +552,15 @@ def promote_if_better(
                 f"({float(pointer['miou']):.4f}) by more than the margin {margin:.4f}"
             )
         )
-        decision = PromotionDecision(promoted=True, changed=True, reason=reason, **base)
+        if shadow is not None and shadow.required and evidence is not None:
+            reason += f", and its shadow evidence meets the criteria ({evidence.get('scenes')} scenes)"
+        decision = PromotionDecision(
+            promoted=True,
+            changed=True,
+            reason=reason,
+            shadow=None if evidence is None else dict(evidence),
+            **base,
+        )
         break
     if decision is None:
         raise PromotionConflictError(
@@ -489,6 +569,58 @@ def promote_if_better(
         )
     _write_history(root, model_name, decision, _now())
     return decision
+
+
+# ----------------------------------------------------------------------------- challenger
+
+
+def challenger_uri(root: str, model_name: str) -> str:
+    """URI of the challenger pointer object."""
+    return artifacts.challenger_uri(root, _check_name(model_name, "model name"))
+
+
+def challenger(root: str, model_name: str) -> dict[str, Any] | None:
+    """The challenger pointer, or None when no model predicts in shadow."""
+    try:
+        return _read_json(challenger_uri(root, model_name))
+    except FileNotFoundError:
+        return None
+
+
+def name_challenger(root: str, model_name: str, version: str, reason: str) -> dict[str, Any]:
+    """Name registered ``version`` the challenger: the inference chain predicts with it in shadow.
+
+    Raises:
+        VersionNotFoundError: ``version`` is not registered.
+        RegistryError: ``version`` is the champion (it would shadow itself).
+    """
+    info = get_version(root, model_name, version)
+    current = champion(root, model_name)
+    if current is not None and current["version"] == version:
+        raise RegistryError(
+            f"{version} is the champion of {model_name}; a challenger must be another version"
+        )
+    pointer = {
+        "model_name": model_name,
+        "version": version,
+        "miou": _validate_miou(info["metrics"]),
+        "named_at": _iso(_now()),
+        "reason": reason,
+        "export_uri": info["export_uri"],
+        "version_uri": info["uri"],
+    }
+    storage.write_bytes(challenger_uri(root, model_name), _dumps(pointer))
+    return pointer
+
+
+def clear_challenger(root: str, model_name: str, version: str | None = None) -> bool:
+    """Remove the challenger pointer (only if it names ``version``, when given); True if removed."""
+    uri = challenger_uri(root, model_name)
+    current = challenger(root, model_name)
+    if current is None or (version is not None and current["version"] != version):
+        return False
+    storage.delete(uri)
+    return True
 
 
 # ----------------------------------------------------------------------------- MLflow

@@ -16,7 +16,7 @@ import logging
 import os
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, model_validator
 
 from inference import retry
 from inference.settings import ChainSettings
@@ -63,9 +63,17 @@ class ExecutionEvent(BaseModel):
 
 class InferEvent(ExecutionEvent):
     """One Map item: the execution id plus a manifest item (a block of a scene for infer, a
-    scene for assemble)."""
+    scene for assemble). The shadow Maps add ``shadow: true`` and the challenger's version."""
 
     item: dict[str, Any]
+    shadow: bool = False
+    challenger_version: str | None = None
+
+    @model_validator(mode="after")
+    def _challenger_named(self) -> InferEvent:
+        if self.shadow and not self.challenger_version:
+            raise ValueError("a shadow item needs challenger_version (process names it)")
+        return self
 
 
 class FailureEvent(ExecutionEvent):

@@ -3,7 +3,8 @@
 Two event shapes:
 
 - a Map item ``{"execution_id", "item": {"scene_id", "uri", "sha256", "block", "block_chips",
-  "window"}}`` -> ``{"scene_id", "block", "status", "model_version"}`` (the batch chain);
+  "window"}}`` -> ``{"scene_id", "block", "status", "model_version"}`` (the batch chain), with
+  ``"shadow": true, "challenger_version"`` the challenger's block (:mod:`inference.shadow`);
 - the synchronous API request of the replaced deployment ``{"image": <base64>, "output_size"?: [H, W]}`` (directly or as an
   API Gateway proxy ``body``) -> ``{"statusCode": 200, "body": {"prediction", "shape",
   "classes", ...}}`` with model class ids 0..6 and the explicit class table. A bad image is a
@@ -28,6 +29,10 @@ def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
         return predict_sync(request)
     parsed = InferEvent.model_validate(event)
     with time_budget(context):
+        if parsed.shadow:
+            from inference import shadow
+
+            return shadow.infer_block(settings(), parsed.execution_id, parsed.item, parsed.challenger_version)
         return chain.infer(settings(), parsed.execution_id, parsed.item)
 
 

@@ -1,4 +1,5 @@
-"""ORM models of the inference ledger: scenes, their source URIs, runs, predictions, metrics.
+"""ORM models of the inference ledger: scenes, their source URIs, runs, predictions, blocks,
+shadow comparisons, metrics.
 
 The same models (and the same Alembic migrations) run on Postgres (RDS, the full stack) and
 SQLite (the embedded default), so every type here is portable:
@@ -113,6 +114,14 @@ class BlockStatus(enum.StrEnum):
     failed = "failed"  # an attempt failed; a re-run redoes it while attempts remain
 
 
+class ShadowStatus(enum.StrEnum):
+    """State of one scene's shadow comparison (a challenger beside the champion)."""
+
+    predicting = "predicting"  # an execution holds its lease and predicts the challenger's blocks
+    compared = "compared"  # the challenger's outputs are written and compared; recorded once
+    failed = "failed"  # an attempt failed; a later run's shadow pass may retry it
+
+
 class RunStatus(enum.StrEnum):
     """State of one state-machine execution."""
 
@@ -149,6 +158,7 @@ class Base(DeclarativeBase):
         SceneStatus: _enum_type(SceneStatus, "scene_status"),
         RunStatus: _enum_type(RunStatus, "run_status"),
         BlockStatus: _enum_type(BlockStatus, "block_status"),
+        ShadowStatus: _enum_type(ShadowStatus, "shadow_status"),
     }
 
 
@@ -287,6 +297,38 @@ class Block(Base):
     @property
     def window(self) -> tuple[int, int, int, int]:
         return (self.row_off, self.col_off, self.height, self.width)
+
+
+class ShadowComparison(Base):
+    """A challenger's prediction of one scene, compared with the champion's; never served.
+
+    One row per (scene, champion version, challenger version), claimed under a lease like a
+    scene's prediction (the execution's shadow blocks share it). Once ``compared``, the
+    agreement is recorded; per-class IoU and class-area deltas are scene metrics
+    (``shadow_iou``, ``shadow_area_delta``) of the run that compared it, under the challenger's
+    version.
+    """
+
+    __tablename__ = "shadow_comparisons"
+    __table_args__ = (sa.UniqueConstraint("scene_id", "champion_version", "challenger_version"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    scene_id: Mapped[int] = mapped_column(sa.ForeignKey("scenes.id", ondelete="CASCADE"), index=True)
+    champion_version: Mapped[str] = mapped_column(sa.String(128))
+    challenger_version: Mapped[str] = mapped_column(sa.String(128), index=True)
+    status: Mapped[ShadowStatus] = mapped_column(default=ShadowStatus.predicting)
+    attempts: Mapped[int] = mapped_column(default=0)
+    lease_owner: Mapped[str | None] = mapped_column(sa.String(512))
+    lease_expires_at: Mapped[datetime | None]
+    error: Mapped[str | None] = mapped_column(sa.String(64))
+    error_message: Mapped[str | None]
+    pixels: Mapped[int | None] = mapped_column(sa.BigInteger())  # valid pixels compared
+    agreement: Mapped[float | None]  # share of them where both models give the same class
+    seconds: Mapped[float | None]  # the challenger's prediction time (its blocks' sum)
+    class_uri: Mapped[str | None]  # the challenger's class COG, under the shadow prefix
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    compared_at: Mapped[datetime | None]
+    run_id: Mapped[int | None] = mapped_column(sa.ForeignKey("runs.id", ondelete="SET NULL"), index=True)
 
 
 class Metric(Base):

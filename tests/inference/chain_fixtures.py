@@ -23,8 +23,8 @@ SCENE_SIZE = 256
 
 
 @functools.cache
-def tiny_export() -> Path:
-    """A random tiny segmenter exported with reference stats from synthetic chips (built once)."""
+def tiny_export(seed: int = 0) -> Path:
+    """A random tiny segmenter exported with reference stats from synthetic chips (built once per seed)."""
     import torch
 
     from training.data.classes import remap_lc
@@ -33,7 +33,7 @@ def tiny_export() -> Path:
     from training.models.export import save_export
     from training.models.head import build_segmenter
 
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     model = build_segmenter("tiny", head_width=32).eval()
     scenes = [generate_scene(seed, 64) for seed in range(4)]
     chips = np.stack([image for image, _ in scenes])  # (4, 4, 64, 64) uint8
@@ -66,6 +66,16 @@ def make_champion(registry_uri: str, model_name: str = MODEL_NAME, miou: float =
     pointer = registry.champion(registry_uri, model_name)
     assert pointer is not None
     return pointer
+
+
+def make_challenger(registry_uri: str, model_name: str = MODEL_NAME, seed: int = 1, miou: float = 0.4) -> str:
+    """Register another tiny export (weights from ``seed``) and name it the challenger; its version."""
+    metrics = {"miou": miou, "throughput": tiny_throughput()}
+    manifest = registry.register_version(
+        registry_uri, model_name, tiny_export(seed), metrics, "model: tiny\n", caveat="test challenger"
+    )
+    registry.name_challenger(registry_uri, model_name, manifest["version"], reason="test challenger")
+    return str(manifest["version"])
 
 
 def write_scene(uri: str, seed: int, size: int = SCENE_SIZE) -> str:
