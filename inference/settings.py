@@ -84,6 +84,10 @@ class ChainDefaults(BaseModel):
     # AWS Lambda x86 on-demand list prices (us-east-1): compute per GB-second, and per request.
     lambda_usd_per_gb_s: float = Field(0.0000166667, alias="LAMBDA_USD_PER_GB_S", ge=0.0)
     lambda_usd_per_request: float = Field(0.0000002, alias="LAMBDA_USD_PER_REQUEST", ge=0.0)
+    # Runs triggered by new imagery (inference/trigger.py): uploads whose object-created events
+    # fall in the same window of this many seconds (aligned to the epoch) start one execution,
+    # which waits for the window to close before listing the input prefix.
+    trigger_window_s: float = Field(300.0, alias="TRIGGER_WINDOW_S", gt=0.0, le=86400.0)
 
     def lambda_vcpus(self, memory_mb: float) -> float:
         """The CPU share a Lambda function of ``memory_mb`` gets, in vCPUs."""
@@ -118,6 +122,9 @@ class ChainSettings(ChainDefaults):
     infer_memory_mb: int | None = Field(None, alias="INFER_MEMORY_MB", gt=0)
     aws_endpoint_url: str | None = Field(None, alias="AWS_ENDPOINT_URL")
     aws_region: str | None = Field(None, alias="AWS_REGION")
+    # The SNS topic completion notices go to (inference/notify.py); None (embedded mode): the
+    # notice is only written under <OUTPUT_URI>/notices/ and logged.
+    notice_topic_arn: str | None = Field(None, alias="NOTICE_TOPIC_ARN")
 
     @field_validator("input_uri", "output_uri", "registry_uri", "manifest_uri")
     @classmethod

@@ -1,9 +1,10 @@
 """Run ``pipeline.asl.json`` on moto's Step Functions interpreter, in-process, against the real handlers.
 
 The definition is the exact file Terraform deploys, rendered the way ``templatefile()`` renders
-it (only ``${name}`` placeholders: the five Lambda ARNs and the manifest bucket). moto's parsing
-interpreter then runs it: Retry, Catch, the Distributed Map with its S3 ItemReader,
-MaxConcurrency. Everything that depends on how moto works inside is in
+it (only ``${name}`` placeholders: the six Lambda ARNs and the manifest bucket). moto's parsing
+interpreter then runs it: Choice and Wait (a triggered run waits for its coalescing window to
+close: really, in wall-clock time), Retry, Catch, the Distributed Maps with their S3 ItemReader
+(the champion's and the challenger's shadow Maps), MaxConcurrency. Everything that depends on how moto works inside is in
 :mod:`inference.statemachine.moto_shim` (version-checked); this module only uses public APIs.
 
 1. **Lambda invoke.** Each run's ARNs carry a unique function-name prefix, and the shim hands the
@@ -35,7 +36,7 @@ import threading
 import time
 import traceback
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
@@ -46,7 +47,7 @@ from inference.statemachine.moto_shim import REGION, LocalRunError, emulator, ht
 log = logging.getLogger(__name__)
 
 ACCOUNT = "123456789012"
-FUNCTIONS = ("process", "infer", "assemble", "observe", "failure")
+FUNCTIONS = ("process", "infer", "assemble", "observe", "failure", "notify")
 FUNCTION_PREFIX = "landcover"
 LOCAL_MANIFEST_BUCKET = "local-manifests"
 #: What a local handler sees as ``context.get_remaining_time_in_millis()`` (Lambda's 900 s cap).
@@ -59,6 +60,7 @@ __all__ = [
     "FUNCTIONS",
     "LocalExecution",
     "LocalRunError",
+    "LocalStateMachine",
     "default_handlers",
     "function_arn",
     "local_definition",
@@ -66,6 +68,7 @@ __all__ = [
     "new_execution_id",
     "render",
     "run_execution",
+    "state_machine",
 ]
 
 
@@ -114,7 +117,7 @@ def local_definition(manifest_bucket: str, prefix: str = FUNCTION_PREFIX) -> str
 
 def default_handlers() -> dict[str, Handler]:
     """Function name -> the real handler (imported lazily: they pull in torch)."""
-    from inference.handlers import assemble, failure, infer, observe, process
+    from inference.handlers import assemble, failure, infer, notify, observe, process
 
     return {
         "process": process.handler,
@@ -122,6 +125,7 @@ def default_handlers() -> dict[str, Handler]:
         "assemble": assemble.handler,
         "observe": observe.handler,
         "failure": failure.handler,
+        "notify": notify.handler,
     }
 
 
@@ -147,7 +151,7 @@ class _Dispatcher:
         self.handlers = dict(handlers)
         self.slots = threading.BoundedSemaphore(max(1, concurrency))
         self.mirror = mirror
-        self.calls: list[tuple[str, str]] = []  # (function, outcome)
+        self.calls: list[tuple[str, str, str]] = []  # (execution id, function, outcome)
         self._lock = threading.Lock()
 
     def __call__(self, arn: str, payload: bytes) -> Any:
@@ -159,6 +163,7 @@ class _Dispatcher:
             body = json.dumps({"Type": "User", "Message": message}).encode()
             return http_response(url, 404, body, {"x-amzn-ErrorType": "ResourceNotFoundException"})
         event = json.loads(payload.decode("utf-8") or "{}")
+        execution_id = str(event.get("execution_id", "")) if isinstance(event, dict) else ""
         context = SimpleNamespace(
             function_name=name,
             aws_request_id=str(uuid.uuid4()),
@@ -172,15 +177,20 @@ class _Dispatcher:
                     self.mirror(result)
             except (Exception, SystemExit) as exc:
                 log.warning("local Lambda %s failed: %s: %s", name, type(exc).__name__, exc)
-                self._record(name, "error")
+                self._record(execution_id, name, "error")
                 body = json.dumps(_error_payload(exc)).encode()
                 return http_response(url, 200, body, {"X-Amz-Function-Error": "Unhandled"})
-        self._record(name, "ok")
+        self._record(execution_id, name, "ok")
         return http_response(url, 200, json.dumps(result).encode())
 
-    def _record(self, name: str, outcome: str) -> None:
+    def _record(self, execution_id: str, name: str, outcome: str) -> None:
         with self._lock:
-            self.calls.append((name, outcome))
+            self.calls.append((execution_id, name, outcome))
+
+    def calls_of(self, execution_id: str) -> list[tuple[str, str]]:
+        """The (function, outcome) calls one execution made (every event carries its id)."""
+        with self._lock:
+            return [(name, outcome) for ex, name, outcome in self.calls if ex == execution_id]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -217,34 +227,78 @@ def manifest_bucket_for(manifest_prefix: str) -> str:
     return LOCAL_MANIFEST_BUCKET
 
 
-def run_execution(
+class LocalStateMachine:
+    """The state machine created in the emulator for a block of local work (see :func:`state_machine`).
+
+    ``sfn`` is a boto3 Step Functions client of the emulator and ``arn`` the machine's ARN: what
+    :mod:`inference.trigger` is given on AWS, so the same coalescing code starts executions here.
+    """
+
+    def __init__(self, sfn: Any, arn: str, dispatcher: _Dispatcher, timeout_s: float) -> None:
+        self.sfn = sfn
+        self.arn = arn
+        self.timeout_s = timeout_s
+        self._dispatcher = dispatcher
+
+    def start(self, execution_id: str, execution_input: Mapping[str, Any] | None = None) -> str:
+        """Start execution ``execution_id`` with ``execution_input`` (default ``{}``); its ARN."""
+        answer = self.sfn.start_execution(
+            stateMachineArn=self.arn, name=execution_id, input=json.dumps(dict(execution_input or {}))
+        )
+        return str(answer["executionArn"])
+
+    def wait(self, execution_arn: str, timeout_s: float | None = None) -> LocalExecution:
+        """Block until the execution ends; :class:`LocalRunError` (and a stop) after ``timeout_s``."""
+        start = time.perf_counter()
+        limit = self.timeout_s if timeout_s is None else timeout_s
+        deadline = time.monotonic() + limit
+        while True:
+            desc = self.sfn.describe_execution(executionArn=execution_arn)
+            if desc["status"] != "RUNNING":
+                break
+            if time.monotonic() > deadline:
+                self.sfn.stop_execution(executionArn=execution_arn, error="LocalTimeout")
+                raise LocalRunError(f"execution {desc['name']} did not finish within {limit:.0f} s")
+            time.sleep(0.05)
+        started = desc.get("startDate")
+        stopped = desc.get("stopDate")
+        seconds = (stopped - started).total_seconds() if started and stopped else time.perf_counter() - start
+        return LocalExecution(
+            execution_id=desc["name"],
+            status=desc["status"],
+            output=json.loads(desc["output"]) if desc.get("output") else None,
+            error=desc.get("error"),
+            cause=desc.get("cause"),
+            seconds=seconds,
+            calls=self._dispatcher.calls_of(desc["name"]),
+        )
+
+
+@contextlib.contextmanager
+def state_machine(
     manifest_prefix: str,
     *,
-    execution_id: str | None = None,
     handlers: Mapping[str, Handler] | None = None,
     concurrency: int = 1,
     timeout_s: float = 3600.0,
     verbose: bool = False,
-) -> LocalExecution:
-    """Run the state machine once, in-process; returns when the execution ends.
+) -> Iterator[LocalStateMachine]:
+    """The state machine in the in-process emulator, answered by ``handlers``, for several executions.
 
     Args:
         manifest_prefix: where ``process`` writes manifests (decides ``${manifest_bucket}``).
-        execution_id: the execution name (default :func:`new_execution_id`).
         handlers: function name -> handler; default the real ones (tests inject faults here).
         concurrency: Lambda calls allowed at once (the Map's items run in moto's threads).
-        timeout_s: give up waiting after this long.
+        timeout_s: how long :meth:`LocalStateMachine.wait` waits for an execution by default.
         verbose: keep moto's interpreter logging (it logs each caught error with its AST).
 
     Raises:
-        LocalRunError: moto is not a supported version, the ANTLR runtime is missing, or the
-            execution did not finish within ``timeout_s``.
+        LocalRunError: moto is not a supported version or the ANTLR runtime is missing.
     """
     from training import storage
 
-    execution_id = execution_id or new_execution_id()
     bucket = manifest_bucket_for(manifest_prefix)
-    # One prefix per run: overlapping runs in this process each get their own handlers.
+    # One prefix per machine: overlapping runs in this process each get their own handlers.
     prefix = f"{FUNCTION_PREFIX}{uuid.uuid4().hex[:8]}"
     definition = local_definition(bucket, prefix)
     handlers = dict(default_handlers() if handlers is None else handlers)
@@ -256,7 +310,6 @@ def run_execution(
                 s3.put_object(Bucket=bucket, Key=result[key], Body=storage.read_bytes(result[uri]))
 
     dispatcher = _Dispatcher(handlers, concurrency, mirror)
-    start = time.perf_counter()
     with contextlib.ExitStack() as stack:
         if not verbose:  # moto logs every caught task error (and its whole AST) at ERROR
             parser_log = logging.getLogger("moto.stepfunctions.parser")
@@ -274,23 +327,36 @@ def run_execution(
             type="STANDARD",
         )["stateMachineArn"]
         stack.callback(sfn.delete_state_machine, stateMachineArn=machine_arn)
-        arn = sfn.start_execution(stateMachineArn=machine_arn, name=execution_id, input="{}")["executionArn"]
-        deadline = time.monotonic() + timeout_s
-        while True:
-            desc = sfn.describe_execution(executionArn=arn)
-            if desc["status"] != "RUNNING":
-                break
-            if time.monotonic() > deadline:
-                sfn.stop_execution(executionArn=arn, error="LocalTimeout")
-                raise LocalRunError(f"execution {execution_id} did not finish within {timeout_s:.0f} s")
-            time.sleep(0.05)
-    output = json.loads(desc["output"]) if desc.get("output") else None
-    return LocalExecution(
-        execution_id=execution_id,
-        status=desc["status"],
-        output=output,
-        error=desc.get("error"),
-        cause=desc.get("cause"),
-        seconds=time.perf_counter() - start,
-        calls=list(dispatcher.calls),
-    )
+        yield LocalStateMachine(sfn, machine_arn, dispatcher, timeout_s)
+
+
+def run_execution(
+    manifest_prefix: str,
+    *,
+    execution_id: str | None = None,
+    execution_input: Mapping[str, Any] | None = None,
+    handlers: Mapping[str, Handler] | None = None,
+    concurrency: int = 1,
+    timeout_s: float = 3600.0,
+    verbose: bool = False,
+) -> LocalExecution:
+    """Run the state machine once, in-process; returns when the execution ends.
+
+    Args:
+        manifest_prefix: where ``process`` writes manifests (decides ``${manifest_bucket}``).
+        execution_id: the execution name (default :func:`new_execution_id`).
+        execution_input: the execution's input (default ``{}``: a scheduled run, no wait).
+        handlers: function name -> handler; default the real ones (tests inject faults here).
+        concurrency: Lambda calls allowed at once (the Map's items run in moto's threads).
+        timeout_s: give up waiting after this long.
+        verbose: keep moto's interpreter logging (it logs each caught error with its AST).
+
+    Raises:
+        LocalRunError: moto is not a supported version, the ANTLR runtime is missing, or the
+            execution did not finish within ``timeout_s``.
+    """
+    execution_id = execution_id or new_execution_id()
+    with state_machine(
+        manifest_prefix, handlers=handlers, concurrency=concurrency, timeout_s=timeout_s, verbose=verbose
+    ) as machine:
+        return machine.wait(machine.start(execution_id, execution_input))

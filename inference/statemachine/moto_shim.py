@@ -37,6 +37,14 @@ What the runner relies on (moto 5.2.5):
    live next to anything else moto holds in this process (an in-process test server's buckets).
    The server is started on first use and kept, idle, for the life of the process.
 
+4. **moto's Wait state compares a timestamp with local time.** ``Timestamp._get_wait_seconds``
+   (``asl/component/state/wait/wait_function/timestamp.py``) parses the ``...Z`` timestamp into
+   a naive datetime and subtracts ``datetime.datetime.now()``, the machine's local time: outside
+   UTC a triggered run would wait hours too long, or not at all. While a run is active that
+   module's ``datetime`` is a stand-in whose ``datetime.now()`` is naive UTC (put back afterwards).
+   It also truncates to whole seconds, so a wait may end up to a second early
+   (:data:`inference.trigger.WAIT_MARGIN_S` covers that).
+
 Overlapping runs in one process share one emulator (reference-counted); each run registers its
 own Lambda route under a unique function-name prefix.
 """
@@ -45,6 +53,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import datetime
 import importlib
 import importlib.metadata
 import io
@@ -57,7 +66,7 @@ import threading
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from types import ModuleType
+from types import ModuleType, SimpleNamespace
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -75,6 +84,25 @@ REGION = "us-east-1"
 _FAKE_KEYS = {"aws_access_key_id": "local", "aws_secret_access_key": "local"}
 _INVOKE_EVENT = "before-send.lambda.Invoke"
 _MOTO_PORT = "MOTO_PORT"
+
+_WAIT_TIMESTAMP_MODULE = "moto.stepfunctions.parser.asl.component.state.wait.wait_function.timestamp"
+
+
+class _UtcNaiveDatetime(datetime.datetime):
+    """``datetime.now()`` as naive UTC: what moto's Wait compares its (naive UTC) timestamps with."""
+
+    @classmethod
+    def now(cls, tz: datetime.tzinfo | None = None) -> _UtcNaiveDatetime:  # type: ignore[override]
+        now = datetime.datetime.now(tz or datetime.UTC)
+        return (
+            cls.fromtimestamp(now.timestamp(), tz)
+            if tz
+            else cls(*now.replace(tzinfo=None).timetuple()[:6], now.microsecond)
+        )
+
+
+#: Stands in for the ``datetime`` module inside moto's Wait-timestamp module (fact 4).
+_UTC_DATETIME_MODULE = SimpleNamespace(datetime=_UtcNaiveDatetime)
 
 #: Answers one Lambda invoke: (function ARN, request payload) -> the HTTP response.
 LambdaRoute = Callable[[str, bytes], AWSResponse]
@@ -225,6 +253,9 @@ class _Emulator:
             self._antlr.enter()
             stack.callback(self._antlr.exit)
             importlib.import_module("moto.stepfunctions.parser.models")
+            waits = importlib.import_module(_WAIT_TIMESTAMP_MODULE)
+            stack.callback(setattr, waits, "datetime", waits.datetime)
+            waits.datetime = _UTC_DATETIME_MODULE
 
             endpoint, port = self._server_endpoint()
             previous_sfn = copy.deepcopy(default_user_config.get("stepfunctions", {}))

@@ -43,6 +43,7 @@ TEMPLATE_VARS = {
     "assemble_function_arn",
     "observe_function_arn",
     "failure_function_arn",
+    "notify_function_arn",
     "manifest_bucket",
 }
 
@@ -76,11 +77,21 @@ def test_definition_is_json_templated_only_in_arns_and_bucket(asl: dict) -> None
 
 def test_definition_shape(asl: dict) -> None:
     states = asl["States"]
-    assert asl["StartAt"] == "Process"
+    # A triggered run waits for its coalescing window; any other starts with Process at once.
+    assert asl["StartAt"] == "Start" and states["Start"]["Type"] == "Choice"
+    assert states["Start"]["Default"] == "Process"
+    (choice,) = states["Start"]["Choices"]
+    assert choice["Next"] == "AwaitWindow" and {c["Variable"] for c in choice["And"]} == {"$.wait_until"}
+    assert states["AwaitWindow"] == {**states["AwaitWindow"], "Type": "Wait", "TimestampPath": "$.wait_until"}
+    assert states["AwaitWindow"]["Next"] == "Process"
+    # Process's input contract is unchanged: the execution name only.
+    assert states["Process"]["Parameters"] == {"execution_id.$": "$$.Execution.Name"}
     assert states["Process"]["Next"] == "InferBlocks"
     for name, key, then in (
         ("InferBlocks", "$.manifest_key", "AssembleScenes"),
-        ("AssembleScenes", "$.scenes_key", "Observe"),
+        ("AssembleScenes", "$.scenes_key", "ShadowOrObserve"),
+        ("ShadowBlocks", "$.manifest_key", "ShadowScenes"),
+        ("ShadowScenes", "$.scenes_key", "Observe"),
     ):
         m = states[name]
         assert m["Type"] == "Map" and m["Next"] == then
@@ -92,11 +103,58 @@ def test_definition_shape(asl: dict) -> None:
         assert m["MaxConcurrencyPath"] == "$.max_concurrency"
         assert m["ToleratedFailurePercentagePath"] == "$.tolerated_failure_percentage"
         assert m["ResultPath"] is None  # the Map's results never enter the state's data
-    assert states["Observe"].get("End") is True
-    assert states["RecordFailure"]["Next"] == "Failed" and states["Failed"]["Type"] == "Fail"
+    # The shadow Maps are the champion's with two more item fields; their failure never fails the run.
+    for shadow, served in (("ShadowBlocks", "InferBlocks"), ("ShadowScenes", "AssembleScenes")):
+        a, b = states[shadow], states[served]
+        assert a["ItemProcessor"] == b["ItemProcessor"] and a["ItemReader"] == b["ItemReader"]
+        assert a["ItemSelector"] == {
+            **b["ItemSelector"],
+            "shadow": True,
+            "challenger_version.$": "$.challenger_version",
+        }
+        assert a["Catch"] == [
+            {"ErrorEquals": ["States.ALL"], "ResultPath": "$.shadow_error", "Next": "Observe"}
+        ]
+    shadow_choice = states["ShadowOrObserve"]
+    assert shadow_choice["Type"] == "Choice" and shadow_choice["Default"] == "Observe"
+    assert shadow_choice["Choices"][0]["Next"] == "ShadowBlocks"
+    assert {next(k for k in c if k != "Variable") for c in shadow_choice["Choices"][0]["And"]} == {
+        "IsPresent",
+        "IsString",
+    }
+    # One notice per execution: after Observe, and after RecordFailure before the Fail state.
+    assert states["Observe"]["Next"] == "NotifySucceeded"
+    assert states["NotifySucceeded"]["Next"] == "Succeeded" and states["Succeeded"]["Type"] == "Succeed"
+    assert states["RecordFailure"]["Next"] == "NotifyFailed"
+    assert states["RecordFailure"]["Catch"][0]["Next"] == "NotifyFailed"
+    assert states["NotifyFailed"]["Next"] == "Failed" and states["Failed"]["Type"] == "Fail"
+    for name, outcome, after in (
+        ("NotifySucceeded", "succeeded", "Succeeded"),
+        ("NotifyFailed", "failed", "Failed"),
+    ):
+        notify = states[name]
+        assert notify["Parameters"]["execution_id.$"] == "$$.Execution.Name"
+        assert notify["Parameters"]["outcome"] == outcome
+        assert notify["ResultPath"] == "$.notice"  # Observe's output stays the execution's output
+        # A notice that cannot be sent never changes the run's outcome.
+        assert notify["Catch"] == [
+            {"ErrorEquals": ["States.ALL"], "ResultPath": "$.notice_error", "Next": after}
+        ]
+    # The caught error stays at $.error for the failure notice, whether or not RecordFailure worked.
+    assert states["RecordFailure"]["ResultPath"] == "$.failure"
+    assert states["RecordFailure"]["Catch"][0]["ResultPath"] == "$.record_failure_error"
+    assert states["NotifyFailed"]["Parameters"]["error.$"] == "$.error"
 
     tasks = _tasks(states)
-    assert set(tasks) == {"Process", "Infer", "Assemble", "Observe", "RecordFailure"}
+    assert set(tasks) == {
+        "Process",
+        "Infer",
+        "Assemble",
+        "Observe",
+        "RecordFailure",
+        "NotifySucceeded",
+        "NotifyFailed",
+    }
     for name, task in tasks.items():
         retry = task["Retry"][0]
         assert set(retry["ErrorEquals"]) == TRANSIENT, name
@@ -116,7 +174,7 @@ def _fake_handlers(tmp_path, **overrides):
     """process writes a 3-item manifest; infer/observe succeed; failure records its event."""
     from training import storage
 
-    seen: dict[str, list] = {"infer": [], "assemble": [], "failure": [], "observe": []}
+    seen: dict[str, list] = {"infer": [], "assemble": [], "failure": [], "observe": [], "notify": []}
     prefix = storage.to_uri(tmp_path / "manifests")
 
     def process(event, context):
@@ -151,12 +209,17 @@ def _fake_handlers(tmp_path, **overrides):
         seen["failure"].append(event)
         return {"execution_id": event["execution_id"], "status": "failed"}
 
+    def notify(event, context):
+        seen["notify"].append(event)
+        return {"execution_id": event["execution_id"], "channel": "test", "status": "sent"}
+
     handlers = {
         "process": process,
         "infer": infer,
         "assemble": assemble,
         "observe": observe,
         "failure": failure,
+        "notify": notify,
     }
     handlers.update(overrides)
     return prefix, handlers, seen
@@ -186,6 +249,8 @@ def test_map_fans_out_over_the_manifest_and_retries_transient_errors(tmp_path, m
     assert all(0 <= s <= 60 for s in sleeps)  # FULL jitter within MaxDelaySeconds
     assert result.calls.count(("infer", "error")) == 2 and result.calls.count(("infer", "ok")) == 3
     assert seen["observe"] == [{"execution_id": "fanout-1"}] and not seen["failure"]
+    assert seen["notify"] == [{"execution_id": "fanout-1", "outcome": "succeeded"}]
+    assert result.output["notice"]["status"] == "sent"
 
 
 @pytest.mark.parametrize(
@@ -222,11 +287,17 @@ def test_catch_path_records_the_failure_in_the_ledger(tmp_path, postgres_url) ->
     finally:
         handlers.configure(None)
     assert result.status == "FAILED"
-    assert [c for c, _ in result.calls] == ["process", "failure"]
+    assert [c for c, _ in result.calls] == ["process", "failure", "notify"]
     with chain.session(settings) as s:
         run = repository.get_run(s, "no-champion-1")
         assert run.status == RunStatus.failed and run.finished_at is not None
         assert run.error.startswith("NoChampionError:") and "make train_baseline" in run.error
+    # Embedded mode (no topic): the failure notice is the file under the output prefix.
+    from inference import notify
+
+    notice = notify.read_notice(settings, "no-champion-1", "failed")
+    assert notice["channel"] == "file"
+    assert notice["summary"]["status"] == "failed" and notice["summary"]["error"] == run.error
 
 
 def test_antlr_swap_and_default_session_are_put_back(tmp_path) -> None:
@@ -410,3 +481,134 @@ def test_run_local_settings_follow_aws_endpoint_url(tmp_path, monkeypatch) -> No
         "s3://bucket/prefix/input",
         "s3://bucket/prefix/predictions",
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# Choice/Wait (runs triggered by new imagery), the shadow Maps, the Notify states
+# ---------------------------------------------------------------------------------------------
+
+
+def test_a_triggered_run_waits_for_its_window_to_close(tmp_path) -> None:
+    """The input's wait_until holds Process until then (moto's Wait state really waits)."""
+    import time
+    from datetime import UTC, datetime, timedelta
+
+    prefix, handlers, _ = _fake_handlers(tmp_path)
+    real_process, called = handlers["process"], []
+
+    def process(event, context):
+        called.append(datetime.now(UTC))
+        return real_process(event, context)
+
+    handlers["process"] = process
+    until = (datetime.now(UTC) + timedelta(seconds=3)).replace(microsecond=0)
+    began = time.monotonic()
+    result = local.run_execution(
+        prefix,
+        execution_id="waits-1",
+        execution_input={"wait_until": until.strftime("%Y-%m-%dT%H:%M:%SZ")},
+        handlers=handlers,
+    )
+    assert result.succeeded, (result.error, result.cause)
+    (at,) = called
+    # moto resolves the wait in whole seconds, truncated: it may end up to 1 s early (the trigger's
+    # wait_until carries a margin for it, inference.trigger.WAIT_MARGIN_S).
+    assert at >= until - timedelta(seconds=1) and time.monotonic() - began >= 1.5
+    assert [c for c, _ in result.calls].count("infer") == 3  # then the chain as usual
+
+
+def test_a_run_without_wait_until_starts_at_once(tmp_path) -> None:
+    prefix, handlers, _ = _fake_handlers(tmp_path)
+    result = local.run_execution(prefix, execution_input={"window_start": "x"}, handlers=handlers)
+    assert result.succeeded and result.seconds < 30
+    assert result.calls[0] == ("process", "ok")
+
+
+def _with_challenger(handlers, version):
+    real_process = handlers["process"]
+
+    def process(event, context):
+        return {**real_process(event, context), "challenger_version": version}
+
+    return {**handlers, "process": process}
+
+
+def test_shadow_maps_run_the_challenger_over_the_same_items(tmp_path) -> None:
+    prefix, handlers, seen = _fake_handlers(tmp_path)
+    result = local.run_execution(prefix, execution_id="shadow-1", handlers=_with_challenger(handlers, "v2"))
+    assert result.succeeded, (result.error, result.cause)
+    served = [e for e in seen["infer"] if "shadow" not in e]
+    shadow = [e for e in seen["infer"] if e.get("shadow")]
+    assert sorted(e["item"]["scene_id"] for e in served) == [0, 1, 2]
+    assert sorted(e["item"]["scene_id"] for e in shadow) == [0, 1, 2]
+    assert all(e["challenger_version"] == "v2" and e["execution_id"] == "shadow-1" for e in shadow)
+    assert [e["item"] for e in sorted(shadow, key=lambda e: e["item"]["scene_id"])] == [
+        e["item"] for e in sorted(served, key=lambda e: e["item"]["scene_id"])
+    ]
+    assert sorted(e["item"]["scene_id"] for e in seen["assemble"] if e.get("shadow")) == [0, 1, 2]
+    # The champion's Maps ran first: every served call precedes every shadow call.
+    order = [("shadow" in e) for e in seen["infer"]]
+    assert order == sorted(order)
+    assert seen["observe"] == [{"execution_id": "shadow-1"}]
+
+
+@pytest.mark.parametrize("version", [None, 7])
+def test_no_challenger_or_a_non_string_one_skips_the_shadow_maps(tmp_path, version) -> None:
+    prefix, handlers, seen = _fake_handlers(tmp_path)
+    result = local.run_execution(prefix, handlers=_with_challenger(handlers, version))
+    assert result.succeeded, (result.error, result.cause)
+    assert len(seen["infer"]) == 3 and not any("shadow" in e for e in seen["infer"] + seen["assemble"])
+
+
+def test_a_failing_shadow_never_fails_the_run(tmp_path) -> None:
+    prefix, handlers, seen = _fake_handlers(tmp_path)
+    real_infer = handlers["infer"]
+
+    def infer(event, context):
+        if event.get("shadow"):
+            raise RuntimeError("challenger broke")
+        return real_infer(event, context)
+
+    handlers = _with_challenger({**handlers, "infer": infer}, "v2")
+    result = local.run_execution(prefix, execution_id="shadow-fails-1", handlers=handlers)
+    assert result.succeeded, (result.error, result.cause)
+    assert not seen["failure"] and seen["observe"] == [{"execution_id": "shadow-fails-1"}]
+    assert result.calls.count(("infer", "error")) == 3
+    # moto does not enforce ToleratedFailurePercentage (see inference/statemachine/local.py), so
+    # here failed items never fail the Map; on AWS they do, and the shadow Maps' Catch (States.ALL
+    # -> Observe, asserted in test_definition_shape) keeps the run going.
+    assert seen["notify"] == [{"execution_id": "shadow-fails-1", "outcome": "succeeded"}]
+
+
+def test_a_failing_notice_never_changes_the_outcome(tmp_path) -> None:
+    """Success stays success, failure stays failure (and is recorded) when the notice cannot go out."""
+
+    def notify(event, context):
+        raise RuntimeError("SNS is down")
+
+    prefix, handlers, seen = _fake_handlers(tmp_path, notify=notify)
+    ok = local.run_execution(prefix, execution_id="notice-fails-1", handlers=handlers)
+    assert ok.succeeded, (ok.error, ok.cause)
+    assert ok.output["scenes"] == 3 and ok.output["notice_error"]["Error"] == "RuntimeError"
+    assert ("notify", "error") in ok.calls
+
+    def observe(event, context):
+        raise ValueError("observe broke")
+
+    prefix, handlers, seen = _fake_handlers(tmp_path / "b", notify=notify, observe=observe)
+    failed = local.run_execution(prefix, execution_id="notice-fails-2", handlers=handlers)
+    assert failed.status == "FAILED" and failed.error == "InferencePipelineFailed"
+    assert [e["execution_id"] for e in seen["failure"]] == ["notice-fails-2"]
+    assert ("notify", "error") in failed.calls
+
+
+def test_the_failure_notice_gets_the_caught_error(tmp_path) -> None:
+    def observe(event, context):
+        raise ValueError("observe broke")
+
+    prefix, handlers, seen = _fake_handlers(tmp_path, observe=observe)
+    result = local.run_execution(prefix, execution_id="notice-error-1", handlers=handlers)
+    assert result.status == "FAILED"
+    (event,) = seen["notify"]
+    assert event["execution_id"] == "notice-error-1" and event["outcome"] == "failed"
+    assert event["error"]["Error"] == "ValueError"  # the fake failure handler returns no error text
