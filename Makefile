@@ -79,6 +79,10 @@ browser: ## Install Debian's headless Chromium (for the report test) if /usr/bin
 dashboards: setup_env ## Regenerate observability/grafana/dashboards/*.json from the panel SQL (observability/panels.py)
 	$(PY) -m observability.build_dashboards
 
+.PHONY: promote_challenger
+promote_challenger: setup_env ## Promotion gate for the registry's challenger with its shadow evidence from the ledger (ARGS="training.shadow.min_scenes=20")
+	$(CLI) promote-challenger $(ARGS)
+
 REPORT ?= outputs/report.html
 .PHONY: report
 report: setup_env ## Write outputs/report.html: the Grafana panels' SQL run on the ledger, as a static HTML report

@@ -3,13 +3,14 @@
     landcover train [VARIANT] [OVERRIDES...]     # Airflow DAG in-process (or AIRFLOW_URL / make airflow_ui)
     landcover train --no-airflow [OVERRIDES...]  # the same pipeline steps without Airflow
     landcover infer [run|upload] [ARGS...]       # the inference state machine, locally
+    landcover promote-challenger [OVERRIDES...]  # promotion gate for the challenger, with shadow evidence
     landcover report [ARGS...]                   # the static HTML report from the ledger
     landcover bench [ARGS...]                    # the CPU inference benchmark
     landcover airflow-ui [--port N]              # Airflow standalone with its UI on 127.0.0.1
     landcover mlflow-ui [--port N]               # MLflow's UI on the project's tracking store
 
 Each subcommand is a thin shell over an existing entry point (``training.airflow_runner``,
-``training.train``, ``inference.run_local``, ``observability.report``, ``inference.bench``,
+``training.train``, ``inference.run_local``, ``training.challenger``, ``observability.report``, ``inference.bench``,
 ``training.airflow_ui``), imported only when that subcommand runs: ``landcover --help`` is
 instant, and an image with the inference extras alone can run ``infer``, ``report`` and ``bench``.
 ``landcover <subcommand> --help`` shows that entry point's own options.
@@ -60,6 +61,12 @@ def _infer(argv: list[str]) -> int:
     return run_local.main(argv) or 0
 
 
+def _promote_challenger(argv: list[str]) -> int:
+    from training import challenger
+
+    return challenger.main(argv)
+
+
 def _report(argv: list[str]) -> int:
     from observability import report
 
@@ -108,6 +115,10 @@ def _mlflow_ui(argv: list[str]) -> int:
 COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "train": (_train, "train a variant (Airflow DAG in-process, on AIRFLOW_URL, or --no-airflow)"),
     "infer": (_infer, "run the inference state machine locally (run | upload new scenes)"),
+    "promote-challenger": (
+        _promote_challenger,
+        "run the promotion gate for the registry's challenger, with its shadow evidence from the ledger",
+    ),
     "report": (_report, "write the static HTML report (the Grafana panels' SQL on the ledger)"),
     "bench": (_bench, "CPU inference benchmark (eager fp32 vs ONNX int8, memory, cold start, cost)"),
     "airflow-ui": (_airflow_ui, "Airflow standalone with its UI on 127.0.0.1 (shares train's runs)"),

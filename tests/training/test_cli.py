@@ -13,7 +13,7 @@ import pytest
 from training import cli
 from training.config import REPO_ROOT
 
-SUBCOMMANDS = ("train", "infer", "report", "bench", "airflow-ui", "mlflow-ui")
+SUBCOMMANDS = ("train", "infer", "promote-challenger", "report", "bench", "airflow-ui", "mlflow-ui")
 
 
 def test_console_script_is_installed_and_lists_the_subcommands() -> None:
@@ -97,6 +97,7 @@ def test_infer_report_bench_delegate(monkeypatch) -> None:
         ("train", "landcover train --no-airflow"),
         ("run_inference", "landcover infer run"),
         ("report", "landcover report"),
+        ("promote_challenger", "landcover promote-challenger"),
         ("bench", "landcover bench"),
         ("airflow_ui", "landcover airflow-ui"),
     ],
