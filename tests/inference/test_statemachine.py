@@ -106,7 +106,14 @@ def test_definition_shape(asl: dict) -> None:
     # The shadow Maps are the champion's with two more item fields; their failure never fails the run.
     for shadow, served in (("ShadowBlocks", "InferBlocks"), ("ShadowScenes", "AssembleScenes")):
         a, b = states[shadow], states[served]
-        assert a["ItemProcessor"] == b["ItemProcessor"] and a["ItemReader"] == b["ItemReader"]
+        # State names are unique across a machine: the shadow task is the served one, renamed.
+        (task,) = a["ItemProcessor"]["States"].values()
+        (served_task,) = b["ItemProcessor"]["States"].values()
+        assert {**task, "Comment": ""} == {**served_task, "Comment": ""}
+        assert a["ItemProcessor"]["ProcessorConfig"] == b["ItemProcessor"]["ProcessorConfig"]
+        assert a["ItemReader"] == b["ItemReader"]
+        for key in ("MaxConcurrencyPath", "ToleratedFailurePercentagePath", "ResultPath"):
+            assert a[key] == b[key]
         assert a["ItemSelector"] == {
             **b["ItemSelector"],
             "shadow": True,
@@ -150,6 +157,8 @@ def test_definition_shape(asl: dict) -> None:
         "Process",
         "Infer",
         "Assemble",
+        "ShadowInfer",
+        "ShadowAssemble",
         "Observe",
         "RecordFailure",
         "NotifySucceeded",
