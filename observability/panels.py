@@ -16,7 +16,9 @@ formatted into SQL. Metric names and statuses appear as SQL literals: they are c
 ledger contract, not values.
 
 Metric contract (``metrics`` table, written by the observe step): run-level rows have
-``scene_id IS NULL``; names are those of :data:`METRIC_NAMES`.
+``scene_id IS NULL``; names are those of :data:`METRIC_NAMES`. The shadow challenger's figures
+(:mod:`inference.shadow`) are the ``shadow_comparisons`` table (one row per compared scene) and
+its scene metrics ``shadow_iou``/``shadow_area_delta`` per class.
 """
 
 from __future__ import annotations
@@ -55,6 +57,10 @@ METRIC_NAMES = (
     "seconds_total",
     "cost_usd",
     "cost_usd_per_km2",
+    "shadow_scenes",
+    "shadow_agreement",
+    "shadow_seconds",
+    "shadow_cost_usd",
 )
 
 #: Alert thresholds that are not part of the Hydra config. The drift threshold is the chain's
@@ -178,6 +184,43 @@ BAND_MEAN_SQL = _run_metric(("band_mean",))
 BAND_STD_SQL = _run_metric(("band_std",))
 THROUGHPUT_SQL = _run_metric(("area_km2",), label="'km² per run'")
 COST_PER_KM2_SQL = _run_metric(("cost_usd_per_km2",), label="'USD per km²'")
+SHADOW_AGREEMENT_SQL = _run_metric(("shadow_agreement",), label="'challenger agrees with champion'")
+SHADOW_COST_SQL = _run_metric(
+    ("shadow_seconds", "seconds_total"),
+    label="CASE WHEN m.name = 'shadow_seconds' THEN 'challenger (shadow)' ELSE 'champion (served)' END",
+)
+
+_SHADOW_CLASS = """
+SELECT m.key AS class, SUM(m.value * c.pixels) / SUM(c.pixels) AS {column}
+FROM metrics m
+JOIN shadow_comparisons c
+  ON c.scene_id = m.scene_id AND c.run_id = m.run_id AND c.challenger_version = m.model_version
+WHERE m.name = '{name}'
+  AND c.status = 'compared'
+  AND $__timeFilter(c.compared_at)
+  AND c.challenger_version = (
+    SELECT l.challenger_version FROM shadow_comparisons l
+    WHERE l.status = 'compared' AND $__timeFilter(l.compared_at)
+    ORDER BY l.compared_at DESC, l.id DESC LIMIT 1
+  )
+GROUP BY m.key
+ORDER BY m.key
+""".strip()
+# Per class, pixel-weighted over the latest challenger's compared scenes.
+SHADOW_IOU_SQL = Query(_SHADOW_CLASS.format(column="iou", name="shadow_iou"))
+SHADOW_AREA_DELTA_SQL = Query(_SHADOW_CLASS.format(column="area_delta", name="shadow_area_delta"))
+SHADOW_TABLE_SQL = Query(
+    """
+SELECT c.scene_id, c.champion_version, c.challenger_version, c.agreement, c.pixels,
+       c.seconds AS challenger_s, p.seconds AS champion_s, c.class_uri, c.compared_at
+FROM shadow_comparisons c
+LEFT JOIN predictions p ON p.scene_id = c.scene_id AND p.model_version = c.champion_version
+WHERE c.status = 'compared'
+  AND $__timeFilter(c.compared_at)
+ORDER BY c.compared_at DESC, c.id DESC
+LIMIT 50
+""".strip()
+)
 
 BACKLOG_SQL = Query(
     """
@@ -606,6 +649,73 @@ def panels(drift_threshold: float = CHAIN_DEFAULTS.drift_threshold) -> list[Pane
             ("scene_id", "source_uri", "reason", "message", "quarantined_at"),
             "Every quarantined input with its reason code and message (newest first).",
             width=24,
+            height=8,
+        ),
+        # --- the shadow challenger (predicts beside the champion, never served) ---
+        Panel(
+            "shadow_agreement",
+            "Shadow: challenger agreement per run",
+            "timeseries",
+            SHADOW_AGREEMENT_SQL,
+            TIMESERIES_COLUMNS,
+            "Share of pixels where the registry's challenger gives the champion's class, weighted by "
+            "pixels over the scenes each run compared.",
+            unit="percentunit",
+            width=8,
+            decimals=3,
+        ),
+        Panel(
+            "shadow_iou",
+            "Shadow: challenger vs champion IoU by class",
+            "barchart",
+            SHADOW_IOU_SQL,
+            ("class", "iou"),
+            "Per class, |both say it| / |either says it| over the latest challenger's compared scenes "
+            "(pixel-weighted). Low bars are where the two models disagree.",
+            width=8,
+        ),
+        Panel(
+            "shadow_area_delta",
+            "Shadow: class-area delta (challenger - champion)",
+            "barchart",
+            SHADOW_AREA_DELTA_SQL,
+            ("class", "area_delta"),
+            "Per class, the challenger's share of the pixels minus the champion's, over the latest "
+            "challenger's compared scenes (pixel-weighted): what promoting it would shift.",
+            unit="percentunit",
+            width=8,
+        ),
+        Panel(
+            "shadow_cost",
+            "Shadow: prediction seconds per run, challenger vs champion",
+            "timeseries",
+            SHADOW_COST_SQL,
+            TIMESERIES_COLUMNS,
+            "Lambda prediction seconds of each run: the champion's (served) and the challenger's "
+            "(shadow, run after the champion's outputs are written). Their ratio is the added cost.",
+            unit="s",
+            width=8,
+            extra={"bars": True},
+        ),
+        Panel(
+            "shadow_scenes",
+            "Shadow comparisons",
+            "table",
+            SHADOW_TABLE_SQL,
+            (
+                "scene_id",
+                "champion_version",
+                "challenger_version",
+                "agreement",
+                "pixels",
+                "challenger_s",
+                "champion_s",
+                "class_uri",
+                "compared_at",
+            ),
+            "The last 50 scenes compared in shadow: agreement, pixels, both models' seconds and the "
+            "challenger's class COG (under the shadow prefix).",
+            width=16,
             height=8,
         ),
     ]

@@ -709,8 +709,10 @@ def record_shadow(
     seconds: float,
     class_uri: str,
     run_id: int | None,
+    compared_at: datetime | None = None,
 ) -> bool:
-    """Mark the comparison done with its figures; False (a no-op) if it already was."""
+    """Mark the comparison done with its figures (at ``compared_at``, default now); False (a
+    no-op) if it already was."""
     changed = session.execute(
         sa.update(ShadowComparison)
         .where(ShadowComparison.id == row.id, ShadowComparison.status != ShadowStatus.compared)
@@ -720,7 +722,7 @@ def record_shadow(
             agreement=float(agreement),
             seconds=float(seconds),
             class_uri=class_uri,
-            compared_at=utcnow(),
+            compared_at=compared_at or utcnow(),
             run_id=run_id,
             lease_owner=None,
             lease_expires_at=None,

@@ -37,6 +37,7 @@ class Seeded:
     quarantined: dict[str, int] = field(default_factory=dict)  # reason -> count
     backlog: int = 0
     model_changes: int = 0
+    shadow_scenes: int = 0
 
 
 def _sha(label: str) -> str:
@@ -107,6 +108,28 @@ def _run_rows(scene_rows: list[list], seconds: float) -> list:
     return out
 
 
+#: Runs whose scenes a challenger also predicted in shadow: execution -> challenger version.
+SHADOW = {"exec-002": "v2", "exec-004": "v3"}
+
+
+def _shadow_scene(session, run_id: int, scene_id: int, champion: str, challenger: str, rng, at) -> tuple:
+    """One compared shadow scene (as inference.shadow records it); (pixels, agreement, seconds)."""
+    pixels, agreement, seconds = int(rng.integers(50_000, 90_000)), float(rng.uniform(0.8, 0.95)), 30.0
+    row = repo.claim_shadow(session, scene_id, champion, challenger, "exec-shadow", 0.0)
+    repo.record_shadow(
+        session, row, pixels=pixels, agreement=agreement, seconds=seconds,
+        class_uri=f"s3://out/_shadow/{scene_id}/{challenger}/classes.tif", run_id=run_id, compared_at=at,
+    )  # fmt: skip
+    deltas = rng.uniform(-0.02, 0.02, len(CLASSES))
+    rows = [(repo.SHADOW_IOU, name, float(rng.uniform(0.6, 0.95))) for name in CLASSES]
+    rows += [
+        (repo.SHADOW_AREA_DELTA, name, float(d - deltas.mean()))
+        for name, d in zip(CLASSES, deltas, strict=True)
+    ]
+    repo.record_metrics(session, run_id, scene_id, challenger, rows)
+    return pixels, agreement, seconds
+
+
 def seed_ledger(url: str, *, now: datetime | None = None, migrate_first: bool = True) -> Seeded:
     """Migrate ``url`` and write four runs (one failed, a champion change), scenes, metrics."""
     now = now or datetime.now(UTC)
@@ -131,7 +154,7 @@ def seed_ledger(url: str, *, now: datetime | None = None, migrate_first: bool = 
                 started = now - timedelta(days=days)
                 run, _ = repo.start_run(session, execution_id, model_version=model, started_at=started)
                 out.runs[execution_id] = run.id
-                scene_rows = []
+                scene_rows, shadow_rows = [], []
                 for _ in range(n_pred):
                     counter += 1
                     sha = _sha(f"scene-{counter}")
@@ -153,6 +176,12 @@ def seed_ledger(url: str, *, now: datetime | None = None, migrate_first: bool = 
                     repo.record_metrics(session, run.id, scene.id, model, rows)
                     scene_rows.append(rows)
                     out.scenes_predicted += 1
+                    if challenger := SHADOW.get(execution_id):
+                        shadow_rows.append(
+                            _shadow_scene(
+                                session, run.id, scene.id, model, challenger, rng, t0 + timedelta(seconds=60)
+                            )
+                        )
                 for reason in reasons:
                     counter += 1
                     scene, _ = repo.register_scene(
@@ -163,6 +192,14 @@ def seed_ledger(url: str, *, now: datetime | None = None, migrate_first: bool = 
                 seconds = 120.0 + 60 * n_pred
                 if scene_rows and status != RunStatus.abandoned:  # observe never ran for an abandoned run
                     repo.record_metrics(session, run.id, None, model, _run_rows(scene_rows, seconds))
+                if shadow_rows:
+                    pixels = sum(p for p, _, _ in shadow_rows)
+                    repo.record_metrics(session, run.id, None, model, [
+                        ("shadow_scenes", "", float(len(shadow_rows))),
+                        ("shadow_agreement", "", sum(p * a for p, a, _ in shadow_rows) / pixels),
+                        ("shadow_seconds", "", sum(t for _, _, t in shadow_rows)),
+                    ])  # fmt: skip
+                    out.shadow_scenes += len(shadow_rows)
                 repo.finish_run(
                     session, execution_id, status=status, finished_at=started + timedelta(seconds=seconds),
                     error={
@@ -202,7 +239,8 @@ def seed_with_chain(ledger_url: str, root_uri: str) -> dict[str, int]:
 
     A tiny random champion (``tests.inference.chain_fixtures``) predicts small synthetic scenes:
     run 1 with champion v1 (two good scenes, one corrupt input quarantined), then a better model
-    is promoted and run 2 predicts a new scene with v2 (a champion change), then run 3 discovers a
+    is promoted and run 2 predicts a new scene with v2 (a champion change) and, in shadow, with a
+    challenger that missed the gate, then run 3 discovers a
     scene and fails through the failure handler before inferring (a failed run and a backlog).
     Returns execution id -> number of scenes each run predicted.
     """
@@ -212,7 +250,14 @@ def seed_with_chain(ledger_url: str, root_uri: str) -> dict[str, int]:
     from inference.handlers import infer as infer_handler
     from inference.handlers import observe as observe_handler
     from inference.handlers import process as process_handler
-    from tests.inference.chain_fixtures import chain_settings, make_champion, migrated, write_bad, write_scene
+    from tests.inference.chain_fixtures import (
+        chain_settings,
+        make_challenger,
+        make_champion,
+        migrated,
+        write_bad,
+        write_scene,
+    )
     from training import storage
 
     settings = chain_settings(root_uri, migrated(ledger_url))
@@ -231,10 +276,17 @@ def seed_with_chain(ledger_url: str, root_uri: str) -> dict[str, int]:
                 infer_handler.handler({"execution_id": execution_id, "item": item})
             for item in json.loads(storage.read_text(manifest["scenes_uri"])):
                 assemble_handler.handler({"execution_id": execution_id, "item": item})
+            if manifest["challenger_version"]:  # the shadow Maps, as the state machine runs them
+                shadow = {"shadow": True, "challenger_version": manifest["challenger_version"]}
+                for item in json.loads(storage.read_text(manifest["manifest_uri"])):
+                    infer_handler.handler({"execution_id": execution_id, "item": item, **shadow})
+                for item in json.loads(storage.read_text(manifest["scenes_uri"])):
+                    assemble_handler.handler({"execution_id": execution_id, "item": item, **shadow})
             predicted[execution_id] = observe_handler.handler({"execution_id": execution_id})["scenes"]
 
         full_run("chain-001")
         make_champion(settings.registry_uri, miou=0.9)  # a better model: the champion changes
+        make_challenger(settings.registry_uri, miou=0.8)  # and one that missed the gate, in shadow
         write_scene(storage.join(settings.input_uri, "c.tif"), seed=3, size=size)
         full_run("chain-002")
         write_scene(storage.join(settings.input_uri, "d.tif"), seed=4, size=size)
