@@ -226,3 +226,31 @@ def test_challenger_pointer_is_named_and_cleared(settings) -> None:
     assert not registry.clear_challenger(settings.registry_uri, settings.model_name, "another")
     assert registry.clear_challenger(settings.registry_uri, settings.model_name, version)
     assert registry.challenger(settings.registry_uri, settings.model_name) is None
+
+
+def test_state_machine_runs_the_shadow_maps_after_the_champions(settings) -> None:
+    """The ASL on moto's interpreter with the real handlers: ShadowBlocks and ShadowScenes run the
+    challenger after AssembleScenes; its COG matches the ledger's agreement."""
+    from inference import handlers
+    from inference.statemachine import local
+
+    challenger = make_challenger(settings.registry_uri)
+    write_scene(storage.join(settings.input_uri, "scene.tif"), 6, size=300)
+    handlers.configure(settings)
+    try:
+        execution = local.run_execution(settings.manifest_prefix, execution_id="sfn-shadow-1")
+    finally:
+        handlers.configure(None)
+    assert execution.status == "SUCCEEDED", execution.error
+    infer_calls = [outcome for name, outcome in execution.calls if name == "infer"]
+    assert len(infer_calls) == 2 * 9  # nine blocks, each once by the champion and once in shadow
+    with chain.session(settings) as s:
+        (row,) = s.query(ShadowComparison).all()
+        scene = chain.get_scene(s, row.scene_id)
+        served = repository.prediction_by(s, scene, row.champion_version)
+        assert row.status == ShadowStatus.compared and row.challenger_version == challenger
+        champion_map, challenger_map = _read(served.class_uri), _read(row.class_uri)
+        valid = (champion_map != NODATA_CLASS_ID) & (challenger_map != NODATA_CLASS_ID)
+        assert row.agreement == pytest.approx(float((champion_map == challenger_map)[valid].mean()))
+        run_id = repository.get_run(s, "sfn-shadow-1").id
+        assert {m.name: m.value for m in repository.metrics_for(s, run_id)}["shadow_scenes"] == 1
