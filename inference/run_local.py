@@ -7,9 +7,13 @@
     ``--ledger-url postgresql+psycopg2://...`` and ``--s3-prefix s3://bucket/prefix`` (with
     ``storage=s3`` or ``AWS_ENDPOINT_URL`` for a moto server) switch to Postgres and S3.
 
-``make upload_and_run_inference`` -> ``python -m inference.run_local upload --scenes N --interval S``
-    A demo of scheduled inference: drops N new synthetic scenes into the input prefix, one every S seconds,
-    and runs the chain after each drop.
+``make upload_and_run_inference`` -> ``python -m inference.run_local upload --scenes N --interval S [--window W]``
+    A demo of runs triggered by new imagery: drops N new synthetic scenes into the input prefix,
+    one every S seconds. Each upload's S3 ``Object Created`` event goes through the same
+    coalescing as the trigger Lambda (:func:`inference.trigger.handle_event`, against the local
+    state machine): uploads within one window of W seconds (``infra.trigger_window_s``, default
+    the chain's ``TRIGGER_WINDOW_S``) start one execution, which waits for the window to close
+    and then predicts them together. Each execution's summary and completion notice are printed.
 
 ``make run_inference ARGS="--scene-size 6000x7000"`` (``make scale_run``)
     A scale run: one synthetic scene of that size (a NAIP quarter-quad is about 6,000 x 7,000 px)
@@ -57,6 +61,8 @@ def load_settings(overrides: Sequence[str], ledger_url: str | None, s3_prefix: s
         if str(cfg.storage.root_uri).startswith("file://")
         else "/tmp/model",
     }
+    if cfg.infra.get("trigger_window_s") is not None:  # the deployment's window (Terraform's too)
+        extra["trigger_window_s"] = cfg.infra.trigger_window_s
     if ledger_url:
         extra["ledger_url"] = ledger_url
     if s3_prefix:
@@ -387,6 +393,75 @@ def upload_scenes(settings: ChainSettings, count: int, size: int, seed: int) -> 
     return uris
 
 
+def _bucket_and_key(uri: str) -> tuple[str, str]:
+    """The (bucket, key) an S3 event names for ``uri``; a ``file://`` path gets the bucket ``local``."""
+    scheme, _, rest = uri.partition("://")
+    if scheme == "s3":
+        bucket, _, key = rest.partition("/")
+        return bucket, key
+    return "local", rest.lstrip("/")
+
+
+def upload_and_run(
+    settings: ChainSettings,
+    scenes: int,
+    interval_s: float,
+    size: int,
+    seed: int,
+    window_s: float,
+    concurrency: int = 1,
+) -> list[dict[str, Any]]:
+    """Drop ``scenes`` synthetic scenes ``interval_s`` apart; each upload's event goes through the
+    trigger's coalescing; returns the summaries of the executions that started (in start order)."""
+    from inference import handlers, notify, trigger
+    from inference.ledger.models import utcnow
+    from inference.statemachine import local
+
+    handlers.configure(settings)
+    started: list[str] = []
+    summaries: list[dict[str, Any]] = []
+    try:
+        with local.state_machine(settings.manifest_prefix, concurrency=concurrency) as machine:
+            for drop in range(scenes):
+                if drop:
+                    time.sleep(interval_s)
+                (uri,) = upload_scenes(settings, 1, size, seed + drop)
+                bucket, key = _bucket_and_key(uri)
+                event = trigger.object_created_event(
+                    bucket, key, utcnow(), settings.aws_region or "us-east-1"
+                )
+                outcome = trigger.handle_event(machine.sfn, machine.arn, event, window_s)
+                log.info(
+                    "[%d/%d] dropped %s -> %s %s (%s)",
+                    drop + 1,
+                    scenes,
+                    uri,
+                    outcome.action,
+                    outcome.execution_name,
+                    outcome.reason,
+                )
+                if outcome.action == "started" and outcome.execution_arn:
+                    started.append(outcome.execution_arn)
+            for arn in started:
+                log.info("\nwaiting for %s (it waits for its window to close) ...", arn.rsplit(":", 1)[-1])
+                execution = machine.wait(arn)
+                summary = summarize(settings, execution)
+                outcome_name = "succeeded" if execution.succeeded else "failed"
+                summary["notice_uri"] = notify.notice_uri(settings, execution.execution_id, outcome_name)
+                summaries.append(summary)
+                log.info("%s\nnotice         %s", format_summary(summary), summary["notice_uri"])
+    finally:
+        handlers.configure(None)
+    log.info(
+        "\n%d upload(s) -> %d execution(s) (window %.0f s): %s",
+        scenes,
+        len(summaries),
+        trigger.window_seconds(window_s),
+        ", ".join(f"{s['execution_id']} [{s['status']}, {s['predicted']} predicted]" for s in summaries),
+    )
+    return summaries
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m inference.run_local", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -418,6 +493,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             p.add_argument("--interval", type=float, default=10.0, help="seconds between drops (default 10)")
             p.add_argument("--size", type=int, default=1024, help="scene side in pixels (default 1024)")
             p.add_argument("--seed", type=int, default=None, help="first seed (default: from the clock)")
+            p.add_argument(
+                "--window",
+                type=float,
+                default=None,
+                help="coalescing window in seconds (default: infra.trigger_window_s, else TRIGGER_WINDOW_S)",
+            )
     args = parser.parse_args(argv)
     configure_console(logging.INFO if args.verbose else logging.WARNING, verbose=args.verbose)
     log.setLevel(logging.INFO)  # this command's own lines, whatever the libraries' level
@@ -462,16 +543,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             log.info("%s", format_summary(summary))
             return 0 if summary["status"] == "SUCCEEDED" else 1
         seed = args.seed if args.seed is not None else int(time.time()) % 1_000_000
-        status = 0
-        for drop in range(args.scenes):
-            if drop:
-                time.sleep(args.interval)
-            (uri,) = upload_scenes(settings, 1, args.size, seed + drop)
-            log.info("\n[%d/%d] dropped %s", drop + 1, args.scenes, uri)
-            summary = run_once(settings, args.concurrency)
-            log.info("%s", format_summary(summary))
-            status = status or (0 if summary["status"] == "SUCCEEDED" else 1)
-        return status
+        window_s = args.window if args.window is not None else settings.trigger_window_s
+        summaries = upload_and_run(
+            settings, args.scenes, args.interval, args.size, seed, window_s, args.concurrency
+        )
+        return 0 if all(s["status"] == "SUCCEEDED" for s in summaries) else 1
     except (RunLocalError, TransientFaultError) as exc:
         log.error("error: %s", exc)
         return 2

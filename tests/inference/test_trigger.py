@@ -259,3 +259,26 @@ def test_the_lambda_handler_starts_the_window_s_execution(tmp_path, monkeypatch)
         finally:
             storage.configure()
     assert len(processed) == 1
+
+
+def test_upload_and_run_coalesces_uploads_of_a_window_into_one_run(tmp_uri, postgres_url) -> None:
+    """``make upload_and_run_inference``'s loop: three uploads in one window -> one execution of
+    the real chain (real handlers, Postgres ledger) that predicts all three, and one notice."""
+    from inference import notify, run_local
+    from tests.inference.chain_fixtures import chain_settings, make_champion, migrated
+
+    settings = chain_settings(tmp_uri, migrated(postgres_url))
+    make_champion(settings.registry_uri)
+    window_s = 6
+    while time.time() % window_s > 1.0:  # start just after a boundary: the uploads share a window
+        time.sleep(0.1)
+    summaries = run_local.upload_and_run(
+        settings, scenes=3, interval_s=0.2, size=256, seed=900, window_s=window_s
+    )
+    (summary,) = summaries
+    assert summary["status"] == "SUCCEEDED", summary["error"]
+    assert summary["execution_id"].startswith("s3-")
+    assert (summary["discovered"], summary["predicted"], summary["failed"]) == (3, 3, 0)
+    notice = notify.read_notice(settings, summary["execution_id"], "succeeded")
+    assert notice["channel"] == "file" and notice["summary"]["scenes"]["predicted"] == 3
+    assert summary["notice_uri"] == notify.notice_uri(settings, summary["execution_id"], "succeeded")
