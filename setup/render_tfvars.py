@@ -36,6 +36,9 @@ INFRA_KEYS = (
     "enable_access_host",
     "alarm_email",
     "log_retention_days",
+    "trigger_enabled",
+    "trigger_window_s",
+    "notice_subscriptions",
 )
 
 

@@ -1,7 +1,9 @@
 # Root module of the inference stack:
 #   kms -> s3 (data, predictions, registry) -> ecr -> network -> rds (+ secret) ->
 #   cloudwatch (log groups) -> iam (one role per function) -> lambda (five functions, one image)
-#   -> sfn (the ASL file via templatefile) -> scheduler -> cloudwatch alarms; access (optional).
+#   -> sfn (the ASL file via templatefile) -> scheduler -> cloudwatch alarms; access (optional);
+#   notices (the completion-notice SNS topic the notify function publishes to) and trigger (S3
+#   Object Created under the input prefix -> EventBridge rule -> trigger function -> the machine).
 data "aws_partition" "current" {}
 
 locals {
@@ -16,7 +18,7 @@ locals {
 
   definition_file = coalesce(var.state_machine_definition_file, "${path.module}/../statemachine/pipeline.asl.json")
 
-  # The five steps of the chain, all in one image; each handler module has handler(event, context).
+  # The six functions of the chain, all in one image; each handler module has handler(event, context).
   # assemble holds a whole scene's rasters and reads its blocks: it gets the infer budget.
   functions = {
     process = {
@@ -47,6 +49,13 @@ locals {
       memory_mb = var.failure_memory_mb
       timeout_s = var.failure_timeout_s
     }
+    # The completion notice: reads the ledger, publishes one message per execution.
+    notify = {
+      handler     = "inference.handlers.notify.handler"
+      memory_mb   = var.notify_memory_mb
+      timeout_s   = var.notify_timeout_s
+      environment = { NOTICE_TOPIC_ARN = module.notices.topic_arn }
+    }
   }
 
   # What each function may touch (bucket roles): read = list + get, write = put.
@@ -57,7 +66,13 @@ locals {
     assemble = { read = ["data", "registry", "predictions"], write = ["predictions"], delete = ["predictions"] }
     observe  = { read = ["predictions", "registry"], write = ["predictions"] }
     failure  = { read = [], write = [] }
+    # notify records each notice under <output prefix>/notices/ (and reads it: sent once).
+    notify = { read = ["predictions"], write = ["predictions"] }
   }
+
+  # Functions that publish to the notice topic. Kept apart from local.access: the key policy is
+  # built from local.access and the topic is encrypted with the key (no cycle).
+  notice_publishers = ["notify"]
 
   ledger_secret_arn = var.enable_rds ? module.rds[0].secret_arn : var.ledger_secret_arn
 
@@ -81,6 +96,20 @@ locals {
       actions        = ["kms:GenerateDataKey"]
       services       = ["s3"]
     } if length(a.write) > 0],
+    # Publishing to the encrypted notice topic: SNS asks for a data key and decrypts with it.
+    [for k, a in local.access : {
+      sid            = "${title(k)}FunctionPublishesNotices"
+      principal_arns = [module.iam.principal_arns[k]]
+      actions        = ["kms:GenerateDataKey", "kms:Decrypt"]
+      services       = ["sns"]
+    } if contains(local.notice_publishers, k)],
+    # The trigger function decrypts its environment only.
+    [{
+      sid            = "TriggerFunctionDecrypts"
+      principal_arns = [module.trigger.role_arn]
+      actions        = ["kms:Decrypt"]
+      services       = ["lambda"]
+    }],
     [{
       sid            = "StateMachineReadsManifests"
       principal_arns = [module.sfn.role_arn]
@@ -162,8 +191,9 @@ module "network" {
   region             = var.aws_region
   cidr_block         = var.vpc_cidr
   availability_zones = local.azs
+  # sns: the notify function publishes from the private subnets.
   interface_endpoints = concat(
-    ["secretsmanager"],
+    ["secretsmanager", "sns"],
     var.enable_access_host ? ["ssm", "ssmmessages", "ec2messages"] : [],
   )
   kms_key_arn        = module.kms.key_arn
@@ -221,6 +251,7 @@ module "iam" {
   source             = "./modules/iam"
   name               = local.name
   functions          = local.access
+  publish_topic_arns = { for k in local.notice_publishers : k => [module.notices.topic_arn] }
   bucket_arns        = module.s3.arns
   log_group_arns     = module.cloudwatch.function_log_group_arns
   kms_key_arn        = module.kms.key_arn
@@ -253,6 +284,7 @@ module "sfn" {
     assemble_function_arn = module.lambda.arns["assemble"]
     observe_function_arn  = module.lambda.arns["observe"]
     failure_function_arn  = module.lambda.arns["failure"]
+    notify_function_arn   = module.lambda.arns["notify"]
     manifest_bucket       = module.s3.names["predictions"]
   }
   function_arns       = values(module.lambda.arns)
@@ -268,4 +300,26 @@ module "scheduler" {
   schedule_expression = var.schedule_expression
   timezone            = var.schedule_timezone
   enabled             = var.schedule_enabled
+}
+
+module "notices" {
+  source        = "./modules/notices"
+  name          = local.name
+  kms_key_arn   = module.kms.key_arn
+  subscriptions = var.notice_subscriptions
+}
+
+module "trigger" {
+  source             = "./modules/trigger"
+  name               = "${local.name}-pipeline"
+  enabled            = var.trigger_enabled
+  bucket_id          = module.s3.names["data"]
+  bucket_name        = module.s3.names["data"]
+  input_prefix       = "${trimsuffix(var.input_prefix, "/")}/"
+  state_machine_arn  = module.sfn.arn
+  window_s           = var.trigger_window_s
+  image_uri          = "${module.ecr.repository_url}:${var.image_tag}"
+  architecture       = var.lambda_architecture
+  kms_key_arn        = module.kms.key_arn
+  log_retention_days = var.log_retention_days
 }

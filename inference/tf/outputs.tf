@@ -51,3 +51,18 @@ output "state_machine_definition_file" {
   description = "The ASL template the state machine was built from."
   value       = local.definition_file
 }
+
+output "notice_topic_arn" {
+  description = "SNS topic of the completion notices (one message per execution)."
+  value       = module.notices.topic_arn
+}
+
+output "trigger_function_name" {
+  description = "The function S3 Object Created events under the input prefix invoke."
+  value       = module.trigger.function_name
+}
+
+output "trigger_rule_arn" {
+  description = "The EventBridge rule on the data bucket's Object Created events."
+  value       = module.trigger.rule_arn
+}

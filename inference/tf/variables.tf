@@ -159,6 +159,18 @@ variable "failure_timeout_s" {
   default     = 60
 }
 
+variable "notify_memory_mb" {
+  description = "Memory of the notify function (reads the run's summary from the ledger, publishes it)."
+  type        = number
+  default     = 256
+}
+
+variable "notify_timeout_s" {
+  description = "Timeout of the notify function."
+  type        = number
+  default     = 60
+}
+
 variable "infer_reserved_concurrency" {
   description = "Reserved concurrency of the infer function (null: unreserved; the Map's MaxConcurrency bounds it)."
   type        = number
@@ -217,6 +229,33 @@ variable "schedule_enabled" {
   description = "Whether the schedule is ENABLED."
   type        = bool
   default     = true
+}
+
+# --- Runs triggered by new imagery, completion notices ------------------------------------------
+variable "trigger_enabled" {
+  description = "Whether S3 Object Created events under input_prefix start runs (EventBridge rule -> trigger function); the schedule stays either way."
+  type        = bool
+  default     = true
+}
+
+variable "trigger_window_s" {
+  description = "Seconds of the window whose uploads coalesce into one execution (TRIGGER_WINDOW_S); null = the chain's default."
+  type        = number
+  default     = null
+}
+
+variable "notice_subscriptions" {
+  description = "Subscribers of the completion-notice topic: [{protocol = \"email\" | \"https\", endpoint = address or URL}]."
+  type = list(object({
+    protocol = string
+    endpoint = string
+  }))
+  default = []
+
+  validation {
+    condition     = alltrue([for s in var.notice_subscriptions : contains(["email", "https"], s.protocol)])
+    error_message = "notice_subscriptions: protocol must be email or https."
+  }
 }
 
 # --- Network and database --------------------------------------------------------------------

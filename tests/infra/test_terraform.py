@@ -35,6 +35,7 @@ ASL_VARIABLES = {
     "assemble_function_arn",
     "observe_function_arn",
     "failure_function_arn",
+    "notify_function_arn",
     "manifest_bucket",
 }
 # Where a provider mirror may be; TF_PLUGIN_MIRROR wins.
@@ -81,7 +82,7 @@ def find_provider_mirror() -> Path:
 
 
 def _render_asl(arns: dict[str, str]) -> str:
-    """What templatefile() makes of the ASL file, for the five contract variables."""
+    """What templatefile() makes of the ASL file, for the contract variables."""
     text = ASL_FILE.read_text()
     return re.sub(r"\$\{(\w+)\}", lambda m: arns[m.group(1)], text)
 
@@ -92,6 +93,7 @@ FAKE_VALUES = {
     "assemble_function_arn": "arn:aws:lambda:us-east-1:123456789012:function:lc-assemble",
     "observe_function_arn": "arn:aws:lambda:us-east-1:123456789012:function:lc-observe",
     "failure_function_arn": "arn:aws:lambda:us-east-1:123456789012:function:lc-failure",
+    "notify_function_arn": "arn:aws:lambda:us-east-1:123456789012:function:lc-notify",
     "manifest_bucket": "lc-predictions",
 }
 
@@ -257,6 +259,44 @@ def test_block_outputs_lifecycle_prefix_is_the_code_s() -> None:
 
     main_tf = (TF_DIR / "main.tf").read_text()
     assert f'blocks_prefix = "${{trimsuffix(var.output_prefix, "/")}}/{artifacts.BLOCKS_DIR}/"' in main_tf
+
+
+def test_trigger_rule_pattern_is_the_code_s() -> None:
+    """Terraform cannot import inference.trigger: its rule must spell the same pattern (the
+    tftest checks the deployed pattern is this one for the default stack)."""
+    from inference import trigger
+
+    assert trigger.event_pattern("B", "incoming/") == {
+        "source": ["aws.s3"],
+        "detail-type": ["Object Created"],
+        "detail": {"bucket": {"name": ["B"]}, "object": {"key": [{"prefix": "incoming/"}]}},
+    }
+    hcl = re.sub(r"\s+", " ", (TF_DIR / "modules" / "trigger" / "main.tf").read_text())
+    for part in (
+        f'source = ["{trigger.S3_SOURCE}"]',
+        f'"detail-type" = ["{trigger.OBJECT_CREATED}"]',
+        "bucket = { name = [var.bucket_name] }",
+        "object = { key = [{ prefix = var.input_prefix }] }",
+        'command = ["inference.handlers.trigger.handler"]',
+    ):
+        assert part in hcl, part
+    main_tf = re.sub(r"\s+", " ", (TF_DIR / "main.tf").read_text())
+    assert 'input_prefix = "${trimsuffix(var.input_prefix, "/")}/"' in main_tf  # the prefix as a folder
+
+
+def test_tfvars_carry_triggers_and_notices(tmp_path) -> None:
+    sys.path.insert(0, str(REPO_ROOT / "setup"))
+    import render_tfvars
+
+    tfvars = render_tfvars.render(
+        [
+            "infra.trigger_window_s=120",
+            "infra.notice_subscriptions=[{protocol:email,endpoint:ops@example.org}]",
+        ]
+    )
+    assert tfvars["trigger_enabled"] is True and tfvars["trigger_window_s"] == 120
+    assert tfvars["notice_subscriptions"] == [{"protocol": "email", "endpoint": "ops@example.org"}]
+    assert "trigger_window_s" not in render_tfvars.render([])  # null: the chain's default
 
 
 @pytest.mark.parametrize("action", ["setup", "provision", "clean"])

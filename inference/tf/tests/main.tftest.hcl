@@ -39,6 +39,18 @@ mock_provider "aws" {
   mock_resource "aws_ecr_repository" {
     defaults = { repository_url = "123456789012.dkr.ecr.us-east-1.amazonaws.com/landcover-test" }
   }
+  mock_resource "aws_sqs_queue" {
+    defaults = { arn = "arn:aws:sqs:us-east-1:123456789012:landcover-test-pipeline-trigger-dead-letters" }
+  }
+  mock_resource "aws_cloudwatch_event_rule" {
+    defaults = { arn = "arn:aws:events:us-east-1:123456789012:rule/landcover-test-pipeline-object-created" }
+  }
+}
+
+# The rule's target and permission validate the trigger's ARN; the chain's stay random (above).
+override_resource {
+  target = module.trigger.aws_lambda_function.trigger
+  values = { arn = "arn:aws:lambda:us-east-1:123456789012:function:landcover-test-pipeline-trigger" }
 }
 
 # Generates the ledger password in production; here a real provider that is configured
@@ -79,13 +91,14 @@ run "default_stack" {
       assemble_function_arn = module.lambda.arns["assemble"]
       observe_function_arn  = module.lambda.arns["observe"]
       failure_function_arn  = module.lambda.arns["failure"]
+      notify_function_arn   = module.lambda.arns["notify"]
       manifest_bucket       = module.s3.names["predictions"]
     }))
     error_message = "The deployed definition is not the ASL file with the ARNs substituted."
   }
   assert {
-    condition     = length(distinct(values(module.lambda.arns))) == 5 && alltrue([for arn in values(module.lambda.arns) : strcontains(module.sfn.definition, arn)])
-    error_message = "Each of the five distinct Lambda ARNs must appear in the definition."
+    condition     = length(distinct(values(module.lambda.arns))) == 6 && alltrue([for arn in values(module.lambda.arns) : strcontains(module.sfn.definition, arn)])
+    error_message = "Each of the six distinct Lambda ARNs must appear in the definition."
   }
   assert {
     condition     = !strcontains(module.sfn.definition, "$${")
@@ -120,8 +133,8 @@ run "default_stack" {
     error_message = "Default timeouts are not as configured."
   }
   assert {
-    condition     = length(module.lambda.arns) == 5
-    error_message = "Expected process, infer, assemble, observe and failure functions."
+    condition     = toset(keys(module.lambda.arns)) == toset(["process", "infer", "assemble", "observe", "failure", "notify"])
+    error_message = "Expected process, infer, assemble, observe, failure and notify functions."
   }
   assert {
     condition     = module.lambda.handlers["infer"][0] == "inference.handlers.infer.handler" && module.lambda.handlers["assemble"][0] == "inference.handlers.assemble.handler" && module.lambda.handlers["failure"][0] == "inference.handlers.failure.handler"
@@ -212,8 +225,8 @@ run "default_stack" {
     error_message = "Each execution role must decrypt (its environment, objects, secret) through the stack's services only."
   }
   assert {
-    condition     = toset([for s in jsondecode(module.kms.policy).Statement : s.Sid if contains(flatten([s.Action]), "kms:GenerateDataKey")]) == toset(["ProcessFunctionWritesObjects", "InferFunctionWritesObjects", "AssembleFunctionWritesObjects", "ObserveFunctionWritesObjects"])
-    error_message = "Only the functions that write objects may generate data keys (through S3); failure writes none."
+    condition     = toset([for s in jsondecode(module.kms.policy).Statement : s.Sid if contains(flatten([s.Action]), "kms:GenerateDataKey")]) == toset(["ProcessFunctionWritesObjects", "InferFunctionWritesObjects", "AssembleFunctionWritesObjects", "ObserveFunctionWritesObjects", "NotifyFunctionWritesObjects", "NotifyFunctionPublishesNotices"])
+    error_message = "Only the functions that write objects (through S3) or publish notices (through SNS) may generate data keys; failure does neither."
   }
   assert {
     condition = alltrue([for s in jsondecode(module.kms.policy).Statement :
@@ -244,6 +257,76 @@ run "default_stack" {
       try(s.Sid == "StateMachineReadsManifests" && s.Principal.AWS == [module.sfn.role_arn] && s.Action == ["kms:Decrypt"], false)
     ])
     error_message = "The state machine role must decrypt the manifests through S3."
+  }
+
+  # --- Completion notices: an encrypted topic, published to by the notify function only.
+  assert {
+    condition     = module.lambda.environments["notify"]["NOTICE_TOPIC_ARN"] == module.notices.topic_arn && module.notices.topic_kms_key == module.kms.key_arn
+    error_message = "notify must publish to the notice topic, which the stack key encrypts."
+  }
+  assert {
+    condition     = alltrue([for k, env in module.lambda.environments : !contains(keys(env), "NOTICE_TOPIC_ARN") if k != "notify"])
+    error_message = "Only notify knows the notice topic."
+  }
+  assert {
+    condition = [for s in jsondecode(module.iam.role_policies["notify"]).Statement : s.Resource if s.Sid == "PublishNotices"] == [[module.notices.topic_arn]] && alltrue([
+      for k, p in module.iam.role_policies : !strcontains(p, "sns:Publish") if k != "notify"
+    ])
+    error_message = "sns:Publish on the notice topic is notify's alone."
+  }
+  assert {
+    condition = anytrue([for s in jsondecode(module.kms.policy).Statement :
+      try(s.Sid == "NotifyFunctionPublishesNotices" && s.Condition.StringEquals["kms:ViaService"] == ["sns.us-east-1.amazonaws.com"], false)
+    ])
+    error_message = "notify may use the key for the topic through SNS only."
+  }
+  assert {
+    condition     = length(module.notices.subscriptions) == 0
+    error_message = "No notice subscriptions unless notice_subscriptions names them."
+  }
+  assert {
+    condition     = contains(module.network.interface_endpoint_services, "sns")
+    error_message = "notify publishes from the private subnets: the VPC needs an SNS endpoint."
+  }
+
+  # --- Runs triggered by new imagery: bucket -> EventBridge -> rule on the input prefix -> trigger.
+  assert {
+    condition     = module.trigger.eventbridge_notifications == true
+    error_message = "The data bucket must send its events to EventBridge."
+  }
+  assert {
+    condition = jsondecode(module.trigger.event_pattern) == {
+      source        = ["aws.s3"]
+      "detail-type" = ["Object Created"]
+      detail = {
+        bucket = { name = [module.s3.names["data"]] }
+        object = { key = [{ prefix = "incoming/" }] }
+      }
+    }
+    error_message = "The rule must match Object Created under the input prefix of the data bucket (inference.trigger.event_pattern)."
+  }
+  assert {
+    condition     = module.trigger.rule_target_arn == module.trigger.function_arn && module.trigger.handler[0] == "inference.handlers.trigger.handler"
+    error_message = "The rule must invoke the trigger function, which runs the trigger handler."
+  }
+  assert {
+    condition     = length(module.trigger.environment) == 1 && module.trigger.environment["STATE_MACHINE_ARN"] == module.sfn.arn && !module.trigger.vpc_configured
+    error_message = "The trigger knows only the machine (and the window when set) and runs outside the VPC."
+  }
+  assert {
+    condition = jsondecode(module.trigger.role_policy).Statement[2] == {
+      Sid      = "StartAndListTheMachine"
+      Effect   = "Allow"
+      Action   = ["states:StartExecution", "states:ListExecutions"]
+      Resource = module.sfn.arn
+      } && alltrue([for s in jsondecode(module.trigger.role_policy).Statement :
+        !contains(flatten([s.Action]), "states:*") && (s.Resource != "*" || s.Sid == "Tracing")
+    ])
+    error_message = "The trigger role may start, list and describe executions of the one machine, and nothing broader."
+  }
+  assert {
+    condition     = module.scheduler.target_arn == module.sfn.arn
+    error_message = "The schedule stays as the safety net."
   }
 }
 
@@ -299,6 +382,40 @@ run "configured_memory_timeouts_and_access_host" {
     condition     = length(module.access) == 1 && startswith(output.grafana_tunnel_command, "aws ssm start-session")
     error_message = "enable_access_host must create the SSM host and print the port-forward command."
   }
+}
+
+run "notice_subscriptions_and_trigger_window" {
+  command = plan
+
+  variables {
+    trigger_window_s = 120
+    notice_subscriptions = [
+      { protocol = "email", endpoint = "ops@example.org" },
+      { protocol = "https", endpoint = "https://hooks.example.org/landcover" },
+    ]
+  }
+
+  assert {
+    condition     = module.trigger.environment["TRIGGER_WINDOW_S"] == "120"
+    error_message = "trigger_window_s must reach the trigger function as TRIGGER_WINDOW_S."
+  }
+  assert {
+    condition = toset(module.notices.subscriptions) == toset([
+      { protocol = "email", endpoint = "ops@example.org" },
+      { protocol = "https", endpoint = "https://hooks.example.org/landcover" },
+    ])
+    error_message = "Each notice_subscriptions entry must subscribe to the notice topic."
+  }
+}
+
+run "notice_subscriptions_reject_other_protocols" {
+  command = plan
+
+  variables {
+    notice_subscriptions = [{ protocol = "sms", endpoint = "+15555550100" }]
+  }
+
+  expect_failures = [var.notice_subscriptions]
 }
 
 run "without_rds_uses_the_given_secret" {

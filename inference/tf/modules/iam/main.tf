@@ -74,7 +74,7 @@ resource "aws_iam_role_policy" "function" {
         {
           Sid      = "UseTheStackKey"
           Effect   = "Allow"
-          Action   = length(each.value.write) > 0 ? ["kms:Decrypt", "kms:GenerateDataKey"] : ["kms:Decrypt"]
+          Action   = length(each.value.write) + length(lookup(var.publish_topic_arns, each.key, [])) > 0 ? ["kms:Decrypt", "kms:GenerateDataKey"] : ["kms:Decrypt"]
           Resource = var.kms_key_arn
         },
       ],
@@ -106,6 +106,14 @@ resource "aws_iam_role_policy" "function" {
           Effect   = "Allow"
           Action   = ["s3:DeleteObject"]
           Resource = [for b in each.value.delete : "${var.bucket_arns[b]}/*"]
+        },
+      ],
+      length(lookup(var.publish_topic_arns, each.key, [])) == 0 ? [] : [
+        {
+          Sid      = "PublishNotices"
+          Effect   = "Allow"
+          Action   = ["sns:Publish"]
+          Resource = var.publish_topic_arns[each.key]
         },
       ],
       var.ledger_secret_arn == null ? [] : [

@@ -42,3 +42,9 @@ variable "security_group_ids" {
   description = "Security groups the functions use (scopes ec2:CreateNetworkInterface)."
   type        = list(string)
 }
+
+variable "publish_topic_arns" {
+  description = "Per function key: SNS topics it may publish to (apart from functions: the roles must not wait on the topics, which the key policy naming the roles encrypts)."
+  type        = map(list(string))
+  default     = {}
+}

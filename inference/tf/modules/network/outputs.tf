@@ -17,3 +17,8 @@ output "lambda_security_group_id" {
   description = "Security group of the Lambda functions."
   value       = aws_security_group.lambda.id
 }
+
+output "interface_endpoint_services" {
+  description = "Service suffixes of the interface endpoints (secretsmanager, sns, ...)."
+  value       = keys(aws_vpc_endpoint.interface)
+}
