@@ -322,4 +322,5 @@ module "trigger" {
   architecture       = var.lambda_architecture
   kms_key_arn        = module.kms.key_arn
   log_retention_days = var.log_retention_days
+  alarm_topic_arn    = module.cloudwatch.alarm_topic_arn
 }

@@ -334,7 +334,7 @@ PROVIDER_OVERRIDE = """
 """
 SERVICES = [
     "cloudwatch", "cloudwatchlogs", "ec2", "ecr", "iam", "kms", "lambda", "rds", "s3", "scheduler",
-    "secretsmanager", "sfn", "sns", "ssm", "sts",
+    "secretsmanager", "sfn", "sns", "ssm", "sts", "events", "sqs",
 ]  # fmt: skip
 
 
@@ -371,6 +371,7 @@ def test_apply_and_destroy_against_moto(terraform, tmp_path) -> None:
         "model_name": "chesapeake-landcover",
         "image_tag": "apply-test",
         "infer_memory_mb": compose().infra.infer_memory_mb,
+        "infer_timeout_s": compose().infra.infer_timeout_s,
         "state_machine_definition_file": str(ASL_FILE),
         "allow_destroy": True,  # moto: let destroy empty buckets and drop RDS without a snapshot
     }
@@ -432,6 +433,24 @@ def test_apply_and_destroy_against_moto(terraform, tmp_path) -> None:
         )
         state = _ok(_run([terraform, "show", "-json"], cwd=work, env=env))
         assert secret["password"] not in state, "the generated password must not be in the state"
+
+        # Runs triggered by new imagery and completion notices, as provisioned.
+        from inference import trigger
+
+        data_bucket = outputs["bucket_names"]["data"]
+        events = session.client("events", endpoint_url=endpoint)
+        rule = events.describe_rule(Name=f"{project}-pipeline-object-created")
+        assert json.loads(rule["EventPattern"]) == trigger.event_pattern(data_bucket, "incoming/")
+        (target,) = events.list_targets_by_rule(Rule=rule["Name"])["Targets"]
+        trigger_fn = lambdas.get_function(FunctionName=outputs["trigger_function_name"])["Configuration"]
+        assert target["Arn"] == trigger_fn["FunctionArn"]
+        assert trigger_fn["Environment"]["Variables"]["STATE_MACHINE_ARN"] == outputs["state_machine_arn"]
+        s3 = session.client("s3", endpoint_url=endpoint)
+        assert "EventBridgeConfiguration" in s3.get_bucket_notification_configuration(Bucket=data_bucket)
+        sns = session.client("sns", endpoint_url=endpoint)
+        assert sns.get_topic_attributes(TopicArn=outputs["notice_topic_arn"])["Attributes"]["KmsMasterKeyId"]
+        notify_fn = lambdas.get_function_configuration(FunctionName=outputs["function_names"]["notify"])
+        assert notify_fn["Environment"]["Variables"]["NOTICE_TOPIC_ARN"] == outputs["notice_topic_arn"]
 
         execution = sfn.start_execution(
             stateMachineArn=outputs["state_machine_arn"],

@@ -328,6 +328,14 @@ run "default_stack" {
     condition     = module.scheduler.target_arn == module.sfn.arn
     error_message = "The schedule stays as the safety net."
   }
+  assert {
+    condition = alltrue([for s in jsondecode(module.kms.policy).Statement :
+      alltrue([for name in module.trigger.alarm_names :
+        can(regex("^${replace(s.Condition.ArnLike["aws:SourceArn"], "*", ".*")}$", "arn:aws:cloudwatch:us-east-1:123456789012:alarm:${name}"))
+      ])
+    if s.Sid == "StackAlarmsPublishToEncryptedTopic"])
+    error_message = "The trigger's alarms must be able to publish to the encrypted alarm topic."
+  }
 }
 
 run "configured_memory_timeouts_and_access_host" {

@@ -57,3 +57,8 @@ output "dead_letter_queue_arn" {
   description = "Where undeliverable events go."
   value       = aws_sqs_queue.dead_letters.arn
 }
+
+output "alarm_names" {
+  description = "The trigger's alarms."
+  value       = [aws_cloudwatch_metric_alarm.errors.alarm_name, aws_cloudwatch_metric_alarm.dead_letters.alarm_name]
+}

@@ -78,3 +78,8 @@ variable "log_retention_days" {
   description = "Retention of the function's log group."
   type        = number
 }
+
+variable "alarm_topic_arn" {
+  description = "SNS topic the trigger's alarms (errors, dead letters) go to."
+  type        = string
+}
