@@ -7,7 +7,8 @@ are those of every prediction the run recorded, in any attempt.
 
 - **scenes**: predicted by this run (the ledger's predictions of the run by its model version),
   failed, new and quarantined as the run recorded them;
-- **km2**: the valid area of the predicted scenes (``scenes.area_km2``);
+- **km2**: the area of the predicted scenes (``scenes.area_km2``, their footprints), and
+  **valid_km2**: the area the run mapped, nodata excluded (observe's ``area_km2`` metric);
 - **quarantined**: the count, and the first few inputs quarantined while the run was open;
 - **drift**: the run's drift flag (null when observe did not get to it);
 - **outputs**: the output prefix and the first few STAC items of the run's predictions;
@@ -113,17 +114,22 @@ def quarantined_during(s: Session, run: Run) -> list[tuple[str, str | None]]:
     return [(uri, reason) for uri, reason in s.execute(query).all()]
 
 
-def drift_flag(s: Session, run: Run) -> bool | None:
-    """The run's drift flag metric; None when observe did not record one."""
-    value = s.execute(
+def run_metric(s: Session, run: Run, name: str) -> float | None:
+    """A run-level metric of the run's model version (None when observe did not record it)."""
+    return s.execute(
         sa.select(Metric.value).where(
             Metric.run_id == run.id,
             Metric.scene_id.is_(None),
             Metric.model_version == run.model_version,
-            Metric.name == "drift_flag",
+            Metric.name == name,
             Metric.key == "",
         )
     ).scalar_one_or_none()
+
+
+def drift_flag(s: Session, run: Run) -> bool | None:
+    """The run's drift flag metric; None when observe did not record one."""
+    value = run_metric(s, run, "drift_flag")
     return None if value is None else bool(value >= 1.0)
 
 
@@ -137,6 +143,7 @@ def _empty_summary(settings: ChainSettings, execution_id: str, outcome: str, err
         "finished_at": None,
         "scenes": {"predicted": 0, "failed": 0, "new": 0, "quarantined": 0},
         "km2": 0.0,
+        "valid_km2": None,
         "quarantined": [],
         "drift": None,
         "outputs": {"prefix": settings.output_uri, "stac_items": [], "more_items": 0},
@@ -175,6 +182,7 @@ def build_summary(
                 "quarantined": run.scenes_quarantined,
             },
             km2=round(sum(area or 0.0 for _, area in predictions), 6),
+            valid_km2=run_metric(s, run, "area_km2"),
             quarantined=[{"uri": uri, "reason": reason} for uri, reason in quarantined_during(s, run)],
             drift=drift_flag(s, run),
             outputs={
@@ -209,7 +217,8 @@ def format_text(summary: dict[str, Any]) -> str:
         f"model       {summary['model_version']}",
         f"scenes      {scenes['predicted']} predicted, {scenes['failed']} failed, {scenes['new']} new, "
         f"{scenes['quarantined']} quarantined",
-        f"area        {summary['km2']:.4f} km²",
+        f"area        {summary['km2']:.4f} km² of scenes"
+        + ("" if summary["valid_km2"] is None else f", {summary['valid_km2']:.4f} km² mapped (valid pixels)"),
         f"drift       {'n/a' if drift is None else ('FLAGGED' if drift else 'ok')}",
         f"outputs     {summary['outputs']['prefix']}",
     ]

@@ -86,7 +86,7 @@ def ledger(tmp_uri, postgres_url):
         repository.quarantine(s, bad, "wrong_band_count", "3 bands, need 4")
         repository.update_run(s, "exec-1", scenes_discovered=4, scenes_quarantined=1)
         repository.record_metrics(
-            s, run.id, None, VERSION, [("drift_flag", None, 1.0), ("area_km2", None, 0.75)]
+            s, run.id, None, VERSION, [("drift_flag", None, 1.0), ("area_km2", None, 0.7)]
         )
         repository.finish_run(s, "exec-1", scenes_predicted=3, scenes_failed=0)
     return settings
@@ -96,7 +96,7 @@ def test_summary_is_the_ledger_s(ledger) -> None:
     summary = notify.build_summary(ledger, "exec-1", "succeeded")
     assert summary["execution_id"] == "exec-1" and summary["status"] == "succeeded"
     assert summary["scenes"] == {"predicted": 3, "failed": 0, "new": 4, "quarantined": 1}
-    assert summary["km2"] == pytest.approx(0.75)
+    assert summary["km2"] == pytest.approx(0.75) and summary["valid_km2"] == pytest.approx(0.7)
     assert summary["drift"] is True and summary["model_version"] == VERSION
     assert summary["quarantined"] == [{"uri": "file:///in/bad.tif", "reason": "wrong_band_count"}]
     assert summary["outputs"]["prefix"] == ledger.output_uri
@@ -199,6 +199,9 @@ def test_real_chain_publishes_one_notice_per_execution(s3_bucket, postgres_url, 
         )
     assert body["scenes"] == {"predicted": 2, "failed": 0, "new": 3, "quarantined": 1}
     assert len(predictions) == 2 and body["km2"] == pytest.approx(area)
+    with chain.session(settings) as s:
+        mapped = {(m.name, m.key): m.value for m in repository.metrics_for(s, run.id)}[("area_km2", "")]
+    assert body["valid_km2"] == pytest.approx(mapped) and 0 < mapped < area  # the nodata border
     assert body["drift"] in (True, False) and body["model_version"] == run.model_version
     assert body["quarantined"] == [{"uri": f"{settings.input_uri}/bad.tif", "reason": "band_count"}]
     assert sorted(body["outputs"]["stac_items"]) == sorted(p.stac_uri for p in predictions)
