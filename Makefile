@@ -120,7 +120,7 @@ load_run: setup_env ## 200 small synthetic scenes in one execution: each predict
 	$(CLI) infer run --load 200 --size 256 --ledger-url sqlite:///$(SCALE_DIR)/load/ledger.db inference.input_uri=file://$(SCALE_DIR)/load/input inference.output_uri=file://$(SCALE_DIR)/load/predictions $(ARGS)
 
 .PHONY: upload_and_run_inference
-upload_and_run_inference: setup_env ## Drop N new synthetic scenes into the input prefix, running the chain after each (ARGS="--scenes 3 --interval 10")
+upload_and_run_inference: setup_env ## Drop N new synthetic scenes into the input prefix; uploads of one window coalesce into one run, as S3 triggers do (ARGS="--scenes 3 --interval 10 --window 60")
 	$(CLI) infer upload $(ARGS)
 
 # --- Training stack: the Airflow UI without Docker, and the docker compose stack ---
