@@ -592,6 +592,24 @@ def get_scene(s: Session, scene_id: int) -> Scene:
     return scene
 
 
+def predict_item(settings: ChainSettings, predictor: Any, path: str, item: BlockItem) -> Any:
+    """The block ``item`` names of the scene at local ``path``, predicted with the settings' tiling."""
+    from inference.predict import predict_block
+
+    return predict_block(
+        predictor,
+        path,
+        item.block,
+        block_chips=item.block_chips,
+        chip_size=settings.chip_size,
+        overlap=settings.overlap,
+        batch_size=settings.batch_size,
+        max_pixels=settings.max_pixels,
+        low_confidence_threshold=settings.low_confidence_threshold,
+        expected_window=item.window,
+    )
+
+
 def infer(settings: ChainSettings, execution_id: str, item: dict[str, Any] | BlockItem) -> dict[str, Any]:
     """Predict one block of a scene with the champion; idempotent per (scene, model version, block).
 
@@ -599,7 +617,6 @@ def infer(settings: ChainSettings, execution_id: str, item: dict[str, Any] | Blo
     execution's lease leaves the block to that execution). The block's classes, confidence and
     sums go to one file under the blocks prefix; :func:`assemble` builds the scene from them.
     """
-    from inference.predict import predict_block
 
     configure_storage(settings)
     item = BlockItem.model_validate(item)
@@ -640,18 +657,7 @@ def infer(settings: ChainSettings, execution_id: str, item: dict[str, Any] | Blo
     path = item.uri
     try:
         path, temporary = retry.call(lambda: local_copy(settings, item), f"read scene {item.scene_id}")
-        pred = predict_block(
-            model.predictor,
-            path,
-            item.block,
-            block_chips=item.block_chips,
-            chip_size=settings.chip_size,
-            overlap=settings.overlap,
-            batch_size=settings.batch_size,
-            max_pixels=settings.max_pixels,
-            low_confidence_threshold=settings.low_confidence_threshold,
-            expected_window=item.window,
-        )
+        pred = predict_item(settings, model.predictor, path, item)
         uri = artifacts.block_output_uri(settings.output_uri, item.sha256, version, item.block)
         retry.call(
             lambda: storage.write_bytes(uri, block_outputs.to_bytes(pred)), f"write the outputs of {what}"

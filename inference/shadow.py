@@ -36,6 +36,7 @@ from inference.chain import (
     get_scene,
     load_version,
     local_copy,
+    predict_item,
     transaction,
 )
 from inference.ledger import repository
@@ -159,8 +160,6 @@ def infer_block(
     settings: ChainSettings, execution_id: str, item: dict[str, Any] | BlockItem, challenger_version: str
 ) -> dict[str, Any]:
     """Predict one block with the challenger; idempotent per (scene, challenger, block)."""
-    from inference.predict import predict_block
-
     configure_storage(settings)
     item = BlockItem.model_validate(item)
     what = f"shadow block {item.block} of scene {item.scene_id}"
@@ -181,18 +180,7 @@ def infer_block(
     path, temporary = item.uri, False
     try:
         path, temporary = retry.call(lambda: local_copy(settings, item), f"read scene {item.scene_id}")
-        pred = predict_block(
-            model.predictor,
-            path,
-            item.block,
-            block_chips=item.block_chips,
-            chip_size=settings.chip_size,
-            overlap=settings.overlap,
-            batch_size=settings.batch_size,
-            max_pixels=settings.max_pixels,
-            low_confidence_threshold=settings.low_confidence_threshold,
-            expected_window=item.window,
-        )
+        pred = predict_item(settings, model.predictor, path, item)
         retry.call(
             lambda: storage.write_bytes(uri, block_outputs.to_bytes(pred)), f"write the outputs of {what}"
         )
