@@ -55,6 +55,22 @@ def after_decision(cfg: Any, decision: registry.PromotionDecision) -> dict[str, 
     return pointer
 
 
+def promote_candidate(cfg: Any, version: str) -> tuple[registry.PromotionDecision, dict[str, Any] | None]:
+    """The promotion decision on a newly registered ``version``, and the challenger pointer it names.
+
+    There is no shadow evidence for a new version yet: with shadow criteria required, a
+    candidate that passes the held-out gate awaits them as the challenger.
+    """
+    decision = registry.promote_if_better(
+        cfg.storage.registry_uri,
+        cfg.model_name,
+        version,
+        margin=cfg.training.promotion_margin,
+        shadow=shadow_criteria(cfg),
+    )
+    return decision, after_decision(cfg, decision)
+
+
 def shadow_evidence(cfg: Any, champion_version: str, challenger_version: str) -> dict[str, Any]:
     """What the ledger of the config's inference chain holds on the challenger."""
     from inference import chain

@@ -546,17 +546,8 @@ def promote(run: Run) -> dict[str, Any]:
 
     cfg = run.cfg
     version = run.result("register")["version"]
-    # Without shadow evidence yet: with shadow criteria required, a candidate that passes the
-    # held-out gate awaits them as the challenger (landcover promote-challenger decides later).
-    decision = registry.promote_if_better(
-        cfg.storage.registry_uri,
-        cfg.model_name,
-        version,
-        margin=cfg.training.promotion_margin,
-        shadow=challenger.shadow_criteria(cfg),
-    )
+    decision, named = challenger.promote_candidate(cfg, version)
     log.info("[promote] %s: %s", decision.outcome, decision.reason)
-    named = challenger.after_decision(cfg, decision)
     result = {"decision": decision.to_dict(), "challenger": None if named is None else named["version"]}
     if cfg.logging.style in ("mlflow", "both") and cfg.logging.mlflow.register_model:
         from training.mlflow_model import log_served_model
@@ -656,7 +647,9 @@ def summary(run: Run) -> str:
         f"  registry version      {decision['version']}  -> {decision['outcome']}: {decision['reason']}"
     )
     if promote_result.get("challenger"):
-        lines.append(f"  challenger            {promote_result['challenger']} (predicts new scenes in shadow)")
+        lines.append(
+            f"  challenger            {promote_result['challenger']} (predicts new scenes in shadow)"
+        )
     if "mlflow" in promote_result:
         m = promote_result["mlflow"]
         lines.append(

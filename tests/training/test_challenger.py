@@ -36,15 +36,7 @@ def _candidate(cfg, miou: float) -> str:
 
 
 def _decide(cfg, version: str) -> registry.PromotionDecision:
-    decision = registry.promote_if_better(
-        cfg.storage.registry_uri,
-        cfg.model_name,
-        version,
-        margin=cfg.training.promotion_margin,
-        shadow=challenger.shadow_criteria(cfg),
-    )
-    challenger.after_decision(cfg, decision)
-    return decision
+    return challenger.promote_candidate(cfg, version)[0]
 
 
 def _shadow_scene(cfg, n: int, champion: str, version: str, agreement: float, shift: float) -> None:
