@@ -445,8 +445,28 @@ def test_apply_and_destroy_against_moto(terraform, tmp_path) -> None:
         trigger_fn = lambdas.get_function(FunctionName=outputs["trigger_function_name"])["Configuration"]
         assert target["Arn"] == trigger_fn["FunctionArn"]
         assert trigger_fn["Environment"]["Variables"]["STATE_MACHINE_ARN"] == outputs["state_machine_arn"]
+        # moto's GetBucketNotificationConfiguration never returns EventBridgeConfiguration, so the
+        # bucket's notifications are checked by what they do: an upload under the input prefix
+        # reaches the provisioned rule. moto cannot deliver to a Lambda target (and then drops the
+        # event for every rule), so the rule's target is swapped for an SQS probe and put back.
+        sqs = session.client("sqs", endpoint_url=endpoint)
+        probe = sqs.create_queue(QueueName=f"{project}-probe")["QueueUrl"]
+        probe_arn = sqs.get_queue_attributes(QueueUrl=probe, AttributeNames=["QueueArn"])["Attributes"]
+        events.remove_targets(Rule=rule["Name"], Ids=[target["Id"]])
+        events.put_targets(Rule=rule["Name"], Targets=[{"Id": "probe", "Arn": probe_arn["QueueArn"]}])
         s3 = session.client("s3", endpoint_url=endpoint)
-        assert "EventBridgeConfiguration" in s3.get_bucket_notification_configuration(Bucket=data_bucket)
+        # moto enforces the TLS-only bucket policy, and its endpoint is plain HTTP: lift it for the probe.
+        tls_only = s3.get_bucket_policy(Bucket=data_bucket)["Policy"]
+        s3.delete_bucket_policy(Bucket=data_bucket)
+        s3.put_object(Bucket=data_bucket, Key="incoming/probe.tif", Body=b"x")
+        s3.put_object(Bucket=data_bucket, Key="elsewhere/probe.tif", Body=b"x")
+        s3.put_bucket_policy(Bucket=data_bucket, Policy=tls_only)
+        got = sqs.receive_message(QueueUrl=probe, MaxNumberOfMessages=10, WaitTimeSeconds=2).get(
+            "Messages", []
+        )
+        assert [json.loads(m["Body"])["detail"]["object"]["key"] for m in got] == ["incoming/probe.tif"]
+        events.remove_targets(Rule=rule["Name"], Ids=["probe"])
+        events.put_targets(Rule=rule["Name"], Targets=[{"Id": target["Id"], "Arn": target["Arn"]}])
         sns = session.client("sns", endpoint_url=endpoint)
         assert sns.get_topic_attributes(TopicArn=outputs["notice_topic_arn"])["Attributes"]["KmsMasterKeyId"]
         notify_fn = lambdas.get_function_configuration(FunctionName=outputs["function_names"]["notify"])
