@@ -10,7 +10,9 @@ Each step is idempotent, because Step Functions retries, redrives and re-runs:
   (sized for the infer timeout from the champion's measured throughput, see
   :mod:`inference.blocks`) and writes the run's manifests: the blocks still to predict of every
   scene that lacks a prediction by the champion (including what a crashed run left behind),
-  and the list of those scenes.
+  and the list of those scenes. With a challenger named, its version goes in the output (the
+  shadow pass, :mod:`inference.shadow`) and the manifests also list the scenes whose shadow
+  comparison a crashed or failed pass left unfinished.
 - :func:`infer` predicts one block with the champion (cached in ``MODEL_CACHE_DIR`` across warm
   calls, the pointer re-read every call) under its scene's lease, and writes the block's
   rasters and sums to one file. A block already predicted is a no-op.
@@ -441,6 +443,21 @@ def process(settings: ChainSettings, execution_id: str) -> dict[str, Any]:
                 ).model_dump()
                 for b in left
             ]
+        if challenger_version:
+            # Shadow work a crashed or failed pass left on scenes the champion has predicted: the
+            # champion's calls on them are no-ops, the shadow Maps finish them.
+            for scene in repository.unfinished_shadows(s, version, challenger_version, settings.max_attempts):
+                item = SceneItem(scene_id=scene.id, uri=scene.source_uri, sha256=scene.sha256)
+                scenes.append(item.model_dump())
+                blocks += [
+                    BlockItem(
+                        **item.model_dump(),
+                        block=b.block_index,
+                        block_chips=b.block_chips,
+                        window=list(b.window),
+                    ).model_dump()
+                    for b in repository.blocks_of(s, scene.id, version)
+                ]
         repository.update_run(s, execution_id, scenes_discovered=discovered, scenes_quarantined=quarantined)
         repository.touch_run(s, execution_id, deadline(settings))
         return blocks, scenes

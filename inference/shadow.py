@@ -12,6 +12,9 @@ scenes are assembled, over the same block manifest and scene list:
   (:func:`compare`) and records, once, the pixel agreement in ``shadow_comparisons`` and the
   per-class IoU and class-area deltas as scene metrics under the challenger's version.
 
+A comparison a crashed or failed pass left unfinished is offered again by the next run's
+``process`` (while it has attempts left); its blocks already written are not predicted again.
+
 The champion's outputs are complete before any of this runs, so the challenger adds to an
 execution's length and cost (:func:`run_rows` reports both) but never delays what is served.
 """

@@ -752,6 +752,40 @@ def fail_shadow(session: Session, row: ShadowComparison, reason: str, message: s
     session.refresh(row)
 
 
+def unfinished_shadows(
+    session: Session,
+    champion_version: str,
+    challenger_version: str,
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+    now: datetime | None = None,
+) -> list[Scene]:
+    """Scenes the champion has predicted whose shadow comparison by ``challenger_version`` was
+    started but not finished (failed, or its lease expired) and has attempts left."""
+    now = now or utcnow()
+    stmt = (
+        sa.select(Scene)
+        .join(ShadowComparison, ShadowComparison.scene_id == Scene.id)
+        .join(
+            Prediction,
+            sa.and_(Prediction.scene_id == Scene.id, Prediction.model_version == champion_version),
+        )
+        .where(
+            ShadowComparison.champion_version == champion_version,
+            ShadowComparison.challenger_version == challenger_version,
+            ShadowComparison.status != ShadowStatus.compared,
+            ShadowComparison.attempts < max_attempts,
+            sa.or_(
+                ShadowComparison.status == ShadowStatus.failed,
+                ShadowComparison.lease_owner.is_(None),
+                ShadowComparison.lease_expires_at < now,
+            ),
+            Scene.status != SceneStatus.quarantined,
+        )
+        .order_by(Scene.id)
+    )
+    return list(session.execute(stmt).scalars())
+
+
 def shadows_of_run(session: Session, run_id: int) -> list[ShadowComparison]:
     """The shadow comparisons run ``run_id`` recorded."""
     stmt = sa.select(ShadowComparison).where(ShadowComparison.run_id == run_id).order_by(ShadowComparison.id)

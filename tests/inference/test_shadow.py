@@ -166,20 +166,37 @@ def test_missing_shadow_blocks_fail_the_comparison_and_the_next_pass_finishes_it
             row.status == ShadowStatus.failed and row.error == "blocks_incomplete" and row.lease_owner is None
         )
 
-    # Another execution's live lease is left alone.
-    settings_live = settings.model_copy(update={"lease_s": 600.0})
-    assert shadow.infer_block(settings_live, "exec-1", items[1], challenger)["status"] == "predicted"
-    chain.process(settings, "exec-2")
-    assert shadow.infer_block(settings_live, "exec-2", items[2], challenger)["status"] == "leased_elsewhere"
-
-    # exec-1 goes on: only the missing blocks are predicted, then the comparison is recorded once.
-    statuses = [shadow.infer_block(settings_live, "exec-1", i, challenger)["status"] for i in items]
-    assert statuses[:2] == ["skipped", "skipped"] and set(statuses[2:]) == {"predicted"}
-    assert shadow.assemble_scene(settings_live, "exec-1", scene_item, challenger)["status"] == "compared"
+    # The next run's process offers the scene again (the champion's calls on it are no-ops) and
+    # its shadow pass predicts only the missing blocks, then records the comparison once.
+    out2 = chain.process(settings, "exec-2")
+    assert out2["challenger_version"] == challenger and out2["scenes"] == 1
+    assert _read_json(out2["manifest_uri"]) == items
+    assert {chain.infer(settings, "exec-2", i)["status"] for i in items} == {"skipped"}
+    blocks, scenes = _run_shadow(settings, "exec-2", out2)
+    assert [b["status"] for b in blocks] == ["skipped"] + ["predicted"] * (len(items) - 1)
+    assert [s["status"] for s in scenes] == ["compared"]
     with chain.session(settings) as s:
         (row,) = s.query(ShadowComparison).all()
         # The failed assembly was one attempt, the pass that finished it another.
         assert row.status == ShadowStatus.compared and row.attempts == 2 and 0.0 <= row.agreement <= 1.0
+        assert row.run_id == repository.get_run(s, "exec-2").id
+    assert chain.process(settings, "exec-3")["scenes"] == 0  # nothing left
+
+
+def test_a_live_shadow_lease_of_another_execution_is_left_alone(settings) -> None:
+    challenger = make_challenger(settings.registry_uri)
+    live = settings.model_copy(update={"lease_s": 600.0})
+    write_scene(storage.join(settings.input_uri, "scene.tif"), 4, size=300)
+    out = _run_champion(live, "exec-1")
+    items = _read_json(out["manifest_uri"])
+    assert shadow.infer_block(live, "exec-1", items[0], challenger)["status"] == "predicted"
+    chain.process(live, "exec-2")
+    assert shadow.infer_block(live, "exec-2", items[1], challenger)["status"] == "leased_elsewhere"
+    (scene_item,) = _read_json(out["scenes_uri"])
+    assert shadow.assemble_scene(live, "exec-2", scene_item, challenger)["status"] == "leased_elsewhere"
+    with chain.session(settings) as s:
+        (row,) = s.query(ShadowComparison).all()
+        assert row.lease_owner == "exec-1" and row.attempts == 1 and row.status == ShadowStatus.predicting
 
 
 def test_promotion_can_wait_for_shadow_evidence_from_the_ledger(settings) -> None:
