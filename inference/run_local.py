@@ -364,6 +364,14 @@ def format_summary(summary: dict[str, Any]) -> str:
         lines.append(
             f"cost (est.)    ${m['cost_usd'].get('', 0.0):.6f} for {m.get('seconds_total', {}).get('', 0.0):.1f} s"
         )
+    if "shadow_scenes" in m:
+        champion_s, shadow_s = m.get("seconds_total", {}).get("", 0.0), m["shadow_seconds"].get("", 0.0)
+        lines.append(
+            f"shadow         challenger agrees on {m['shadow_agreement'].get('', 0.0):.2%} of the pixels of "
+            f"{m['shadow_scenes'].get('', 0.0):.0f} scene(s); {shadow_s:.1f} s beside the champion's "
+            f"{champion_s:.1f} s ({shadow_s / champion_s if champion_s else 0.0:.2f}x)"
+            + (f", ${m['shadow_cost_usd'].get('', 0.0):.6f}" if "shadow_cost_usd" in m else "")
+        )
     for uri, reason, message in summary["quarantine"]:
         lines.append(f"quarantined    {uri}  [{reason}] {message or ''}")
     if summary["error"] and summary["status"] != "SUCCEEDED":

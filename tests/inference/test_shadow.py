@@ -271,3 +271,7 @@ def test_state_machine_runs_the_shadow_maps_after_the_champions(settings) -> Non
         assert row.agreement == pytest.approx(float((champion_map == challenger_map)[valid].mean()))
         run_id = repository.get_run(s, "sfn-shadow-1").id
         assert {m.name: m.value for m in repository.metrics_for(s, run_id)}["shadow_scenes"] == 1
+    from inference import run_local
+
+    text = run_local.format_summary(run_local.summarize(settings, execution))
+    assert f"challenger agrees on {row.agreement:.2%} of the pixels of 1 scene(s)" in text, text
