@@ -1,8 +1,10 @@
-"""Lambda entry points: each handler parses its event, calls one :mod:`inference.chain` function
-and returns ids and URIs.
+"""Lambda entry points: each handler parses its event, calls one library function
+(:mod:`inference.chain`, :mod:`inference.shadow`, :mod:`inference.notify`,
+:mod:`inference.trigger`) and returns ids and URIs.
 
-One container image serves all five functions; each picks its entry point with the image CMD
-override (``inference.handlers.process.handler`` and so on, see ``inference/Dockerfile``).
+One container image serves every function of :data:`HANDLER_MODULES`; each picks its entry
+point with the image CMD override (``inference.handlers.process.handler`` and so on, see
+``inference/Dockerfile``).
 
 Settings are read from the environment once per container. On Lambda (``AWS_LAMBDA_FUNCTION_NAME``
 is set) that happens at import, i.e. at cold start, so a misconfigured function fails its init
@@ -20,6 +22,12 @@ from pydantic import BaseModel, ConfigDict, model_validator
 
 from inference import retry
 from inference.settings import ChainSettings
+
+#: The modules whose ``handler`` a Lambda function of the image runs (the image's build imports each).
+HANDLER_MODULES = tuple(
+    f"inference.handlers.{name}"
+    for name in ("process", "infer", "assemble", "observe", "failure", "notify", "trigger")
+)
 
 log = logging.getLogger("inference.handlers")
 if os.environ.get("AWS_LAMBDA_FUNCTION_NAME"):

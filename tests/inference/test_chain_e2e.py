@@ -120,7 +120,7 @@ def test_rerun_is_idempotent_and_does_not_rehash(local_settings, monkeypatch) ->
     monkeypatch.setattr(storage, "sha256_of", lambda uri: hashed.append(uri) or real_hash(uri))
     second = run(settings, "idem-2")
     assert second.succeeded
-    assert [c for c, _ in second.calls] == ["process", "observe"]  # nothing to predict
+    assert [c for c, _ in second.calls] == ["process", "observe", "notify"]  # nothing to predict
     assert hashed == []  # known (uri, etag) pairs are not re-read
     assert {p.scene_id: (p.id, p.class_uri, p.finished_at) for p in predictions(settings)} == first
     with chain.session(settings) as s:

@@ -30,8 +30,9 @@ pytestmark = pytest.mark.skipif(
 _CHECK = """
 import importlib.util, json, sys
 sys.path[:0] = [sys.argv[1], sys.argv[2]]
-import inference.handlers.process, inference.handlers.infer, inference.handlers.observe
-import inference.handlers.failure, inference.sync_api, inference.runtime_onnx, inference.runtime_openvino
+import importlib, inference.handlers as h
+[importlib.import_module(m) for m in h.HANDLER_MODULES]
+import inference.sync_api, inference.runtime_onnx, inference.runtime_openvino
 from inference.runtime_cpu import choose_path
 choice = choose_path()
 absent = {m: importlib.util.find_spec(m) is None for m in ("torch", "pytorch_lightning", "lightning", "airflow")}
