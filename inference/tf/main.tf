@@ -1,6 +1,6 @@
 # Root module of the inference stack:
 #   kms -> s3 (data, predictions, registry) -> ecr -> network -> rds (+ secret) ->
-#   cloudwatch (log groups) -> iam (one role per function) -> lambda (five functions, one image)
+#   cloudwatch (log groups) -> iam (one role per function) -> lambda (process, infer, assemble, observe, failure, notify; one image)
 #   -> sfn (the ASL file via templatefile) -> scheduler -> cloudwatch alarms; access (optional);
 #   notices (the completion-notice SNS topic the notify function publishes to) and trigger (S3
 #   Object Created under the input prefix -> EventBridge rule -> trigger function -> the machine).
