@@ -7,7 +7,7 @@ scenes are assembled, over the same block manifest and scene list:
 - :func:`infer_block` predicts one block with the challenger (the scene's shadow comparison is
   claimed under a lease the execution's shadow blocks share) and writes its outputs under the
   shadow blocks prefix. A block already written is a no-op.
-- :func:`assemble_scene` builds the challenger's class and confidence COGs under
+- :func:`assemble_scene` builds the challenger's class and confidence COGs and quicklook under
   ``<OUTPUT_URI>/_shadow/<sha256>/<challenger>/``, compares them with the champion's class COG
   (:func:`compare`) and records, once, the pixel agreement in ``shadow_comparisons`` and the
   per-class IoU and class-area deltas as scene metrics under the challenger's version.
@@ -261,15 +261,23 @@ def assemble_scene(
         out = artifacts.shadow_outputs(settings.output_uri, item.sha256, challenger_version)
         lineage = {"model_version": challenger_version, "input_sha256": item.sha256}
 
+        champion_classes = retry.call(lambda: read_classes(champion_uri), f"read {champion_uri}")
+        comparison = compare(champion_classes, pred.classes)
+
         def write() -> None:
-            from inference import outputs
+            from inference import outputs, quicklook
 
             outputs.write_class_cog(pred, out.class_uri, **lineage)
             outputs.write_confidence_cog(pred, out.confidence_uri, **lineage)
+            quicklook.write_quicklook(
+                pred,
+                path,
+                out.quicklook_uri,
+                title=f"{item.uri.rsplit('/', 1)[-1]}  ·  challenger {challenger_version} (shadow, "
+                f"{comparison.agreement:.1%} agreement)",
+            )
 
         retry.call(write, f"write the shadow outputs of scene {item.scene_id}")
-        champion_classes = retry.call(lambda: read_classes(champion_uri), f"read {champion_uri}")
-        comparison = compare(champion_classes, pred.classes)
     except Exception as exc:
         _fail(settings, row_id, what, f"assembly_{type(exc).__name__}", str(exc))
         raise

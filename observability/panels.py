@@ -715,7 +715,7 @@ def panels(drift_threshold: float = CHAIN_DEFAULTS.drift_threshold) -> list[Pane
             ),
             "The last 50 scenes compared in shadow: agreement, pixels, both models' seconds and the "
             "challenger's class COG (under the shadow prefix).",
-            width=16,
+            width=24,
             height=8,
         ),
     ]

@@ -108,6 +108,9 @@ def test_shadow_run_writes_both_outputs_and_records_what_a_direct_comparison_fin
                 == artifacts.shadow_outputs(settings.output_uri, scene.sha256, challenger).class_uri
             )
             assert "/_shadow/" in row.class_uri and "/_shadow/" not in served.class_uri
+            assert storage.exists(
+                artifacts.shadow_outputs(settings.output_uri, scene.sha256, challenger).quicklook_uri
+            )
             # Pixels both models give a land-cover class (a random model may say No Data anywhere).
             valid = (champion_map != NODATA_CLASS_ID) & (challenger_map != NODATA_CLASS_ID)
             assert row.pixels == int(valid.sum())
