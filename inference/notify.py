@@ -12,6 +12,8 @@ are those of every prediction the run recorded, in any attempt.
 - **quarantined**: the count, and the first few inputs quarantined while the run was open;
 - **drift**: the run's drift flag (null when observe did not get to it);
 - **outputs**: the output prefix and the first few STAC items of the run's predictions;
+- **shadow**: when the registry's challenger predicted in shadow, the scenes it compared, its
+  pixel-weighted agreement with the champion and its seconds (null otherwise);
 - execution id, outcome, the ledger's run status, model version and, on failure, the error.
 
 Where it goes: with ``NOTICE_TOPIC_ARN`` set, one SNS ``Publish`` (a JSON message for HTTPS and
@@ -147,6 +149,7 @@ def _empty_summary(settings: ChainSettings, execution_id: str, outcome: str, err
         "quarantined": [],
         "drift": None,
         "outputs": {"prefix": settings.output_uri, "stac_items": [], "more_items": 0},
+        "shadow": None,
         "error": _error_text(error),
     }
 
@@ -155,7 +158,7 @@ def build_summary(
     settings: ChainSettings, execution_id: str, outcome: str, error: Any = None
 ) -> dict[str, Any]:
     """The compact summary of one execution, from the ledger (see the module doc)."""
-    from inference import chain
+    from inference import chain, shadow
 
     if outcome not in OUTCOMES:
         raise NotifyError(f"outcome must be one of {OUTCOMES}, got {outcome!r}")
@@ -190,6 +193,7 @@ def build_summary(
                 "stac_items": items[:MAX_LISTED],
                 "more_items": max(0, len(items) - MAX_LISTED),
             },
+            shadow=shadow.run_rows(settings, s, run.id)[1] or None,
             error=run.error or summary["error"],
         )
         return summary
@@ -225,6 +229,12 @@ def format_text(summary: dict[str, Any]) -> str:
     lines += [f"  item      {uri}" for uri in summary["outputs"]["stac_items"]]
     if summary["outputs"]["more_items"]:
         lines.append(f"  ... and {summary['outputs']['more_items']} more")
+    if summary.get("shadow"):
+        sh = summary["shadow"]
+        lines.append(
+            f"shadow      challenger {sh['challenger_version']} agrees on {sh['agreement']:.2%} "
+            f"of {sh['scenes']} scene(s), {sh['seconds']:.1f} s"
+        )
     lines += [f"quarantined {q['uri']}  [{q['reason']}]" for q in summary["quarantined"]]
     if summary["error"]:
         lines.append(f"error       {summary['error']}")

@@ -276,5 +276,11 @@ def test_state_machine_runs_the_shadow_maps_after_the_champions(settings) -> Non
         assert {m.name: m.value for m in repository.metrics_for(s, run_id)}["shadow_scenes"] == 1
     from inference import run_local
 
+    from inference import notify
+
+    notice = notify.read_notice(settings, "sfn-shadow-1", "succeeded")["summary"]
+    assert notice["shadow"]["scenes"] == 1 and notice["shadow"]["agreement"] == pytest.approx(
+        row.agreement, abs=1e-6
+    )
     text = run_local.format_summary(run_local.summarize(settings, execution))
     assert f"challenger agrees on {row.agreement:.2%} of the pixels of 1 scene(s)" in text, text
