@@ -144,3 +144,24 @@ def test_export_loads_without_training_frameworks(tmp_path: Path, model: ClaySeg
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+def test_dilated_fusion_head_exports_to_safetensors_and_onnx_int8(tmp_path: Path) -> None:
+    """A fusion head with pixel_dilations rebuilds from its export's head config and runs in the
+    ONNX int8 runtime the Lambda uses (dilated convs quantise like the others)."""
+    from inference.runtime import load_predictor
+    from training.models.onnx_export import convert_export
+
+    torch.manual_seed(3)
+    seg = build_segmenter("tiny", head="fusion", head_options={"pixel_dilations": [2, 4]}).eval()
+    uri = save_export(seg, str(tmp_path / "m.safetensors"), reference_stats=None)
+    loaded, meta = load_export(uri)
+    assert meta["head_config"]["pixel_dilations"] == [2, 4]
+    assert loaded.head.pixel_dilations == (2, 4)
+    chips = torch.randn(2, 4, 64, 64, generator=torch.Generator().manual_seed(4))
+    with torch.inference_mode():
+        want = seg(chips).softmax(1)
+    onnx = convert_export(uri, str(tmp_path / "m.int8.onnx"), chip_size=64)
+    got = load_predictor(str(Path(onnx.removeprefix("file://"))), "onnx").predict_proba(chips.numpy())
+    assert got.shape == (2, 7, 64, 64)
+    assert (got.argmax(1) == want.argmax(1).numpy()).mean() > 0.9

@@ -179,6 +179,50 @@ def test_fusion_head_pyramid_levels() -> None:
         make_head("fusion", 192, options={"levels": [8, 0]})
 
 
+def test_fusion_head_pixel_dilations_widen_the_full_resolution_view() -> None:
+    """Dilated residual blocks let a full-resolution pixel see farther than the plain stem
+    does, keep 1 px detail, rebuild from their config, and a config written before the option
+    existed (or an empty list) gives the plain stem with the keys of older exports."""
+    torch.manual_seed(0)
+    plain = build_segmenter("tiny", head="fusion").eval()
+    dilated = build_segmenter("tiny", head="fusion", head_options={"pixel_dilations": [2, 4, 8]}).eval()
+    assert dilated.head.config()["pixel_dilations"] == [2, 4, 8]
+    assert len(dilated.head.stem) == len(plain.head.stem) + 3
+    assert {k for k in plain.head.state_dict() if k.startswith("stem.")} < set(dilated.head.state_dict())
+
+    def reach(model: ClaySegmenter, offset: int) -> float:
+        # The stem alone: how much a pixel `offset` px away moves a stem feature at (32, 32).
+        x = torch.randn(1, 4, 64, 64)
+        y = x.clone()
+        y[0, :, 32, 32 + offset] += 3.0
+        with torch.inference_mode():
+            a = model.head.stem(torch.cat((x, model.head._ndvi(x)), 1))
+            b = model.head.stem(torch.cat((y, model.head._ndvi(y)), 1))
+        return float((a - b)[0, :, 32, 32].abs().amax())
+
+    assert reach(plain, 10) == 0.0  # two plain conv3x3 see 2 px to each side
+    assert reach(dilated, 10) > 0.0 and reach(dilated, 16) > 0.0  # 2 + 2 + 4 + 8 = 16 px to each side
+    assert reach(dilated, 17) == 0.0
+    x = torch.randn(2, 4, 40, 56)
+    with torch.inference_mode():
+        out = dilated(x)
+        cached = dilated.forward_from_features(dilated.forward_features(x), x)
+    assert out.shape == (2, 7, 40, 56)
+    torch.testing.assert_close(cached, out, rtol=0, atol=0)
+    y = x.clone()
+    y[0, :, 20, 20] += 3.0
+    with torch.inference_mode():
+        delta = (dilated(y) - out).abs().amax(1)[0]
+    assert float(delta[20, 20]) > 10 * float(delta[0, 0])
+    rebuilt = build_head(dilated.head.config())
+    rebuilt.load_state_dict(dilated.head.state_dict())
+    older = {k: v for k, v in plain.head.config().items() if k != "pixel_dilations"}
+    assert build_head(older).pixel_dilations == ()
+    build_head(older).load_state_dict(plain.head.state_dict())
+    with pytest.raises(ValueError, match="pixel_dilations"):
+        make_head("fusion", 192, options={"pixel_dilations": [2, 0]})
+
+
 def test_head_configs_rebuild_each_kind(fusion: ClaySegmenter, seg: ClaySegmenter) -> None:
     for model in (fusion, seg):
         rebuilt = build_head(model.head.config())
@@ -207,6 +251,7 @@ def test_head_spec_from_the_model_config() -> None:
             "fuse_channels": 32,
             "feature_layers": [-1],
             "levels": [],
+            "pixel_dilations": [],
         },
     }
     assert head_spec(compose(["model.head=seed"]).model) == {"head": "seed", "head_options": None}
