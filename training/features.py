@@ -5,7 +5,8 @@ Head epochs then read shards instead of running the encoder. A cache lives under
 chip recipe, so a changed encoder or recipe never reuses stale features:
 
     <fingerprint>/encoder.safetensors          the exact encoder the features came from
-    <fingerprint>/<split>/shard-00000.safetensors   features fp16 (N, dim, h, w), labels uint8 (N, S, S),
+    <fingerprint>/<split>/shard-00000.safetensors   features fp16 (N, dim, h, w), or (N, V, dim, h, w)
+                                                    with V dihedral views per chip; labels uint8 (N, S, S),
                                                     images uint8 (N, 4, S, S) (heads that read pixels)
     <fingerprint>/<split>/manifest.json        shards, chip windows, shapes (written last)
 """
@@ -32,10 +33,19 @@ from training.data.naip import normalize
 from training.models.clay import ClayEncoder
 from training.models.head import ClaySegmenter
 
+#: Number of dihedral views of a square chip: 4 quarter turns, each also mirrored.
+DIHEDRAL_VIEWS = 8
+
 
 @dataclass(frozen=True)
 class ChipRecipe:
-    """How a split's chips are cut: ``random_count`` seeded chips per scene, or a full grid (None)."""
+    """How a split's chips are cut: ``random_count`` seeded chips per scene, or a full grid (None).
+
+    ``views`` is how many of the :data:`DIHEDRAL_VIEWS` of each chip are encoded (view ``v`` is
+    :func:`dihedral` with ``k = v % 4``, ``flip = v >= 4``): 1 encodes the chip as it is. With
+    more, an augmented training item takes the features the encoder gave the turned chip, not the
+    turned grid of the upright chip's features (which a frozen ViT never emits at inference).
+    """
 
     size: int = 256
     random_count: int | None = None
@@ -43,6 +53,19 @@ class ChipRecipe:
     seed: int = 0
     max_nodata_fraction: float = 0.5
     max_pixels: int | None = None
+    views: int = 1
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.views <= DIHEDRAL_VIEWS:
+            raise ValueError(f"views must be 1..{DIHEDRAL_VIEWS}, got {self.views}")
+
+    def identity(self) -> dict:
+        """The recipe's fields as hashed and recorded; ``views`` only when above 1, so caches
+        made before views existed keep their fingerprint."""
+        fields = dict(vars(self))
+        if self.views == 1:
+            del fields["views"]
+        return fields
 
     def read_kwargs(self, scene_index: int) -> dict:
         return {
@@ -85,23 +108,41 @@ def cache_fingerprint(
         "feature_layers": [int(i) for i in feature_layers],
         "encoder": encoder_fingerprint(encoder),
         "scenes": sorted(s.image_uri for s in scenes),
-        "recipes": {split: vars(recipe) for split, recipe in sorted(recipes.items())},
+        "recipes": {split: recipe.identity() for split, recipe in sorted(recipes.items())},
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def view_transform(view: int) -> tuple[int, bool]:
+    """``(k, flip)`` of dihedral view ``view`` (see :class:`ChipRecipe`)."""
+    return view % 4, view >= 4
+
+
 @torch.inference_mode()
-def encode_chips(model: ClaySegmenter, images: np.ndarray, batch_size: int = 8) -> torch.Tensor:
-    """Encoder grids (N, dim, h, w), fp32 on the CPU, for uint8 chips (N, 4, S, S).
+def encode_chips(
+    model: ClaySegmenter, images: np.ndarray, batch_size: int = 8, views: int = 1
+) -> torch.Tensor:
+    """Encoder grids (N, dim, h, w), fp32 on the CPU, for uint8 chips (N, 4, S, S); with
+    ``views`` > 1, (N, views, dim, h, w): view ``v`` is the grid of the chip turned by
+    :func:`view_transform` ``(v)`` (square chips only).
 
     Runs on the model's device, under whatever autocast the caller opened (training.device)."""
     model.eval()
     device = next(model.parameters()).device
-    out = []
-    for start in range(0, len(images), batch_size):
-        pixels = torch.from_numpy(normalize(images[start : start + batch_size])).to(device)  # (B, 4, S, S)
-        out.append(model.forward_features(pixels).float().cpu())  # (B, dim, h, w)
-    return torch.cat(out) if out else torch.empty(0)
+    if views > 1 and images.shape[-1] != images.shape[-2]:
+        raise ValueError(f"dihedral views need square chips, got {images.shape[-2]}x{images.shape[-1]}")
+    per_view = []
+    for view in range(views):
+        k, flip = view_transform(view)
+        out = []
+        for start in range(0, len(images), batch_size):
+            chunk = images[start : start + batch_size]
+            pixels = torch.from_numpy(normalize(chunk)).to(device)  # (B, 4, S, S)
+            if views > 1:
+                pixels = dihedral(pixels, k, flip).contiguous()
+            out.append(model.forward_features(pixels).float().cpu())  # (B, dim, h, w)
+        per_view.append(torch.cat(out) if out else torch.empty(0))
+    return per_view[0] if views == 1 else torch.stack(per_view, dim=1)  # (N, [V,] dim, h, w)
 
 
 def _upload_tensors(tensors: dict[str, torch.Tensor], uri: str) -> None:
@@ -163,7 +204,7 @@ def cache_split(
         chips = read_scene_chips(scene, **recipe.read_kwargs(index))
         if len(chips) == 0:
             continue
-        features = encode_chips(model, chips.images, batch_size)
+        features = encode_chips(model, chips.images, batch_size, views=recipe.views)
         for start in range(0, len(chips), shard_size):
             pending_feats.append(features[start : start + shard_size])
             pending_labels.append(chips.labels[start : start + shard_size])
@@ -184,7 +225,7 @@ def cache_split(
         "windows": windows,
         "feature_shape": list(features.shape[1:]) if windows else None,
         "chip_size": recipe.size,
-        "recipe": vars(recipe),
+        "recipe": recipe.identity(),
     }
     storage.write_text(manifest_uri, json.dumps(manifest))
     return manifest
@@ -218,16 +259,32 @@ class CachedFeatures(Dataset):
     Args:
         split_uri: the split's folder in the cache.
         augment: draw one of the 8 flips/quarter turns per item and apply it to the feature
-            grid, the chip and the mask alike (training only).
+            grid, the chip and the mask alike (training only). A cache of several dihedral
+            views (``ChipRecipe.views``) draws one of its views instead: the encoder's features
+            of the turned chip, with the chip and mask turned to match. Without ``augment``
+            such a cache serves view 0 (the upright chip).
         crop: cut a random ``crop`` x ``crop`` window per item, aligned to the patch grid (a
             multiple of ``S / h``); None, or a crop not smaller than the chip, keeps the whole chip.
         seed: seed of the augmentation draws.
+        band_jitter: with ``augment``, scale each band of an item's chip by a gain drawn from
+            ``U(1 - band_jitter, 1 + band_jitter)`` (before normalisation): acquisitions differ
+            in sun angle and phenology, and a few training scenes show only a few of them.
+            The cached features stay those of the chip as acquired. 0 turns it off.
     """
 
-    def __init__(self, split_uri: str, augment: bool = False, crop: int | None = None, seed: int = 0):
+    def __init__(
+        self,
+        split_uri: str,
+        augment: bool = False,
+        crop: int | None = None,
+        seed: int = 0,
+        band_jitter: float = 0.0,
+    ):
         manifest = json.loads(storage.read_text(storage.join(split_uri, "manifest.json")))
         parts = [_download_tensors(shard["uri"]) for shard in manifest["shards"]]
-        self.features = torch.cat([p["features"] for p in parts])  # (N, dim, h, w) fp16
+        self.features = torch.cat([p["features"] for p in parts])  # (N, [V,] dim, h, w) fp16
+        #: Dihedral views encoded per chip (1: the upright chip only).
+        self.views = int(self.features.shape[1]) if self.features.ndim == 5 else 1
         self.labels = torch.cat([p["labels"] for p in parts])  # (N, S, S) uint8
         has_images = bool(parts) and all("images" in p for p in parts)
         self.images = torch.cat([p["images"] for p in parts]) if has_images else None  # (N, 4, S, S) uint8
@@ -236,10 +293,12 @@ class CachedFeatures(Dataset):
             raise ValueError(
                 f"cache at {split_uri} is incomplete: {len(self.features)} of {manifest['count']} chips"
             )
-        self.augment, self.crop = augment, crop
+        if not 0.0 <= band_jitter < 1.0:
+            raise ValueError(f"band_jitter must be in [0, 1), got {band_jitter}")
+        self.augment, self.crop, self.band_jitter = augment, crop, float(band_jitter)
         self.generator = torch.Generator().manual_seed(seed)
         if crop is not None and len(self.features):
-            size, grid = self.labels.shape[-1], self.features.shape[-1]
+            size, grid = self.labels.shape[-1], self.features.shape[-1]  # the last axis in every layout
             patch = size // grid
             if crop <= 0 or crop % patch:
                 raise ValueError(f"crop {crop} must be a positive multiple of the patch size {patch}")
@@ -259,8 +318,18 @@ class CachedFeatures(Dataset):
         return (self.images[index].float() - self._mean) / self._std
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        features, mask = self.features[index].float(), self.labels[index].long()
+        mask = self.labels[index].long()
         pixels = self.pixels(index) if self.images is not None else None
+        turned = False  # the dihedral draw done here already (a cache of views)
+        if self.views > 1:
+            view = int(torch.randint(0, self.views, (1,), generator=self.generator)) if self.augment else 0
+            k, flip = view_transform(view)
+            features = self.features[index, view].float()  # the encoder's grid of the turned chip
+            mask = dihedral(mask, k, flip)
+            pixels = dihedral(pixels, k, flip) if pixels is not None else None
+            turned = True
+        else:
+            features = self.features[index].float()
         if self.crop is not None and self.crop < mask.shape[-1]:
             patch = mask.shape[-1] // features.shape[-1]
             cells = self.crop // patch
@@ -275,11 +344,16 @@ class CachedFeatures(Dataset):
             )
             mask = mask[rows, cols]
             pixels = pixels[:, rows, cols] if pixels is not None else None
-        if self.augment:
+        if self.augment and not turned:
             k = int(torch.randint(0, 4, (1,), generator=self.generator))
             flip = bool(torch.randint(0, 2, (1,), generator=self.generator))
             features, mask = dihedral(features, k, flip), dihedral(mask, k, flip)
             pixels = dihedral(pixels, k, flip) if pixels is not None else None
+        if self.augment and self.band_jitter and pixels is not None:
+            draw = torch.rand(pixels.shape[0], 1, 1, generator=self.generator)  # (C, 1, 1)
+            gain = 1.0 + self.band_jitter * (2.0 * draw - 1.0)
+            # On digital numbers: x' = (g * (x * std + mean) - mean) / std.
+            pixels = (gain * (pixels * self._std + self._mean) - self._mean) / self._std
         item = {"features": features.contiguous(), "mask": mask.contiguous()}
         if pixels is not None:
             item["pixels"] = pixels.contiguous()

@@ -78,7 +78,7 @@ def test_sharded_cache_equals_one_pass_and_resumes(world, monkeypatch) -> None:
     monkeypatch.setattr(
         features,
         "encode_chips",
-        lambda m, images, b=8: batches.append(len(images)) or real_encode(m, images, b),
+        lambda m, images, b=8, **kw: batches.append(len(images)) or real_encode(m, images, b, **kw),
     )
     counts = cache_splits(model, scenes, recipes, cache, CPU, **options)
     assert counts == {"train": one["count"]}

@@ -128,3 +128,88 @@ def test_cache_stores_the_chip_and_augments_features_pixels_and_mask_alike(tmp_p
     assert len(seen) > 2  # several of the 8 transforms were drawn
     with pytest.raises(ValueError, match="multiple of the patch size"):
         CachedFeatures(split_uri, crop=12)
+
+
+def test_cache_of_dihedral_views_serves_the_encoders_features_of_the_turned_chip(tmp_path) -> None:
+    """With views, an augmented item's features are what the encoder gives the turned chip
+    (not the turned grid of the upright chip's features), with pixels and mask turned alike and
+    cropped on the same window; a recipe of one view keeps the fingerprint of older caches."""
+    from training.features import DIHEDRAL_VIEWS, dihedral, view_transform
+
+    model, scenes = _setup(tmp_path)
+    recipe = ChipRecipe(size=64, random_count=2, seed=5, views=DIHEDRAL_VIEWS)
+    split_uri = storage.join(storage.to_uri(tmp_path / "cache"), "train")
+    manifest = cache_split(model, scenes, recipe, split_uri)
+    assert manifest["feature_shape"] == [DIHEDRAL_VIEWS, 192, 8, 8] and manifest["recipe"]["views"] == 8
+    data = CachedFeatures(split_uri, augment=True, crop=32, seed=0)
+    assert data.views == DIHEDRAL_VIEWS and data.features.shape[1:] == (DIHEDRAL_VIEWS, 192, 8, 8)
+    chips = read_scene_chips(scenes[0], **recipe.read_kwargs(0))
+    with torch.inference_mode():
+        encoded = {
+            v: model.forward_features(dihedral(torch.from_numpy(normalize(chips.images)), *view_transform(v)))
+            for v in range(DIHEDRAL_VIEWS)
+        }
+    # A frozen ViT is not equivariant: turning its grid is not encoding the turned chip.
+    k, flip = view_transform(1)
+    assert not torch.allclose(dihedral(encoded[0], k, flip), encoded[1], atol=1e-2)
+    seen = set()
+    for i in range(len(data)):
+        for _ in range(8):
+            item = data[i]
+            assert item["features"].shape == (192, 4, 4) and item["pixels"].shape == (4, 32, 32)
+            found = False
+            for v in range(DIHEDRAL_VIEWS):
+                full = encoded[v][i].to(torch.float16).float()
+                for top in range(5):
+                    for left in range(5):
+                        if torch.equal(item["features"], full[:, top : top + 4, left : left + 4]):
+                            rows, cols = slice(8 * top, 8 * top + 32), slice(8 * left, 8 * left + 32)
+                            turned_pixels = dihedral(data.pixels(i), *view_transform(v))
+                            turned_mask = dihedral(data.labels[i].long(), *view_transform(v))
+                            torch.testing.assert_close(item["pixels"], turned_pixels[:, rows, cols])
+                            assert torch.equal(item["mask"], turned_mask[rows, cols])
+                            found, _ = True, seen.add(v)
+            assert found
+    assert len(seen) > 2
+    # Without augmentation a cache of views serves the upright chip (view 0), whole.
+    upright = CachedFeatures(split_uri)[0]
+    torch.testing.assert_close(upright["features"], encoded[0][0].to(torch.float16).float())
+    assert torch.equal(upright["mask"], data.labels[0].long())
+    # One view hashes as recipes did before views existed; more views are another cache.
+    one = ChipRecipe(size=64, random_count=2, seed=5)
+    assert "views" not in one.identity()
+    assert cache_fingerprint(model.encoder, scenes, {"train": one}) != cache_fingerprint(
+        model.encoder, scenes, {"train": recipe}
+    )
+    with pytest.raises(ValueError, match="views"):
+        ChipRecipe(views=9)
+
+
+def test_band_jitter_scales_each_band_of_the_chip_only_when_augmenting(tmp_path) -> None:
+    """band_jitter draws one gain per band and item, applied to the digital numbers of the chip
+    (the mask and the cached features are untouched); off, or without augment, nothing moves."""
+    model, scenes = _setup(tmp_path)
+    recipe = ChipRecipe(size=64, random_count=2, seed=6)
+    split_uri = storage.join(storage.to_uri(tmp_path / "cache"), "train")
+    cache_split(model, scenes, recipe, split_uri)
+    jittered = CachedFeatures(split_uri, augment=True, seed=3, band_jitter=0.1)
+    assert torch.equal(
+        CachedFeatures(split_uri, band_jitter=0.1)[0]["pixels"], CachedFeatures(split_uri)[0]["pixels"]
+    )
+    mean = jittered._mean
+    std = jittered._std
+    gains = []
+    for i in range(len(jittered)):
+        # Fresh datasets per item: the first draws of a seed are the same geometric ones, and
+        # the jitter's draws come after them.
+        a = CachedFeatures(split_uri, augment=True, seed=3 + i)[i]
+        b = CachedFeatures(split_uri, augment=True, seed=3 + i, band_jitter=0.1)[i]
+        assert torch.equal(a["mask"], b["mask"]) and torch.equal(a["features"], b["features"])
+        dn_a, dn_b = a["pixels"] * std + mean, b["pixels"] * std + mean  # (4, S, S) digital numbers
+        gain = dn_b.flatten(1).sum(1) / dn_a.flatten(1).sum(1)  # (4,) one gain per band
+        torch.testing.assert_close(dn_b, gain.view(-1, 1, 1) * dn_a, rtol=1e-4, atol=1e-3)
+        assert bool(((gain > 0.9 - 1e-6) & (gain < 1.1 + 1e-6)).all())
+        gains.append(gain)
+    assert not torch.allclose(gains[0], torch.ones(4))
+    with pytest.raises(ValueError, match="band_jitter"):
+        CachedFeatures(split_uri, band_jitter=1.5)
