@@ -345,13 +345,13 @@ def run_rows(
         "seconds": round(seconds, 3),
     }
     metrics = [
-        ("shadow_scenes", "", float(len(rows))),
-        ("shadow_agreement", "", agreement),
-        ("shadow_seconds", "", seconds),
+        (repository.SHADOW_SCENES, "", float(len(rows))),
+        (repository.SHADOW_AGREEMENT, "", agreement),
+        (repository.SHADOW_SECONDS, "", seconds),
     ]
     if settings.infer_memory_mb is not None:
         calls = sum(len(repository.blocks_of(s, r.scene_id, r.champion_version)) for r in rows) + len(rows)
         cost = settings.lambda_cost_usd(seconds, settings.infer_memory_mb, calls)
-        metrics.append(("shadow_cost_usd", "", cost))
+        metrics.append((repository.SHADOW_COST_USD, "", cost))
         summary["cost_usd"] = round(cost, 6)
     return metrics, summary

@@ -27,6 +27,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
+from inference.ledger.repository import SHADOW_AREA_DELTA, SHADOW_IOU, SHADOW_RUN_METRICS
 from inference.settings import DEFAULTS as CHAIN_DEFAULTS
 
 #: Datasource uid/type shared by the datasource provisioning YAML and every panel reference.
@@ -57,11 +58,9 @@ METRIC_NAMES = (
     "seconds_total",
     "cost_usd",
     "cost_usd_per_km2",
-    "shadow_scenes",
-    "shadow_agreement",
-    "shadow_seconds",
-    "shadow_cost_usd",
 )
+#: Run-level names of the shadow challenger's figures (written by inference/shadow.py).
+SHADOW_METRIC_NAMES = SHADOW_RUN_METRICS
 
 #: Alert thresholds that are not part of the Hydra config. The drift threshold is the chain's
 #: own (``inference.drift_threshold``, see :func:`default_drift_threshold`).
@@ -148,7 +147,7 @@ ORDER BY 1, 2
 def _run_metric(names: tuple[str, ...], label: str = "m.key") -> Query:
     # Built once at import from constants of this module (never from user input).
     quoted = ", ".join(f"'{n}'" for n in names)
-    assert all(n in METRIC_NAMES for n in names), names
+    assert all(n in METRIC_NAMES + SHADOW_METRIC_NAMES for n in names), names
     return Query(_RUN_METRIC.format(label=label, names=quoted))
 
 
@@ -207,8 +206,8 @@ GROUP BY m.key
 ORDER BY m.key
 """.strip()
 # Per class, pixel-weighted over the latest challenger's compared scenes.
-SHADOW_IOU_SQL = Query(_SHADOW_CLASS.format(column="iou", name="shadow_iou"))
-SHADOW_AREA_DELTA_SQL = Query(_SHADOW_CLASS.format(column="area_delta", name="shadow_area_delta"))
+SHADOW_IOU_SQL = Query(_SHADOW_CLASS.format(column="iou", name=SHADOW_IOU))
+SHADOW_AREA_DELTA_SQL = Query(_SHADOW_CLASS.format(column="area_delta", name=SHADOW_AREA_DELTA))
 SHADOW_TABLE_SQL = Query(
     """
 SELECT c.scene_id, c.champion_version, c.challenger_version, c.agreement, c.pixels,

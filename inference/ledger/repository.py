@@ -41,6 +41,13 @@ from inference.ledger.models import (
 #: Scene metrics of a shadow comparison (under the challenger's version), per class name.
 SHADOW_IOU = "shadow_iou"
 SHADOW_AREA_DELTA = "shadow_area_delta"
+#: Run-level metrics of a run's shadow comparisons (inference.shadow.run_rows writes them).
+SHADOW_SCENES, SHADOW_AGREEMENT, SHADOW_SECONDS, SHADOW_COST_USD = SHADOW_RUN_METRICS = (
+    "shadow_scenes",
+    "shadow_agreement",
+    "shadow_seconds",
+    "shadow_cost_usd",
+)
 #: A scene gets this many prediction attempts before scenes_to_predict stops offering it.
 DEFAULT_MAX_ATTEMPTS = 3
 
