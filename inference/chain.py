@@ -945,20 +945,25 @@ def _reference_stats(settings: ChainSettings, version: str) -> dict[str, Any] | 
 # ---------------------------------------------------------------------------------------------
 
 
-def record_failure(
-    settings: ChainSettings, execution_id: str, error: dict[str, Any] | None
-) -> dict[str, Any]:
-    """Mark the run failed with the state machine's error (``{"Error", "Cause"}``)."""
-    error = error or {}
+def error_text(error: dict[str, Any]) -> str:
+    """The state machine's caught ``{"Error", "Cause"}`` as ``Error: Cause`` (a Lambda error's
+    Cause is JSON ``{"errorType", "errorMessage", ...}``: its message is used)."""
     name = str(error.get("Error") or error.get("error") or "UnknownError")
     cause = error.get("Cause") or error.get("cause") or ""
     if isinstance(cause, str):
-        try:  # a Lambda error's Cause is JSON {"errorType", "errorMessage", ...}
+        try:
             parsed = json.loads(cause)
             cause = parsed.get("errorMessage", cause) if isinstance(parsed, dict) else cause
         except ValueError:
             pass
-    text = f"{name}: {cause}"[:4000]
+    return f"{name}: {cause}"
+
+
+def record_failure(
+    settings: ChainSettings, execution_id: str, error: dict[str, Any] | None
+) -> dict[str, Any]:
+    """Mark the run failed with the state machine's error (``{"Error", "Cause"}``)."""
+    text = error_text(error or {})[:4000]
     log.error("execution %s failed: %s", execution_id, text)
     try:
         status = transaction(

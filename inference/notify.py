@@ -71,15 +71,9 @@ def _error_text(error: Any) -> str | None:
     if error is None or error == {}:
         return None
     if isinstance(error, dict):
-        name = error.get("Error") or error.get("error") or "UnknownError"
-        cause = error.get("Cause") or error.get("cause") or ""
-        if isinstance(cause, str):
-            try:  # a Lambda error's Cause is JSON {"errorType", "errorMessage", ...}
-                parsed = json.loads(cause)
-                cause = parsed.get("errorMessage", cause) if isinstance(parsed, dict) else cause
-            except ValueError:
-                pass
-        return f"{name}: {cause}"[:1000]
+        from inference.chain import error_text
+
+        return error_text(error)[:1000]
     return str(error)[:1000]
 
 
