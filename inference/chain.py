@@ -437,27 +437,14 @@ def process(settings: ChainSettings, execution_id: str) -> dict[str, Any]:
                 continue
             item = SceneItem(scene_id=scene.id, uri=scene.source_uri, sha256=scene.sha256)
             scenes.append(item.model_dump())
-            blocks += [
-                BlockItem(
-                    **item.model_dump(), block=b.block_index, block_chips=b.block_chips, window=list(b.window)
-                ).model_dump()
-                for b in left
-            ]
+            blocks += block_items(item, left)
         if challenger_version:
             # Shadow work a crashed or failed pass left on scenes the champion has predicted: the
             # champion's calls on them are no-ops, the shadow Maps finish them.
             for scene in repository.unfinished_shadows(s, version, challenger_version, settings.max_attempts):
                 item = SceneItem(scene_id=scene.id, uri=scene.source_uri, sha256=scene.sha256)
                 scenes.append(item.model_dump())
-                blocks += [
-                    BlockItem(
-                        **item.model_dump(),
-                        block=b.block_index,
-                        block_chips=b.block_chips,
-                        window=list(b.window),
-                    ).model_dump()
-                    for b in repository.blocks_of(s, scene.id, version)
-                ]
+                blocks += block_items(item, repository.blocks_of(s, scene.id, version))
         repository.update_run(s, execution_id, scenes_discovered=discovered, scenes_quarantined=quarantined)
         repository.touch_run(s, execution_id, deadline(settings))
         return blocks, scenes
@@ -498,6 +485,16 @@ def process(settings: ChainSettings, execution_id: str) -> dict[str, Any]:
         "quarantined": quarantined,
         "aliases": aliases,
     }
+
+
+def block_items(item: SceneItem, blocks: list[Any]) -> list[dict[str, Any]]:
+    """The manifest items of a scene's ledger blocks."""
+    return [
+        BlockItem(
+            **item.model_dump(), block=b.block_index, block_chips=b.block_chips, window=list(b.window)
+        ).model_dump()
+        for b in blocks
+    ]
 
 
 def _block_sizing(settings: ChainSettings, pointer: dict[str, Any]) -> BlockSizing:
