@@ -190,29 +190,33 @@ resource "aws_lambda_function" "trigger" {
 }
 
 # A trigger that keeps failing, or events left in the dead-letter queue, page the stack's alarm topic.
-resource "aws_cloudwatch_metric_alarm" "errors" {
-  alarm_name          = "${var.name}-trigger-errors"
-  alarm_description   = "The trigger Lambda raised errors: uploads may not have started a run (the schedule still will)."
-  namespace           = "AWS/Lambda"
-  metric_name         = "Errors"
-  dimensions          = { FunctionName = aws_lambda_function.trigger.function_name }
-  statistic           = "Sum"
-  period              = 300
-  evaluation_periods  = 1
-  threshold           = 1
-  comparison_operator = "GreaterThanOrEqualToThreshold"
-  treat_missing_data  = "notBreaching"
-  alarm_actions       = [var.alarm_topic_arn]
-  ok_actions          = [var.alarm_topic_arn]
+locals {
+  alarms = {
+    errors = {
+      description = "The trigger Lambda raised errors: uploads may not have started a run (the schedule still will)."
+      namespace   = "AWS/Lambda"
+      metric      = "Errors"
+      dimensions  = { FunctionName = aws_lambda_function.trigger.function_name }
+      statistic   = "Sum"
+    }
+    dead-letters = {
+      description = "Object Created events the trigger could not take are waiting in the dead-letter queue."
+      namespace   = "AWS/SQS"
+      metric      = "ApproximateNumberOfMessagesVisible"
+      dimensions  = { QueueName = aws_sqs_queue.dead_letters.name }
+      statistic   = "Maximum"
+    }
+  }
 }
 
-resource "aws_cloudwatch_metric_alarm" "dead_letters" {
-  alarm_name          = "${var.name}-trigger-dead-letters"
-  alarm_description   = "Object Created events the trigger could not take are waiting in the dead-letter queue."
-  namespace           = "AWS/SQS"
-  metric_name         = "ApproximateNumberOfMessagesVisible"
-  dimensions          = { QueueName = aws_sqs_queue.dead_letters.name }
-  statistic           = "Maximum"
+resource "aws_cloudwatch_metric_alarm" "trigger" {
+  for_each            = local.alarms
+  alarm_name          = "${var.name}-trigger-${each.key}"
+  alarm_description   = each.value.description
+  namespace           = each.value.namespace
+  metric_name         = each.value.metric
+  dimensions          = each.value.dimensions
+  statistic           = each.value.statistic
   period              = 300
   evaluation_periods  = 1
   threshold           = 1

@@ -60,5 +60,5 @@ output "dead_letter_queue_arn" {
 
 output "alarm_names" {
   description = "The trigger's alarms."
-  value       = [aws_cloudwatch_metric_alarm.errors.alarm_name, aws_cloudwatch_metric_alarm.dead_letters.alarm_name]
+  value       = [for alarm in aws_cloudwatch_metric_alarm.trigger : alarm.alarm_name]
 }
