@@ -270,6 +270,11 @@ class CachedFeatures(Dataset):
             ``U(1 - band_jitter, 1 + band_jitter)`` (before normalisation): acquisitions differ
             in sun angle and phenology, and a few training scenes show only a few of them.
             The cached features stay those of the chip as acquired. 0 turns it off.
+        brightness_jitter: with ``augment``, also scale all bands of an item's chip by one common
+            gain drawn from ``U(1 - brightness_jitter, 1 + brightness_jitter)``: exposure and sun
+            elevation change overall brightness but keep band ratios (NDVI), so a class whose few
+            training examples all share one brightness (a concrete highway) is learnt by its shape
+            and band ratios, not its exposure. 0 turns it off.
     """
 
     def __init__(
@@ -279,6 +284,7 @@ class CachedFeatures(Dataset):
         crop: int | None = None,
         seed: int = 0,
         band_jitter: float = 0.0,
+        brightness_jitter: float = 0.0,
     ):
         manifest = json.loads(storage.read_text(storage.join(split_uri, "manifest.json")))
         parts = [_download_tensors(shard["uri"]) for shard in manifest["shards"]]
@@ -295,7 +301,10 @@ class CachedFeatures(Dataset):
             )
         if not 0.0 <= band_jitter < 1.0:
             raise ValueError(f"band_jitter must be in [0, 1), got {band_jitter}")
+        if not 0.0 <= brightness_jitter < 1.0:
+            raise ValueError(f"brightness_jitter must be in [0, 1), got {brightness_jitter}")
         self.augment, self.crop, self.band_jitter = augment, crop, float(band_jitter)
+        self.brightness_jitter = float(brightness_jitter)
         self.generator = torch.Generator().manual_seed(seed)
         if crop is not None and len(self.features):
             size, grid = self.labels.shape[-1], self.features.shape[-1]  # the last axis in every layout
@@ -349,9 +358,14 @@ class CachedFeatures(Dataset):
             flip = bool(torch.randint(0, 2, (1,), generator=self.generator))
             features, mask = dihedral(features, k, flip), dihedral(mask, k, flip)
             pixels = dihedral(pixels, k, flip) if pixels is not None else None
-        if self.augment and self.band_jitter and pixels is not None:
-            draw = torch.rand(pixels.shape[0], 1, 1, generator=self.generator)  # (C, 1, 1)
-            gain = 1.0 + self.band_jitter * (2.0 * draw - 1.0)
+        if self.augment and pixels is not None and (self.band_jitter or self.brightness_jitter):
+            gain = torch.ones(pixels.shape[0], 1, 1)  # (C, 1, 1)
+            if self.band_jitter:
+                draw = torch.rand(pixels.shape[0], 1, 1, generator=self.generator)
+                gain = gain * (1.0 + self.band_jitter * (2.0 * draw - 1.0))
+            if self.brightness_jitter:
+                draw = torch.rand(1, generator=self.generator)
+                gain = gain * (1.0 + self.brightness_jitter * (2.0 * draw - 1.0))
             # On digital numbers: x' = (g * (x * std + mean) - mean) / std.
             pixels = (gain * (pixels * self._std + self._mean) - self._mean) / self._std
         item = {"features": features.contiguous(), "mask": mask.contiguous()}

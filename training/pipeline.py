@@ -322,6 +322,7 @@ def train_head(run: Run) -> dict[str, Any]:
         augment=cfg.training.get("augment", False),
         crop=cfg.training.get("crop_size"),
         band_jitter=cfg.training.get("band_jitter", 0.0),
+        brightness_jitter=cfg.training.get("brightness_jitter", 0.0),
         seed=cfg.seed,
     )
     val_set = CachedFeatures(storage.join(features_uri, "val"))

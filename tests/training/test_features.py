@@ -213,3 +213,32 @@ def test_band_jitter_scales_each_band_of_the_chip_only_when_augmenting(tmp_path)
     assert not torch.allclose(gains[0], torch.ones(4))
     with pytest.raises(ValueError, match="band_jitter"):
         CachedFeatures(split_uri, band_jitter=1.5)
+
+
+def test_brightness_jitter_scales_all_bands_of_the_chip_by_one_gain(tmp_path) -> None:
+    """brightness_jitter draws one gain per item, common to all bands (band ratios, so NDVI,
+    are kept); the mask and features are untouched, and without augment nothing moves."""
+    model, scenes = _setup(tmp_path)
+    recipe = ChipRecipe(size=64, random_count=2, seed=6)
+    split_uri = storage.join(storage.to_uri(tmp_path / "cache"), "train")
+    cache_split(model, scenes, recipe, split_uri)
+    assert torch.equal(
+        CachedFeatures(split_uri, brightness_jitter=0.2)[0]["pixels"],
+        CachedFeatures(split_uri)[0]["pixels"],
+    )
+    reference = CachedFeatures(split_uri)
+    mean, std = reference._mean, reference._std
+    gains = []
+    for i in range(len(reference)):
+        a = CachedFeatures(split_uri, augment=True, seed=3 + i)[i]
+        b = CachedFeatures(split_uri, augment=True, seed=3 + i, brightness_jitter=0.2)[i]
+        assert torch.equal(a["mask"], b["mask"]) and torch.equal(a["features"], b["features"])
+        dn_a, dn_b = a["pixels"] * std + mean, b["pixels"] * std + mean
+        gain = dn_b.flatten(1).sum(1) / dn_a.flatten(1).sum(1)  # (4,) must all be one value
+        torch.testing.assert_close(gain, gain[:1].expand(4), rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(dn_b, gain[0] * dn_a, rtol=1e-4, atol=1e-3)
+        assert 0.8 - 1e-6 < float(gain[0]) < 1.2 + 1e-6
+        gains.append(float(gain[0]))
+    assert len(set(round(g, 4) for g in gains)) == len(gains) and abs(gains[0] - 1.0) > 1e-3
+    with pytest.raises(ValueError, match="brightness_jitter"):
+        CachedFeatures(split_uri, brightness_jitter=1.0)
