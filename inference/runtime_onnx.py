@@ -14,9 +14,10 @@ scores alone are ~70 MB per chip); the CPU memory arena is kept, but with the
 
 Cold start: with ``cache_dir`` the first session saves its fully optimised graph (all ORT
 optimisations, including the CPU-specific layout ones) in ORT format under a key of the model
-file, the ORT version and this CPU's flags; later sessions on the same CPU load that file with
-graph optimisation off and use its bytes in place for the weights (no second copy), so a cold
-start does neither the optimisation nor the copy.
+file, the ORT version and this CPU's flags (built in a throwaway session without weight
+prepacking, so building it does not hold the weights twice); every session, the first one
+included, then loads that file with graph optimisation off and uses its bytes in place for the
+weights (no second copy), so a cold start does neither the optimisation nor the copy.
 
 Determinism: activations are quantised dynamically with one scale per tensor, so a chip run
 together with others could come out slightly different than alone. With ``max_batch=1`` (the
@@ -111,7 +112,8 @@ class OnnxPredictor:
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         self.max_batch = max_batch
-        self.cached_graph: str | None = None
+        self.cached_graph: str | None = None  # the optimised graph file the session runs
+        self.graph_cache_built = False  # whether this process wrote that file
         self.session = self._session(num_threads, low_memory, cache_dir)
         self.metadata: dict[str, Any] = _decode(self.session.get_modelmeta().custom_metadata_map)
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
@@ -133,12 +135,14 @@ class OnnxPredictor:
     ) -> Any:
         import onnxruntime as ort
 
-        options = session_options(threads, low_memory)
         providers = _provider_options(low_memory)
         if cache_dir is None:
-            return ort.InferenceSession(str(self.path), options, providers=providers)
+            return ort.InferenceSession(str(self.path), session_options(threads, low_memory), providers=providers)
         cached = optimized_cache_path(self.path, cache_dir)
+        if not cached.exists():
+            self._build_cache(cached, threads, providers)
         if cached.exists():
+            options = session_options(threads, low_memory)
             options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
             options.add_session_config_entry("session.load_model_format", "ORT")
             options.add_session_config_entry("session.use_ort_model_bytes_directly", "1")
@@ -147,18 +151,33 @@ class OnnxPredictor:
                 session = ort.InferenceSession(str(cached), options, providers=providers)
                 self.cached_graph = str(cached)
                 return session
-            except Exception as exc:  # a stale or truncated cache: rebuild it
+            except Exception as exc:  # a stale or truncated cache: drop it, run uncached
                 log.warning("ignoring unreadable cached graph %s (%s)", cached, exc)
                 cached.unlink(missing_ok=True)
-                options = session_options(threads, low_memory)
+        return ort.InferenceSession(str(self.path), session_options(threads, low_memory), providers=providers)
+
+    def _build_cache(self, cached: Path, threads: int | None, providers: list) -> None:
+        """Optimise the graph once and save it to ``cached``, in a session that is then dropped.
+
+        Its kernels skip weight prepacking (the saved graph is the same; prepacked copies are
+        made by the session that runs it), so building the cache does not hold the weights
+        twice: the first cold start on a CPU peaks no higher than a cached one.
+        """
+        import onnxruntime as ort
+
         cached.parent.mkdir(parents=True, exist_ok=True)
         tmp = cached.with_name(f".{cached.name}.{os.getpid()}.tmp")
+        options = session_options(threads, low_memory=True)
         options.optimized_model_filepath = str(tmp)
         options.add_session_config_entry("session.save_model_format", "ORT")
-        session = ort.InferenceSession(str(self.path), options, providers=providers)
-        if tmp.exists():
+        options.add_session_config_entry("session.disable_prepacking", "1")
+        try:
+            ort.InferenceSession(str(self.path), options, providers=providers)
             os.replace(tmp, cached)
-        return session
+            self.graph_cache_built = True
+        except Exception as exc:  # a read-only or full cache folder: run uncached
+            log.warning("could not write the optimised graph cache %s (%s)", cached, exc)
+            tmp.unlink(missing_ok=True)
 
     def __repr__(self) -> str:
         return f"OnnxPredictor({str(self.path)!r}, chip_size={self.chip_size}, classes={self.num_classes})"

@@ -156,12 +156,23 @@ def _chip_recipes(cfg: DictConfig) -> dict:
 
 
 def _class_weights(cfg: DictConfig, stats: dict) -> list[float] | None:
-    """Per-class loss weights: none, or inverse training frequency (normalised to mean 1)."""
+    """Per-class loss weights: none, inverse training frequency (normalised to mean 1), or a
+    list with one weight per class."""
     choice = cfg.training.class_weights
     if choice in (None, "none"):
         return None
+    if not isinstance(choice, str):
+        weights = [float(w) for w in choice]
+        classes = len(stats["class_fractions"])
+        if len(weights) != classes or any(w < 0 for w in weights):
+            raise ValueError(
+                f"training.class_weights={list(choice)}: give {classes} non-negative weights (one per class)"
+            )
+        return weights
     if choice != "inverse_frequency":
-        raise ValueError(f"training.class_weights={choice!r}: use null or inverse_frequency")
+        raise ValueError(
+            f"training.class_weights={choice!r}: use null, inverse_frequency or a list of per-class weights"
+        )
     fractions = list(stats["class_fractions"])
     ignore = cfg.training.ignore_index
     present = [i for i, f in enumerate(fractions) if f > 0 and i != ignore]

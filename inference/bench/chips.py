@@ -196,6 +196,13 @@ def experiments() -> list[Candidate]:
         Candidate("ort-int8-attn", "onnx", "variant:int8-attn", "int8", note="+ attention score MatMuls"),
         Candidate("ort-int8-conv", "onnx", "variant:int8-conv", "int8", note="+ head convs (ConvInteger)"),
         Candidate(
+            "ort-int8-vnni-attn",
+            "onnx",
+            "variant:int8-vnni-attn",
+            "int8",
+            note="served VNNI recipe + attention score MatMuls",
+        ),
+        Candidate(
             "ort-int8-static",
             "onnx",
             "variant:int8-static",

@@ -65,7 +65,9 @@ def _child(args: argparse.Namespace) -> dict[str, Any]:
         info = {
             "path": choice.path.name,
             "reason": choice.reason,
-            "cached_graph": bool(getattr(predictor, "cached_graph", None)),
+            # From a cache an earlier process wrote (the first child on a machine writes it).
+            "cached_graph": bool(getattr(predictor, "cached_graph", None))
+            and not getattr(predictor, "graph_cache_built", False),
         }
     else:
         from inference.runtime import load_predictor

@@ -168,15 +168,20 @@ def test_openvino_reports_the_precision_it_runs(registered: Path) -> None:
 
 def test_onnx_session_reuses_the_cached_optimised_graph(registered: Path, tmp_path: Path) -> None:
     chips = _chips(2, seed=3)
+    plain = OnnxPredictor(registered / ONNX_INT8_NAME)
     first = OnnxPredictor(registered / ONNX_INT8_NAME, cache_dir=tmp_path)
-    assert first.cached_graph is None and list(tmp_path.glob("*.ort"))
+    # The first session builds the cache (in a session of its own) and runs from it.
+    assert first.graph_cache_built and first.cached_graph == str(next(tmp_path.glob("*.ort")))
+    np.testing.assert_allclose(first.predict_proba(chips), plain.predict_proba(chips), atol=1e-5)
     second = OnnxPredictor(registered / ONNX_INT8_NAME, cache_dir=tmp_path)
-    assert second.cached_graph is not None
+    assert second.cached_graph == first.cached_graph and not second.graph_cache_built
     assert second.metadata == first.metadata
     np.testing.assert_allclose(second.predict_proba(chips), first.predict_proba(chips), atol=1e-5)
     next(tmp_path.glob("*.ort")).write_bytes(b"truncated")  # a broken cache is rebuilt, not fatal
     third = OnnxPredictor(registered / ONNX_INT8_NAME, cache_dir=tmp_path)
     assert third.cached_graph is None and third.predict_proba(chips).shape == (2, 7, CHIP, CHIP)
+    assert not list(tmp_path.glob("*.ort"))  # dropped: the next session builds it again
+    assert OnnxPredictor(registered / ONNX_INT8_NAME, cache_dir=tmp_path).graph_cache_built
 
 
 def test_export_metadata_without_torch(registered: Path) -> None:

@@ -84,3 +84,19 @@ def test_cfg_job_prints_the_composed_config() -> None:
     printed = yaml.safe_load(out)
     assert printed["model"]["preset"] == "small"
     assert set(GROUPS) <= set(printed)
+
+
+def test_class_weights_none_inverse_frequency_or_one_per_class() -> None:
+    from training.pipeline import _class_weights
+
+    stats = {"class_fractions": [0.1, 0.4, 0.3, 0.05, 0.1, 0.05, 0.0]}
+    assert _class_weights(compose([]), stats) is None
+    inverse = _class_weights(compose(["training=class_weighted"]), stats)
+    assert inverse[6] == 0.0 and inverse[3] == inverse[5] > inverse[1]
+    explicit = _class_weights(compose(["training.class_weights=[1,1,1,1,1,2,0]"]), stats)
+    assert explicit == [1.0, 1.0, 1.0, 1.0, 1.0, 2.0, 0.0]
+    for bad in ("[1,1,1]", "[1,1,1,1,1,-2,0]"):
+        with pytest.raises(ValueError, match="one per class"):
+            _class_weights(compose([f"training.class_weights={bad}"]), stats)
+    with pytest.raises(ValueError, match="inverse_frequency"):
+        _class_weights(compose(["training.class_weights=median"]), stats)

@@ -271,6 +271,13 @@ VARIANTS: dict[str, QuantVariant] = {
     "int8-attn": QuantVariant(
         "int8-attn", "dynamic", True, const_b_only=False, note="experiment: attention score MatMuls too"
     ),
+    "int8-vnni-attn": QuantVariant(
+        "int8-vnni-attn",
+        "dynamic",
+        False,
+        const_b_only=False,
+        note="experiment: 8-bit weights (VNNI recipe) + attention score MatMuls",
+    ),
     "int8-conv": QuantVariant(
         "int8-conv", "dynamic", True, ops=("MatMul", "Conv"), note="experiment: head convs too (ConvInteger)"
     ),
