@@ -249,7 +249,7 @@ def test_head_spec_from_the_model_config() -> None:
             "context_channels": 64,
             "context_out": 16,
             "fuse_channels": 32,
-            "feature_layers": [-1],
+            "feature_layers": [1, -1],
             "levels": [],
             "pixel_dilations": [],
         },

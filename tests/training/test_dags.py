@@ -102,7 +102,8 @@ def test_each_dag_runs_end_to_end(tmp_path, monkeypatch) -> None:
     )
     weighted = runs["class_weighted"].result("train_head")["class_weights"]
     assert weighted is not None and max(weighted) > min(w for w in weighted if w > 0)
-    assert runs["baseline"].result("train_head")["class_weights"] is None
+    baseline_weights = [float(w) for w in runs["baseline"].cfg.training.class_weights]
+    assert runs["baseline"].result("train_head")["class_weights"] == baseline_weights
 
     cfg = runs["baseline"].cfg
     versions = registry.list_versions(cfg.storage.registry_uri, cfg.model_name)
