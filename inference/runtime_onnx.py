@@ -137,7 +137,9 @@ class OnnxPredictor:
 
         providers = _provider_options(low_memory)
         if cache_dir is None:
-            return ort.InferenceSession(str(self.path), session_options(threads, low_memory), providers=providers)
+            return ort.InferenceSession(
+                str(self.path), session_options(threads, low_memory), providers=providers
+            )
         cached = optimized_cache_path(self.path, cache_dir)
         if not cached.exists():
             self._build_cache(cached, threads, providers)

@@ -90,7 +90,7 @@ def test_class_weights_none_inverse_frequency_or_one_per_class() -> None:
     from training.pipeline import _class_weights
 
     stats = {"class_fractions": [0.1, 0.4, 0.3, 0.05, 0.1, 0.05, 0.0]}
-    assert _class_weights(compose([]), stats) is None
+    assert _class_weights(compose(["training.class_weights=null"]), stats) is None
     inverse = _class_weights(compose(["training=class_weighted"]), stats)
     assert inverse[6] == 0.0 and inverse[3] == inverse[5] > inverse[1]
     explicit = _class_weights(compose(["training.class_weights=[1,1,1,1,1,2,0]"]), stats)
