@@ -272,9 +272,8 @@ class CachedFeatures(Dataset):
             The cached features stay those of the chip as acquired. 0 turns it off.
         brightness_jitter: with ``augment``, also scale all bands of an item's chip by one common
             gain drawn from ``U(1 - brightness_jitter, 1 + brightness_jitter)``: exposure and sun
-            elevation change overall brightness but keep band ratios (NDVI), so a class whose few
-            training examples all share one brightness (a concrete highway) is learnt by its shape
-            and band ratios, not its exposure. 0 turns it off.
+            elevation change overall brightness but keep band ratios (NDVI). 0 turns it off
+            (the baseline's setting: 0.15 measured worse on the served path).
     """
 
     def __init__(
