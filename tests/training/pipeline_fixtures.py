@@ -10,7 +10,7 @@ from training.data.synthetic import generate_dataset
 TINY_OVERRIDES = [
     "training.epochs=2",
     "training.val_every_n_epochs=1",
-    "training.chips_per_scene=8",
+    "training.chips_per_scene=16",
     "training.val_chips_per_scene=4",
     "training.batch_size=4",
     "model.head_width=16",

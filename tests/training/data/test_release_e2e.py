@@ -86,6 +86,6 @@ def test_miniature_release_downloads_extracts_and_trains(tmp_path, monkeypatch) 
         assert nodata[split]["0"] == 6 * ZERO_ROWS * TILE  # counted, and no tile was refused
         assert nodata[split]["pixels"] == 6 * TILE * TILE
     chips = run.result("cache_features")["chips"]
-    assert chips["train"] == 6 * 8 and chips["test"] > 0  # 8 chips per training tile
+    assert chips["train"] == 6 * cfg.training.chips_per_scene and chips["test"] > 0  # per training tile
     trained = run.result("train_head")
     assert trained["device"]["device"] in ("cpu", "cuda") and 0.0 <= trained["val_miou"] <= 1.0
