@@ -142,7 +142,7 @@ class OnnxPredictor:
             )
         cached = optimized_cache_path(self.path, cache_dir)
         if not cached.exists():
-            self._build_cache(cached, threads, providers)
+            self._build_cache(cached, threads, low_memory, providers)
         if cached.exists():
             options = session_options(threads, low_memory)
             options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
@@ -158,7 +158,7 @@ class OnnxPredictor:
                 cached.unlink(missing_ok=True)
         return ort.InferenceSession(str(self.path), session_options(threads, low_memory), providers=providers)
 
-    def _build_cache(self, cached: Path, threads: int | None, providers: list) -> None:
+    def _build_cache(self, cached: Path, threads: int | None, low_memory: bool, providers: list) -> None:
         """Optimise the graph once and save it to ``cached``, in a session that is then dropped.
 
         Its kernels skip weight prepacking (the saved graph is the same; prepacked copies are
@@ -169,7 +169,7 @@ class OnnxPredictor:
 
         cached.parent.mkdir(parents=True, exist_ok=True)
         tmp = cached.with_name(f".{cached.name}.{os.getpid()}.tmp")
-        options = session_options(threads, low_memory=True)
+        options = session_options(threads, low_memory)
         options.optimized_model_filepath = str(tmp)
         options.add_session_config_entry("session.save_model_format", "ORT")
         options.add_session_config_entry("session.disable_prepacking", "1")
