@@ -1,13 +1,16 @@
 """OpenVINO predictor: the CPU plugin on an ONNX graph, in bf16 where the CPU has it, else fp32.
 
-Runs ``model.fp32.onnx`` (or any ONNX written by :mod:`training.models.onnx_export`), reading the
-model's metadata from the ONNX ``metadata_props`` (OpenVINO keeps them as ``rt_info["framework"]``).
+Runs ``model.int8-qdq.onnx`` or ``model.fp32.onnx`` (or any ONNX written by
+:mod:`training.models.onnx_export`), reading the model's metadata from the ONNX ``metadata_props``
+(OpenVINO keeps them as ``rt_info["framework"]``). On the QDQ graph the plugin runs the quantised
+MatMuls in int8 (AMX-INT8 / VNNI kernels) and everything else at ``precision``.
 
 - ``precision="bf16"`` asks the CPU plugin for bf16 inference (``INFERENCE_PRECISION_HINT``); on a
   CPU without AMX or AVX512-BF16 the plugin runs fp32 instead, and :attr:`effective_precision`
   says so (read back from the compiled model, never assumed).
 - ``cache_dir``: OpenVINO's compiled-model cache (``CACHE_DIR``); the second load of the same
-  model on the same CPU imports the compiled blob instead of compiling, which cuts cold start.
+  model on the same CPU imports the compiled blob instead of compiling, which cuts cold start;
+  :attr:`cached_graph` says whether this load did.
 
 Never imports torch (the Lambda image does not ship it).
 """
@@ -69,8 +72,10 @@ class OpenVinoPredictor:
             "PERFORMANCE_HINT": "LATENCY",
             "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
         }
+        blobs_before: set[Path] = set()
         if cache_dir is not None:
             Path(cache_dir).mkdir(parents=True, exist_ok=True)
+            blobs_before = set(Path(cache_dir).glob("*.blob"))
             core.set_property({"CACHE_DIR": str(cache_dir)})
         self.precision = precision
         model = core.read_model(str(self.path))
@@ -81,6 +86,8 @@ class OpenVinoPredictor:
         self.metadata: dict[str, Any] = {k: _decode(v) for k, v in framework.items()}
         self.compiled = core.compile_model(model, "CPU", config)
         del model
+        # A cached load writes no new blob (the cache is keyed by model, device and config).
+        self.cached_graph = bool(blobs_before) and not (set(Path(cache_dir).glob("*.blob")) - blobs_before)
         hint = self.compiled.get_property("INFERENCE_PRECISION_HINT")
         self.effective_precision = {"f32": "fp32", "bf16": "bf16", "f16": "fp16"}.get(
             getattr(hint, "get_type_name", lambda: str(hint))(), str(hint)

@@ -24,9 +24,10 @@ from training import storage
 EXPORT_NAME = "model.safetensors"
 ONNX_INT8_NAME = "model.int8.onnx"  # ONNX Runtime int8, 7-bit weights: AVX2 CPUs without VNNI
 ONNX_INT8_VNNI_NAME = "model.int8-vnni.onnx"  # ONNX Runtime int8, full 8-bit weights: VNNI/AMX/Arm dotprod
-ONNX_FP32_NAME = "model.fp32.onnx"  # fp32 graph: OpenVINO (bf16 on AMX/AVX512-BF16) and comparisons
+ONNX_INT8_QDQ_NAME = "model.int8-qdq.onnx"  # static (calibrated) QDQ int8 weight MatMuls: OpenVINO on AMX
+ONNX_FP32_NAME = "model.fp32.onnx"  # fp32 graph: OpenVINO bf16 and comparisons
 #: Every runtime artifact registration writes beside the export (see training.models.onnx_export).
-RUNTIME_ARTIFACT_NAMES = (ONNX_INT8_NAME, ONNX_INT8_VNNI_NAME, ONNX_FP32_NAME)
+RUNTIME_ARTIFACT_NAMES = (ONNX_INT8_NAME, ONNX_INT8_VNNI_NAME, ONNX_INT8_QDQ_NAME, ONNX_FP32_NAME)
 CONFIG_NAME = "config.yaml"
 METRICS_NAME = "metrics.json"
 CARD_NAME = "MODEL_CARD.md"

@@ -127,8 +127,14 @@ class Candidate:
 
 def candidates() -> list[Candidate]:
     """Every path the bench compares (names follow inference.runtime_cpu where they are served)."""
-    from inference.runtime_cpu import BF16_FLAGS, INT8_DOT_FLAGS
-    from training.artifacts import EXPORT_NAME, ONNX_FP32_NAME, ONNX_INT8_NAME, ONNX_INT8_VNNI_NAME
+    from inference.runtime_cpu import AMX_INT8_FLAGS, BF16_FLAGS, INT8_DOT_FLAGS
+    from training.artifacts import (
+        EXPORT_NAME,
+        ONNX_FP32_NAME,
+        ONNX_INT8_NAME,
+        ONNX_INT8_QDQ_NAME,
+        ONNX_INT8_VNNI_NAME,
+    )
 
     return [
         Candidate(
@@ -183,6 +189,16 @@ def candidates() -> list[Candidate]:
             BF16_FLAGS,
             False,
             "OpenVINO CPU plugin bf16",
+        ),
+        Candidate(
+            "openvino-int8",
+            "openvino",
+            ONNX_INT8_QDQ_NAME,
+            "int8",
+            {"precision": "bf16"},
+            AMX_INT8_FLAGS,
+            True,
+            "OpenVINO static int8 QDQ (int8 weight MatMuls, the rest bf16)",
         ),
     ]
 

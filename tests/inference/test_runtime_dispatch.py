@@ -19,6 +19,7 @@ from training.artifacts import (
     EXPORT_NAME,
     ONNX_FP32_NAME,
     ONNX_INT8_NAME,
+    ONNX_INT8_QDQ_NAME,
     ONNX_INT8_VNNI_NAME,
     RUNTIME_ARTIFACT_NAMES,
 )
@@ -48,7 +49,7 @@ def _installed(module: str) -> bool:
 @pytest.mark.parametrize(
     ("cpuinfo", "path", "cls"),
     [
-        (AMX, "openvino-bf16", "amx"),
+        (AMX, "openvino-int8", "amx"),
         (VNNI, "ort-int8-vnni", "vnni"),
         (ZEN4, "ort-int8-vnni", "avx512_bf16"),  # bf16 without AMX: int8 measured faster
         (AVX2, "ort-int8-avx2", "avx2"),
@@ -73,6 +74,9 @@ def test_missing_runtime_or_artifact_falls_through_with_reasons() -> None:
     no_openvino = choose_path(cpu, _everything, has_runtime=lambda m: m != "openvino")
     assert no_openvino.path.name == "ort-int8-vnni"
     assert "openvino not installed" in no_openvino.skipped[0][1]
+    no_qdq = choose_path(cpu, lambda n: n != ONNX_INT8_QDQ_NAME, has_runtime=_installed)
+    assert no_qdq.path.name == "openvino-bf16"  # a champion registered before the QDQ graph
+    assert f"no {ONNX_INT8_QDQ_NAME}" in no_qdq.skipped[0][1]
     old_champion = choose_path(cpu, lambda n: n in (EXPORT_NAME, ONNX_INT8_NAME), has_runtime=_installed)
     assert old_champion.path.name == "ort-int8-avx2"  # only the AVX2 artifact: still runs on AMX
     assert any(f"no {ONNX_INT8_VNNI_NAME}" in why for _, why in old_champion.skipped)
@@ -130,6 +134,20 @@ def test_registration_writes_every_runtime_artifact(registered: Path) -> None:
     )
     assert avx2["quantization"]["reduce_range"] is True and vnni["quantization"]["reduce_range"] is False
     assert read_onnx_metadata(registered / ONNX_FP32_NAME)["quantization"] is None
+    qdq = read_onnx_metadata(registered / ONNX_INT8_QDQ_NAME)["quantization"]
+    assert qdq["method"].endswith("quantize_static") and qdq["activation_type"] == "qint8 symmetric"
+    import onnx
+
+    graph = onnx.load(str(registered / ONNX_INT8_QDQ_NAME)).graph
+    constants = {i.name for i in graph.initializer}
+    dequantized = {n.output[0] for n in graph.node if n.op_type == "DequantizeLinear"}
+    matmuls = [n for n in graph.node if n.op_type == "MatMul"]
+    weight_matmuls = [n for n in matmuls if n.input[1] in dequantized]
+    # Every weight MatMul reads int8 weights; the attention products (two activations) stay float.
+    assert weight_matmuls and all(n.input[0] in dequantized for n in weight_matmuls)
+    assert all(n.input[1] not in constants for n in matmuls)
+    attention = [n for n in matmuls if n not in weight_matmuls]
+    assert attention and not any(n.input[0] in dequantized for n in attention)
     before = {n: (registered / n).stat().st_mtime_ns for n in RUNTIME_ARTIFACT_NAMES}
     register_onnx(str(registered))  # a retried registration keeps what is there
     assert before == {n: (registered / n).stat().st_mtime_ns for n in RUNTIME_ARTIFACT_NAMES}
@@ -141,7 +159,7 @@ def test_every_path_agrees_with_torch_fp32(registered: Path) -> None:
     chips = _chips(3)
     ref = TorchPredictor(str(registered / EXPORT_NAME)).predict_proba(chips).argmax(1)
     cpu = detect_cpu()
-    for name in ("ort-int8-avx2", "ort-int8-vnni", "openvino-bf16"):
+    for name in ("ort-int8-avx2", "ort-int8-vnni", "openvino-int8", "openvino-bf16"):
         choice = choose_path(cpu, lambda n: (registered / n).exists(), force=name)
         predictor = load_chosen(choice, str(registered / choice.artifact))
         probs = predictor.predict_proba(chips)
@@ -149,7 +167,8 @@ def test_every_path_agrees_with_torch_fp32(registered: Path) -> None:
         np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-3)
         agreement = (probs.argmax(1) == ref).mean()
         # The 8-bit-weight model on a CPU without VNNI saturates (that is why AVX2 gets 7 bits).
-        floor = 0.9 if name == "ort-int8-vnni" and cpu.cpu_class == "avx2" else 0.98
+        full_range = name in ("ort-int8-vnni", "openvino-int8")
+        floor = 0.9 if full_range and cpu.cpu_class == "avx2" else 0.98
         assert agreement >= floor, (name, agreement)
         assert predictor.runtime["path"] == name and predictor.num_classes == 7
 
@@ -164,6 +183,18 @@ def test_openvino_reports_the_precision_it_runs(registered: Path) -> None:
     assert predictor.chip_size == CHIP
     with pytest.raises(ValueError, match="exported for"):
         predictor.predict_proba(np.zeros((1, 4, 2 * CHIP, 2 * CHIP), np.float32))
+
+
+def test_openvino_reuses_its_compiled_model_cache(registered: Path, tmp_path: Path) -> None:
+    from inference.runtime_openvino import OpenVinoPredictor
+
+    chips = _chips(2, seed=4)
+    first = OpenVinoPredictor(registered / ONNX_INT8_QDQ_NAME, precision="bf16", cache_dir=tmp_path)
+    assert not first.cached_graph and list(tmp_path.glob("*.blob"))
+    second = OpenVinoPredictor(registered / ONNX_INT8_QDQ_NAME, precision="bf16", cache_dir=tmp_path)
+    assert second.cached_graph and second.metadata == first.metadata
+    np.testing.assert_allclose(second.predict_proba(chips), first.predict_proba(chips), atol=1e-5)
+    assert not OpenVinoPredictor(registered / ONNX_INT8_QDQ_NAME, precision="bf16").cached_graph
 
 
 def test_onnx_session_reuses_the_cached_optimised_graph(registered: Path, tmp_path: Path) -> None:

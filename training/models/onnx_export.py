@@ -5,6 +5,8 @@ runtime path of :mod:`inference.runtime_cpu`, beside the export in the version f
 
 - ``model.int8.onnx``: ONNX Runtime int8, 7-bit weights (AVX2 CPUs without VNNI);
 - ``model.int8-vnni.onnx``: ONNX Runtime int8, full 8-bit weights (VNNI / AMX-INT8 / Arm dotprod);
+- ``model.int8-qdq.onnx``: static (calibrated) int8 QDQ graph for OpenVINO on AMX: the weight
+  MatMuls run on AMX-INT8 tiles, the attention products and the rest in bf16;
 - ``model.fp32.onnx``: the plain fp32 graph (OpenVINO, bf16 on AMX / AVX512-BF16).
 
 Each is self-contained: the graph maps normalised float32 chips
@@ -55,6 +57,7 @@ from training.artifacts import (
     EXPORT_NAME,
     ONNX_FP32_NAME,
     ONNX_INT8_NAME,
+    ONNX_INT8_QDQ_NAME,
     ONNX_INT8_VNNI_NAME,
     RUNTIME_ARTIFACT_NAMES,
 )
@@ -204,8 +207,16 @@ def quantize_static_onnx(
     *,
     ops: tuple[str, ...] = ("MatMul", "Conv"),
     reduce_range: bool = True,
+    const_b_only: bool = False,
+    symmetric: bool = False,
 ) -> Path:
-    """Static (calibrated) int8: QDQ graph, activation ranges from MinMax over ``chips``."""
+    """Static (calibrated) int8: QDQ graph, activation ranges from MinMax over ``chips``.
+
+    ``const_b_only`` leaves the MatMuls of two activations (the attention score products) in
+    float, which keeps OpenVINO's fused attention intact. ``symmetric``: signed int8 activations
+    with zero point 0 (no zero-point subtraction in OpenVINO's int8 kernels).
+    """
+    import onnx
     from onnxruntime.quantization import (
         CalibrationDataReader,
         QuantFormat,
@@ -220,16 +231,23 @@ def quantize_static_onnx(
         def get_next(self) -> dict[str, np.ndarray] | None:
             return next(self._it, None)
 
+    exclude: list[str] = []
+    if const_b_only:
+        graph = onnx.load(str(src), load_external_data=False).graph
+        constants = {i.name for i in graph.initializer}
+        exclude = [n.name for n in graph.node if n.op_type == "MatMul" and n.input[1] not in constants]
     quantize_static(
         str(src),
         str(dst),
         _Reader(),
         quant_format=QuantFormat.QDQ,
         op_types_to_quantize=list(ops),
+        nodes_to_exclude=exclude,
         per_channel=True,
         reduce_range=reduce_range,
-        activation_type=QuantType.QUInt8,
+        activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8,
         weight_type=QuantType.QInt8,
+        extra_options={"ActivationSymmetric": symmetric, "WeightSymmetric": True},
     )
     return Path(dst)
 
@@ -245,6 +263,7 @@ class QuantVariant:
     const_b_only: bool = True
     optimize: bool = True  # ORT's portable offline optimisation (ORT-only graphs)
     calibration: int = 0  # static: calibration chips
+    symmetric: bool = False  # static: signed int8 activations, zero point 0
     note: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -259,7 +278,14 @@ class QuantVariant:
             "weight_type": "qint8",
             "per_channel": True,
             "reduce_range": self.reduce_range,
-            **({"calibration_chips": self.calibration} if self.method == "static" else {}),
+            **(
+                {
+                    "calibration_chips": self.calibration,
+                    "activation_type": "qint8 symmetric" if self.symmetric else "quint8",
+                }
+                if self.method == "static"
+                else {}
+            ),
         }
 
 
@@ -290,11 +316,22 @@ VARIANTS: dict[str, QuantVariant] = {
         calibration=8,
         note="experiment: static QDQ int8, calibrated on training-split chips",
     ),
+    "int8-qdq": QuantVariant(
+        "int8-qdq",
+        "static",
+        False,
+        ops=("MatMul",),
+        optimize=False,
+        calibration=8,
+        symmetric=True,
+        note="served on AMX by OpenVINO: static int8 weight MatMuls, attention and the rest bf16",
+    ),
 }
 #: The registered artifact of each served variant.
 ARTIFACT_VARIANTS: dict[str, str] = {
     ONNX_INT8_NAME: "int8-avx2",
     ONNX_INT8_VNNI_NAME: "int8-vnni",
+    ONNX_INT8_QDQ_NAME: "int8-qdq",
     ONNX_FP32_NAME: "fp32",
 }
 
@@ -329,7 +366,15 @@ def make_variant(
             )
         elif spec.method == "static":
             chips = calibration_chips(spec.calibration, chip_size)
-            quantize_static_onnx(fp32_path, current, chips, ops=spec.ops, reduce_range=spec.reduce_range)
+            quantize_static_onnx(
+                fp32_path,
+                current,
+                chips,
+                ops=spec.ops,
+                reduce_range=spec.reduce_range,
+                const_b_only=spec.const_b_only,
+                symmetric=spec.symmetric,
+            )
         else:
             raise ValueError(f"unknown quantisation method {spec.method!r}")
         _set_metadata(current, {**metadata, "quantization": spec.describe(), "variant": spec.name})
