@@ -13,6 +13,7 @@ per batch, so every backend sees exactly the same numbers.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -27,6 +28,7 @@ __all__ = [
     "TorchPredictor",
     "default_num_threads",
     "load_predictor",
+    "read_onnx_metadata_props",
     "read_safetensors_metadata",
 ]
 
@@ -54,6 +56,10 @@ class Predictor(Protocol):
     def predict_proba(self, chips: np.ndarray) -> np.ndarray:
         """Softmax probabilities float32 ``[B, K, S, S]`` for normalised float32 ``[B, 4, S, S]``."""
         ...
+
+
+#: ``ModelProto.metadata_props`` (onnx.proto).
+_ONNX_METADATA_FIELD = 14
 
 
 def default_num_threads() -> int:
@@ -165,6 +171,50 @@ def read_safetensors_metadata(uri_or_path: str | os.PathLike[str]) -> dict[str, 
             out[key] = json.loads(value)
         except (TypeError, json.JSONDecodeError):
             out[key] = value
+    return out
+
+
+def _varint(fh: Any) -> int:
+    value, shift = 0, 0
+    while True:
+        byte = fh.read(1)
+        if not byte:
+            raise ValueError("truncated varint")
+        value |= (byte[0] & 0x7F) << shift
+        if byte[0] < 0x80:
+            return value
+        shift += 7
+
+
+def read_onnx_metadata_props(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The ``metadata_props`` of a local ONNX file, JSON-decoded where they parse; no onnx package.
+
+    Walks the top-level fields of the ``ModelProto`` and seeks past the graph, so a 300 MB model
+    costs a few reads instead of a parse (the OpenVINO path compiles straight from its cache).
+    """
+    out: dict[str, Any] = {}
+    with open(path, "rb") as fh:
+        size = os.fstat(fh.fileno()).st_size
+        while fh.tell() < size:
+            key = _varint(fh)
+            field_number, wire_type = key >> 3, key & 7
+            if wire_type == 0:
+                _varint(fh)
+                continue
+            if wire_type != 2:
+                raise ValueError(f"{path}: not an ONNX model (field {field_number}, wire type {wire_type})")
+            length = _varint(fh)
+            if field_number != _ONNX_METADATA_FIELD:
+                fh.seek(length, os.SEEK_CUR)
+                continue
+            entry, strings = io.BytesIO(fh.read(length)), {}
+            while entry.tell() < length:  # StringStringEntryProto: key = 1, value = 2
+                tag = _varint(entry)
+                strings[tag >> 3] = entry.read(_varint(entry)).decode()
+            try:
+                out[strings.get(1, "")] = json.loads(strings.get(2, ""))
+            except json.JSONDecodeError:
+                out[strings.get(1, "")] = strings.get(2, "")
     return out
 
 

@@ -1,9 +1,10 @@
 """OpenVINO predictor: the CPU plugin on an ONNX graph, in bf16 where the CPU has it, else fp32.
 
 Runs ``model.int8-qdq.onnx`` or ``model.fp32.onnx`` (or any ONNX written by
-:mod:`training.models.onnx_export`), reading the model's metadata from the ONNX ``metadata_props``
-(OpenVINO keeps them as ``rt_info["framework"]``). On the QDQ graph the plugin runs the quantised
-MatMuls in int8 (AMX-INT8 / VNNI kernels) and everything else at ``precision``.
+:mod:`training.models.onnx_export`), reading the model's metadata from the ONNX
+``metadata_props`` (:func:`~inference.runtime.read_onnx_metadata_props` seeks past the weights).
+On the QDQ graph the plugin runs the quantised MatMuls in int8 (AMX-INT8 / VNNI kernels) and
+everything else at ``precision``.
 
 - ``precision="bf16"`` asks the CPU plugin for bf16 inference (``INFERENCE_PRECISION_HINT``); on a
   CPU without AMX or AVX512-BF16 the plugin runs fp32 instead, and :attr:`effective_precision`
@@ -17,26 +18,17 @@ Never imports torch (the Lambda image does not ship it).
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from inference.runtime import check_chips, default_num_threads
+from inference.runtime import check_chips, default_num_threads, read_onnx_metadata_props
 
 __all__ = ["OpenVinoPredictor"]
 
 PRECISIONS = ("fp32", "bf16")
-
-
-def _decode(value: Any) -> Any:
-    text = value.astype(str) if hasattr(value, "astype") else str(value)
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
 
 
 class OpenVinoPredictor:
@@ -78,14 +70,9 @@ class OpenVinoPredictor:
             blobs_before = set(Path(cache_dir).glob("*.blob"))
             core.set_property({"CACHE_DIR": str(cache_dir)})
         self.precision = precision
-        model = core.read_model(str(self.path))
-        try:  # the ONNX metadata_props
-            framework = dict(model.get_rt_info()["framework"])
-        except (KeyError, RuntimeError, TypeError):
-            framework = {}
-        self.metadata: dict[str, Any] = {k: _decode(v) for k, v in framework.items()}
-        self.compiled = core.compile_model(model, "CPU", config)
-        del model
+        self.metadata: dict[str, Any] = read_onnx_metadata_props(self.path)
+        # From the path, not a read model: with a cached blob OpenVINO then skips the ONNX parse.
+        self.compiled = core.compile_model(str(self.path), "CPU", config)
         # A cached load writes no new blob (the cache is keyed by model, device and config).
         self.cached_graph = bool(blobs_before) and not (set(Path(cache_dir).glob("*.blob")) - blobs_before)
         hint = self.compiled.get_property("INFERENCE_PRECISION_HINT")

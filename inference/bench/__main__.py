@@ -124,7 +124,7 @@ def _cold_starts(
 
 
 def _champion_agreement(registry: str, model_name: str, workdir: Path, runs: int) -> dict[str, Any] | None:
-    """Eager vs int8 agreement on the registry's champion, if there is one (a trained model)."""
+    """Eager fp32 vs the served path on the registry's champion, if there is one (a trained model)."""
     try:
         from training.registry import champion
     except ImportError:  # pragma: no cover
@@ -136,27 +136,27 @@ def _champion_agreement(registry: str, model_name: str, workdir: Path, runs: int
         return None
     from inference.bench.chips import sample_chips
     from inference.runtime import TorchPredictor
-    from inference.runtime_onnx import OnnxPredictor
+    from inference.runtime_cpu import choose_path, detect_cpu, load_chosen
     from training import storage
-    from training.models.onnx_export import convert_export
+    from training.models.onnx_export import write_runtime_artifacts
 
     folder = workdir / "champion" / str(info["version"])
     folder.mkdir(parents=True, exist_ok=True)
     export = folder / "model.safetensors"
-    onnx_path = folder / "model.int8.onnx"
     if not export.exists():
         storage.download(info["export_uri"], export)
-    if not onnx_path.exists():
-        convert_export(str(export), str(onnx_path))
+    choice = choose_path(detect_cpu(), lambda name: True, backends={"onnx", "openvino"})
+    write_runtime_artifacts(str(export), str(folder), names=(choice.artifact,))
     chips = sample_chips(runs, CHIP, seed=23)
     eager = TorchPredictor(str(export)).predict_proba(chips).argmax(1)
-    opt = OnnxPredictor(str(onnx_path)).predict_proba(chips).argmax(1)
+    served = load_chosen(choice, str(folder / choice.artifact)).predict_proba(chips).argmax(1)
     return {
         "version": info["version"],
         "miou": info.get("miou"),
         "preset": info.get("preset"),
+        "path": choice.path.name,
         "chips": runs,
-        "pixel_agreement": float((eager == opt).mean()),
+        "pixel_agreement": float((eager == served).mean()),
     }
 
 

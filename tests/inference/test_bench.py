@@ -82,6 +82,7 @@ def test_bench_quick_writes_all_sections(tmp_path: Path) -> None:
         "ort-int8-vnni",
         "openvino-fp32",
         "openvino-bf16",
+        "openvino-int8",
     }
     for name, row in rows.items():
         assert row["status"].startswith(("ran", "not run: not available on this CPU")), (name, row["status"])

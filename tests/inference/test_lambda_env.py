@@ -65,5 +65,5 @@ def test_lambda_env_is_torch_free_and_serves(tmp_path: Path) -> None:
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert all(result["absent"].values()), result
     assert result["loaded_torch"] is False
-    assert result["path"] in {"ort-int8-avx2", "ort-int8-vnni", "openvino-bf16"}, result
+    assert result["path"] in {"ort-int8-avx2", "ort-int8-vnni", "openvino-int8", "openvino-bf16"}, result
     assert report["installed_bytes"] <= IMAGE_BUDGET_BYTES, report

@@ -185,6 +185,17 @@ def test_openvino_reports_the_precision_it_runs(registered: Path) -> None:
         predictor.predict_proba(np.zeros((1, 4, 2 * CHIP, 2 * CHIP), np.float32))
 
 
+def test_onnx_metadata_is_read_without_the_onnx_package(registered: Path, tmp_path: Path) -> None:
+    from inference.runtime import read_onnx_metadata_props
+
+    for name in (ONNX_INT8_NAME, ONNX_INT8_QDQ_NAME, ONNX_FP32_NAME):
+        assert read_onnx_metadata_props(registered / name) == read_onnx_metadata(registered / name), name
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"\x0f" * 8)  # wire type 7 does not exist
+    with pytest.raises(ValueError, match="not an ONNX model"):
+        read_onnx_metadata_props(bad)
+
+
 def test_openvino_reuses_its_compiled_model_cache(registered: Path, tmp_path: Path) -> None:
     from inference.runtime_openvino import OpenVinoPredictor
 
