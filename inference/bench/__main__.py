@@ -421,6 +421,8 @@ def _targets(report: dict[str, Any], t: dict[str, float], cpu_class: str) -> dic
     # shown beside it (with a light preset the fixed per-chip blending weighs more).
     worst = max(estimated.values())
     image = report.get("image") or {}
+    champion_agreement = (report.get("champion") or {}).get("pixel_agreement")
+    agreement = min(res["pixel_agreement"], champion_agreement if champion_agreement is not None else 1.0)
     out: dict[str, Any] = {
         "preset": preset,
         "cpu_class": cpu_class,
@@ -431,9 +433,12 @@ def _targets(report: dict[str, Any], t: dict[str, float], cpu_class: str) -> dic
             "met": res["speedup"] >= t["speedup"],
         },
         "a_agreement": {
-            "agreement": res["pixel_agreement"],
+            # The worse of random weights and the trained champion (when the registry has one).
+            "agreement": agreement,
+            "random_weights": res["pixel_agreement"],
+            "champion": champion_agreement,
             "target": t["agreement"],
-            "met": res["pixel_agreement"] >= t["agreement"],
+            "met": agreement >= t["agreement"],
         },
         "b_efficiency": {
             "share_of_peak": opt["share_of_peak"],
@@ -643,7 +648,14 @@ def render(report: dict[str, Any]) -> str:
     a, ag, b = t["a_throughput"], t["a_agreement"], t["b_efficiency"]
     cm, d, es, im = t["c_memory"], t["d_cold_start"], t["e_scene"], t["image"]
     out.append(f"  (a)  served vs eager fp32 >= {a['target']}x: {a['speedup']:.2f}x -> {_yes(a['met'])}")
-    out.append(f"  (a') pixel agreement >= {ag['target']:.0%}: {ag['agreement']:.2%} -> {_yes(ag['met'])}")
+    champ = (
+        ""
+        if ag["champion"] is None
+        else f" (random weights {ag['random_weights']:.2%}, trained champion {ag['champion']:.2%})"
+    )
+    out.append(
+        f"  (a') pixel agreement >= {ag['target']:.0%}: {ag['agreement']:.2%}{champ} -> {_yes(ag['met'])}"
+    )
     out.append(
         f"  (b)  >= {b['target']:.0%} of the {b['peak']} peak: {b['share_of_peak']:.0%} -> {_yes(b['met'])}"
     )

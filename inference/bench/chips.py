@@ -195,10 +195,10 @@ def candidates() -> list[Candidate]:
             "openvino",
             ONNX_INT8_QDQ_NAME,
             "int8",
-            {"precision": "bf16"},
+            {"precision": "fp32"},
             AMX_INT8_FLAGS,
             True,
-            "OpenVINO static int8 QDQ (int8 weight MatMuls, the rest bf16)",
+            "OpenVINO static int8 QDQ (int8 weight MatMuls, the rest fp32)",
         ),
     ]
 

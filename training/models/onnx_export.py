@@ -6,7 +6,7 @@ runtime path of :mod:`inference.runtime_cpu`, beside the export in the version f
 - ``model.int8.onnx``: ONNX Runtime int8, 7-bit weights (AVX2 CPUs without VNNI);
 - ``model.int8-vnni.onnx``: ONNX Runtime int8, full 8-bit weights (VNNI / AMX-INT8 / Arm dotprod);
 - ``model.int8-qdq.onnx``: static (calibrated) int8 QDQ graph for OpenVINO on AMX: the weight
-  MatMuls run on AMX-INT8 tiles, the attention products and the rest in bf16;
+  MatMuls run on AMX-INT8 tiles, the attention products and the rest in fp32;
 - ``model.fp32.onnx``: the plain fp32 graph (OpenVINO, bf16 on AMX / AVX512-BF16).
 
 Each is self-contained: the graph maps normalised float32 chips
@@ -324,7 +324,7 @@ VARIANTS: dict[str, QuantVariant] = {
         optimize=False,
         calibration=8,
         symmetric=True,
-        note="served on AMX by OpenVINO: static int8 weight MatMuls, attention and the rest bf16",
+        note="served on AMX by OpenVINO: static int8 weight MatMuls, attention and the rest fp32",
     ),
 }
 #: The registered artifact of each served variant.
