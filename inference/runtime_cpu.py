@@ -9,9 +9,8 @@ Order of preference (:data:`PATHS`, first one whose needs are met wins):
    moved 1.4 % of the trained champion's pixels: its head is precision-sensitive.
 2. ``openvino-bf16``: OpenVINO's CPU plugin in bf16 on the fp32 ONNX graph, for CPUs with AMX
    bf16 tiles (a champion without the int8 QDQ graph; 98.6 % pixel agreement on the trained
-   champion, see 1). AVX512-BF16 alone (AMD Zen 4, Intel
-   without AMX) measured slower than VNNI int8 and holds the fp32 graph's memory, so such CPUs
-   take path 3.
+   champion, see 1). AVX512-BF16 alone (AMD Zen 4, Intel without AMX) measured slower than
+   VNNI int8 and holds the fp32 graph's memory, so such CPUs take path 3.
 3. ``ort-int8-vnni``: ONNX Runtime int8 with full-range (8-bit) weights, for CPUs with an int8
    dot-product instruction (AVX512-VNNI, AVX-VNNI, AMX-INT8; ``asimddp`` on Graviton): MLAS's
    u8s8 kernels accumulate in 32 bits there, so the 7-bit weights buy nothing.
