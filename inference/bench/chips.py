@@ -124,17 +124,21 @@ class Candidate:
     runs_without: bool = True  # run even when the CPU lacks needs_any (code path exercised)
     note: str = ""
 
+    @classmethod
+    def served(cls, name: str, note: str) -> Candidate:
+        """The dispatcher's path ``name`` (inference.runtime_cpu.PATHS), exactly as it is served."""
+        from inference.runtime_cpu import PATHS
+
+        path = next(p for p in PATHS if p.name == name)
+        return cls(
+            name, path.backend, path.artifact, path.precision, dict(path.options), path.needs_any, True, note
+        )
+
 
 def candidates() -> list[Candidate]:
     """Every path the bench compares (names follow inference.runtime_cpu where they are served)."""
-    from inference.runtime_cpu import AMX_INT8_FLAGS, BF16_FLAGS, INT8_DOT_FLAGS
-    from training.artifacts import (
-        EXPORT_NAME,
-        ONNX_FP32_NAME,
-        ONNX_INT8_NAME,
-        ONNX_INT8_QDQ_NAME,
-        ONNX_INT8_VNNI_NAME,
-    )
+    from inference.runtime_cpu import BF16_FLAGS
+    from training.artifacts import EXPORT_NAME, ONNX_FP32_NAME
 
     return [
         Candidate(
@@ -150,26 +154,8 @@ def candidates() -> list[Candidate]:
         Candidate(
             "ort-fp32", "onnx", ONNX_FP32_NAME, "fp32", {}, frozenset(), True, "ONNX Runtime fp32 graph"
         ),
-        Candidate(
-            "ort-int8-avx2",
-            "onnx",
-            ONNX_INT8_NAME,
-            "int8",
-            {},
-            frozenset({"avx2"}),
-            True,
-            "ONNX Runtime int8, 7-bit weights",
-        ),
-        Candidate(
-            "ort-int8-vnni",
-            "onnx",
-            ONNX_INT8_VNNI_NAME,
-            "int8",
-            {},
-            INT8_DOT_FLAGS,
-            True,
-            "ONNX Runtime int8, 8-bit weights",
-        ),
+        Candidate.served("ort-int8-avx2", "ONNX Runtime int8, 7-bit weights"),
+        Candidate.served("ort-int8-vnni", "ONNX Runtime int8, 8-bit weights"),
         Candidate(
             "openvino-fp32",
             "openvino",
@@ -180,6 +166,7 @@ def candidates() -> list[Candidate]:
             True,
             "OpenVINO CPU plugin fp32",
         ),
+        # Measured on AVX512-BF16 without AMX too (the dispatcher serves it on AMX only).
         Candidate(
             "openvino-bf16",
             "openvino",
@@ -190,16 +177,7 @@ def candidates() -> list[Candidate]:
             False,
             "OpenVINO CPU plugin bf16",
         ),
-        Candidate(
-            "openvino-int8",
-            "openvino",
-            ONNX_INT8_QDQ_NAME,
-            "int8",
-            {"precision": "fp32"},
-            AMX_INT8_FLAGS,
-            True,
-            "OpenVINO static int8 QDQ (int8 weight MatMuls, the rest fp32)",
-        ),
+        Candidate.served("openvino-int8", "OpenVINO static int8 QDQ (int8 weight MatMuls, the rest fp32)"),
     ]
 
 

@@ -232,7 +232,7 @@ def quantize_static_onnx(
             return next(self._it, None)
 
     exclude: list[str] = []
-    if const_b_only:
+    if const_b_only:  # by name: the QDQ MatMul quantiser does not read MatMulConstBOnly
         graph = onnx.load(str(src), load_external_data=False).graph
         constants = {i.name for i in graph.initializer}
         exclude = [n.name for n in graph.node if n.op_type == "MatMul" and n.input[1] not in constants]
