@@ -15,8 +15,9 @@ Sections (printed, and written as JSON to ``--out`` for run-to-run comparison):
    agreement, the infer handler's peak RSS and the cold start, each in a fresh child process
    (:mod:`~inference.bench.chips`, :mod:`~inference.bench.coldstart`).
 2b. Every candidate path side by side on the top preset (torch bf16, ONNX Runtime fp32 / int8
-   AVX2 / int8 VNNI, OpenVINO fp32 / bf16); paths whose CPU feature is missing are measured
-   anyway where they run (and say so), or marked "not available on this CPU".
+   AVX2 / int8 VNNI, OpenVINO fp32 / bf16 / int8); paths whose CPU feature is missing are
+   measured anyway where their kernels still run natively (and say so), or marked "not
+   available on this CPU" (their artifacts are then not built).
 2c. Quantisation experiments (attention MatMuls, head convs, static calibrated int8).
 3. Whole-scene time at 1, 4 and 16 km² with the served path (:mod:`~inference.bench.scene`).
 4. Estimated Lambda cost per km².
@@ -233,7 +234,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     _log(f"[bench] CPU: {cpu.model} class {cpu.cpu_class}, flags {sorted(cpu.flags)}")
 
     _log("[bench] building/reusing exports and runtime artifacts ...")
-    models = {p: prepare_model(p, workdir, rebuild=args.rebuild) for p in presets}
+    needed = chips_mod.artifacts_needed(cpu)
+    models = {p: prepare_model(p, workdir, rebuild=args.rebuild, names=needed) for p in presets}
     report["models"] = {p: m.to_dict() for p, m in models.items()}
     t_models = time.perf_counter()
     choices = {p: _served(m, cpu) for p, m in models.items()}

@@ -18,7 +18,15 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Candidate", "bench_chips", "candidates", "experiments", "run_candidates", "sample_chips"]
+__all__ = [
+    "Candidate",
+    "artifacts_needed",
+    "bench_chips",
+    "candidates",
+    "experiments",
+    "run_candidates",
+    "sample_chips",
+]
 
 
 def sample_chips(n: int, chip: int = 256, seed: int = 7) -> np.ndarray:
@@ -121,23 +129,40 @@ class Candidate:
     precision: str  # the precision whose measured peak it is compared with
     kwargs: dict[str, Any] = field(default_factory=dict)
     needs_any: frozenset[str] = frozenset()  # CPU flags that make it the intended path
-    runs_without: bool = True  # run even when the CPU lacks needs_any (code path exercised)
+    # Run even when the CPU lacks needs_any (code path exercised): always (True), never (False),
+    # or only on CPUs with one of these flags (where its kernels still run natively).
+    runs_without: bool | frozenset[str] = True
     note: str = ""
 
     @classmethod
-    def served(cls, name: str, note: str) -> Candidate:
+    def served(cls, name: str, note: str, runs_without: bool | frozenset[str] = True) -> Candidate:
         """The dispatcher's path ``name`` (inference.runtime_cpu.PATHS), exactly as it is served."""
         from inference.runtime_cpu import PATHS
 
         path = next(p for p in PATHS if p.name == name)
         return cls(
-            name, path.backend, path.artifact, path.precision, dict(path.options), path.needs_any, True, note
+            name,
+            path.backend,
+            path.artifact,
+            path.precision,
+            dict(path.options),
+            path.needs_any,
+            runs_without,
+            note,
         )
+
+    def runs_on(self, cpu: Any) -> bool:
+        """Whether the bench measures this candidate on ``cpu``."""
+        if not self.needs_any or cpu.flags & self.needs_any:
+            return True
+        if isinstance(self.runs_without, frozenset):
+            return bool(cpu.flags & self.runs_without)
+        return self.runs_without
 
 
 def candidates() -> list[Candidate]:
     """Every path the bench compares (names follow inference.runtime_cpu where they are served)."""
-    from inference.runtime_cpu import BF16_FLAGS
+    from inference.runtime_cpu import BF16_FLAGS, INT8_DOT_FLAGS
     from training.artifacts import EXPORT_NAME, ONNX_FP32_NAME
 
     return [
@@ -155,7 +180,9 @@ def candidates() -> list[Candidate]:
             "ort-fp32", "onnx", ONNX_FP32_NAME, "fp32", {}, frozenset(), True, "ONNX Runtime fp32 graph"
         ),
         Candidate.served("ort-int8-avx2", "ONNX Runtime int8, 7-bit weights"),
-        Candidate.served("ort-int8-vnni", "ONNX Runtime int8, 8-bit weights"),
+        # Without an int8 dot product MLAS runs the AVX2 kernel on either artifact (AMD EPYC AVX2:
+        # 4.07 s/chip both), so on such CPUs the VNNI recipe is not built or run.
+        Candidate.served("ort-int8-vnni", "ONNX Runtime int8, 8-bit weights", INT8_DOT_FLAGS),
         Candidate(
             "openvino-fp32",
             "openvino",
@@ -177,7 +204,13 @@ def candidates() -> list[Candidate]:
             False,
             "OpenVINO CPU plugin bf16",
         ),
-        Candidate.served("openvino-int8", "OpenVINO static int8 QDQ (int8 weight MatMuls, the rest fp32)"),
+        # OpenVINO's int8 kernels need VNNI or AMX: on AVX2 alone it ran the QDQ graph in fp32
+        # (AMD EPYC: 6.79 s/chip, 0.93x eager), and its calibration costs 3 of the bench's 10 minutes.
+        Candidate.served(
+            "openvino-int8",
+            "OpenVINO static int8 QDQ (int8 weight MatMuls, the rest fp32)",
+            INT8_DOT_FLAGS,
+        ),
     ]
 
 
@@ -206,6 +239,17 @@ def experiments() -> list[Candidate]:
     ]
 
 
+def artifacts_needed(cpu: Any) -> tuple[str, ...]:
+    """The runtime artifacts the bench uses on ``cpu``: the dispatcher's choice, every candidate
+    and experiment that runs here, and the fp32 graph the experiments are made from."""
+    from inference.runtime_cpu import choose_path
+    from training.artifacts import ONNX_FP32_NAME, RUNTIME_ARTIFACT_NAMES
+
+    served = choose_path(cpu, lambda name: True, backends={"onnx", "openvino"}).artifact
+    used = {c.artifact for c in candidates() + experiments() if c.runs_on(cpu)}
+    return tuple(n for n in RUNTIME_ARTIFACT_NAMES if n in used | {served, ONNX_FP32_NAME})
+
+
 def run_candidates(
     model: Any,
     cands: list[Candidate],
@@ -218,9 +262,9 @@ def run_candidates(
 ) -> list[dict[str, Any]]:
     """Time each candidate on ``chips`` (after a warm-up); agreement with ``reference`` classes.
 
-    A candidate whose CPU feature is missing and that would only run emulated
-    (``runs_without=False``) is reported "not available on this CPU" and not run; the others run
-    and say when this CPU is not the one they are meant for.
+    A candidate whose CPU feature is missing and that would only run emulated or on a fallback
+    kernel (:meth:`Candidate.runs_on` is false) is reported "not available on this CPU" and not
+    run; the others run and say when this CPU is not the one they are meant for.
     """
     from inference.bench.models import prepare_variant
     from inference.runtime import load_predictor
@@ -232,7 +276,7 @@ def run_candidates(
         row["cpu_has_feature"] = has
         if not has:
             row["cpu_note"] = f"not available on this CPU (lacks {' / '.join(sorted(c.needs_any))})"
-        if not has and not c.runs_without:
+        if not c.runs_on(cpu):
             row["status"] = "not run: " + row["cpu_note"]
             rows.append(row)
             continue

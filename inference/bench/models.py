@@ -1,8 +1,10 @@
 """Benchmark models: random-weight exports per preset, every runtime artifact, and analytic FLOPs.
 
 Each model folder is laid out as a registry version folder: the export plus what
-``training.models.onnx_export.write_runtime_artifacts`` writes at registration (the int8 ONNX
-models for AVX2 and VNNI and the fp32 ONNX graph), so the dispatcher chooses from the same files.
+``training.models.onnx_export.write_runtime_artifacts`` writes at registration, so the
+dispatcher chooses from the same files. The bench builds only the artifacts it runs on this CPU
+(:func:`inference.bench.chips.artifacts_needed`): the static int8 graph's calibration alone takes
+3 minutes on an AVX2-only CPU, where no path uses it.
 
 Random weights stand in for trained ones (same shapes, same cost); pixel agreement on random
 weights is pessimistic, because their logits sit close together (see the closing note).
@@ -66,8 +68,15 @@ def _key(preset: str, seed: int, root: Path) -> str:
     return digest.hexdigest()[:12]
 
 
-def prepare_model(preset: str, workdir: Path, seed: int = 0, rebuild: bool = False) -> BenchModel:
-    """Build (or reuse) the export and every runtime artifact of a random ``preset`` model.
+def prepare_model(
+    preset: str,
+    workdir: Path,
+    seed: int = 0,
+    rebuild: bool = False,
+    names: tuple[str, ...] | None = None,
+) -> BenchModel:
+    """Build (or reuse) the export and the runtime artifacts ``names`` (default: every one) of a
+    random ``preset`` model; artifacts missing from a cached folder are added to it.
 
     The fp32 model is built, written as the compact (fp16) export and dropped before the
     ONNX conversion reloads the export, so at most one torch copy of the weights is alive.
@@ -82,12 +91,20 @@ def prepare_model(preset: str, workdir: Path, seed: int = 0, rebuild: bool = Fal
     root = Path(__file__).resolve().parents[2]
     folder = workdir / "models" / f"{preset}-{_key(preset, seed, root)}"
     export_path = folder / EXPORT_NAME
-    paths = {name: str(folder / name) for name in RUNTIME_ARTIFACT_NAMES}
+    names = RUNTIME_ARTIFACT_NAMES if names is None else names
+    paths = {name: str(folder / name) for name in names}
     info_path = folder / "build.json"
     width = HEAD_WIDTH.get(preset, 512)
-    if not rebuild and info_path.exists() and all(Path(p).exists() for p in paths.values()):
+    if not rebuild and info_path.exists() and export_path.exists():
         info = json.loads(info_path.read_text())
-        return BenchModel(**{**info, "cached": True})
+        missing = tuple(n for n in names if not Path(paths[n]).exists())
+        if missing:  # another CPU's bench built this folder: add what this one runs
+            t0 = time.perf_counter()
+            write_runtime_artifacts(str(export_path), str(folder), names=missing)
+            info["convert_seconds"] += time.perf_counter() - t0
+            info_path.write_text(json.dumps(info, indent=2))
+        info["artifacts"] = {EXPORT_NAME: str(export_path), **paths}
+        return BenchModel(**{**info, "cached": not missing})
     folder.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     torch.manual_seed(seed)
@@ -98,7 +115,7 @@ def prepare_model(preset: str, workdir: Path, seed: int = 0, rebuild: bool = Fal
     del model
     build_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    write_runtime_artifacts(str(export_path), str(folder), overwrite=rebuild)
+    write_runtime_artifacts(str(export_path), str(folder), names=names, overwrite=rebuild)
     convert_s = time.perf_counter() - t0
     result = BenchModel(
         preset=preset,

@@ -91,3 +91,33 @@ def test_bench_quick_writes_all_sections(tmp_path: Path) -> None:
     experiments = {r["name"]: r for r in report["experiments"]["rows"]}
     assert {"ort-int8-attn", "ort-int8-conv", "ort-int8-static"} <= set(experiments)
     assert all(r["status"].startswith("ran") for r in experiments.values()), experiments
+
+
+def test_bench_builds_and_runs_only_what_this_cpu_can_use() -> None:
+    """On AVX2 alone neither int8-dot-product candidate runs, so their artifacts are not built;
+    a VNNI CPU measures both; an AMX CPU needs every runtime artifact."""
+    from inference.bench.chips import artifacts_needed, candidates
+    from inference.runtime_cpu import CpuInfo
+    from training.artifacts import (
+        ONNX_FP32_NAME,
+        ONNX_INT8_NAME,
+        ONNX_INT8_QDQ_NAME,
+        ONNX_INT8_VNNI_NAME,
+        RUNTIME_ARTIFACT_NAMES,
+    )
+
+    avx2 = CpuInfo("test", "x86_64", frozenset({"avx2", "fma"}))
+    vnni = CpuInfo("test", "x86_64", frozenset({"avx2", "avx512f", "avx512_vnni"}))
+    amx = CpuInfo("test", "x86_64", frozenset({"avx2", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8"}))
+    assert set(artifacts_needed(avx2)) == {ONNX_INT8_NAME, ONNX_FP32_NAME}
+    assert set(artifacts_needed(vnni)) == {
+        ONNX_INT8_NAME,
+        ONNX_FP32_NAME,
+        ONNX_INT8_VNNI_NAME,
+        ONNX_INT8_QDQ_NAME,
+    }
+    assert set(artifacts_needed(amx)) == set(RUNTIME_ARTIFACT_NAMES)
+    runs = {cpu.cpu_class: {c.name for c in candidates() if c.runs_on(cpu)} for cpu in (avx2, vnni, amx)}
+    assert runs["avx2"] == {"ort-fp32", "ort-int8-avx2", "openvino-fp32"}
+    assert {"ort-int8-vnni", "openvino-int8"} <= runs["vnni"] and "torch-bf16" not in runs["vnni"]
+    assert runs["amx"] == {c.name for c in candidates()}
