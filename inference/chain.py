@@ -164,8 +164,8 @@ def model_artifact(settings: ChainSettings, pointer: dict[str, Any]) -> tuple[st
     """``(backend, uri, choice)`` of what to load for the champion on this CPU, following ``BACKEND``.
 
     :func:`inference.runtime_cpu.choose_path` picks the fastest path this CPU, this image and
-    the champion's artifacts allow (bf16 on AMX, int8 with 8-bit weights on VNNI,
-    int8 with 7-bit weights on AVX2, torch fp32 last). ``BACKEND=onnx``/``torch`` restricts the
+    the champion's artifacts allow (the order and the reasons are in
+    :data:`~inference.runtime_cpu.PATHS`). ``BACKEND=onnx``/``torch`` restricts the
     choice to that backend; ``auto`` allows all. ``choice`` is the
     :class:`~inference.runtime_cpu.DispatchChoice` (path, reason, CPU flags, skipped paths).
     """

@@ -2,18 +2,23 @@
 
 Order of preference (:data:`PATHS`, first one whose needs are met wins):
 
-1. ``openvino-int8``: OpenVINO's CPU plugin on the static (calibrated) int8 QDQ graph, for CPUs
-   with AMX-INT8: the weight MatMuls run on int8 tiles, attention and the rest in fp32 (large
-   preset on Xeon with AMX: 0.60 s/chip, against 0.63 s for bf16 and 0.79 s for ONNX Runtime
-   int8, at a third of bf16's memory). The rest stays fp32 because bf16 there (0.43 s/chip)
-   moved 1.4 % of the trained champion's pixels: its head is precision-sensitive.
+1. ``openvino-int8``: OpenVINO's CPU plugin on the static (calibrated) int8 QDQ graph, for x86
+   CPUs with an int8 dot product (AMX-INT8 tiles, AVX512-VNNI or AVX-VNNI): the weight MatMuls
+   run on oneDNN's int8 kernels, attention and the rest in fp32. Large preset, 2 cores: Xeon
+   with AMX 0.60 s/chip, against 0.63 s for bf16 and 0.79 s for ONNX Runtime int8, at a third
+   of bf16's memory; AMD Zen 5 (AVX512-VNNI, no AMX) 0.74 s against 0.87 s for ONNX Runtime
+   int8 (interleaved runs). Intel without AMX and AMD Zen 4 are not measured yet: ``make bench``
+   times both int8 paths side by side on every VNNI CPU. The rest stays fp32
+   because bf16 there (0.43 s/chip on AMX) moved 1.4 % of the trained champion's pixels: its
+   head is precision-sensitive.
 2. ``openvino-bf16``: OpenVINO's CPU plugin in bf16 on the fp32 ONNX graph, for CPUs with AMX
    bf16 tiles (a champion without the int8 QDQ graph; 98.6 % pixel agreement on the trained
-   champion, see 1). AVX512-BF16 alone (AMD Zen 4, Intel without AMX) measured slower than
-   VNNI int8 and holds the fp32 graph's memory, so such CPUs take path 3.
+   champion, see 1). AVX512-BF16 alone (AMD Zen 4/5, Intel without AMX) measured slower than
+   int8 and holds the fp32 graph's memory, so such CPUs take path 1 or 3.
 3. ``ort-int8-vnni``: ONNX Runtime int8 with full-range (8-bit) weights, for CPUs with an int8
-   dot-product instruction (AVX512-VNNI, AVX-VNNI, AMX-INT8; ``asimddp`` on Graviton): MLAS's
-   u8s8 kernels accumulate in 32 bits there, so the 7-bit weights buy nothing.
+   dot-product instruction (AVX512-VNNI, AVX-VNNI, AMX-INT8; ``asimddp`` on Graviton, where
+   OpenVINO's int8 path is not measured): MLAS's u8s8 kernels accumulate in 32 bits there, so
+   the 7-bit weights buy nothing; also a champion registered before the QDQ graph.
 4. ``ort-int8-avx2``: ONNX Runtime int8 with 7-bit weights, for AVX2 CPUs without VNNI: the
    ``vpmaddubsw`` pair sum saturates at 16 bits, which the reduced range avoids.
 5. ``torch-fp32``: the compact export with PyTorch (images that ship torch only).
@@ -72,8 +77,8 @@ FLAGS_OF_INTEREST: tuple[str, ...] = (
 )
 BF16_FLAGS = frozenset({"amx_bf16", "avx512_bf16"})
 AMX_BF16_FLAGS = frozenset({"amx_bf16"})
-AMX_INT8_FLAGS = frozenset({"amx_int8"})
-INT8_DOT_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8", "asimddp"})
+X86_INT8_DOT_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
+INT8_DOT_FLAGS = X86_INT8_DOT_FLAGS | {"asimddp"}
 
 
 @dataclass(frozen=True)
@@ -171,13 +176,13 @@ PATHS: tuple[RuntimePath, ...] = (
         ONNX_INT8_QDQ_NAME,
         "int8",
         "openvino",
-        AMX_INT8_FLAGS,
+        X86_INT8_DOT_FLAGS,
         {"precision": "fp32"},
-        "int8 matrix tiles (AMX-INT8) for the calibrated weight MatMuls, fp32 for the rest",
+        "oneDNN int8 kernels (AMX-INT8 tiles or VNNI) for the calibrated weight MatMuls, fp32 for the rest",
     ),
-    # bf16 first only with AMX tiles: on AVX512-BF16 without AMX (AMD Zen 4) `make bench`
-    # measured VNNI int8 faster (large preset 4.0 vs 4.6 s/chip; int8 peak 332 GOP/s against
-    # bf16's 132 GFLOP/s) and bf16's fp32 graph holding 2.6 GB against int8's ~1 GB.
+    # Only with AMX tiles: on AVX512-BF16 without AMX `make bench` measured int8 faster (large
+    # preset, AMD Zen 4: 4.0 vs 4.6 s/chip; AMD Zen 5: openvino-int8 0.75 vs 1.04 s) and bf16's
+    # fp32 graph holding 2.6 GB against int8's ~1 GB.
     RuntimePath(
         "openvino-bf16",
         "openvino",

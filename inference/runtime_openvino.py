@@ -26,9 +26,17 @@ import numpy as np
 
 from inference.runtime import check_chips, default_num_threads, read_onnx_metadata_props
 
-__all__ = ["OpenVinoPredictor"]
+__all__ = ["OpenVinoPredictor", "compiled_precision"]
 
 PRECISIONS = ("fp32", "bf16")
+
+
+def compiled_precision(compiled: Any) -> str:
+    """The float precision a compiled model really runs (``fp32``, ``bf16``, ``fp16``), read back
+    from the plugin, which falls back to fp32 where the CPU lacks the requested precision."""
+    hint = compiled.get_property("INFERENCE_PRECISION_HINT")
+    name = getattr(hint, "get_type_name", lambda: str(hint))()
+    return {"f32": "fp32", "bf16": "bf16", "f16": "fp16"}.get(name, str(hint))
 
 
 class OpenVinoPredictor:
@@ -75,10 +83,7 @@ class OpenVinoPredictor:
         self.compiled = core.compile_model(str(self.path), "CPU", config)
         # A cached load writes no new blob (the cache is keyed by model, device and config).
         self.cached_graph = bool(blobs_before) and not (set(Path(cache_dir).glob("*.blob")) - blobs_before)
-        hint = self.compiled.get_property("INFERENCE_PRECISION_HINT")
-        self.effective_precision = {"f32": "fp32", "bf16": "bf16", "f16": "fp16"}.get(
-            getattr(hint, "get_type_name", lambda: str(hint))(), str(hint)
-        )
+        self.effective_precision = compiled_precision(self.compiled)
         self._request = self.compiled.create_infer_request()
         shape = self.compiled.input(0).get_partial_shape()
         self.bands = int(shape[1].get_length()) if shape[1].is_static else 4

@@ -45,7 +45,7 @@ class ChainDefaults(BaseModel):
     model_config = ConfigDict(populate_by_name=True, frozen=True, extra="ignore")
 
     model_name: str = Field("chesapeake-landcover", alias="MODEL_NAME")
-    # auto: ONNX when the champion has an ONNX export and onnxruntime is installed, else torch.
+    # auto: the fastest path this CPU, image and champion allow (inference.runtime_cpu.PATHS).
     backend: Literal["auto", "torch", "onnx"] = Field("auto", alias="BACKEND")
     chip_size: int = Field(256, alias="CHIP_SIZE", gt=0, description="sliding-window chip side (px)")
     overlap: int = Field(32, alias="OVERLAP", ge=0, description="pixels shared by neighbouring windows")

@@ -33,6 +33,7 @@ CHIP = 64
 AMX = "model name : Intel(R) Xeon(R) Platinum 8488C\nflags : fpu avx2 fma avx512f avx512_vnni avx512_bf16 amx_tile amx_bf16 amx_int8\n"
 VNNI = "model name : Intel(R) Xeon(R) 8275CL\nflags : fpu avx2 fma avx512f avx512_vnni\n"
 ZEN4 = "model name : AMD EPYC 9R14\nflags : fpu avx2 fma avx512f avx512_vnni avx512_bf16\n"
+AVX_VNNI = "model name : 12th Gen Intel(R) Core(TM) i7-12700\nflags : fpu avx2 fma avx_vnni\n"
 AVX2 = "model name : AMD EPYC 7R32\nflags : fpu avx2 fma f16c\n"
 GRAVITON = "CPU implementer : 0x41\nFeatures : fp asimd asimddp i8mm bf16\n"
 OLD = "model name : Old\nflags : fpu sse4_2\n"
@@ -50,10 +51,11 @@ def _installed(module: str) -> bool:
     ("cpuinfo", "path", "cls"),
     [
         (AMX, "openvino-int8", "amx"),
-        (VNNI, "ort-int8-vnni", "vnni"),
-        (ZEN4, "ort-int8-vnni", "avx512_bf16"),  # bf16 without AMX: int8 measured faster
+        (VNNI, "openvino-int8", "vnni"),
+        (ZEN4, "openvino-int8", "avx512_bf16"),  # bf16 without AMX: int8 measured faster
+        (AVX_VNNI, "openvino-int8", "vnni"),
         (AVX2, "ort-int8-avx2", "avx2"),
-        (GRAVITON, "ort-int8-vnni", "vnni"),
+        (GRAVITON, "ort-int8-vnni", "vnni"),  # dot product, but OpenVINO int8 only on x86
         (OLD, "torch-fp32", "baseline"),
     ],
 )

@@ -5,8 +5,9 @@ runtime path of :mod:`inference.runtime_cpu`, beside the export in the version f
 
 - ``model.int8.onnx``: ONNX Runtime int8, 7-bit weights (AVX2 CPUs without VNNI);
 - ``model.int8-vnni.onnx``: ONNX Runtime int8, full 8-bit weights (VNNI / AMX-INT8 / Arm dotprod);
-- ``model.int8-qdq.onnx``: static (calibrated) int8 QDQ graph for OpenVINO on AMX: the weight
-  MatMuls run on AMX-INT8 tiles, the attention products and the rest in fp32;
+- ``model.int8-qdq.onnx``: static (calibrated) int8 QDQ graph for OpenVINO on x86 CPUs with
+  AMX-INT8 or VNNI: the weight MatMuls run on oneDNN's int8 kernels, the attention products and
+  the rest in fp32;
 - ``model.fp32.onnx``: the plain fp32 graph (OpenVINO, bf16 on AMX / AVX512-BF16).
 
 Each is self-contained: the graph maps normalised float32 chips
@@ -293,7 +294,9 @@ class QuantVariant:
 VARIANTS: dict[str, QuantVariant] = {
     "fp32": QuantVariant("fp32", "none", optimize=False, note="plain fp32 graph (OpenVINO reads it)"),
     "int8-avx2": QuantVariant("int8-avx2", "dynamic", True, note="served on AVX2: 7-bit weights"),
-    "int8-vnni": QuantVariant("int8-vnni", "dynamic", False, note="served on VNNI/AMX: 8-bit weights"),
+    "int8-vnni": QuantVariant(
+        "int8-vnni", "dynamic", False, note="served by ONNX Runtime on int8-dot-product CPUs: 8-bit weights"
+    ),
     "int8-attn": QuantVariant(
         "int8-attn", "dynamic", True, const_b_only=False, note="experiment: attention score MatMuls too"
     ),
