@@ -3,12 +3,13 @@
 Order of preference (:data:`PATHS`, first one whose needs are met wins):
 
 1. ``openvino-int8``: OpenVINO's CPU plugin on the static (calibrated) int8 QDQ graph, for x86
-   CPUs with an int8 dot product (AMX-INT8 tiles, AVX512-VNNI or AVX-VNNI): the weight MatMuls
-   run on oneDNN's int8 kernels, attention and the rest in fp32. Large preset, 2 cores: Xeon
-   with AMX 0.60 s/chip, against 0.63 s for bf16 and 0.79 s for ONNX Runtime int8, at a third
-   of bf16's memory; AMD Zen 5 (AVX512-VNNI, no AMX) 0.74 s against 0.87 s for ONNX Runtime
-   int8 (interleaved runs). Intel without AMX and AMD Zen 4 are not measured yet: ``make bench``
-   times both int8 paths side by side on every VNNI CPU. The rest stays fp32
+   CPUs with an int8 dot product (AMX-INT8 tiles, AVX512-VNNI or AVX-VNNI): the weight and
+   attention MatMuls run on oneDNN's int8 kernels, LayerNorms, softmax and the head in fp32.
+   Large preset, 2 cores: Xeon with AMX 0.60 s/chip (attention then fp32), against 0.63 s for
+   bf16 and 0.79 s for ONNX Runtime int8, at a third of bf16's memory; AMD Zen 5 (AVX512-VNNI,
+   no AMX) 0.60 s, against 0.74 s with fp32 attention and 0.87 s for ONNX Runtime int8. Intel
+   without AMX and AMD Zen 4 are not measured yet: ``make bench`` times both int8 paths side by
+   side on every VNNI CPU. The float rest stays fp32
    because bf16 there (0.43 s/chip on AMX) moved 1.4 % of the trained champion's pixels: its
    head is precision-sensitive.
 2. ``openvino-bf16``: OpenVINO's CPU plugin in bf16 on the fp32 ONNX graph, for CPUs with AMX
@@ -178,7 +179,8 @@ PATHS: tuple[RuntimePath, ...] = (
         "openvino",
         X86_INT8_DOT_FLAGS,
         {"precision": "fp32"},
-        "oneDNN int8 kernels (AMX-INT8 tiles or VNNI) for the calibrated weight MatMuls, fp32 for the rest",
+        "oneDNN int8 kernels (AMX-INT8 tiles or VNNI) for the calibrated weight and attention MatMuls, "
+        "fp32 for the rest",
     ),
     # Only with AMX tiles: on AVX512-BF16 without AMX `make bench` measured int8 faster (large
     # preset, AMD Zen 4: 4.0 vs 4.6 s/chip; AMD Zen 5: openvino-int8 0.75 vs 1.04 s) and bf16's

@@ -136,12 +136,15 @@ def _champion_agreement(registry: str, model_name: str, workdir: Path, runs: int
     if not info or not info.get("export_uri"):
         return None
     from inference.bench.chips import sample_chips
+    from inference.bench.models import recipe_key
     from inference.runtime import TorchPredictor
     from inference.runtime_cpu import choose_path, detect_cpu, load_chosen
     from training import storage
     from training.models.onnx_export import write_runtime_artifacts
 
-    folder = workdir / "champion" / str(info["version"])
+    # The champion's export, converted with this checkout's recipe (the registry's own
+    # artifacts may predate it): what the dispatcher would serve if it were registered now.
+    folder = workdir / "champion" / f"{info['version']}-{recipe_key()}"
     folder.mkdir(parents=True, exist_ok=True)
     export = folder / "model.safetensors"
     if not export.exists():
@@ -159,6 +162,18 @@ def _champion_agreement(registry: str, model_name: str, workdir: Path, runs: int
         "chips": runs,
         "pixel_agreement": float((eager == served).mean()),
     }
+
+
+def _quantised_share(artifact: str, precision: str, flops: dict[str, Any]) -> float:
+    """Share of a chip's FLOPs the served artifact runs in int8: the weight MatMuls, plus the
+    attention products where its quantisation recipe includes them (read from the artifact)."""
+    if precision != "int8":
+        return 0.0
+    from inference.runtime import read_onnx_metadata_props
+
+    recipe = read_onnx_metadata_props(artifact).get("quantization") or {}
+    quantised = flops["linear"] + (flops["attention"] if recipe.get("attention_matmuls") else 0)
+    return quantised / flops["total"]
 
 
 def _lambda_cost(s_per_km2: float, peak_rss_bytes: int, cores: int) -> dict[str, Any]:
@@ -281,6 +296,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         refs[preset] = (res.pop("chips"), res.pop("eager_classes"), res["eager_fp32"]["ms_per_chip"] / 1e3)
         res["flops"] = flops
         res["served_path"] = choice.path.name
+        res["quantised_share"] = _quantised_share(m.artifacts[choice.artifact], choice.path.precision, flops)
         _log(f"[bench] {preset}: cold starts ({cold_eager} eager, {cold_opt} served) ...")
         res["eager_fp32"]["cold"] = _cold_starts(
             "torch", m.export_path, cold_eager, str(chip_npy), str(scene_npy)
@@ -567,7 +583,7 @@ def render(report: dict[str, Any]) -> str:
         out.append(
             f"  {preset:6s} -> speedup {r['speedup']:.2f}x, pixel agreement {r['pixel_agreement']:.2%} "
             f"({r['agreement_chips']} chips), RSS {r['rss_ratio']:.1f}x smaller, cold start {r['cold_start_ratio']:.1f}x faster; "
-            f"{r['flops']['total'] / 1e9:.1f} GFLOP/chip ({r['flops']['linear'] / r['flops']['total']:.0%} in quantised matmuls)"
+            f"{r['flops']['total'] / 1e9:.1f} GFLOP/chip ({r['quantised_share']:.0%} in quantised matmuls)"
         )
         uncached = oc["uncached_cold_start_s"]
         out.append(

@@ -68,6 +68,12 @@ def _key(preset: str, seed: int, root: Path) -> str:
     return digest.hexdigest()[:12]
 
 
+def recipe_key() -> str:
+    """Digest of the sources that decide how exports and runtime artifacts are made: a folder of
+    artifacts cached under it is rebuilt when the recipe changes."""
+    return _key("recipe", 0, Path(__file__).resolve().parents[2])
+
+
 def prepare_model(
     preset: str,
     workdir: Path,

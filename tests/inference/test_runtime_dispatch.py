@@ -144,12 +144,16 @@ def test_registration_writes_every_runtime_artifact(registered: Path) -> None:
     constants = {i.name for i in graph.initializer}
     dequantized = {n.output[0] for n in graph.node if n.op_type == "DequantizeLinear"}
     matmuls = [n for n in graph.node if n.op_type == "MatMul"]
-    weight_matmuls = [n for n in matmuls if n.input[1] in dequantized]
-    # Every weight MatMul reads int8 weights; the attention products (two activations) stay float.
-    assert weight_matmuls and all(n.input[0] in dequantized for n in weight_matmuls)
+    # Every MatMul reads int8 on both sides: the weight MatMuls (int8 constants) and the
+    # attention products (two activations, both quantised).
+    assert matmuls and all(n.input[0] in dequantized and n.input[1] in dequantized for n in matmuls)
     assert all(n.input[1] not in constants for n in matmuls)
-    attention = [n for n in matmuls if n not in weight_matmuls]
-    assert attention and not any(n.input[0] in dequantized for n in attention)
+    quantised_constants = {
+        n.output[0] for n in graph.node if n.op_type == "DequantizeLinear" and n.input[0] in constants
+    }
+    weight_matmuls = [n for n in matmuls if n.input[1] in quantised_constants]
+    assert weight_matmuls and len(weight_matmuls) < len(matmuls)
+    assert qdq["attention_matmuls"] is True
     before = {n: (registered / n).stat().st_mtime_ns for n in RUNTIME_ARTIFACT_NAMES}
     register_onnx(str(registered))  # a retried registration keeps what is there
     assert before == {n: (registered / n).stat().st_mtime_ns for n in RUNTIME_ARTIFACT_NAMES}
