@@ -5,7 +5,8 @@ Two evaluations:
 - :func:`evaluate_served` (what gates promotion): whole held-out scenes through the scene
   predictor the infer Lambda runs (:func:`inference.predict.predict_scene`: sliding window,
   blending, nodata handling, the chain's chip size and overlap) with the exported artifacts,
-  for the served backend (ONNX int8) and for the fp32 export (torch); their pixel agreement;
+  for the served path (the runtime the infer Lambda's dispatcher picks on this CPU) and for the
+  fp32 export (torch); their pixel agreement;
   the majority-class and per-pixel spectral baselines (:mod:`training.baselines`) on the same
   pixels; and the class mix and confidence of the served predictions, the drift reference of
   the model version.

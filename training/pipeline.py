@@ -404,28 +404,33 @@ def _trained_segmenter(run: Run, with_encoder: bool):
     return ClaySegmenter(encoder, task.model.head).eval()
 
 
-def _served_predictors(run: Run, model: Any, stats: dict, tmp: Path) -> dict[str, Any]:
-    """Export the trained model as the registry will (fp16 safetensors, then ONNX int8) into the
-    run folder, and load both with the inference runtimes: ``onnx`` (served) and ``fp32`` (torch)."""
+def _served_predictors(run: Run, model: Any, stats: dict, tmp: Path) -> tuple[str, dict[str, Any]]:
+    """The served path's name and the predictors to compare: the trained model exported as the
+    registry will (fp16 safetensors), and the runtime artifact the infer Lambda's dispatcher
+    picks on this CPU written beside it in the run folder and loaded as the Lambda loads it
+    (``<path name>``), next to the fp32 export through torch (``fp32``)."""
     from inference.runtime import load_predictor
+    from inference.runtime_cpu import choose_path, load_chosen
     from training.models.export import save_export
-    from training.models.onnx_export import convert_export
+    from training.models.onnx_export import write_runtime_artifacts
 
     export_uri = storage.join(run.uri, artifacts.EXPORT_NAME)
-    onnx_uri = storage.join(run.uri, artifacts.ONNX_INT8_NAME)
     if not storage.exists(export_uri):
         save_export(model, export_uri, reference_stats=stats, extra={"run_id": run.run_id})
-    if not storage.exists(onnx_uri):
-        convert_export(export_uri, onnx_uri)
-    local = storage.local_path(onnx_uri) or storage.download(onnx_uri, tmp / artifacts.ONNX_INT8_NAME)
-    return {"onnx": load_predictor(str(local), "onnx"), "fp32": load_predictor(export_uri, "torch")}
+    # The Lambda image's runtimes only (it ships no torch).
+    choice = choose_path(backends={"onnx", "openvino"})
+    uri = write_runtime_artifacts(export_uri, run.uri, names=(choice.artifact,))[choice.artifact]
+    local = storage.local_path(uri) or storage.download(uri, tmp / choice.artifact)
+    served = load_chosen(choice, str(local))
+    return choice.path.name, {choice.path.name: served, "fp32": load_predictor(export_uri, "torch")}
 
 
 @step
 def evaluate(run: Run) -> dict[str, Any]:
     """Held-out metrics on the served path: whole test scenes through the inference scene
-    predictor with the exported model, ONNX int8 (served; gates promotion) and fp32, their
-    pixel agreement, and the majority-class and per-pixel spectral baselines on the same pixels."""
+    predictor with the exported model on the runtime path the infer Lambda's dispatcher picks
+    for this CPU (served; gates promotion) and in fp32, their pixel agreement, and the
+    majority-class and per-pixel spectral baselines on the same pixels."""
     from training.baselines import fit_pixel_baseline
     from training.data.foreign import write_patch_scenes
     from training.evaluation import evaluate_foreign, evaluate_served, render_confusion_matrix, render_samples
@@ -449,14 +454,14 @@ def evaluate(run: Run) -> dict[str, Any]:
     del train
     model = _trained_segmenter(run, with_encoder=True)
     with tempfile.TemporaryDirectory() as tmp:
-        predictors = _served_predictors(run, model, stats, Path(tmp))
+        served, predictors = _served_predictors(run, model, stats, Path(tmp))
         report = evaluate_served(
             predictors,
             _scenes(cfg)["test"],
             train_class_fractions=stats["class_fractions"],
             pixel_baseline=pixel_baseline,
             ignore_index=ignore,
-            served="onnx",
+            served=served,
             reference="fp32",
             num_samples=max(1, cfg.logging.num_sample_images),
         )
@@ -464,13 +469,15 @@ def evaluate(run: Run) -> dict[str, Any]:
         foreign = write_patch_scenes(storage.join(run.uri, "foreign_scenes"), seed=cfg.seed)
         report.metrics["foreign_family"] = {
             "family": "square patches of plain class spectra + sensor noise, other sizes, EPSG:5070",
-            **evaluate_foreign(predictors["onnx"], foreign, ignore_index=ignore),
+            **evaluate_foreign(predictors[served], foreign, ignore_index=ignore),
         }
+        report.metrics["runtime"] = predictors[served].runtime  # path, reason, CPU flags
     metrics = report.metrics
     metrics_uri = storage.join(run.uri, artifacts.RUN_METRICS_NAME)
     storage.write_text(metrics_uri, json.dumps(metrics, indent=2))
     log.info(
-        "[evaluate] served (onnx int8) mIoU %.4f, fp32 %.4f, agreement %.4f; per-pixel baseline %.4f, majority %.4f",
+        "[evaluate] served (%s) mIoU %.4f, fp32 %.4f, agreement %.4f; per-pixel baseline %.4f, majority %.4f",
+        served,
         metrics["miou"],
         metrics["backends"]["fp32"]["miou"],
         metrics["served_vs_reference_agreement"],
@@ -510,7 +517,7 @@ def evaluate(run: Run) -> dict[str, Any]:
 @step
 def register(run: Run) -> dict[str, Any]:
     """Export the model (folded patch embedding, fp16), register an immutable version, and
-    put the int8 ONNX model the Lambda serves by default next to it."""
+    put every runtime artifact the Lambda's dispatcher chooses from next to it."""
     from training import registry
     from training.models.export import save_export
     from training.models.onnx_export import register_onnx
@@ -609,7 +616,7 @@ def _served_lines(metrics: dict[str, Any]) -> list[str]:
         return []
     fp32 = metrics["backends"]["fp32"]
     lines = [
-        f"  served path           {metrics['backend']} int8, whole test scenes through the scene predictor "
+        f"  served path           {metrics['backend']}, whole test scenes through the scene predictor "
         f"(chip {metrics['sliding_window']['chip_size']}, overlap {metrics['sliding_window']['overlap']})",
         f"  fp32 export mIoU      {fp32['miou']:.4f}   served/fp32 pixel agreement "
         f"{100 * metrics['served_vs_reference_agreement']:.2f} %",

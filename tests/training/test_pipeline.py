@@ -29,6 +29,16 @@ def test_run_all_is_idempotent_and_tracked_in_both_backends(tiny_cfg, caplog) ->
     assert storage.read_text(storage.join(run.uri, "config.yaml")) == pipeline.to_yaml(tiny_cfg)
     metrics = run.result("evaluate")
     assert 0 <= metrics["baseline_miou"] <= metrics["miou"] <= 1
+    # The gating metrics come from the path the infer Lambda's dispatcher picks on this CPU.
+    import json
+
+    from inference.runtime_cpu import choose_path
+
+    expected = choose_path(backends={"onnx", "openvino"})
+    written = json.loads(storage.read_text(metrics["metrics_uri"]))
+    assert written["backend"] == written["runtime"]["path"] == expected.path.name
+    assert written["runtime"]["cpu"]["flags"] == sorted(expected.cpu.flags)
+    assert f"served path           {expected.path.name}" in out
 
     # Re-running finds every step's result and redoes nothing.
     before = {step: run.result(step) for step in pipeline.STEPS}
