@@ -7,11 +7,10 @@ Order of preference (:data:`PATHS`, first one whose needs are met wins):
    attention MatMuls run on oneDNN's int8 kernels, LayerNorms, softmax and the head in fp32.
    Large preset, 2 cores: Xeon with AMX 0.60 s/chip (attention then fp32), against 0.63 s for
    bf16 and 0.79 s for ONNX Runtime int8, at a third of bf16's memory; AMD Zen 5 (AVX512-VNNI,
-   no AMX) 0.60 s, against 0.74 s with fp32 attention and 0.87 s for ONNX Runtime int8. Intel
-   without AMX and AMD Zen 4 are not measured yet: ``make bench`` times both int8 paths side by
-   side on every VNNI CPU. The float rest stays fp32
-   because bf16 there (0.43 s/chip on AMX) moved 1.4 % of the trained champion's pixels: its
-   head is precision-sensitive.
+   no AMX) 0.51-0.60 s, against 0.66-0.74 s with fp32 attention and 0.79-0.87 s for ONNX
+   Runtime int8. Intel without AMX and AMD Zen 4 are not measured yet: ``make bench`` times
+   both int8 paths side by side on every VNNI CPU. The float rest stays fp32 because bf16
+   there (0.43 s/chip on AMX) moved 1.4 % of the trained champion's pixels.
 2. ``openvino-bf16``: OpenVINO's CPU plugin in bf16 on the fp32 ONNX graph, for CPUs with AMX
    bf16 tiles (a champion without the int8 QDQ graph; 98.6 % pixel agreement on the trained
    champion, see 1). AVX512-BF16 alone (AMD Zen 4/5, Intel without AMX) measured slower than
@@ -183,7 +182,7 @@ PATHS: tuple[RuntimePath, ...] = (
         "fp32 for the rest",
     ),
     # Only with AMX tiles: on AVX512-BF16 without AMX `make bench` measured int8 faster (large
-    # preset, AMD Zen 4: 4.0 vs 4.6 s/chip; AMD Zen 5: openvino-int8 0.75 vs 1.04 s) and bf16's
+    # preset, AMD Zen 4: 4.0 vs 4.6 s/chip; AMD Zen 5: openvino-int8 0.51-0.60 vs 0.90-0.94 s) and bf16's
     # fp32 graph holding 2.6 GB against int8's ~1 GB.
     RuntimePath(
         "openvino-bf16",
