@@ -54,8 +54,7 @@ QUICK_RUNS = {"tiny": (2, 3, 1, 2)}
 #: Chips per candidate path in the side-by-side table (after one warm-up chip); 2 keeps the
 #: six large-preset paths at about 2 minutes of the bench's 10 on 2 cores.
 CANDIDATE_RUNS = 2
-#: Runs per whole scene (the median is kept): the large estimate's non-model overhead is the
-#: difference of two timings, so one hiccup in a single run moved (e) by 0.02x.
+#: Runs per whole scene (the medians are kept): one hiccup in a single run moved (e) by 0.02x.
 SCENE_RUNS = 3
 #: Targets by CPU class (the issue's table): AVX2-only CPUs, and CPUs with AMX / AVX512-BF16 / VNNI.
 TARGETS_BY_CLASS: dict[str, dict[str, float]] = {
@@ -378,14 +377,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     scaling["load_average_after"] = _load_average()
     report["scenes"] = {"scaling": scaling}
     # Large-preset scene cost per km², from the largest scaling scene: its chips run with the
-    # top preset's measured chip time, plus the per-km² overhead outside the model (read,
-    # normalise, blend, write) measured in the scaling run. A measured 1 km² large scene would
+    # top preset's measured chip time, plus the time outside the model's calls (read,
+    # normalise, blend, write) timed in the scaling run. A measured 1 km² large scene would
     # cost 16-25 chips x the large chip time, which the 10-minute budget does not allow.
     top_res = report["presets"][top]
     top_chip_s = top_res["optimized"]["ms_per_chip"] / 1e3
     estimates = []
     for row in scaling["scenes"]:
-        overhead = max(0.0, row["median_s"] - row["chips_run"] * scaling["chip_s"])
+        overhead = row["overhead_s"]
         seconds = row["chips_run"] * top_chip_s + overhead
         estimates.append(
             {

@@ -8,7 +8,9 @@ For each size it reports the median seconds, seconds per km², the tiling plan (
 the non-overlapping chip count ``ceil(H/256) * ceil(W/256)``), and the measured cost ratio:
 scene seconds / (non-overlapping chips x the median seconds of one chip through the same
 predictor, measured in the same run). Linearity: seconds per km² at each size and a
-least-squares fit ``seconds = a + b * km²`` with its R².
+least-squares fit ``seconds = a + b * km²`` with its R². ``overhead_s`` is the time the scene
+spent outside the model's calls (reading, normalising, blending, writing), timed around each
+``predict_proba`` call, so a scene's cost can be rebuilt for another preset's chip time.
 """
 
 from __future__ import annotations
@@ -45,6 +47,24 @@ def write_scenes(folder: Path, sizes: tuple[int, ...] = SIZES_PX, seed: int = 11
     return out
 
 
+class _TimedPredictor:
+    """``predictor`` with the seconds spent inside its ``predict_proba`` calls added up."""
+
+    def __init__(self, predictor: Any) -> None:
+        self._predictor = predictor
+        self.seconds = 0.0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._predictor, name)
+
+    def predict_proba(self, chips: np.ndarray) -> np.ndarray:
+        t0 = time.perf_counter()
+        try:
+            return self._predictor.predict_proba(chips)
+        finally:
+            self.seconds += time.perf_counter() - t0
+
+
 def _chip_seconds(predictor: Any, runs: int, chip: int = 256) -> float:
     from inference.bench.chips import sample_chips
 
@@ -77,11 +97,13 @@ def bench_scenes(
     rows = []
     for size, uri in scenes.items():
         plan = plan_tiling(size, size, chip, overlap)
-        seconds = []
+        seconds, outside = [], []
         for _ in range(runs.get(size, 1)):
+            timed = _TimedPredictor(predictor)
             t0 = time.perf_counter()
-            predict_scene(predictor, uri, chip_size=chip, overlap=overlap, batch_size=batch_size)
+            predict_scene(timed, uri, chip_size=chip, overlap=overlap, batch_size=batch_size)
             seconds.append(time.perf_counter() - t0)
+            outside.append(seconds[-1] - timed.seconds)
         med = statistics.median(seconds)
         km2 = size * size / 1e6
         rows.append(
@@ -97,6 +119,7 @@ def bench_scenes(
                 "chip_count_ratio": plan.cost_ratio,
                 "cost_ratio": med / (plan.baseline_chips * chip_s),
                 "s_per_chip_run": med / plan.n_chips,
+                "overhead_s": statistics.median(outside),
             }
         )
     fit = _linear_fit([r["km2"] for r in rows], [r["median_s"] for r in rows]) if len(rows) > 1 else None
