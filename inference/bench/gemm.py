@@ -49,20 +49,36 @@ def _gops(n: int, seconds: float) -> float:
     return 2.0 * n**3 / seconds / 1e9
 
 
+def _best_size(
+    sizes: list[int], runs: int, kernel: str, call_for: Callable[[int], Callable[[], Any] | None]
+) -> dict[str, Any] | None:
+    """``{"gflops", "n", "runs", "kernel"}`` of the size whose ``call_for(n)`` call has the best
+    median; None when ``call_for`` returns None (the kernel does not run as itself here)."""
+    best: dict[str, Any] = {}
+    for n in sizes:
+        call = call_for(n)
+        if call is None:
+            return None
+        gflops = _gops(n, statistics.median(time_call(call, runs)))
+        if gflops > best.get("gflops", 0.0):
+            best = {"gflops": gflops, "n": n, "runs": runs, "kernel": kernel}
+    return best or None
+
+
 def _torch_peak(dtype_name: str, sizes: list[int], runs: int) -> dict[str, Any]:
     import torch
 
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name]
-    best: dict[str, Any] = {}
     gen = torch.Generator().manual_seed(0)
-    for n in sizes:
+
+    def call_for(n: int) -> Callable[[], Any]:
         a = torch.randn(n, n, generator=gen).to(dtype)
         b = torch.randn(n, n, generator=gen).to(dtype)
-        with torch.inference_mode():
-            secs = time_call(lambda a=a, b=b: torch.matmul(a, b), runs)
-        gops = _gops(n, statistics.median(secs))
-        if gops > best.get("gflops", 0.0):
-            best = {"gflops": gops, "n": n, "runs": runs, "kernel": f"torch.matmul {dtype_name}"}
+        return lambda: torch.matmul(a, b)
+
+    with torch.inference_mode():
+        best = _best_size(sizes, runs, f"torch.matmul {dtype_name}", call_for)
+    assert best is not None  # every size runs
     return best
 
 
@@ -71,20 +87,18 @@ def _torch_int_mm(sizes: list[int], runs: int) -> dict[str, Any] | None:
 
     if not hasattr(torch, "_int_mm"):
         return None
-    best: dict[str, Any] = {}
     gen = torch.Generator().manual_seed(0)
-    for n in sizes:
+
+    def call_for(n: int) -> Callable[[], Any]:
         a = torch.randint(-128, 127, (n, n), dtype=torch.int8, generator=gen)
         b = torch.randint(-128, 127, (n, n), dtype=torch.int8, generator=gen)
-        try:
-            with torch.inference_mode():
-                secs = time_call(lambda a=a, b=b: torch._int_mm(a, b), runs)
-        except (RuntimeError, NotImplementedError):
-            return None
-        gops = _gops(n, statistics.median(secs))
-        if gops > best.get("gops", 0.0):
-            best = {"gops": gops, "n": n, "runs": runs, "kernel": "torch._int_mm s8s8->s32"}
-    return best
+        return lambda: torch._int_mm(a, b)
+
+    try:
+        with torch.inference_mode():
+            return _best_size(sizes, runs, "torch._int_mm s8s8->s32", call_for)
+    except (RuntimeError, NotImplementedError):
+        return None
 
 
 def _gemm_graph(n: int, kind: str, path: Path) -> Path:
@@ -173,7 +187,7 @@ def _openvino_run(path: Path, precision: str) -> tuple[Callable[[np.ndarray], An
 
 
 def _graph_peaks(sizes: list[int], runs: int) -> dict[str, dict[str, Any]]:
-    """Best median GOP/s per runtime kernel over ``sizes``, keyed by a short label.
+    """Best median GOP/s (as ``gflops``) per runtime kernel over ``sizes``, keyed by a short label.
 
     ONNX Runtime always; OpenVINO where it is installed (its bf16 only where the plugin
     reports bf16, so a fp32 fallback is never counted as a bf16 figure).
@@ -194,21 +208,21 @@ def _graph_peaks(sizes: list[int], runs: int) -> dict[str, dict[str, Any]]:
     results: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory(prefix="gemm-") as tmp:
         for label, kind, kernel, precision in kernels:
-            best: dict[str, Any] = {}
-            for n in sizes:
+
+            def call_for(n: int, kind: str = kind, precision: str = precision, label: str = label) -> Any:
                 path = _gemm_graph(n, kind, Path(tmp) / f"{kind}_{n}.onnx")
                 if label.startswith("ov_"):
-                    call, effective = _openvino_run(path, precision)
+                    run, effective = _openvino_run(path, precision)
                     if precision == "bf16" and effective != "bf16":
-                        break  # no native bf16 in OpenVINO here: not a bf16 figure
+                        return None  # no native bf16 in OpenVINO here: not a bf16 figure
                 else:
-                    call = _ort_run(path)
+                    run = _ort_run(path)
                 a = _input(n, kind)
-                gops = _gops(n, statistics.median(time_call(lambda call=call, a=a: call(a), runs)))
-                if gops > best.get("gops", 0.0):
-                    best = {"gops": gops, "n": n, "runs": runs, "kernel": kernel, "precision": precision}
+                return lambda: run(a)
+
+            best = _best_size(sizes, runs, kernel, call_for)
             if best:
-                results[label] = best
+                results[label] = {**best, "precision": precision}
     return results
 
 
@@ -233,13 +247,13 @@ def measure_peaks(sizes: list[int] | None = None, runs: int = 5, bf16_size: int 
     # Emulated bf16 runs at ~1 GFLOP/s on AVX2: a 1024 matmul already takes seconds.
     by_precision["bf16"]["torch_bf16"] = _torch_peak("bf16", [bf16_size], max(2, runs // 2))
     for label, k in graph.items():
-        by_precision[k["precision"]][label] = {**k, "gflops": k["gops"]}
+        by_precision[k["precision"]][label] = k
     peaks: dict[str, Any] = {p: _best(k) for p, k in by_precision.items()}
     # torch._int_mm has no fast CPU kernel on every build (0.3 GOP/s on AVX2): a small size keeps
     # it from costing minutes; it is reported, never used as the peak.
     torch_int8 = _torch_int_mm([min(sizes[0], 768)], max(2, runs // 2))
     if torch_int8:
-        by_precision["int8"]["torch_s8s8"] = {**torch_int8, "gflops": torch_int8["gops"]}
+        by_precision["int8"]["torch_s8s8"] = torch_int8
     try:
         native_bf16 = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
