@@ -127,7 +127,8 @@ def _cold_starts(
 
 
 def _champion_agreement(registry: str, model_name: str, workdir: Path, runs: int) -> dict[str, Any] | None:
-    """Eager fp32 vs the served path on the registry's champion, if there is one (a trained model)."""
+    """Eager fp32 vs the served path on the registry's champion, if there is one (a trained model),
+    and vs every candidate path and quantisation experiment this CPU runs (``candidates``)."""
     try:
         from training.registry import champion
     except ImportError:  # pragma: no cover
@@ -137,11 +138,12 @@ def _champion_agreement(registry: str, model_name: str, workdir: Path, runs: int
     info = champion(str(Path(registry).resolve()), model_name)
     if not info or not info.get("export_uri"):
         return None
-    from inference.bench.chips import sample_chips
-    from inference.bench.models import recipe_key
-    from inference.runtime import TorchPredictor
+    from inference.bench import chips as chips_mod
+    from inference.bench.models import recipe_key, variant_file
+    from inference.runtime import TorchPredictor, load_predictor
     from inference.runtime_cpu import choose_path, detect_cpu, load_chosen
     from training import storage
+    from training.artifacts import EXPORT_NAME, ONNX_FP32_NAME
     from training.models.onnx_export import write_runtime_artifacts
 
     # The champion's export, converted with this checkout's recipe (the registry's own
@@ -151,11 +153,27 @@ def _champion_agreement(registry: str, model_name: str, workdir: Path, runs: int
     export = folder / "model.safetensors"
     if not export.exists():
         storage.download(info["export_uri"], export)
-    choice = choose_path(detect_cpu(), lambda name: True, backends={"onnx", "openvino"})
-    write_runtime_artifacts(str(export), str(folder), names=(choice.artifact,))
-    chips = sample_chips(runs, CHIP, seed=23)
+    cpu = detect_cpu()
+    choice = choose_path(cpu, lambda name: True, backends={"onnx", "openvino"})
+    write_runtime_artifacts(str(export), str(folder), names=chips_mod.artifacts_needed(cpu))
+    chips = chips_mod.sample_chips(runs, CHIP, seed=23)
     eager = TorchPredictor(str(export)).predict_proba(chips).argmax(1)
     served = load_chosen(choice, str(folder / choice.artifact)).predict_proba(chips).argmax(1)
+
+    def path_of(artifact: str) -> str:
+        if artifact == EXPORT_NAME:
+            return str(export)
+        if artifact.startswith("variant:"):
+            return variant_file(folder / ONNX_FP32_NAME, artifact.split(":", 1)[1])
+        return str(folder / artifact)
+
+    candidates: dict[str, float] = {}
+    for c in chips_mod.candidates() + chips_mod.experiments():
+        if c.name in candidates or not c.runs_on(cpu):
+            continue
+        predictor = load_predictor(path_of(c.artifact), backend=c.backend, **c.kwargs)
+        candidates[c.name] = float((predictor.predict_proba(chips).argmax(1) == eager).mean())
+        del predictor
     return {
         "version": info["version"],
         "miou": info.get("miou"),
@@ -163,6 +181,7 @@ def _champion_agreement(registry: str, model_name: str, workdir: Path, runs: int
         "path": choice.path.name,
         "chips": runs,
         "pixel_agreement": float((eager == served).mean()),
+        "candidates": candidates,
     }
 
 
@@ -596,7 +615,14 @@ def render(report: dict[str, Any]) -> str:
             f"torch imported: {oc['torch_imported']}; load average after: {r.get('load_average_after')}"
         )
     if report.get("champion"):
-        out.append(f"  registry champion: {report['champion']}")
+        champ = dict(report["champion"])
+        per_path = champ.pop("candidates", None) or {}
+        out.append(f"  registry champion: {champ}")
+        if per_path:
+            out.append(
+                "  trained champion, every path vs eager fp32: "
+                + ", ".join(f"{name} {agreement:.3%}" for name, agreement in per_path.items())
+            )
     else:
         out.append("  registry champion: none found (agreement above is on random weights)")
     out.append("")

@@ -180,14 +180,20 @@ def counted_flops(model: Any, chip: int = 256) -> dict[str, Any]:
 def prepare_variant(model: BenchModel, variant: str) -> str:
     """The ONNX file of an experimental quantisation ``variant`` of ``model`` (cached beside it)."""
     from training.artifacts import ONNX_FP32_NAME
+
+    return variant_file(model.artifacts[ONNX_FP32_NAME], variant)
+
+
+def variant_file(fp32_path: str | Path, variant: str) -> str:
+    """The ONNX file of quantisation ``variant`` made from the fp32 graph at ``fp32_path``,
+    cached beside it as ``variant-<name>.onnx``."""
     from training.models.onnx_export import VARIANTS, make_variant, read_onnx_metadata
 
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r}; known: {sorted(VARIANTS)}")
-    path = Path(model.export_path).parent / f"variant-{variant}.onnx"
+    path = Path(fp32_path).parent / f"variant-{variant}.onnx"
     if not path.exists():
-        fp32 = model.artifacts[ONNX_FP32_NAME]
-        make_variant(fp32, path, variant, read_onnx_metadata(fp32))
+        make_variant(fp32_path, path, variant, read_onnx_metadata(fp32_path))
     return str(path)
 
 
