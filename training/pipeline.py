@@ -122,6 +122,11 @@ def _scenes(cfg: DictConfig) -> dict[str, list]:
     return {split: find_scenes(cfg.data.root_uri, cfg.data.splits[split]) for split in SPLITS}
 
 
+def _calibration_scenes(cfg: DictConfig) -> list[str]:
+    """The training split's image URIs: the static int8 graph calibrates on the user's imagery."""
+    return [scene.image_uri for scene in _scenes(cfg)["train"]]
+
+
 def _build_segmenter(cfg: DictConfig):
     """The encoder (seeded random init, or the configured pretrained weights) plus a fresh head."""
     import torch
@@ -419,7 +424,9 @@ def _served_predictors(run: Run, model: Any, stats: dict, tmp: Path) -> tuple[st
         save_export(model, export_uri, reference_stats=stats, extra={"run_id": run.run_id})
     # The Lambda image's runtimes only (it ships no torch).
     choice = choose_path(backends={"onnx", "openvino"})
-    uri = write_runtime_artifacts(export_uri, run.uri, names=(choice.artifact,))[choice.artifact]
+    uri = write_runtime_artifacts(
+        export_uri, run.uri, names=(choice.artifact,), calibration_scenes=_calibration_scenes(run.cfg)
+    )[choice.artifact]
     local = storage.local_path(uri) or storage.download(uri, tmp / choice.artifact)
     served = load_chosen(choice, str(local))
     return choice.path.name, {choice.path.name: served, "fp32": load_predictor(export_uri, "torch")}
@@ -555,7 +562,8 @@ def register(run: Run) -> dict[str, Any]:
                 version=version,
             )
     onnx_uri = artifacts.in_version(version_uri, artifacts.ONNX_INT8_NAME)
-    register_onnx(version_uri)  # every runtime path's artifact; keeps those already written
+    # Every runtime path's artifact (keeps those already written), calibrated as evaluated.
+    register_onnx(version_uri, calibration_scenes=_calibration_scenes(cfg))
     return {"version": version, "version_uri": version_uri, "onnx_uri": onnx_uri}
 
 

@@ -159,6 +159,56 @@ def test_registration_writes_every_runtime_artifact(registered: Path) -> None:
     assert before == {n: (registered / n).stat().st_mtime_ns for n in RUNTIME_ARTIFACT_NAMES}
 
 
+def test_static_int8_calibrates_on_the_training_scenes(registered: Path, tmp_path: Path) -> None:
+    """The QDQ graph's activation ranges come from the run's own training imagery, and say so."""
+    import onnx
+
+    from tests.data.builders import naip_array, write_naip
+    from training.data.naip import normalize
+    from training.models.onnx_export import calibration_chips, make_variant
+
+    images = [naip_array(2 * CHIP, seed=s) for s in (1, 2)]
+    scenes = [str(write_naip(tmp_path / f"train_{i}.tif", image=im)) for i, im in enumerate(images)]
+    chips = calibration_chips(4, CHIP, scenes=scenes)
+    assert chips.shape == (4, 4, CHIP, CHIP) and chips.dtype == np.float32
+    # Round-robin over the scenes, each chip a window of its scene, normalised as served.
+    for i, chip in enumerate(chips):
+        scene = normalize(images[i % 2])
+        found = any(
+            np.array_equal(chip, scene[:, r : r + CHIP, c : c + CHIP])
+            for r in range(CHIP + 1)
+            for c in range(CHIP + 1)
+        )
+        assert found, f"chip {i} is not a window of scene {i % 2}"
+    assert not np.array_equal(chips, calibration_chips(4, CHIP))  # not the synthetic default
+
+    meta = read_onnx_metadata(registered / ONNX_FP32_NAME)
+    out = make_variant(
+        registered / ONNX_FP32_NAME,
+        tmp_path / "q.onnx",
+        "int8-qdq",
+        meta,
+        chip_size=CHIP,
+        calibration_scenes=scenes,
+    )
+    quant = read_onnx_metadata(out)["quantization"]
+    assert quant["calibration_source"] == {"training_scenes": scenes} and quant["calibration_chips"] == 8
+
+    def input_scale(path: Path) -> float:
+        graph = onnx.load(str(path)).graph
+        q = next(n for n in graph.node if n.op_type == "QuantizeLinear")
+        init = {i.name: i for i in graph.initializer}
+        return float(onnx.numpy_helper.to_array(init[q.input[1]]))
+
+    assert input_scale(out) != input_scale(registered / ONNX_INT8_QDQ_NAME)  # other data, other ranges
+    assert read_onnx_metadata(registered / ONNX_INT8_QDQ_NAME)["quantization"]["calibration_source"] == (
+        "synthetic training split (generator seeds)"
+    )
+    small = str(write_naip(tmp_path / "small.tif", size=CHIP // 2))
+    with pytest.raises(ValueError, match="no 64x64 calibration chip"):
+        calibration_chips(2, CHIP, scenes=[small])
+
+
 def test_every_path_agrees_with_torch_fp32(registered: Path) -> None:
     from inference.runtime import TorchPredictor
 

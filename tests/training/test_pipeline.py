@@ -39,6 +39,14 @@ def test_run_all_is_idempotent_and_tracked_in_both_backends(tiny_cfg, caplog) ->
     assert written["backend"] == written["runtime"]["path"] == expected.path.name
     assert written["runtime"]["cpu"]["flags"] == sorted(expected.cpu.flags)
     assert f"served path           {expected.path.name}" in out
+    # The static int8 graph, evaluated and registered, calibrated on this run's training scenes.
+    from training.artifacts import ONNX_INT8_QDQ_NAME
+    from training.models.onnx_export import read_onnx_metadata
+
+    train_images = [scene.image_uri for scene in pipeline._scenes(tiny_cfg)["train"]]
+    version_qdq = storage.local_path(storage.join(run.result("register")["version_uri"], ONNX_INT8_QDQ_NAME))
+    quantization = read_onnx_metadata(version_qdq)["quantization"]
+    assert train_images and quantization["calibration_source"] == {"training_scenes": train_images}
 
     # Re-running finds every step's result and redoes nothing.
     before = {step: run.result(step) for step in pipeline.STEPS}

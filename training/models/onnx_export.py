@@ -7,7 +7,8 @@ runtime path of :mod:`inference.runtime_cpu`, beside the export in the version f
 - ``model.int8-vnni.onnx``: ONNX Runtime int8, full 8-bit weights (VNNI / AMX-INT8 / Arm dotprod);
 - ``model.int8-qdq.onnx``: static (calibrated) int8 QDQ graph for OpenVINO on x86 CPUs with
   AMX-INT8 or VNNI: the weight MatMuls and the attention products run on oneDNN's int8 kernels
-  (the attention as one fused int8 subgraph), LayerNorms, softmax and the head in fp32;
+  (the attention as one fused int8 subgraph), LayerNorms, softmax and the head in fp32; its
+  activation ranges are calibrated on chips of the training run's own training scenes;
 - ``model.fp32.onnx``: the plain fp32 graph (OpenVINO, bf16 on AMX / AVX512-BF16).
 
 Each is self-contained: the graph maps normalised float32 chips
@@ -45,6 +46,7 @@ import json
 import logging
 import os
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -181,13 +183,24 @@ def quantize_onnx(
     return Path(dst)
 
 
-def calibration_chips(n: int, chip_size: int = 256, seed: int = 0) -> np.ndarray:
-    """``n`` normalised chips (n, 4, S, S) from the synthetic training split's scenes.
+def calibration_chips(
+    n: int, chip_size: int = 256, seed: int = 0, scenes: Sequence[str] | None = None
+) -> np.ndarray:
+    """``n`` normalised chips (n, 4, S, S) for static int8 calibration.
 
-    The scenes are those ``training.data.synthetic.generate_dataset`` writes for split
-    ``train`` (same seeds), so calibration sees the training distribution, not the bench's chips.
+    With ``scenes`` (the training split's NAIP image URIs, what a training run registers), the
+    chips are seeded random windows of those scenes, spread over them round-robin, so the
+    activation ranges are those of the user's own imagery. Without, they come from the scenes
+    ``training.data.synthetic.generate_dataset`` writes for split ``train`` (same seeds): what
+    the bench's random-weight models and tests calibrate on.
+
+    Raises:
+        ValueError: ``scenes`` yield no chip of ``chip_size`` with at most half nodata.
     """
     from training.data.naip import normalize
+
+    if scenes:
+        return normalize(_scene_windows(list(scenes), n, chip_size, seed))
     from training.data.synthetic import generate_scene, scene_seed
 
     out = np.empty((n, 4, chip_size, chip_size), dtype=np.float32)
@@ -199,6 +212,27 @@ def calibration_chips(n: int, chip_size: int = 256, seed: int = 0) -> np.ndarray
         y, x = divmod(k, 2)
         out[i] = normalize(image[:, y * chip_size : (y + 1) * chip_size, x * chip_size : (x + 1) * chip_size])
     return out
+
+
+def _scene_windows(scenes: list[str], n: int, chip_size: int, seed: int) -> np.ndarray:
+    """Up to ``n`` uint8 chips (k, 4, S, S): ``ceil(n / len(scenes))`` random windows per scene."""
+    from training.data.chips import read_chips
+
+    per_scene = -(-n // len(scenes))
+    batches = [
+        read_chips(uri, random_count=per_scene, size=chip_size, seed=seed + i).images
+        for i, uri in enumerate(scenes[:n])
+    ]
+    # Round-robin: the first chip of every scene, then the second, ...
+    chips = [b[j] for j in range(per_scene) for b in batches if j < len(b)][:n]
+    if not chips:
+        raise ValueError(
+            f"no {chip_size}x{chip_size} calibration chip with at most half nodata in {len(scenes)} "
+            f"training scene(s) ({scenes[0]}, ...): scenes must be at least one chip in size"
+        )
+    if len(chips) < n:
+        log.warning("calibrating on %d chips (asked for %d): the training scenes hold no more", len(chips), n)
+    return np.stack(chips)
 
 
 def quantize_static_onnx(
@@ -351,15 +385,18 @@ def make_variant(
     metadata: dict[str, Any],
     *,
     chip_size: int = 256,
+    calibration_scenes: Sequence[str] | None = None,
 ) -> Path:
     """Build ``variant`` of an fp32 ONNX graph at local ``dst``, with ``metadata`` stored in it.
 
     ``metadata`` is the ONNX metadata of :func:`onnx_metadata` (its ``quantization`` entry is
-    replaced by this variant's description).
+    replaced by this variant's description). A static variant calibrates on chips of
+    ``calibration_scenes`` (see :func:`calibration_chips`); the description names them.
     """
     spec = VARIANTS[variant] if isinstance(variant, str) else variant
     dst = Path(dst)
     dst.parent.mkdir(parents=True, exist_ok=True)
+    description = spec.describe()
     with tempfile.TemporaryDirectory(prefix="onnx-variant-", dir=dst.parent) as tmp:
         current = Path(tmp) / "q.onnx"
         if spec.method == "none":
@@ -373,7 +410,15 @@ def make_variant(
                 const_b_only=spec.const_b_only,
             )
         elif spec.method == "static":
-            chips = calibration_chips(spec.calibration, chip_size)
+            chips = calibration_chips(spec.calibration, chip_size, scenes=calibration_scenes)
+            description.update(
+                calibration_chips=len(chips),
+                calibration_source=(
+                    {"training_scenes": list(calibration_scenes)}
+                    if calibration_scenes
+                    else "synthetic training split (generator seeds)"
+                ),
+            )
             quantize_static_onnx(
                 fp32_path,
                 current,
@@ -385,7 +430,7 @@ def make_variant(
             )
         else:
             raise ValueError(f"unknown quantisation method {spec.method!r}")
-        _set_metadata(current, {**metadata, "quantization": spec.describe(), "variant": spec.name})
+        _set_metadata(current, {**metadata, "quantization": description, "variant": spec.name})
         if spec.optimize:
             current = _optimize_offline(current, Path(tmp) / "opt.onnx")
         os.replace(current, dst)
@@ -539,12 +584,14 @@ def write_runtime_artifacts(
     overwrite: bool = False,
     model: nn.Module | None = None,
     metadata: dict[str, Any] | None = None,
+    calibration_scenes: Sequence[str] | None = None,
 ) -> dict[str, str]:
     """Write the runtime artifacts ``names`` (default: every runtime path's) into ``folder_uri``.
 
     The export is loaded and traced to fp32 ONNX once; each artifact is then made from that
     graph (:data:`ARTIFACT_VARIANTS`). Artifacts already there are kept unless ``overwrite``,
-    so a retried registration only adds what is missing.
+    so a retried registration only adds what is missing. ``calibration_scenes``: the training
+    split's image URIs the static int8 graph calibrates on (None: the synthetic training split).
 
     Returns:
         ``{name: uri}`` of every artifact in ``names``.
@@ -563,7 +610,14 @@ def write_runtime_artifacts(
         del model
         for name in todo:
             log.info("writing %s (%s) to %s", name, ARTIFACT_VARIANTS[name], uris[name])
-            local = make_variant(fp32, tmpdir / name, ARTIFACT_VARIANTS[name], meta, chip_size=chip_size)
+            local = make_variant(
+                fp32,
+                tmpdir / name,
+                ARTIFACT_VARIANTS[name],
+                meta,
+                chip_size=chip_size,
+                calibration_scenes=calibration_scenes,
+            )
             _put(local, uris[name])
     return uris
 
@@ -583,9 +637,12 @@ def _copy(src: Path, dst: Path) -> None:
     os.replace(tmp, dst)
 
 
-def register_onnx(version_uri: str, export_name: str = EXPORT_NAME) -> dict[str, str]:
+def register_onnx(
+    version_uri: str, export_name: str = EXPORT_NAME, calibration_scenes: Sequence[str] | None = None
+) -> dict[str, str]:
     """Write every runtime artifact (:data:`~training.artifacts.RUNTIME_ARTIFACT_NAMES`) that is
-    missing next to the export in a registry version folder.
+    missing next to the export in a registry version folder; the static int8 graph calibrates on
+    ``calibration_scenes`` (the run's training images; None: the synthetic training split).
 
     This is what the register step calls after ``register_version``:
     ``register_onnx(registry.version_uri(root, model_name, version))``.
@@ -593,7 +650,9 @@ def register_onnx(version_uri: str, export_name: str = EXPORT_NAME) -> dict[str,
     Returns:
         ``{artifact name: URI}``.
     """
-    return write_runtime_artifacts(storage.join(version_uri, export_name), version_uri)
+    return write_runtime_artifacts(
+        storage.join(version_uri, export_name), version_uri, calibration_scenes=calibration_scenes
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
