@@ -18,12 +18,14 @@ import json
 import logging
 import os
 import struct
+from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
 __all__ = [
     "BACKENDS",
+    "OperatorTime",
     "Predictor",
     "TorchPredictor",
     "default_num_threads",
@@ -56,6 +58,16 @@ class Predictor(Protocol):
     def predict_proba(self, chips: np.ndarray) -> np.ndarray:
         """Softmax probabilities float32 ``[B, K, S, S]`` for normalised float32 ``[B, 4, S, S]``."""
         ...
+
+
+@dataclass(frozen=True)
+class OperatorTime:
+    """One runtime operator of a profiled run: its type as the runtime names it, the ONNX nodes
+    it runs (a fused operator runs several), and its time."""
+
+    op_type: str
+    nodes: tuple[str, ...]
+    seconds: float
 
 
 #: ``ModelProto.metadata_props`` (onnx.proto).

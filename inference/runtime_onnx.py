@@ -19,6 +19,9 @@ prepacking, so building it does not hold the weights twice); every session, the 
 included, then loads that file with graph optimisation off and uses its bytes in place for the
 weights (no second copy), so a cold start does neither the optimisation nor the copy.
 
+Profiling: with ``profile=True`` the session records ONNX Runtime's per-node times;
+:meth:`OnnxPredictor.operator_times` ends that recording and returns the last run's nodes.
+
 Determinism: activations are quantised dynamically with one scale per tensor, so a chip run
 together with others could come out slightly different than alone. With ``max_batch=1`` (the
 default) every chip's probabilities depend on that chip only, whatever the caller's batching.
@@ -30,12 +33,13 @@ import hashlib
 import json
 import logging
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from inference.runtime import check_chips, default_num_threads
+from inference.runtime import OperatorTime, check_chips, default_num_threads
 
 __all__ = ["OnnxPredictor", "optimized_cache_path", "session_options"]
 
@@ -94,6 +98,8 @@ class OnnxPredictor:
         num_threads: intra-op threads; defaults to the CPUs this process may use.
         max_batch: chips per session run; larger caller batches are split (bounds memory).
         low_memory: arena/memory-pattern settings for a small resident set (default True).
+        cache_dir: where the optimised graph for this CPU is cached (None: no cache).
+        profile: record per-node times (:meth:`operator_times`; not with ``cache_dir``).
     """
 
     backend = "onnx"
@@ -105,15 +111,19 @@ class OnnxPredictor:
         max_batch: int = 1,
         low_memory: bool = True,
         cache_dir: str | os.PathLike[str] | None = None,
+        profile: bool = False,
     ) -> None:
         self.path = Path(path)
         if not self.path.exists():
             raise FileNotFoundError(f"no ONNX model at {self.path}")
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+        if profile and cache_dir is not None:
+            raise ValueError("profile and cache_dir are exclusive: profiling runs the uncached session")
         self.max_batch = max_batch
         self.cached_graph: str | None = None  # the optimised graph file the session runs
         self.graph_cache_built = False  # whether this process wrote that file
+        self._profile_dir = tempfile.TemporaryDirectory(prefix="ort-profile-") if profile else None
         self.session = self._session(num_threads, low_memory, cache_dir)
         self.metadata: dict[str, Any] = _decode(self.session.get_modelmeta().custom_metadata_map)
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
@@ -137,9 +147,11 @@ class OnnxPredictor:
 
         providers = _provider_options(low_memory)
         if cache_dir is None:
-            return ort.InferenceSession(
-                str(self.path), session_options(threads, low_memory), providers=providers
-            )
+            options = session_options(threads, low_memory)
+            if self._profile_dir is not None:
+                options.enable_profiling = True
+                options.profile_file_prefix = str(Path(self._profile_dir.name) / "ort")
+            return ort.InferenceSession(str(self.path), options, providers=providers)
         cached = optimized_cache_path(self.path, cache_dir)
         if not cached.exists():
             self._build_cache(cached, threads, low_memory, providers)
@@ -183,6 +195,25 @@ class OnnxPredictor:
 
     def __repr__(self) -> str:
         return f"OnnxPredictor({str(self.path)!r}, chip_size={self.chip_size}, classes={self.num_classes})"
+
+    def operator_times(self) -> list[OperatorTime]:
+        """Per-node times of the last session run, in execution order (needs ``profile=True``).
+
+        Ends ONNX Runtime's recording: later runs are not profiled.
+        """
+        if self._profile_dir is None:
+            raise RuntimeError("operator_times needs OnnxPredictor(..., profile=True)")
+        events = json.loads(Path(self.session.end_profiling()).read_text())
+        runs = [e for e in events if e.get("name") == "model_run"]
+        if not runs:
+            raise RuntimeError("no profiled run yet: call predict_proba first")
+        start, stop = runs[-1]["ts"], runs[-1]["ts"] + runs[-1]["dur"]
+        suffix = "_kernel_time"
+        return [
+            OperatorTime(e["args"]["op_name"], (e["name"].removesuffix(suffix),), e["dur"] / 1e6)
+            for e in events
+            if e.get("cat") == "Node" and e["name"].endswith(suffix) and start <= e["ts"] <= stop
+        ]
 
     def predict_proba(self, chips: np.ndarray) -> np.ndarray:
         """Softmax probabilities (B, K, S, S) float32 for normalised float32 chips (B, 4, S, S)."""

@@ -9,6 +9,8 @@ everything else at ``precision``.
 - ``precision="bf16"`` asks the CPU plugin for bf16 inference (``INFERENCE_PRECISION_HINT``); on a
   CPU without AMX or AVX512-BF16 the plugin runs fp32 instead, and :attr:`effective_precision`
   says so (read back from the compiled model, never assumed).
+- ``profile``: the plugin's per-operator counters (``PERF_COUNT``); :meth:`operator_times`
+  reads them for the last request (the bench's profile of the served chip).
 - ``cache_dir``: OpenVINO's compiled-model cache (``CACHE_DIR``); the second load of the same
   model on the same CPU imports the compiled blob instead of compiling, which cuts cold start;
   :attr:`cached_graph` says whether this load did.
@@ -24,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from inference.runtime import check_chips, default_num_threads, read_onnx_metadata_props
+from inference.runtime import OperatorTime, check_chips, default_num_threads, read_onnx_metadata_props
 
 __all__ = ["OpenVinoPredictor", "compiled_precision"]
 
@@ -47,6 +49,7 @@ class OpenVinoPredictor:
         precision: ``fp32`` or ``bf16`` (a hint; see :attr:`effective_precision`).
         num_threads: inference threads; defaults to the CPUs this process may use.
         cache_dir: compiled-model cache folder (None: no cache).
+        profile: collect per-operator times (:meth:`operator_times`).
     """
 
     backend = "openvino"
@@ -57,6 +60,7 @@ class OpenVinoPredictor:
         precision: str = "fp32",
         num_threads: int | None = None,
         cache_dir: str | os.PathLike[str] | None = None,
+        profile: bool = False,
     ) -> None:
         import openvino as ov
 
@@ -72,6 +76,8 @@ class OpenVinoPredictor:
             "PERFORMANCE_HINT": "LATENCY",
             "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
         }
+        if profile:
+            config["PERF_COUNT"] = True
         blobs_before: set[Path] = set()
         if cache_dir is not None:
             Path(cache_dir).mkdir(parents=True, exist_ok=True)
@@ -102,6 +108,23 @@ class OpenVinoPredictor:
             f"OpenVinoPredictor({str(self.path)!r}, precision={self.precision!r} "
             f"(runs {self.effective_precision}), classes={self.num_classes})"
         )
+
+    def operator_times(self) -> list[OperatorTime]:
+        """Per-operator times of the last request, in execution order (needs ``profile=True``)."""
+        if not self.compiled.get_property("PERF_COUNT"):
+            raise RuntimeError("operator_times needs OpenVinoPredictor(..., profile=True)")
+        nodes: dict[str, tuple[str, ...]] = {}
+        for op in self.compiled.get_runtime_model().get_ordered_ops():
+            rt = op.get_rt_info()
+            if "originalLayersNames" in rt:
+                nodes[op.get_friendly_name()] = tuple(rt["originalLayersNames"].astype(str).split(","))
+        return [
+            OperatorTime(
+                info.node_type, nodes.get(info.node_name, (info.node_name,)), info.real_time.total_seconds()
+            )
+            for info in self._request.get_profiling_info()
+            if info.status == info.Status.EXECUTED
+        ]
 
     def predict_proba(self, chips: np.ndarray) -> np.ndarray:
         """Softmax probabilities (B, K, S, S) float32 for normalised float32 chips (B, 4, S, S)."""

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -53,6 +54,16 @@ def test_bench_quick_writes_all_sections(tmp_path: Path) -> None:
         assert x["ms_per_chip"] > 0 and x["gflops"] > 0 and x["share_of_peak"] > 0
         assert x["cold"]["peak_rss_bytes"] > 0 and x["cold"]["cold_start_s"] > 0
     assert tiny["optimized"]["cold"]["torch_imported"] is False
+    # The served chip's operator profile covers the chip, and the bounds follow from the peaks.
+    prof = tiny["profile"]
+    assert set(prof["groups"]) == {"weight matmuls", "attention", "convolutions", "other"}
+    assert 0.3 * prof["wall_s"] < prof["operators_s"] < 2 * prof["wall_s"]
+    assert prof["groups"]["weight matmuls"]["seconds"] > 0 and prof["groups"]["attention"]["seconds"] > 0
+    assert 0 < tiny["ideal_chip_s"] < tiny["optimized"]["ms_per_chip"] / 1e3
+    targets = report["targets"]
+    assert targets["a_throughput"]["ceiling"] > targets["a_throughput"]["speedup"]
+    assert 0 < targets["d_cold_start"]["floor"] < targets["d_cold_start"]["seconds"]
+    assert "served chip profile" in proc.stdout and "ceiling at 100 % of the peaks" in proc.stdout
     assert 0.0 <= tiny["pixel_agreement"] <= 1.0
     rows = report["scenes"]["scaling"]["scenes"]
     assert len(rows) >= 2 and all(
@@ -123,3 +134,67 @@ def test_bench_builds_and_runs_only_what_this_cpu_can_use() -> None:
     assert runs["avx2"] == {"ort-fp32", "ort-int8-avx2", "openvino-fp32"}
     assert {"ort-int8-vnni", "openvino-int8"} <= runs["vnni"] and "torch-bf16" not in runs["vnni"]
     assert runs["amx"] == {c.name for c in candidates()}
+
+
+def test_operators_are_grouped_by_the_onnx_nodes_they_run() -> None:
+    from inference.bench.profile import operator_group
+
+    block = "/model/layers.3/layers.3.0"
+    assert (
+        operator_group("FullyConnected", [f"{block}/to_qkv/MatMul/DequantizationMultiply"])
+        == "weight matmuls"
+    )
+    assert operator_group("DynamicQuantizeMatMul", ["/model/layers.3/layers.3.1/net/net.3/MatMul_quant"]) == (
+        "weight matmuls"
+    )
+    # OpenVINO's fused attention, and ONNX Runtime's separate products and softmax.
+    assert (
+        operator_group("Subgraph", [f"{block}/MatMul", f"{block}/Softmax", f"{block}/MatMul_1"])
+        == "attention"
+    )
+    assert operator_group("MatMul", [f"{block}/MatMul_1"]) == "attention"
+    assert operator_group("Softmax", [f"{block}/Softmax"]) == "attention"
+    assert operator_group("Conv", ["/model/head/stem/stem.0/stem.0.0/Conv"]) == "convolutions"
+    # An elementwise op of a linear module's output is not a matmul.
+    assert operator_group("Add", ["/model/layers.3/layers.3.1/net/net.1/Add"]) == "other"
+    assert operator_group("MVN", [f"{block}/norm/LayerNormalization"]) == "other"
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory):
+    from inference.bench.models import prepare_model
+    from training.artifacts import ONNX_INT8_NAME, ONNX_INT8_QDQ_NAME
+
+    return prepare_model("tiny", tmp_path_factory.mktemp("bench"), names=(ONNX_INT8_NAME, ONNX_INT8_QDQ_NAME))
+
+
+@pytest.mark.parametrize("path", ["ort-int8-avx2", "openvino-int8"])
+def test_served_chip_profile_adds_up(path: str, tiny_model) -> None:
+    """Each runtime's own operator counters, grouped: every group that has FLOPs ran, the parts
+    sum to the operators' total, and that total lies within the profiled call's wall time."""
+    from inference.bench.chips import sample_chips
+    from inference.bench.models import analytic_flops
+    from inference.bench.profile import profile_chip
+    from inference.runtime_cpu import PATHS, detect_cpu
+
+    spec = next(p for p in PATHS if p.name == path)
+    if path == "openvino-int8" and not detect_cpu().flags & spec.needs_any:
+        pytest.skip("OpenVINO int8 needs VNNI or AMX (on AVX2 alone the bench does not build it)")
+    model = tiny_model
+    flops = analytic_flops("tiny", 256, model.head_width)
+    prof = profile_chip(
+        model.artifacts[spec.artifact],
+        spec.backend,
+        dict(spec.options),
+        sample_chips(1)[0],
+        flops,
+        dict.fromkeys(("weight matmuls", "attention", "convolutions"), ("fp32", 1000.0)),
+    )
+    groups = prof["groups"]
+    assert sum(g["seconds"] for g in groups.values()) == pytest.approx(prof["operators_s"])
+    # Per-operator timers carry their own overhead (OpenVINO's summed to 1.08x the call here).
+    assert 0.3 * prof["wall_s"] < prof["operators_s"] < 2 * prof["wall_s"]
+    for name in ("weight matmuls", "attention", "convolutions"):
+        assert groups[name]["seconds"] > 0 and groups[name]["gflops"] > 0, name
+        assert groups[name]["share_of_peak"] == pytest.approx(groups[name]["gflops"] / 1000.0)
+    assert groups["other"]["gflops"] is None  # no FLOPs are counted there
