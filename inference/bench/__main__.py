@@ -27,7 +27,10 @@ Sections (printed, and written as JSON to ``--out`` for run-to-run comparison):
 Targets: MET / MISSED against the targets of this CPU's class.
 
 All timings are medians over the stated number of runs; every ratio is between figures of the
-same run. Exports are cached under ``--workdir`` (``--rebuild`` forces a fresh build).
+same run. Exports are cached under ``--workdir`` (``--rebuild`` forces a fresh build). The run
+keeps to ``--budget-s`` (:mod:`~inference.bench.budget`): on a slow CPU the repeated
+measurements stop early, never below each figure's minimum, and the report lists each cut
+and the seconds of every section.
 """
 
 from __future__ import annotations
@@ -38,13 +41,13 @@ import os
 import platform
 import statistics
 import sys
-import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from inference.bench.budget import Budget
 from inference.settings import DEFAULTS
 
 CHIP = 256
@@ -58,6 +61,11 @@ QUICK_RUNS = {"tiny": (2, 3, 1, 2)}
 CANDIDATE_RUNS = 2
 #: Runs per whole scene (the medians are kept): one hiccup in a single run moved (e) by 0.02x.
 SCENE_RUNS = 3
+#: Seconds the bench may take (the issue: a fresh clone's ``make bench`` in under 10 minutes;
+#: the rest is make, the venv check and interpreter start). A slow CPU gets fewer repeats.
+BUDGET_S = 540.0
+#: Kept back for the Lambda image build at the end (pip install --target: 41 s on AMD EPYC).
+IMAGE_RESERVE_S = 60.0
 #: Targets by CPU class (the issue's table): AVX2-only CPUs, and CPUs with AMX / AVX512-BF16 / VNNI.
 TARGETS_BY_CLASS: dict[str, dict[str, float]] = {
     "avx2": {
@@ -91,25 +99,27 @@ def _load_average() -> list[float] | None:
 
 
 def _cold_starts(
-    backend: str, path: str, runs: int, chip_npy: str, scene_npy: str, force: str | None = None
+    backend: str, path: str, runs: int, chip_npy: str, scene_npy: str, budget: Budget, what: str
 ) -> dict[str, Any]:
     """``runs`` cold-start children; the first one also predicts the RSS scene.
 
     With ``backend="auto"`` the first child finds no compiled-graph cache and builds it (reported
     as ``uncached_cold_start_s``); the cold start is the median of the children after it, the
-    Lambda case of a model (and its cache) already in ``/tmp``.
+    Lambda case of a model (and its cache) already in ``/tmp``. On a slow CPU ``budget`` may stop
+    after the second child (the first with the cache).
     """
     from inference.bench.coldstart import measure
 
     reports = [
-        measure(backend, path, chip_npy, scene_npy if i == 0 else None, force=force) for i in range(runs)
+        measure(backend, path, chip_npy, scene_npy if i == 0 else None)
+        for i in budget.repeats(what, runs, min(runs, 2), 0.15)
     ]
     warm_cache = [r for r in reports if r.get("cached_graph")] or reports
     cold = [r["cold_start_s"] for r in warm_cache]
     return {
         "backend": backend,
         "path": reports[0].get("path", backend),
-        "runs": runs,
+        "runs": len(reports),
         "cold_start_s": statistics.median(cold),
         "cold_start_runs": [r["cold_start_s"] for r in reports],
         "uncached_cold_start_s": next(
@@ -275,7 +285,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from inference.runtime import default_num_threads, load_predictor
     from inference.runtime_cpu import detect_cpu, runtime_available
 
-    t_start = time.perf_counter()
+    budget = Budget(args.budget_s, reserve_s=IMAGE_RESERVE_S if args.image else 0.0)
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     presets = ["tiny"] if args.quick else args.presets
@@ -304,18 +314,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     _log("[bench] building/reusing exports and runtime artifacts ...")
     needed = chips_mod.artifacts_needed(cpu)
-    models = {p: prepare_model(p, workdir, rebuild=args.rebuild, names=needed) for p in presets}
+    with budget.section("exports"):
+        models = {p: prepare_model(p, workdir, rebuild=args.rebuild, names=needed) for p in presets}
     report["models"] = {p: m.to_dict() for p, m in models.items()}
-    t_models = time.perf_counter()
     choices = {p: _served(m, cpu) for p, m in models.items()}
     report["dispatch"] = {p: c.to_dict() for p, c in choices.items()}
     _log(f"[bench] dispatcher: {choices[presets[-1]].log_line()}")
 
     _log("[bench] GEMM peaks ...")
-    if args.quick:
-        peaks = measure_peaks(runs=3, sizes=[768], bf16_size=384)
-    else:
-        peaks = measure_peaks(runs=5, sizes=[2048, 3072], bf16_size=1024)
+    with budget.section("GEMM peaks"):
+        if args.quick:
+            peaks = measure_peaks(runs=3, sizes=[768], bf16_size=384)
+        else:
+            peaks = measure_peaks(runs=5, sizes=[2048, 3072], bf16_size=1024)
     peaks["bf16"]["gflops"] = peaks["bf16"].get("gflops", 0.0)
     report["peaks"] = peaks
 
@@ -335,18 +346,21 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if m.flops_counted:  # the config's head (fusion by default): counted, not the seed formula
             flops = {**flops, **m.flops_counted, "head_kind": m.head}
         _log(f"[bench] {preset}: chips ({eager_runs} eager, {opt_runs} served: {choice.path.name}) ...")
-        res = chips_mod.bench_chips(
-            m.export_path,
-            m.artifacts[choice.artifact],
-            flops["total"],
-            peaks,
-            eager_runs,
-            opt_runs,
-            CHIP,
-            served_backend=choice.backend,
-            served_kwargs=dict(choice.path.options),
-            served_precision=choice.path.precision,
-        )
+        with budget.section(f"{preset} chips"):
+            res = chips_mod.bench_chips(
+                m.export_path,
+                m.artifacts[choice.artifact],
+                flops["total"],
+                peaks,
+                eager_runs,
+                opt_runs,
+                CHIP,
+                served_backend=choice.backend,
+                served_kwargs=dict(choice.path.options),
+                served_precision=choice.path.precision,
+                budget=budget,
+                preset=preset,
+            )
         refs[preset] = (res.pop("chips"), res.pop("eager_classes"), res["eager_fp32"]["ms_per_chip"] / 1e3)
         res["flops"] = flops
         res["served_path"] = choice.path.name
@@ -355,21 +369,35 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             flops["total"], res["quantised_share"], choice.path.precision, peaks
         )
         _log(f"[bench] {preset}: served chip profile ...")
-        res["profile"] = profile_chip(
-            m.artifacts[choice.artifact],
-            choice.backend,
-            dict(choice.path.options),
-            refs[preset][0][0],
-            flops,
-            _group_peaks(m.artifacts[choice.artifact], choice.path.precision, peaks),
-        )
+        with budget.section(f"{preset} profile"):
+            res["profile"] = profile_chip(
+                m.artifacts[choice.artifact],
+                choice.backend,
+                dict(choice.path.options),
+                refs[preset][0][0],
+                flops,
+                _group_peaks(m.artifacts[choice.artifact], choice.path.precision, peaks),
+            )
         _log(f"[bench] {preset}: cold starts ({cold_eager} eager, {cold_opt} served) ...")
-        res["eager_fp32"]["cold"] = _cold_starts(
-            "torch", m.export_path, cold_eager, str(chip_npy), str(scene_npy)
-        )
-        res["optimized"]["cold"] = _cold_starts(
-            "auto", str(Path(m.export_path).parent), cold_opt, str(chip_npy), str(scene_npy)
-        )
+        with budget.section(f"{preset} cold starts"):
+            res["eager_fp32"]["cold"] = _cold_starts(
+                "torch",
+                m.export_path,
+                cold_eager,
+                str(chip_npy),
+                str(scene_npy),
+                budget,
+                f"{preset} eager cold starts",
+            )
+            res["optimized"]["cold"] = _cold_starts(
+                "auto",
+                str(Path(m.export_path).parent),
+                cold_opt,
+                str(chip_npy),
+                str(scene_npy),
+                budget,
+                f"{preset} served cold starts",
+            )
         res["cold_start_ratio"] = (
             res["eager_fp32"]["cold"]["cold_start_s"] / res["optimized"]["cold"]["cold_start_s"]
         )
@@ -385,22 +413,22 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         n = min(CANDIDATE_RUNS, len(ref_cls))
         _log(f"[bench] {top}: candidate paths side by side ({n} chips each) ...")
         flops = report["presets"][top]["flops"]["total"]
+        with budget.section("candidates"):
+            rows = chips_mod.run_candidates(
+                models[top], chips_mod.candidates(), chips[:n], ref_cls[:n], ref_s, flops, peaks, cpu, budget
+            )
         report["candidates"] = {
             "preset": top,
             "reference": "eager torch fp32 (same chips)",
-            "rows": chips_mod.run_candidates(
-                models[top], chips_mod.candidates(), chips[:n], ref_cls[:n], ref_s, flops, peaks, cpu
-            ),
+            "rows": rows,
             "load_average_after": _load_average(),
         }
         exp_preset = args.experiments_preset if args.experiments_preset in models else presets[0]
         chips, ref_cls, ref_s = refs[exp_preset]
         n = min(CANDIDATE_RUNS, len(ref_cls))
         _log(f"[bench] {exp_preset}: quantisation experiments ...")
-        report["experiments"] = {
-            "preset": exp_preset,
-            "reference": "eager torch fp32 (same chips)",
-            "rows": chips_mod.run_candidates(
+        with budget.section("experiments"):
+            rows = chips_mod.run_candidates(
                 models[exp_preset],
                 chips_mod.experiments(),
                 chips[:n],
@@ -409,15 +437,21 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 report["presets"][exp_preset]["flops"]["total"],
                 peaks,
                 cpu,
-            ),
+                budget,
+            )
+        report["experiments"] = {
+            "preset": exp_preset,
+            "reference": "eager torch fp32 (same chips)",
+            "rows": rows,
         }
 
     if args.champion:
         _log("[bench] registry champion agreement ...")
         try:
-            report["champion"] = _champion_agreement(
-                args.registry, args.model_name, workdir, 4 if args.quick else 8
-            )
+            with budget.section("champion"):
+                report["champion"] = _champion_agreement(
+                    args.registry, args.model_name, workdir, 4 if args.quick else 8
+                )
         except Exception as exc:  # report, never fail the bench on an optional section
             report["champion"] = {"error": f"{type(exc).__name__}: {exc}"}
 
@@ -426,16 +460,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     scenes = write_scenes(workdir / "scenes", sizes)
     scene_preset = "tiny" if args.quick else args.scene_preset
     sc_choice = choices[scene_preset]
-    scaling = bench_scenes(
-        load_predictor(
-            models[scene_preset].artifacts[sc_choice.artifact],
-            backend=sc_choice.backend,
-            **sc_choice.path.options,
-        ),
-        scenes,
-        {s: 1 if args.quick else SCENE_RUNS for s in sizes},
-        chip=CHIP,
-    )
+    with budget.section("scenes"):
+        scaling = bench_scenes(
+            load_predictor(
+                models[scene_preset].artifacts[sc_choice.artifact],
+                backend=sc_choice.backend,
+                **sc_choice.path.options,
+            ),
+            scenes,
+            {s: 1 if args.quick else SCENE_RUNS for s in sizes},
+            chip=CHIP,
+            budget=budget,
+        )
     scaling["preset"] = scene_preset
     scaling["path"] = sc_choice.path.name
     scaling["load_average_after"] = _load_average()
@@ -485,12 +521,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
         _log("[bench] Lambda image environment (pip install --target, cached by requirements) ...")
         try:
-            report["image"] = cached_lambda_env(workdir, rebuild=args.rebuild)
+            with budget.section("image"):
+                report["image"] = cached_lambda_env(workdir, rebuild=args.rebuild)
         except Exception as exc:  # no network: say so, never fake the figure
             report["image"] = {"error": f"{type(exc).__name__}: {str(exc)[-500:]}"}
     report["targets"] = _targets(report, TARGETS_BY_CLASS[cpu_class], cpu_class)
     report["machine"]["load_average_end"] = _load_average()
-    report["timing_s"] = {"models": t_models - t_start, "total": time.perf_counter() - t_start}
+    report["budget"] = budget.to_dict()
     return report
 
 
@@ -794,10 +831,19 @@ def render(report: dict[str, Any]) -> str:
         )
     else:
         out.append(f"  image <= 600 MB, no torch: {im['error']} -> MISSED")
-    ts = report["timing_s"]
+    bud = report["budget"]
+    cached = [k for k, v in report["models"].items() if v["cached"]]
     out.append(
-        f"bench wall time {ts['total']:.0f} s (exports {ts['models']:.0f} s; cached: {[k for k, v in report['models'].items() if v['cached']]})"
+        f"bench wall time {bud['elapsed_s']:.0f} s of a {bud['total_s']:.0f} s budget (exports cached: {cached}); "
+        + ", ".join(f"{k} {v:.0f} s" for k, v in bud["sections_s"].items())
     )
+    if bud["cuts"]:
+        out.append(
+            "  fewer runs to fit the budget on this CPU: "
+            + "; ".join(
+                f"{c['what']} {c['ran']} of {c['wanted']} ({c['each_s']:.1f} s each)" for c in bud["cuts"]
+            )
+        )
     return "\n".join(out)
 
 
@@ -821,6 +867,12 @@ def main(argv: list[str] | None = None) -> None:
         help="scene sides in px (1 m: km² = side²/1e6)",
     )
     parser.add_argument("--rebuild", action="store_true", help="rebuild cached exports")
+    parser.add_argument(
+        "--budget-s",
+        type=float,
+        default=BUDGET_S,
+        help="wall-clock budget: on a slow CPU repeated runs stop early (never below each figure's minimum)",
+    )
     parser.add_argument("--registry", default="outputs/registry")
     parser.add_argument("--model-name", default="chesapeake-landcover")
     parser.add_argument("--no-champion", dest="champion", action="store_false")

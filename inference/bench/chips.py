@@ -11,12 +11,16 @@ neither runtime's idle worker threads steal cycles from the other.
 from __future__ import annotations
 
 import gc
+import math
 import statistics
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
+from inference.bench.budget import Budget
 
 __all__ = [
     "Candidate",
@@ -44,11 +48,16 @@ def sample_chips(n: int, chip: int = 256, seed: int = 7) -> np.ndarray:
     return out
 
 
-def _timed(predictor: Any, chips: np.ndarray, warmup: int = 1) -> tuple[list[float], np.ndarray]:
+def _timed(
+    predictor: Any, chips: np.ndarray, warmup: int = 1, repeats: Iterable[int] | None = None
+) -> tuple[list[float], np.ndarray]:
+    """Seconds and argmax classes per chip, after ``warmup`` untimed calls; ``repeats`` (a
+    :meth:`Budget.repeats`) may stop before the last chip on a slow CPU."""
     for i in range(warmup):
         predictor.predict_proba(chips[i % len(chips)][None])
     seconds, classes = [], []
-    for chip in chips:
+    for i in range(len(chips)) if repeats is None else repeats:
+        chip = chips[i]
         t0 = time.perf_counter()
         probs = predictor.predict_proba(chip[None])
         seconds.append(time.perf_counter() - t0)
@@ -82,26 +91,34 @@ def bench_chips(
     served_backend: str = "onnx",
     served_kwargs: dict[str, Any] | None = None,
     served_precision: str = "int8",
+    budget: Budget | None = None,
+    preset: str = "",
 ) -> dict[str, Any]:
     """Eager fp32 vs the served path: latency, throughput, GFLOP/s, share of peak and agreement.
 
     The served path is what the dispatcher chose for this CPU (``served_backend`` on
     ``served_path``); its share of peak is against the measured peak of ``served_precision``.
-    ``eager_classes`` (argmax per chip) is returned for further agreement checks.
+    ``eager_classes`` (argmax per chip) is returned for further agreement checks. On a slow CPU
+    ``budget`` may stop eager after 2 chips and the served path after 3.
     """
     from inference.runtime import TorchPredictor, load_predictor
 
+    budget = budget or Budget(math.inf)
     chips = sample_chips(max(eager_runs, opt_runs), chip)
     eager = TorchPredictor(export_path, dtype="float32")
-    eager_s, eager_cls = _timed(eager, chips[:eager_runs])
+    eager_s, eager_cls = _timed(
+        eager, chips[:eager_runs], repeats=budget.repeats(f"{preset} eager chips", eager_runs, 2, 0.1)
+    )
     del eager
     gc.collect()
     time.sleep(0.5)  # let torch's OpenMP workers stop spinning before the next runtime starts
     opt = load_predictor(served_path, backend=served_backend, **(served_kwargs or {}))
-    opt_s, opt_cls = _timed(opt, chips[:opt_runs])
+    opt_s, opt_cls = _timed(
+        opt, chips[:opt_runs], repeats=budget.repeats(f"{preset} served chips", opt_runs, 3, 0.1)
+    )
     del opt
     gc.collect()
-    n = min(eager_runs, opt_runs)
+    n = min(len(eager_cls), len(opt_cls))
     agreement = float((eager_cls[:n] == opt_cls[:n]).mean())
     eager_sum = _summary(eager_s, flops, peaks["fp32"]["gflops"], "fp32")
     opt_sum = _summary(opt_s, flops, peaks[served_precision]["gflops"], served_precision)
@@ -259,8 +276,11 @@ def run_candidates(
     flops: float,
     peaks: dict[str, Any],
     cpu: Any,
+    budget: Budget | None = None,
 ) -> list[dict[str, Any]]:
     """Time each candidate on ``chips`` (after a warm-up); agreement with ``reference`` classes.
+
+    On a slow CPU ``budget`` may time a candidate on its first chip alone.
 
     A candidate whose CPU feature is missing and that would only run emulated or on a fallback
     kernel (:meth:`Candidate.runs_on` is false) is reported "not available on this CPU" and not
@@ -269,6 +289,7 @@ def run_candidates(
     from inference.bench.models import prepare_variant
     from inference.runtime import load_predictor
 
+    budget = budget or Budget(math.inf)
     rows = []
     for c in cands:
         row: dict[str, Any] = {"name": c.name, "backend": c.backend, "precision": c.precision, "note": c.note}
@@ -289,7 +310,9 @@ def run_candidates(
             t0 = time.perf_counter()
             predictor = load_predictor(path, backend=c.backend, **c.kwargs)
             row["load_s"] = time.perf_counter() - t0
-            seconds, classes = _timed(predictor, chips)
+            seconds, classes = _timed(
+                predictor, chips, repeats=budget.repeats(f"candidate {c.name}", len(chips), 1, 0.1)
+            )
             effective = getattr(predictor, "effective_precision", None)
             del predictor
             gc.collect()

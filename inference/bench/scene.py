@@ -15,12 +15,15 @@ spent outside the model's calls (reading, normalising, blending, writing), timed
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from inference.bench.budget import Budget
 
 __all__ = ["bench_scenes", "write_scenes"]
 
@@ -65,15 +68,15 @@ class _TimedPredictor:
             self.seconds += time.perf_counter() - t0
 
 
-def _chip_seconds(predictor: Any, runs: int, chip: int = 256) -> float:
+def _chip_seconds(predictor: Any, runs: int, budget: Budget, chip: int = 256) -> float:
     from inference.bench.chips import sample_chips
 
     chips = sample_chips(runs, chip)
     predictor.predict_proba(chips[:1])
     seconds = []
-    for c in chips:
+    for i in budget.repeats("scene chip time", runs, 3, 0.05):
         t0 = time.perf_counter()
-        predictor.predict_proba(c[None])
+        predictor.predict_proba(chips[i][None])
         seconds.append(time.perf_counter() - t0)
     return statistics.median(seconds)
 
@@ -87,18 +90,25 @@ def bench_scenes(
     overlap: int | None = None,
     batch_size: int = 8,
     chip_runs: int = 5,
+    budget: Budget | None = None,
 ) -> dict[str, Any]:
-    """Time ``predict_scene`` on each scene; cost ratios against this predictor's chip time."""
+    """Time ``predict_scene`` on each scene; cost ratios against this predictor's chip time.
+
+    Every scene runs at least once; on a slow CPU ``budget`` may stop a scene's repeats early.
+    The largest scene runs first, so the smaller ones' repeats are what a slow CPU gives up.
+    """
     from inference.predict import plan_tiling, predict_scene
     from inference.settings import DEFAULTS
 
     overlap = DEFAULTS.overlap if overlap is None else overlap
-    chip_s = _chip_seconds(predictor, chip_runs, chip)
+    budget = budget or Budget(math.inf)
+    chip_s = _chip_seconds(predictor, chip_runs, budget, chip)
     rows = []
-    for size, uri in scenes.items():
+    for k, (size, uri) in enumerate(sorted(scenes.items(), reverse=True)):
         plan = plan_tiling(size, size, chip, overlap)
         seconds, outside = [], []
-        for _ in range(runs.get(size, 1)):
+        share = 0.8 / (len(scenes) - k)
+        for _ in budget.repeats(f"scene {size} px", runs.get(size, 1), 1, share):
             timed = _TimedPredictor(predictor)
             t0 = time.perf_counter()
             predict_scene(timed, uri, chip_size=chip, overlap=overlap, batch_size=batch_size)
@@ -122,6 +132,7 @@ def bench_scenes(
                 "overhead_s": statistics.median(outside),
             }
         )
+    rows.sort(key=lambda r: r["size_px"])
     fit = _linear_fit([r["km2"] for r in rows], [r["median_s"] for r in rows]) if len(rows) > 1 else None
     return {
         "chip_s": chip_s,

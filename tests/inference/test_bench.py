@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,26 @@ def test_analytic_flops_match_flop_counter() -> None:
         model(torch.zeros(1, 4, 256, 256))
     flops = analytic_flops("tiny", 256, 64)
     assert abs(counter.get_total_flops() + flops["attention"] - flops["total"]) / flops["total"] < 1e-3
+
+
+def test_budget_keeps_each_figures_minimum_and_says_what_it_cut() -> None:
+    """A loop past its share of the budget stops after its minimum runs, and the cut is recorded;
+    with time to spare every run happens."""
+    from inference.bench.budget import Budget
+
+    tight = Budget(total_s=0.05)
+    ran = []
+    for i in tight.repeats("slow chips", 10, 2, share=1.0):
+        time.sleep(0.03)
+        ran.append(i)
+    assert ran == [0, 1]
+    assert len(tight.cuts) == 1 and tight.cuts[0]["what"] == "slow chips" and tight.cuts[0]["ran"] == 2
+    assert tight.cuts[0]["each_s"] >= 0.03
+
+    roomy = Budget(total_s=60.0)
+    with roomy.section("fast chips"):
+        assert list(roomy.repeats("fast chips", 5, 1, share=0.1)) == [0, 1, 2, 3, 4]
+    assert roomy.cuts == [] and roomy.to_dict()["sections_s"]["fast chips"] >= 0
 
 
 def test_bench_quick_writes_all_sections(tmp_path: Path) -> None:
@@ -72,6 +93,11 @@ def test_bench_quick_writes_all_sections(tmp_path: Path) -> None:
     # The time outside the model's calls is timed, not inferred: positive, and part of the scene.
     assert all(0 < r["overhead_s"] < r["median_s"] for r in rows)
     assert report["lambda_cost"]["optimized"]["usd_per_km2"] > 0
+    # The wall time is accounted for by section, inside the budget (quick has nothing to cut).
+    budget = report["budget"]
+    assert {"exports", "GEMM peaks", "tiny chips", "candidates", "scenes"} <= set(budget["sections_s"])
+    assert sum(budget["sections_s"].values()) <= budget["elapsed_s"] < budget["total_s"]
+    assert budget["cuts"] == [] and "bench wall time" in proc.stdout
     assert set(report["targets"]) >= {
         "a_throughput",
         "a_agreement",
