@@ -31,6 +31,18 @@ class Budget:
     cuts: list[dict[str, Any]] = field(default_factory=list)
     sections: dict[str, float] = field(default_factory=dict)
 
+    @classmethod
+    def since(cls, started_at: float | None, total_s: float, reserve_s: float = 0.0) -> Budget:
+        """A budget that began at epoch second ``started_at`` (``make bench`` passes its own start,
+        so a fresh clone's venv build counts too; None: now). The time already gone is recorded
+        as the section "before the bench"."""
+        budget = cls(total_s, reserve_s=reserve_s)
+        if started_at is not None:
+            before = max(time.time() - started_at, 0.0)
+            budget.start -= before
+            budget.sections["before the bench"] = before
+        return budget
+
     def left(self) -> float:
         """Seconds left for the budgeted loops (the reserve excluded); negative once overrun."""
         return self.total_s - self.reserve_s - (time.perf_counter() - self.start)

@@ -95,7 +95,7 @@ def bench_scenes(
     """Time ``predict_scene`` on each scene; cost ratios against this predictor's chip time.
 
     Every scene runs at least once; on a slow CPU ``budget`` may stop a scene's repeats early.
-    The largest scene runs first, so the smaller ones' repeats are what a slow CPU gives up.
+    The largest scene runs first, each with its area's share of the time left.
     """
     from inference.predict import plan_tiling, predict_scene
     from inference.settings import DEFAULTS
@@ -104,10 +104,12 @@ def bench_scenes(
     budget = budget or Budget(math.inf)
     chip_s = _chip_seconds(predictor, chip_runs, budget, chip)
     rows = []
-    for k, (size, uri) in enumerate(sorted(scenes.items(), reverse=True)):
+    largest_first = sorted(scenes.items(), reverse=True)
+    for k, (size, uri) in enumerate(largest_first):
         plan = plan_tiling(size, size, chip, overlap)
         seconds, outside = [], []
-        share = 0.8 / (len(scenes) - k)
+        # Each scene's share of the time left is its area's share of the scenes still to run.
+        share = 0.8 * size**2 / sum(s**2 for s, _ in largest_first[k:])
         for _ in budget.repeats(f"scene {size} px", runs.get(size, 1), 1, share):
             timed = _TimedPredictor(predictor)
             t0 = time.perf_counter()
