@@ -21,8 +21,8 @@ Layout under a registry root::
                                  shadow beside the champion on live imagery, never served
         history/<decided_at>-<version>.json   one immutable record per promotion decision
 
-Version ids are ``YYYYMMDDTHHMMSSffffffZ-<6 hex>``: a UTC timestamp with microseconds, so
-they sort by registration time as plain strings, plus 24 random bits, so two writers on
+Version ids are ``YYYYMMDDTHHMMSSffffffZ-<12 hex>``: a UTC timestamp with microseconds, so
+they sort by registration time as plain strings, plus 48 random bits, so two writers on
 different machines never pick the same id without any coordination (no shared counter to
 contend on, nothing to allocate before the upload). The claim + manifest CAS writes would
 refuse a collision anyway.
@@ -186,7 +186,7 @@ def _compact(moment: datetime) -> str:
 
 def new_version_id(moment: datetime | None = None) -> str:
     """A fresh, time-sortable, collision-resistant version id (see the module docstring)."""
-    return f"{_compact(moment or _now())}-{secrets.token_hex(3)}"
+    return f"{_compact(moment or _now())}-{secrets.token_hex(6)}"
 
 
 def _check_name(value: str, what: str) -> str:
