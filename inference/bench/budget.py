@@ -1,7 +1,7 @@
 """The bench's wall-clock budget: a slow CPU gets fewer repeats, never a weaker measurement.
 
 ``make bench`` must finish in 10 minutes on a fresh clone, and our CPUs differ by more than
-3x (AMD EPYC Zen 1 runs a large chip in 11 s, Intel with AMX in 0.5 s). Every repeated
+20x (AMD EPYC Zen 1 serves a large chip in 11 s, Intel with AMX in 0.55 s). Every repeated
 measurement (timed chips, cold-start children, candidate paths, whole scenes) asks
 :meth:`Budget.repeats` for its iterations: it always runs the minimum the figure needs
 (a median needs its runs, a cached cold start needs the child that builds the cache), and
