@@ -11,7 +11,6 @@ neither runtime's idle worker threads steal cycles from the other.
 from __future__ import annotations
 
 import gc
-import math
 import statistics
 import time
 from collections.abc import Iterable
@@ -91,7 +90,8 @@ def bench_chips(
     served_backend: str = "onnx",
     served_kwargs: dict[str, Any] | None = None,
     served_precision: str = "int8",
-    budget: Budget | None = None,
+    *,
+    budget: Budget,
     preset: str = "",
 ) -> dict[str, Any]:
     """Eager fp32 vs the served path: latency, throughput, GFLOP/s, share of peak and agreement.
@@ -103,7 +103,6 @@ def bench_chips(
     """
     from inference.runtime import TorchPredictor, load_predictor
 
-    budget = budget or Budget(math.inf)
     chips = sample_chips(max(eager_runs, opt_runs), chip)
     eager = TorchPredictor(export_path, dtype="float32")
     eager_s, eager_cls = _timed(
@@ -276,7 +275,7 @@ def run_candidates(
     flops: float,
     peaks: dict[str, Any],
     cpu: Any,
-    budget: Budget | None = None,
+    budget: Budget,
 ) -> list[dict[str, Any]]:
     """Time each candidate on ``chips`` (after a warm-up); agreement with ``reference`` classes.
 
@@ -289,7 +288,6 @@ def run_candidates(
     from inference.bench.models import prepare_variant
     from inference.runtime import load_predictor
 
-    budget = budget or Budget(math.inf)
     rows = []
     for c in cands:
         row: dict[str, Any] = {"name": c.name, "backend": c.backend, "precision": c.precision, "note": c.note}

@@ -15,7 +15,6 @@ spent outside the model's calls (reading, normalising, blending, writing), timed
 
 from __future__ import annotations
 
-import math
 import statistics
 import time
 from pathlib import Path
@@ -90,7 +89,7 @@ def bench_scenes(
     overlap: int | None = None,
     batch_size: int = 8,
     chip_runs: int = 5,
-    budget: Budget | None = None,
+    budget: Budget,
 ) -> dict[str, Any]:
     """Time ``predict_scene`` on each scene; cost ratios against this predictor's chip time.
 
@@ -101,7 +100,6 @@ def bench_scenes(
     from inference.settings import DEFAULTS
 
     overlap = DEFAULTS.overlap if overlap is None else overlap
-    budget = budget or Budget(math.inf)
     chip_s = _chip_seconds(predictor, chip_runs, budget, chip)
     rows = []
     largest_first = sorted(scenes.items(), reverse=True)
