@@ -117,24 +117,47 @@ def confusion_counts(
     return np.bincount(t * num_classes + p, minlength=num_classes**2).reshape(num_classes, num_classes)
 
 
+def _ratio(num: torch.Tensor, denom: torch.Tensor) -> torch.Tensor:
+    """``num / denom`` in float32, 0 where ``denom`` is 0 (torchmetrics' ``zero_division=0``)."""
+    num, denom = num.float(), denom.float()
+    return torch.where(denom != 0, num / denom, torch.zeros((), dtype=num.dtype))
+
+
 def metrics_from_confusion(
     confmat: np.ndarray | torch.Tensor, class_names: Sequence[str], ignore_index: int | None = None
 ) -> dict[str, Any]:
     """:func:`metrics_to_dict` of :func:`build_metrics` computed from a confusion matrix of
-    :func:`confusion_counts` (torchmetrics' own reductions: the same numbers, without five
-    passes over every pixel)."""
-    from torchmetrics.functional.classification.f_beta import _fbeta_reduce
-    from torchmetrics.functional.classification.jaccard import _jaccard_index_reduce
+    :func:`confusion_counts` (the same numbers, without five passes over every pixel).
 
+    The formulas are torchmetrics' (``MulticlassJaccardIndex`` and ``MulticlassF1Score`` on the
+    same pixels), in the same float32 operations, from the public definitions:
+
+    - IoU of class c: ``tp / (tp + fp + fn)`` (0 where the union is empty); ``miou`` averages
+      it over the classes with target or predicted pixels, less ``ignore_index``; ``weighted_iou``
+      weights it by each class's target pixels (support).
+    - F1 of class c: ``2 tp / (2 tp + fn + fp)``; ``f1`` averages it over the classes with
+      ``tp + fp + fn > 0`` (an ignored class that was predicted counts, as in torchmetrics).
+    """
     cm = torch.as_tensor(np.asarray(confmat), dtype=torch.long)
-    tp = torch.diag(cm)
-    fp, fn = cm.sum(0) - tp, cm.sum(1) - tp
-    tn = cm.sum() - tp - fp - fn
+    k = cm.shape[0]
+    counts = cm.float()
+    tp = torch.diag(counts)
+    support, predicted = counts.sum(1), counts.sum(0)  # per class: target pixels, predicted pixels
+    iou = _ratio(tp, predicted + support - tp)
+    present = torch.ones_like(iou)
+    if ignore_index is not None and 0 <= ignore_index < k:
+        present[ignore_index] = 0.0
+    present[support + predicted == 0] = 0.0
+    tp_i = torch.diag(cm)
+    fp, fn = cm.sum(0) - tp_i, cm.sum(1) - tp_i
+    f1 = _ratio(2.0 * tp_i, 2.0 * tp_i + 1.0 * fn + fp)  # F-beta with beta = 1, as torchmetrics sums it
+    f1_weights = torch.ones_like(f1)
+    f1_weights[tp_i + fp + fn == 0] = 0.0
     computed = {
-        "miou": _jaccard_index_reduce(cm, "macro", ignore_index),
-        "per_class_iou": _jaccard_index_reduce(cm, "none", ignore_index),
-        "weighted_iou": _jaccard_index_reduce(cm, "weighted", ignore_index),
-        "f1": _fbeta_reduce(tp, fp, tn, fn, 1.0, "macro", "global"),
+        "miou": ((present * iou) / present.sum()).sum(),
+        "per_class_iou": iou,
+        "weighted_iou": ((support * iou) / support.sum()).sum(),
+        "f1": _ratio(f1_weights * f1, f1_weights.sum(-1, keepdim=True)).sum(-1),
         "confusion_matrix": cm,
     }
     return metrics_to_dict(computed, class_names, ignore_index)

@@ -5,12 +5,20 @@ from __future__ import annotations
 import itertools
 import math
 
+import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from training.module import SegmentationTask, metrics_to_dict, warmup_cosine
+from training.module import (
+    SegmentationTask,
+    build_metrics,
+    confusion_counts,
+    metrics_from_confusion,
+    metrics_to_dict,
+    warmup_cosine,
+)
 
 CHIP = 32
 # The frozen encoder is kept in eval mode on purpose.
@@ -162,6 +170,40 @@ def test_metrics_to_dict() -> None:
     )
     assert out["per_class_iou"] == {"a": pytest.approx(5 / 6), "b": pytest.approx(2 / 3), "c": None}
     assert out["confusion_matrix"] == confmat.tolist() and out["miou"] == pytest.approx(0.6)
+
+
+def test_metrics_from_confusion_by_hand() -> None:
+    """IoU, mIoU, support-weighted IoU and macro F1 of a confusion matrix worked out by hand, and
+    the same numbers from the training loop's torchmetrics collection on the pixels behind it."""
+    # Rows target, columns prediction. Class 2 is ignored (no target pixels, predicted once);
+    # class 3 never occurs.
+    cm = [[8, 1, 0, 0], [2, 3, 1, 0], [0, 0, 0, 0], [0, 0, 0, 0]]
+    names = ["a", "b", "ignored", "absent"]
+    got = metrics_from_confusion(np.array(cm), names, ignore_index=2)
+    # tp = (8, 3, 0, 0), target pixels (9, 6, 0, 0), predicted pixels (10, 4, 1, 0)
+    iou_a, iou_b = 8 / (10 + 9 - 8), 3 / (4 + 6 - 3)
+    assert got["per_class_iou"] == {
+        "a": pytest.approx(iou_a),
+        "b": pytest.approx(iou_b),
+        "ignored": None,
+        "absent": None,
+    }
+    assert got["miou"] == pytest.approx((iou_a + iou_b) / 2)
+    assert got["weighted_iou"] == pytest.approx((9 * iou_a + 6 * iou_b) / 15)
+    # F1 = 2 tp / (2 tp + fn + fp): a 16 / 19, b 6 / 10, the predicted ignored class 0 (counted,
+    # as torchmetrics counts every class with tp + fp + fn > 0); the absent class is left out.
+    assert got["f1"] == pytest.approx((16 / 19 + 6 / 10 + 0) / 3)
+    assert got["confusion_matrix"] == cm
+
+    # The pixels behind the matrix, plus ignored-target pixels that must not count.
+    pairs = [(t, p) for t, row in enumerate(cm) for p, n in enumerate(row) for _ in range(n)]
+    target = np.array([t for t, _ in pairs] + [2, 2])
+    pred = np.array([p for _, p in pairs] + [0, 1])
+    assert confusion_counts(pred, target, 4, ignore_index=2).tolist() == cm
+    loop = build_metrics(4, ignore_index=2)
+    loop.update(torch.from_numpy(pred), torch.from_numpy(target))
+    expected = metrics_to_dict(loop.compute(), names, ignore_index=2)
+    assert expected == got  # bit-identical to torchmetrics' own reductions
 
 
 def test_fusion_head_trains_from_cached_features_and_pixels() -> None:
