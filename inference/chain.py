@@ -387,6 +387,9 @@ def _register(settings: ChainSettings, s: Session, obj: ListedObject) -> tuple[i
 def process(settings: ChainSettings, execution_id: str) -> dict[str, Any]:
     """Discover, register and validate new inputs; write the run's manifest. See the module doc."""
     configure_storage(settings)
+    url = settings.resolved_ledger_url()
+    if retry.call(lambda: db.ensure_schema(url), "bring the ledger schema to head"):
+        log.info("ledger migrated to %s", ", ".join(db.head_revisions()))
     pointer = retry.call(lambda: champion(settings), "read the champion pointer")
     version = str(pointer["version"])
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -155,6 +156,42 @@ def migrate(url: str | sa.URL | None = None, revision: str = "head") -> None:
     config = alembic_config(url)
     log.info("migrating ledger %s to %s", redact_url(config.attributes["url"]), revision)
     command.upgrade(config, revision)
+
+
+#: Postgres advisory-lock key held while a process step migrates (overlapping runs wait for it).
+MIGRATION_LOCK_KEY = 0x4C414E44  # "LAND"
+_MIGRATION_THREAD_LOCK = threading.Lock()
+
+
+def ensure_schema(url: str | sa.URL | None = None) -> bool:
+    """Migrate the ledger at ``url`` to head unless it is there already; True when it migrated.
+
+    The ``process`` step calls it at the start of every run, so a fresh RDS ledger gets its
+    schema on the first run and a new image's migrations apply on its first run (one query when
+    nothing is to do). On Postgres an advisory lock serialises overlapping runs' migrations.
+    """
+    heads = set(head_revisions())
+    if current_revision(url) in heads:
+        return False
+    resolved = resolve_url(url)
+    if not resolved.startswith("postgresql"):  # the embedded SQLite ledger: one host, one lock
+        with _MIGRATION_THREAD_LOCK:
+            if current_revision(resolved) in heads:
+                return False
+            migrate(resolved)
+        return True
+    engine = sa.create_engine(resolved, poolclass=sa.pool.NullPool)
+    try:
+        with engine.connect() as conn:
+            conn.execute(sa.text("SELECT pg_advisory_lock(:k)"), {"k": MIGRATION_LOCK_KEY})
+            try:
+                if current_revision(resolved) not in heads:  # another run may have migrated meanwhile
+                    migrate(resolved)
+            finally:
+                conn.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": MIGRATION_LOCK_KEY})
+    finally:
+        engine.dispose()
+    return True
 
 
 def downgrade(url: str | sa.URL | None = None, revision: str = "base") -> None:

@@ -182,3 +182,14 @@ def test_offline_sql_for_postgres_needs_no_database() -> None:
 
 def test_redact_url_hides_the_password() -> None:
     assert "secret" not in db.redact_url("postgresql+psycopg2://u:secret@h/db")
+
+
+def test_ensure_schema_migrates_once_and_overlapping_callers_agree(fresh_url: str) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    assert db.current_revision(fresh_url) is None
+    with ThreadPoolExecutor(3) as pool:  # three runs starting on a fresh ledger at once
+        migrated = list(pool.map(lambda _: db.ensure_schema(fresh_url), range(3)))
+    assert any(migrated)
+    assert db.current_revision(fresh_url) in db.head_revisions()
+    assert db.ensure_schema(fresh_url) is False  # at head: nothing to do
