@@ -21,6 +21,7 @@ import numpy as np
 from inference.runtime import Predictor, default_num_threads
 from inference.runtime_cpu import detect_cpu
 from inference.settings import ChainDefaults
+from training.artifacts import METRICS_NAME
 
 __all__ = [
     "WHOLE_SCENE",
@@ -112,7 +113,7 @@ def block_sizing(
     if throughput is None or not memory_mb:
         return BlockSizing(
             WHOLE_SCENE,
-            "one block per scene: the champion has no measured throughput (metrics.json 'throughput', "
+            f"one block per scene: the champion has no measured throughput ({METRICS_NAME} 'throughput', "
             "written by the training pipeline's served-path evaluation) or no infer memory is set; set "
             "inference.block_chips (BLOCK_CHIPS) or register the model again to predict in blocks",
         )

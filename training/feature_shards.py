@@ -23,7 +23,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from training import storage
+from training import artifacts, storage
 from training.data.chesapeake import SPLITS, SceneRecord
 from training.device import DeviceChoice
 from training.features import ChipRecipe, cache_split
@@ -31,7 +31,7 @@ from training.models.head import ClaySegmenter
 
 log = logging.getLogger(__name__)
 
-MANIFEST_NAME = "manifest.json"
+MANIFEST_NAME = artifacts.FEATURE_MANIFEST_NAME
 
 
 @dataclass(frozen=True)

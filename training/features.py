@@ -26,7 +26,7 @@ from safetensors.torch import load_file, save_file
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from training import storage
+from training import artifacts, storage
 from training.data.chesapeake import SceneRecord
 from training.data.chips import read_scene_chips
 from training.data.naip import normalize
@@ -175,7 +175,7 @@ def cache_split(
     exists once every shard has landed). ``allow_empty`` records a manifest with no chips
     instead of raising (one part of a split, see :mod:`training.feature_shards`).
     """
-    manifest_uri = storage.join(split_uri, "manifest.json")
+    manifest_uri = storage.join(split_uri, artifacts.FEATURE_MANIFEST_NAME)
     if storage.exists(manifest_uri):
         return json.loads(storage.read_text(manifest_uri))
 
@@ -188,7 +188,7 @@ def cache_split(
     def flush() -> None:
         if not pending_feats:
             return
-        uri = storage.join(split_uri, f"shard-{len(shards):05d}.safetensors")
+        uri = storage.join(split_uri, artifacts.shard_name(len(shards)))
         feats = torch.cat(pending_feats).to(torch.float16)
         labels = torch.from_numpy(np.concatenate(pending_labels))
         images = torch.from_numpy(np.concatenate(pending_images))
@@ -285,7 +285,7 @@ class CachedFeatures(Dataset):
         band_jitter: float = 0.0,
         brightness_jitter: float = 0.0,
     ):
-        manifest = json.loads(storage.read_text(storage.join(split_uri, "manifest.json")))
+        manifest = json.loads(storage.read_text(storage.join(split_uri, artifacts.FEATURE_MANIFEST_NAME)))
         parts = [_download_tensors(shard["uri"]) for shard in manifest["shards"]]
         self.features = torch.cat([p["features"] for p in parts])  # (N, [V,] dim, h, w) fp16
         #: Dihedral views encoded per chip (1: the upright chip only).

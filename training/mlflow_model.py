@@ -1,5 +1,6 @@
-"""The served model as an MLflow pyfunc model: ``model.int8.onnx`` behind the inference scene
-predictor, with a signature and an input example.
+"""The served model as an MLflow pyfunc model: the registry version's int8 ONNX model
+(:data:`training.artifacts.ONNX_INT8_NAME`) behind the inference scene predictor, with a
+signature and an input example.
 
 The S3 registry stays the source of truth for serving; this is what the MLflow model registry's
 versions point to, so ``mlflow.pyfunc.load_model("models:/chesapeake-landcover@champion")``
@@ -72,14 +73,14 @@ def log_served_model(onnx_uri: str, tracking_uri: str, run_id: str) -> str:
 
     Returns the logged model's URI (what a model registry version's ``source`` points to).
     """
-    from training import storage
+    from training import artifacts, storage
 
     mlflow.set_tracking_uri(tracking_uri)
     signature, example = model_signature()
     with tempfile.TemporaryDirectory(prefix="mlflow-model-") as tmp:
         local = storage.local_path(str(onnx_uri))
         if local is None:
-            local = Path(storage.download(str(onnx_uri), Path(tmp) / "model.int8.onnx"))
+            local = Path(storage.download(str(onnx_uri), Path(tmp) / artifacts.ONNX_INT8_NAME))
         with mlflow.start_run(run_id=run_id):
             info = mlflow.pyfunc.log_model(
                 name=LOGGED_MODEL_NAME,

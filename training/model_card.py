@@ -12,6 +12,8 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from training import artifacts
+
 DEFAULT_INTENDED_USE = (
     "Per-pixel land-cover segmentation of NAIP 4-band imagery (red, green, blue, nir; uint8; about "
     "1 m GSD) into the 7 Chesapeake classes (0 water, 1 tree canopy, 2 low vegetation, 3 barren, "
@@ -174,8 +176,8 @@ def render_model_card(
     if source:
         lines.append("- Source: `" + json.dumps(dict(source), sort_keys=True, default=str) + "`")
     lines += [
-        "- Files: `model.safetensors` (compact export), `config.yaml` (composed config), "
-        "`metrics.json` (held-out metrics), `version.json` (manifest).",
+        f"- Files: `{artifacts.EXPORT_NAME}` (compact export), `{artifacts.CONFIG_NAME}` (composed config), "
+        f"`{artifacts.METRICS_NAME}` (held-out metrics), `{artifacts.VERSION_MANIFEST_NAME}` (manifest).",
         "",
         "## Data",
         "",

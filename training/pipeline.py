@@ -352,7 +352,7 @@ def train_head(run: Run) -> dict[str, Any]:
     task = _task(cfg, weights, total_steps)
 
     tracker = _tracker(run)
-    tracker.log_dict(stats, "data_stats.json")
+    tracker.log_dict(stats, artifacts.DATA_STATS_NAME)
     tracker.log_params(
         {"data.train_chips": len(train_set), "data.val_chips": len(val_set), "class_weights": weights}
     )
@@ -507,7 +507,7 @@ def evaluate(run: Run) -> dict[str, Any]:
             **{f"test_iou_{k}": v for k, v in metrics["per_class_iou"].items() if v is not None},
         }
     )
-    tracker.log_dict(metrics, "metrics.json")
+    tracker.log_dict(metrics, artifacts.RUN_METRICS_NAME)
     tracker.log_figure(render_confusion_matrix(metrics), "confusion_matrix.png")
     for i, figure in enumerate(render_samples(report, cfg.logging.num_sample_images)):
         tracker.log_figure(figure, f"sample_{i}.png", folder="samples")

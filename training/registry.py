@@ -331,7 +331,7 @@ def register_version(
         raise VersionExistsError(
             f"version {version} of {model_name} is claimed by another writer ({prefix}/{VERSION_CLAIM_NAME}); "
             "versions are immutable: pick another version id, or delete that folder if the writer "
-            "crashed before writing version.json"
+            f"crashed before writing {VERSION_MANIFEST_NAME}"
         ) from exc
 
     export_uri = storage.join(prefix, EXPORT_NAME)

@@ -240,7 +240,7 @@ def open_tracker(cfg: DictConfig, run_uri: str, run_name: str) -> Tracker:
     if tracker.ids() != ids:
         storage.write_text(ids_uri, json.dumps(tracker.ids()))
         tracker.log_params(OmegaConf.to_container(cfg, resolve=True))
-        tracker.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
+        tracker.log_text(OmegaConf.to_yaml(cfg, resolve=True), artifacts.RUN_CONFIG_NAME)
     return tracker
 
 

@@ -162,7 +162,7 @@ def _champion_agreement(registry: str, model_name: str, workdir: Path, runs: int
     # artifacts may predate it): what the dispatcher would serve if it were registered now.
     folder = workdir / "champion" / f"{info['version']}-{recipe_key()}"
     folder.mkdir(parents=True, exist_ok=True)
-    export = folder / "model.safetensors"
+    export = folder / EXPORT_NAME
     if not export.exists():
         storage.download(info["export_uri"], export)
     cpu = detect_cpu()

@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 
-from training import storage
+from training import artifacts, storage
 from training.models.checkpoint import load_strict
 from training.models.clay import ClayConfig, ClayEncoder
 from training.models.head import ClaySegmenter, build_head
@@ -169,7 +169,7 @@ def save_export(
             tmp.unlink(missing_ok=True)
         return uri
     with tempfile.TemporaryDirectory(prefix="export-") as tmpdir:
-        tmp = Path(tmpdir) / "model.safetensors"
+        tmp = Path(tmpdir) / artifacts.EXPORT_NAME
         save_file(tensors, str(tmp), metadata=metadata)
         storage.upload(tmp, uri)
     return uri
