@@ -35,7 +35,16 @@ def terraform() -> str:
 @pytest.fixture(scope="module")
 def initialised(terraform) -> Path:
     mirror = find_provider_mirror()
-    _ok(_run([terraform, "init", "-backend=false", "-input=false", f"-plugin-dir={mirror}"]))
+    # -lockfile=readonly: the committed .terraform.lock.hcl must match the mirror's provider.
+    init = [
+        terraform,
+        "init",
+        "-backend=false",
+        "-input=false",
+        "-lockfile=readonly",
+        f"-plugin-dir={mirror}",
+    ]
+    _ok(_run(init))
     return mirror
 
 
