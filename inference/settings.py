@@ -39,6 +39,11 @@ def onnx_available() -> bool:
     return all(importlib.util.find_spec(m) is not None for m in ("onnxruntime", "inference.runtime_onnx"))
 
 
+#: AWS Lambda on-demand compute list prices in USD per GB-second (us-east-1, first pricing tier), by
+#: the functions' instruction set (``LAMBDA_ARCHITECTURE``; Terraform's ``lambda_architecture``).
+LAMBDA_USD_PER_GB_S: dict[str, float] = {"x86_64": 0.0000166667, "arm64": 0.0000133334}
+
+
 class ChainDefaults(BaseModel):
     """The chain's tunables, each with its one default. Field aliases are the environment names."""
 
@@ -81,13 +86,26 @@ class ChainDefaults(BaseModel):
     # Lambda gives one full vCPU at 1,769 MB, CPU in proportion to memory, and at most 6 vCPUs.
     lambda_mb_per_vcpu: float = Field(1769.0, alias="LAMBDA_MB_PER_VCPU", gt=0.0)
     lambda_max_vcpus: float = Field(6.0, alias="LAMBDA_MAX_VCPUS", gt=0.0)
-    # AWS Lambda x86 on-demand list prices (us-east-1): compute per GB-second, and per request.
-    lambda_usd_per_gb_s: float = Field(0.0000166667, alias="LAMBDA_USD_PER_GB_S", ge=0.0)
+    # The functions' instruction set (Terraform sets it from infra.lambda_architecture); it picks
+    # the compute price from LAMBDA_USD_PER_GB_S above.
+    lambda_architecture: Literal["x86_64", "arm64"] = Field("x86_64", alias="LAMBDA_ARCHITECTURE")
+    # An explicit compute price per GB-second (another region, a savings plan); None: the list
+    # price of lambda_architecture. Read it through lambda_usd_per_gb_s.
+    lambda_usd_per_gb_s_override: float | None = Field(None, alias="LAMBDA_USD_PER_GB_S", ge=0.0)
+    # AWS Lambda on-demand list price per request (us-east-1; the same on x86_64 and arm64).
     lambda_usd_per_request: float = Field(0.0000002, alias="LAMBDA_USD_PER_REQUEST", ge=0.0)
     # Runs triggered by new imagery (inference/trigger.py): uploads whose object-created events
     # fall in the same window of this many seconds (aligned to the epoch) start one execution,
     # which waits for the window to close before listing the input prefix.
     trigger_window_s: float = Field(300.0, alias="TRIGGER_WINDOW_S", gt=0.0, le=86400.0)
+
+    @property
+    def lambda_usd_per_gb_s(self) -> float:
+        """Lambda's compute price per GB-second: ``LAMBDA_USD_PER_GB_S`` if set, else the list price
+        of ``lambda_architecture``."""
+        if self.lambda_usd_per_gb_s_override is not None:
+            return self.lambda_usd_per_gb_s_override
+        return LAMBDA_USD_PER_GB_S[self.lambda_architecture]
 
     def lambda_vcpus(self, memory_mb: float) -> float:
         """The CPU share a Lambda function of ``memory_mb`` gets, in vCPUs."""
@@ -207,7 +225,8 @@ def _url_from_secret(secret_arn: str, endpoint_url: str | None) -> str:
 
 def settings_from_config(cfg: Any, **overrides: Any) -> ChainSettings:
     """Map a composed Hydra config (groups ``inference``, ``storage``, ``infra``, ``model_name``) to
-    settings. A tunable the ``inference`` group leaves ``null`` keeps its :class:`ChainDefaults` value."""
+    settings. A tunable the ``inference`` group leaves ``null`` keeps its :class:`ChainDefaults` value;
+    ``infra.backend``/``infra.lambda_architecture`` (what Terraform deploys) apply locally too."""
     inf, store = cfg.inference, cfg.storage
     values: dict[str, Any] = {
         "registry_uri": store.registry_uri,
@@ -216,6 +235,9 @@ def settings_from_config(cfg: Any, **overrides: Any) -> ChainSettings:
         "aws_region": store.s3.region,
         "infer_memory_mb": cfg.infra.infer_memory_mb,
         "infer_timeout_s": cfg.infra.infer_timeout_s,
+        # What the deployment serves with and runs on (Terraform's BACKEND, LAMBDA_ARCHITECTURE).
+        "backend": cfg.infra.get("backend"),
+        "lambda_architecture": cfg.infra.get("lambda_architecture"),
     }
     for key in ChainSettings.model_fields:
         if key in inf:

@@ -9,6 +9,11 @@
 # are found. Credentials come from the environment/profile, or from setup/.secrets (a .env
 # file, see the README); none are written anywhere. Terraform prompts before changing AWS
 # unless AUTO_APPROVE=1. Extra Hydra overrides for the tfvars: ARGS="infra.project=acme".
+#
+# Terraform state is local (inference/tf/terraform.tfstate) unless TF_STATE_BUCKET names an S3
+# bucket: then the state is s3://$TF_STATE_BUCKET/$TF_STATE_KEY (default <project>/inference.tfstate)
+# in TF_STATE_REGION (default the stack's region), encrypted, locked by an S3 lock file
+# (use_lockfile, Terraform >= 1.10; no DynamoDB table). See inference/tf/README.md.
 set -euo pipefail
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -63,9 +68,62 @@ require_tool() {
   command -v "$1" >/dev/null 2>&1 || refuse "'$1' is not installed; $2"
 }
 
+# A key of the rendered tfvars ($2 when it is absent).
+tfvar() {
+  "$PY" - "$TFVARS" "$1" "${2:-}" <<'PY'
+import json, sys
+print(json.load(open(sys.argv[1])).get(sys.argv[2], sys.argv[3]))
+PY
+}
+
+# With TF_STATE_BUCKET: the S3 backend's partial configuration (backend_s3.tf, untracked) and its
+# settings (vars/s3.tfbackend), then init against them. Without it: local state.
 terraform_init() {
-  say "terraform init in inference/tf"
-  terraform -chdir="$TF_DIR" init -input=false
+  local backend_tf="$TF_DIR/backend_s3.tf" backend_config="$TF_DIR/vars/s3.tfbackend" key region
+  if [[ -z "${TF_STATE_BUCKET:-}" ]]; then
+    [[ ! -f "$backend_tf" ]] || refuse "inference/tf/backend_s3.tf (written by an earlier run with TF_STATE_BUCKET) keeps the state in S3: set TF_STATE_BUCKET again, or delete the file and run 'terraform -chdir=inference/tf init -migrate-state' to bring the state back to local. Nothing was changed."
+    say "terraform init in inference/tf (local state: inference/tf/terraform.tfstate)"
+    terraform -chdir="$TF_DIR" init -input=false
+    return
+  fi
+  key="${TF_STATE_KEY:-$(tfvar project)/inference.tfstate}"
+  region="${TF_STATE_REGION:-$(tfvar aws_region us-east-1)}"
+  mkdir -p "$(dirname "$backend_config")"
+  printf '# Written by setup/infra.sh (TF_STATE_BUCKET is set). Local state is the default.\nterraform {\n  backend "s3" {}\n}\n' >"$backend_tf"
+  printf 'bucket       = "%s"\nkey          = "%s"\nregion       = "%s"\nencrypt      = true\nuse_lockfile = true\n' \
+    "$TF_STATE_BUCKET" "$key" "$region" >"$backend_config"
+  say "terraform init in inference/tf (state: s3://$TF_STATE_BUCKET/$key in $region, S3 lock file)"
+  terraform -chdir="$TF_DIR" init -input=false -backend-config="$backend_config"
+}
+
+# Lambda's instruction set -> docker's platform.
+image_platform() {
+  case "$1" in
+    x86_64) echo linux/amd64 ;;
+    arm64) echo linux/arm64 ;;
+    *) refuse "lambda_architecture must be x86_64 or arm64, got '$1'" ;;
+  esac
+}
+
+# Build the Lambda image for the functions' architecture and push it. --provenance=false: BuildKit
+# would otherwise push an OCI image index with an attestation manifest, which Lambda rejects.
+build_and_push() {
+  local image="$1" arch="$2" platform
+  platform="$(image_platform "$arch")"
+  say "Building and pushing $image ($arch, $platform)"
+  docker build --platform "$platform" --provenance=false --build-arg LAMBDA_ARCH="$arch" \
+    -f "$REPO_ROOT/inference/Dockerfile" -t "$image" "$REPO_ROOT"
+  docker push "$image"
+}
+
+ecr_login() {
+  say "Logging docker in to ${1%%/*}"
+  "$PY" - "$1" <<'PY' | docker login --username AWS --password-stdin "${1%%/*}"
+import base64, sys
+import boto3
+token = boto3.client("ecr").get_authorization_token()["authorizationData"][0]["authorizationToken"]
+print(base64.b64decode(token).decode().split(":", 1)[1])
+PY
 }
 
 approve_flag() {
@@ -83,7 +141,8 @@ cmd_setup() {
   echo "  1. check AWS credentials (refuse without them)"
   echo "  2. render inference/tf/vars/inference.tfvars.json from setup/conf (image_tag=$tag) ${ARGS:+with $ARGS}"
   echo "  3. terraform init, then create only the KMS key and the ECR repository (-target=module.ecr)"
-  echo "  4. docker build -f inference/Dockerfile and push the image as <repository>:$tag"
+  echo "  4. docker build -f inference/Dockerfile --platform <infra.lambda_architecture: linux/amd64 | linux/arm64>"
+  echo "     --provenance=false and push the image as <repository>:$tag"
   require_credentials
   require_tool terraform "install Terraform >= 1.11"
   require_tool docker "building the Lambda image needs a Docker engine"
@@ -94,16 +153,8 @@ cmd_setup() {
   # shellcheck disable=SC2046
   terraform -chdir="$TF_DIR" apply -input=false -var-file="$TFVARS" -target=module.ecr $(approve_flag)
   image_repo="$(tf_output ecr_repository_url)"
-  say "Logging docker in to ${image_repo%%/*}"
-  "$PY" - "$image_repo" <<'PY' | docker login --username AWS --password-stdin "${image_repo%%/*}"
-import base64, sys
-import boto3
-token = boto3.client("ecr").get_authorization_token()["authorizationData"][0]["authorizationToken"]
-print(base64.b64decode(token).decode().split(":", 1)[1])
-PY
-  say "Building and pushing $image_repo:$tag"
-  docker build -f "$REPO_ROOT/inference/Dockerfile" -t "$image_repo:$tag" "$REPO_ROOT"
-  docker push "$image_repo:$tag"
+  ecr_login "$image_repo"
+  build_and_push "$image_repo:$tag" "$(tfvar lambda_architecture x86_64)"
   say "Done. Next: make provision_inference_infra"
 }
 
@@ -139,12 +190,19 @@ cmd_clean() {
   say "Destroyed."
 }
 
-case "${1:-}" in
-  setup) cmd_setup ;;
-  provision) cmd_provision ;;
-  clean) cmd_clean ;;
-  *)
-    echo "usage: $0 setup|provision|clean" >&2
-    exit 64
-    ;;
-esac
+main() {
+  case "${1:-}" in
+    setup) cmd_setup ;;
+    provision) cmd_provision ;;
+    clean) cmd_clean ;;
+    *)
+      echo "usage: $0 setup|provision|clean" >&2
+      exit 64
+      ;;
+  esac
+}
+
+# Sourced (tests/infra/test_terraform.py), it only defines the functions.
+if [[ "${BASH_SOURCE[0]}" == "$0" ]]; then
+  main "$@"
+fi

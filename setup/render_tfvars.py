@@ -4,9 +4,9 @@
 
 Composes ``setup/conf`` (with ``storage=s3``: the cloud stack keeps the registry in S3) and writes
 ``inference/tf/vars/inference.tfvars.json``. Keys come from the ``infra`` group (project, region,
-schedule, RDS/access switches), ``inference`` (chain settings -> Lambda env) and ``model_name``.
-``null`` values are left out so Terraform's (or the chain's) defaults apply. No credentials are
-read or written.
+schedule, backend, Lambda architecture, RDS/access switches), ``inference`` (chain settings ->
+Lambda env) and ``model_name``. ``null`` values are left out so Terraform's (or the chain's)
+defaults apply. No credentials are read or written.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ INFRA_KEYS = (
     "schedule_timezone",
     "schedule_enabled",
     "backend",
+    "lambda_architecture",
     "infer_memory_mb",
     "infer_timeout_s",
     "enable_rds",

@@ -251,6 +251,7 @@ def _lambda_cost(s_per_km2: float, peak_rss_bytes: int, cores: int) -> dict[str,
     return {
         "memory_mb": memory_mb,
         "memory_needed_mb": need_mb,
+        "architecture": DEFAULTS.lambda_architecture,
         "usd_per_gb_s": DEFAULTS.lambda_usd_per_gb_s,
         "s_per_km2_here": s_per_km2,
         "usd_per_km2_same_cpu": naive,
@@ -763,7 +764,9 @@ def render(report: dict[str, Any]) -> str:
     out.append("")
     c = report["lambda_cost"]["optimized"]
     e = report["lambda_cost"]["eager_fp32"]
-    out.append(f"## 4. Lambda cost ({c['preset']}, x86 ${c['usd_per_gb_s']}/GB-s; basis: {c['basis']})")
+    out.append(
+        f"## 4. Lambda cost ({c['preset']}, {c['architecture']} ${c['usd_per_gb_s']}/GB-s; basis: {c['basis']})"
+    )
     out.append(
         f"  served: {c['memory_mb']} MB, {c['s_per_km2_here']:.1f} s/km² here -> {c['lambda_s_per_km2']:.1f} s/km² on "
         f"{c['lambda_vcpu']:.2f} vCPU -> ${c['usd_per_km2']:.5f}/km² (${c['usd_per_1000_km2']:.2f} per 1000 km²; "

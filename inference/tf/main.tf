@@ -125,15 +125,16 @@ locals {
   # ChainSettings, shared by every function. Blocks are sized for the infer function's budget.
   environment = merge(
     {
-      INFER_MEMORY_MB = tostring(var.infer_memory_mb)
-      INFER_TIMEOUT_S = tostring(var.infer_timeout_s)
-      INPUT_URI       = "s3://${local.bucket_names.data}/${var.input_prefix}"
-      OUTPUT_URI      = "s3://${local.bucket_names.predictions}/${var.output_prefix}"
-      MANIFEST_URI    = "s3://${local.bucket_names.predictions}/${trimsuffix(var.manifest_prefix, "/")}"
-      REGISTRY_URI    = "s3://${local.bucket_names.registry}"
-      MODEL_NAME      = var.model_name
-      BACKEND         = var.backend
-      MODEL_CACHE_DIR = "/tmp/model"
+      INFER_MEMORY_MB     = tostring(var.infer_memory_mb)
+      INFER_TIMEOUT_S     = tostring(var.infer_timeout_s)
+      INPUT_URI           = "s3://${local.bucket_names.data}/${var.input_prefix}"
+      OUTPUT_URI          = "s3://${local.bucket_names.predictions}/${var.output_prefix}"
+      MANIFEST_URI        = "s3://${local.bucket_names.predictions}/${trimsuffix(var.manifest_prefix, "/")}"
+      REGISTRY_URI        = "s3://${local.bucket_names.registry}"
+      MODEL_NAME          = var.model_name
+      BACKEND             = var.backend
+      LAMBDA_ARCHITECTURE = var.lambda_architecture
+      MODEL_CACHE_DIR     = "/tmp/model"
     },
     local.ledger_secret_arn == null ? {} : { LEDGER_SECRET_ARN = local.ledger_secret_arn },
     var.chain_settings,

@@ -92,10 +92,17 @@ variable "image_tag" {
   default     = "latest"
 }
 
+# Its home is the Hydra config (infra.lambda_architecture), which `make setup_inference_infra`
+# renders into tfvars and builds the image for (docker build --platform linux/amd64 | linux/arm64).
 variable "lambda_architecture" {
-  description = "Instruction set of the image: x86_64 or arm64."
+  description = "Instruction set of every function and of the image: x86_64 or arm64 (Graviton); also LAMBDA_ARCHITECTURE, which prices GB-seconds."
   type        = string
   default     = "x86_64"
+
+  validation {
+    condition     = contains(["x86_64", "arm64"], var.lambda_architecture)
+    error_message = "lambda_architecture must be x86_64 or arm64 (Lambda's two instruction sets)."
+  }
 }
 
 variable "process_memory_mb" {
@@ -183,14 +190,16 @@ variable "model_name" {
   type        = string
 }
 
+# The values of inference.settings.ChainDefaults.backend; its home is the Hydra config
+# (infra.backend), rendered into tfvars (tests/infra/test_terraform.py checks all three agree).
 variable "backend" {
-  description = "Inference backend (BACKEND): onnx or torch."
+  description = "Inference backend (BACKEND): auto (the fastest path this CPU, image and champion allow: OpenVINO or ONNX Runtime int8), onnx (ONNX Runtime only) or torch (fp32)."
   type        = string
-  default     = "onnx"
+  default     = "auto"
 
   validation {
-    condition     = contains(["onnx", "torch"], var.backend)
-    error_message = "backend must be onnx or torch."
+    condition     = contains(["auto", "onnx", "torch"], var.backend)
+    error_message = "backend must be auto, onnx or torch (inference.settings.ChainDefaults.backend)."
   }
 }
 

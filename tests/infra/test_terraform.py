@@ -140,9 +140,19 @@ def checkov_run(iac_tools) -> Iterator[subprocess.Popen]:
 
 @pytest.fixture(scope="module")
 def initialised(terraform, checkov_run) -> Path:
-    """`terraform init` of inference/tf from the local mirror only (no backend, no network)."""
+    """`terraform init` of inference/tf from the local mirror only (no backend, no network), against
+    the committed .terraform.lock.hcl (read-only: a provider that does not match it fails)."""
     mirror = find_provider_mirror()
-    _ok(_run([terraform, "init", "-backend=false", "-input=false", f"-plugin-dir={mirror}"]))
+    # -lockfile=readonly: the committed .terraform.lock.hcl must match the mirror's provider.
+    init = [
+        terraform,
+        "init",
+        "-backend=false",
+        "-input=false",
+        "-lockfile=readonly",
+        f"-plugin-dir={mirror}",
+    ]
+    _ok(_run(init))
     return mirror
 
 
@@ -299,6 +309,162 @@ def test_tfvars_carry_triggers_and_notices(tmp_path) -> None:
     assert "trigger_window_s" not in render_tfvars.render([])  # null: the chain's default
 
 
+def _variable_block(name: str) -> str:
+    text = (TF_DIR / "variables.tf").read_text()
+    match = re.search(rf'^variable "{name}" {{\n(.*?)^}}', text, flags=re.M | re.S)
+    assert match, f"variables.tf has no variable {name}"
+    return match.group(1)
+
+
+def _variable_default_and_values(name: str) -> tuple[str, list[str]]:
+    """A string variable's default and the values its contains([...], var.x) validation accepts."""
+    block = _variable_block(name)
+    default = re.search(r'^\s*default\s*=\s*"([^"]*)"', block, flags=re.M)
+    allowed = re.search(rf"contains\(\[([^\]]*)\],\s*var\.{name}\)", block)
+    assert default and allowed, f"variable {name} needs a string default and a contains() validation"
+    return default.group(1), re.findall(r'"([^"]*)"', allowed.group(1))
+
+
+@pytest.mark.parametrize(
+    ("variable", "field"), [("backend", "backend"), ("lambda_architecture", "lambda_architecture")]
+)
+def test_backend_and_architecture_agree_everywhere(variable, field) -> None:
+    """The Hydra config's value (the one home), Terraform's default and ChainDefaults' default are one
+    value, and Terraform accepts exactly the values the chain's settings accept."""
+    import typing
+
+    from inference.settings import DEFAULTS, ChainDefaults
+
+    default, allowed = _variable_default_and_values(variable)
+    assert default == compose().infra[variable] == getattr(DEFAULTS, field)
+    assert sorted(allowed) == sorted(typing.get_args(ChainDefaults.model_fields[field].annotation))
+
+
+def test_backend_defaults_to_the_dispatcher() -> None:
+    """BACKEND=auto lets inference.runtime_cpu pick OpenVINO where it is fastest; onnx never would."""
+    assert compose().infra.backend == "auto"
+    assert _variable_default_and_values("backend")[0] == "auto"
+
+
+def test_tfvars_carry_backend_and_architecture() -> None:
+    sys.path.insert(0, str(REPO_ROOT / "setup"))
+    import render_tfvars
+
+    default = render_tfvars.render([])
+    assert (default["backend"], default["lambda_architecture"]) == ("auto", "x86_64")
+    assert "BACKEND" not in default["chain_settings"]  # one variable carries it, not two
+    arm = render_tfvars.render(["infra.lambda_architecture=arm64", "infra.backend=onnx"])
+    assert (arm["backend"], arm["lambda_architecture"]) == ("onnx", "arm64")
+
+
+# --- setup/infra.sh with fake docker and terraform -------------------------------------------------
+
+FAKE_TOOL = """#!/usr/bin/env bash
+printf '%s\\n' "$(basename "$0") $*" >> "$TOOL_LOG"
+if [[ "$(basename "$0")" == terraform && " $* " == *" output "* ]]; then
+  echo 123456789012.dkr.ecr.us-east-1.amazonaws.com/acme-lc
+fi
+"""
+
+
+def _infra_sh(tmp_path: Path, body: str, **env: str) -> tuple[subprocess.CompletedProcess, list[str]]:
+    """Source setup/infra.sh (functions only), stub credentials and ECR login, run ``body`` with fake
+    ``docker`` and ``terraform`` on PATH that record their arguments; the tfvars and the Terraform
+    folder are under ``tmp_path``, never the checkout's."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    for tool in ("docker", "terraform"):
+        (bin_dir / tool).write_text(FAKE_TOOL)
+        (bin_dir / tool).chmod(0o755)
+    log = tmp_path / "tools.log"
+    log.write_text("")
+    script = f"""
+source setup/infra.sh
+require_credentials() {{ :; }}
+require_tool() {{ :; }}
+ecr_login() {{ echo "docker login $1" >> "$TOOL_LOG"; }}
+TF_DIR="{tmp_path / "tf"}"
+TFVARS="{tmp_path / "tf" / "vars" / "inference.tfvars.json"}"
+{body}
+"""
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "TF_STATE_"))}
+    full_env.update(PATH=f"{bin_dir}:{os.environ['PATH']}", PY=sys.executable, TOOL_LOG=str(log), **env)
+    proc = subprocess.run(
+        ["bash", "-c", script], cwd=REPO_ROOT, env=full_env, capture_output=True, text=True, timeout=180
+    )
+    return proc, log.read_text().splitlines()
+
+
+@pytest.mark.parametrize(("arch", "platform"), [("x86_64", "linux/amd64"), ("arm64", "linux/arm64")])
+def test_infra_setup_builds_the_image_for_the_configured_architecture(arch, platform, tmp_path) -> None:
+    """make setup_inference_infra: infra.lambda_architecture -> tfvars -> docker build --platform, and
+    --provenance=false (Lambda rejects an image index with an attestation manifest)."""
+    proc, calls = _infra_sh(
+        tmp_path, "cmd_setup", ARGS=f"infra.project=acme-lc infra.lambda_architecture={arch}"
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    tfvars = json.loads((tmp_path / "tf" / "vars" / "inference.tfvars.json").read_text())
+    assert tfvars["lambda_architecture"] == arch
+    (build,) = [c.split() for c in calls if c.startswith("docker build ")]
+    assert build[build.index("--platform") + 1] == platform
+    assert "--provenance=false" in build
+    assert build[build.index("--build-arg") + 1] == f"LAMBDA_ARCH={arch}"
+    tag = build[build.index("-t") + 1]
+    assert tag.startswith("123456789012.dkr.ecr.us-east-1.amazonaws.com/acme-lc:")
+    assert calls[-1] == f"docker push {tag}"
+    assert not (tmp_path / "tf" / "backend_s3.tf").exists()  # local state unless TF_STATE_BUCKET
+
+
+def test_infra_refuses_an_unknown_architecture(tmp_path) -> None:
+    proc, calls = _infra_sh(tmp_path, "build_and_push repo:tag aarch64")
+    assert proc.returncode == 2 and "x86_64 or arm64" in proc.stderr
+    assert not any(c.startswith("docker build") for c in calls)
+
+
+def _write_tfvars(tmp_path: Path) -> None:
+    (tmp_path / "tf" / "vars").mkdir(parents=True)
+    (tmp_path / "tf" / "vars" / "inference.tfvars.json").write_text(
+        json.dumps({"project": "acme-lc", "aws_region": "eu-west-1"})
+    )
+
+
+def test_infra_init_keeps_local_state_by_default(tmp_path) -> None:
+    _write_tfvars(tmp_path)
+    proc, calls = _infra_sh(tmp_path, "terraform_init")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert calls == [f"terraform -chdir={tmp_path / 'tf'} init -input=false"]
+    assert not (tmp_path / "tf" / "backend_s3.tf").exists()
+
+
+def test_infra_init_uses_s3_state_with_a_lock_file(tmp_path) -> None:
+    _write_tfvars(tmp_path)
+    proc, calls = _infra_sh(tmp_path, "terraform_init", TF_STATE_BUCKET="acme-tfstate")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    config = tmp_path / "tf" / "vars" / "s3.tfbackend"
+    assert calls == [f"terraform -chdir={tmp_path / 'tf'} init -input=false -backend-config={config}"]
+    assert re.search(r'backend "s3" \{\}', (tmp_path / "tf" / "backend_s3.tf").read_text())
+    settings = dict(
+        (k.strip(), v.strip().strip('"'))
+        for k, v in (line.split("=", 1) for line in config.read_text().splitlines())
+    )
+    assert settings == {
+        "bucket": "acme-tfstate",
+        "key": "acme-lc/inference.tfstate",
+        "region": "eu-west-1",
+        "encrypt": "true",
+        "use_lockfile": "true",
+    }
+    # Later, without TF_STATE_BUCKET, it refuses rather than init a second, empty local state.
+    proc, calls = _infra_sh(tmp_path, "terraform_init")
+    assert proc.returncode == 2 and "TF_STATE_BUCKET" in proc.stderr
+    assert calls == []
+
+
+def test_infra_sh_only_defines_functions_when_sourced(tmp_path) -> None:
+    proc, calls = _infra_sh(tmp_path, "true")
+    assert proc.returncode == 0 and "usage" not in proc.stderr and calls == []
+
+
 @pytest.mark.parametrize("action", ["setup", "provision", "clean"])
 def test_make_targets_refuse_without_credentials(action, tmp_path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
@@ -364,7 +530,11 @@ def test_apply_and_destroy_against_moto(terraform, tmp_path) -> None:
 
     mirror = find_provider_mirror()
     work = tmp_path / "tf"
-    shutil.copytree(TF_DIR, work, ignore=shutil.ignore_patterns(".terraform*", "*.tfstate*", "tests", "vars"))
+    shutil.copytree(
+        TF_DIR,
+        work,
+        ignore=shutil.ignore_patterns(".terraform", "*.tfstate*", "tests", "vars", "backend_s3.tf"),
+    )
     project = f"lc-apply-{uuid.uuid4().hex[:6]}"
     tfvars = {
         "project": project,
@@ -384,7 +554,8 @@ def test_apply_and_destroy_against_moto(terraform, tmp_path) -> None:
             % {"blocks": _provider_block(None, endpoint) + _provider_block("secrets", endpoint)}
         )
         env = _tf_env()
-        _ok(_run([terraform, "init", "-input=false", f"-plugin-dir={mirror}"], cwd=work, env=env))
+        init = [terraform, "init", "-input=false", "-lockfile=readonly", f"-plugin-dir={mirror}"]
+        _ok(_run(init, cwd=work, env=env))
 
         start = time.monotonic()
         _ok(

@@ -147,6 +147,16 @@ run "default_stack" {
     ])])
     error_message = "Every function needs the ChainSettings environment."
   }
+  # What the dispatcher picks is what is served: BACKEND=auto (OpenVINO or ONNX Runtime by CPU), and
+  # the default x86_64 functions price their GB-seconds as x86_64.
+  assert {
+    condition     = alltrue([for k, env in module.lambda.environments : env["BACKEND"] == "auto" && env["LAMBDA_ARCHITECTURE"] == "x86_64"])
+    error_message = "By default every function must serve BACKEND=auto and see LAMBDA_ARCHITECTURE=x86_64."
+  }
+  assert {
+    condition     = alltrue([for k, a in module.lambda.architectures : a == tolist(["x86_64"])]) && module.trigger.architectures == tolist(["x86_64"])
+    error_message = "By default every function (the trigger's too) runs on x86_64."
+  }
   assert {
     condition     = module.lambda.environments["infer"]["LEDGER_SECRET_ARN"] == module.rds[0].secret_arn
     error_message = "Functions must read the generated ledger secret."
@@ -424,6 +434,48 @@ run "notice_subscriptions_reject_other_protocols" {
   }
 
   expect_failures = [var.notice_subscriptions]
+}
+
+run "arm64_functions_and_onnx_backend" {
+  command = plan
+
+  variables {
+    lambda_architecture = "arm64"
+    backend             = "onnx"
+  }
+
+  assert {
+    condition     = length(module.lambda.architectures) == 6 && alltrue([for k, a in module.lambda.architectures : a == tolist(["arm64"])])
+    error_message = "lambda_architecture = arm64 must put every chain function on arm64."
+  }
+  assert {
+    condition     = module.trigger.architectures == tolist(["arm64"])
+    error_message = "The trigger runs the same image, so it must be arm64 too."
+  }
+  assert {
+    condition     = alltrue([for k, env in module.lambda.environments : env["LAMBDA_ARCHITECTURE"] == "arm64" && env["BACKEND"] == "onnx"])
+    error_message = "Every function must see LAMBDA_ARCHITECTURE=arm64 (its GB-second price) and the configured BACKEND."
+  }
+}
+
+run "backend_rejects_unknown_values" {
+  command = plan
+
+  variables {
+    backend = "openvino" # not a ChainDefaults.backend value: auto picks OpenVINO where it is fastest
+  }
+
+  expect_failures = [var.backend]
+}
+
+run "lambda_architecture_rejects_unknown_values" {
+  command = plan
+
+  variables {
+    lambda_architecture = "aarch64" # Lambda spells it arm64
+  }
+
+  expect_failures = [var.lambda_architecture]
 }
 
 run "without_rds_uses_the_given_secret" {

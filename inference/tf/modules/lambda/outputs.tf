@@ -27,3 +27,8 @@ output "vpc_subnet_ids" {
   description = "Subnets of each function's VPC config, by key."
   value       = { for k, f in aws_lambda_function.this : k => f.vpc_config[0].subnet_ids }
 }
+
+output "architectures" {
+  description = "Instruction sets of each function (lambda_architecture), by key."
+  value       = { for k, f in aws_lambda_function.this : k => f.architectures }
+}

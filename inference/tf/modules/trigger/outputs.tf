@@ -18,6 +18,11 @@ output "environment" {
   value       = aws_lambda_function.trigger.environment[0].variables
 }
 
+output "architectures" {
+  description = "The trigger function's instruction set (the image's, lambda_architecture)."
+  value       = aws_lambda_function.trigger.architectures
+}
+
 output "vpc_configured" {
   description = "Whether the function has a VPC config (it should not: it touches no data)."
   value       = length(aws_lambda_function.trigger.vpc_config) > 0
