@@ -973,7 +973,8 @@ def record_failure(
         )
     except retry.TransientFaultError as exc:
         # The ledger stayed unreachable: the run stays "running" until its deadline, when the next
-        # process closes it as abandoned. Raised so the state machine's Retry can try again.
+        # process closes it as abandoned. Raised to the state machine, which does not retry it (this
+        # layer spent the budget on it) and goes on to the notice.
         log.error("could not record the failure of %s in the ledger: %s", execution_id, exc)
         raise
     return {"execution_id": execution_id, "status": status, "error": text}

@@ -1,13 +1,23 @@
-"""Retries of transient faults inside the handlers, within the time the Lambda has left.
+"""Retries of ledger-database outages inside the handlers, within the time the Lambda has left.
 
-A database that restarts, a connection the network resets, S3 throttling or a 5xx are faults
-that a moment's wait cures; everything else (a bad input, a bug, a missing object) is raised at
-once. :func:`call` retries a callable with exponential backoff and full jitter until it
-succeeds, raises a non-transient error, or the time budget runs out; it then raises the last
-error as :class:`TransientFaultError`, whose message says what was retried and for how long.
+One layer per fault class, so the budgets add up instead of multiplying (README: "Faults: which
+layer retries what"):
 
-The budget is the Lambda's remaining time less a margin, set once per call by the handler with
-:func:`time_budget` (the local runner's context reports the same 900 s a Lambda has).
+- **botocore** (:data:`training.storage.BOTO_CONFIG`) retries the faults of one AWS API call
+  (throttling, 5xx, dropped or timed-out connections), for boto3 clients and s3fs alike. Its
+  final error is not retried here: :func:`is_transient` is False for anything botocore raised.
+- **this module** retries what no call below it retries: a ledger database that restarts or a
+  connection the network resets (SQLAlchemy's operational, interface and pool-timeout errors,
+  and connection errors outside botocore). :func:`call` retries a callable with exponential
+  backoff and full jitter until it succeeds, raises a non-transient error, or the time budget
+  runs out; it then raises the last error as :class:`TransientFaultError`.
+- **the state machine's Retry** (:data:`STATE_MACHINE_RETRIED_ERRORS`) re-runs a task for the
+  Lambda service's errors and task timeouts only, never for a handler's own error, so a
+  :class:`TransientFaultError` (the budget here is spent) fails the task to its Catch; the
+  ledger's leases and attempt counts let the next run pick the work up.
+
+The budget is the Lambda's remaining time less :data:`SAFETY_MARGIN_S`, set once per call by the
+handler with :func:`time_budget` (the local runner's context reports the same 900 s a Lambda has).
 """
 
 from __future__ import annotations
@@ -31,32 +41,15 @@ DEFAULT_BUDGET_S = 900.0
 FIRST_WAIT_S = 0.5
 MAX_WAIT_S = 15.0
 
-_THROTTLE_CODES = frozenset(
-    {
-        "Throttling",
-        "ThrottlingException",
-        "ThrottledException",
-        "RequestThrottled",
-        "RequestThrottledException",
-        "SlowDown",
-        "TooManyRequestsException",
-        "ProvisionedThroughputExceededException",
-        "RequestLimitExceeded",
-        "RequestTimeout",
-        "RequestTimeoutException",
-        "InternalError",
-        "InternalFailure",
-        "ServiceUnavailable",
-        "ServiceUnavailableException",
-    }
-)
-_TRANSIENT_WORDS = (
-    "slow down",
-    "slowdown",
-    "throttl",
-    "service unavailable",
-    "internal error",
-    "reduce your request",
+#: Error names the state machine's Retry re-runs a task for (every Task state's one Retry
+#: block in inference/statemachine/pipeline.asl.json; tests/inference/test_retry_layers.py
+#: checks they match and that none is an error a layer inside already retried).
+STATE_MACHINE_RETRIED_ERRORS = (
+    "Lambda.ServiceException",
+    "Lambda.AWSLambdaException",
+    "Lambda.SdkClientException",
+    "Lambda.TooManyRequestsException",
+    "States.Timeout",
 )
 
 _deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar("retry_deadline", default=None)
@@ -85,44 +78,35 @@ def remaining_budget_s() -> float:
     return DEFAULT_BUDGET_S if deadline is None else max(0.0, deadline - time.monotonic())
 
 
-def _client_error_is_transient(exc: BaseException) -> bool:
-    response = getattr(exc, "response", None)
-    if not isinstance(response, dict):
-        return False
-    code = str(response.get("Error", {}).get("Code", ""))
-    status = int(response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
-    return code in _THROTTLE_CODES or status >= 500 or status == 429 or (code.isdigit() and int(code) >= 500)
+def _raised_by_botocore(exc: BaseException) -> bool:
+    """Whether ``exc`` is botocore's own error (a ``ClientError`` or a ``BotoCoreError``): its
+    retries (:data:`training.storage.BOTO_CONFIG`) are spent, so it is not retried again here."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    return isinstance(exc, ClientError | BotoCoreError)
 
 
 def is_transient(exc: BaseException) -> bool:
-    """Whether ``exc`` (or what caused it) is a fault worth waiting out."""
+    """Whether ``exc`` (or what caused it) is a database or connection fault this layer waits out.
+
+    The chain of causes is walked from ``exc`` down; the first match decides. A botocore error
+    on the way (also behind s3fs's ``OSError`` translation of one) ends the walk: botocore owns
+    it and has retried it already.
+    """
     import sqlalchemy.exc as sa_exc
 
     seen: set[int] = set()
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
         seen.add(id(current))
-        if isinstance(current, sa_exc.DBAPIError) and (
-            current.connection_invalidated
-            or isinstance(current, sa_exc.OperationalError | sa_exc.InterfaceError)
-        ):
+        if _raised_by_botocore(current):
+            return False
+        if isinstance(current, sa_exc.DBAPIError) and current.connection_invalidated:
             return True
         if isinstance(current, sa_exc.OperationalError | sa_exc.InterfaceError | sa_exc.TimeoutError):
             return True
         if isinstance(current, ConnectionError | TimeoutError):  # refused, reset, aborted, timed out
             return True
-        if _client_error_is_transient(current):
-            return True
-        name = type(current).__name__
-        if name in {
-            "EndpointConnectionError",
-            "ConnectionClosedError",
-            "ReadTimeoutError",
-            "ConnectTimeoutError",
-        }:
-            return True
-        if isinstance(current, OSError) and any(w in str(current).lower() for w in _TRANSIENT_WORDS):
-            return True  # s3fs turns a throttled or 5xx ClientError into an OSError with its message
         current = current.__cause__ or current.__context__
     return False
 

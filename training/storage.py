@@ -78,9 +78,42 @@ def boto3_client(service: str, profile: str | None = None) -> Any:
     return _cached_client(service, profile, endpoint_url(), _settings.region)
 
 
-#: botocore's retry policy for every client: throttling, 5xx and dropped connections are retried
-#: with exponential backoff and jitter ("standard" mode) before an error reaches the caller.
-RETRIES = {"mode": "standard", "max_attempts": 8}
+# -- the botocore retry layer ---------------------------------------------------------------
+# botocore is the one owner of the faults of a single AWS API call (throttling, 5xx, a dropped or
+# timed-out connection), for boto3 clients and for s3fs alike (s3fs's own retry loop is turned
+# off in _s3_filesystem). Above it, inference.retry owns ledger-database outages only, and the
+# state machine's Retry the Lambda service's errors (README: "Faults: which layer retries what").
+
+#: Attempts of one call, the first included ("standard" mode: exponential backoff, full jitter).
+BOTO_MAX_ATTEMPTS = 3
+#: Seconds to open a connection, and to wait on a socket read, per attempt.
+BOTO_CONNECT_TIMEOUT_S = 3.0
+BOTO_READ_TIMEOUT_S = 10.0
+#: botocore's standard-mode backoff before retry i (1-based): rand(0, 1) * min(2 ** (i - 1), 20) s,
+#: plus up to 5 s more when the service sends x-amz-retry-after.
+_BOTO_MAX_BACKOFF_S = 20.0
+_BOTO_RETRY_AFTER_EXTRA_S = 5.0
+
+#: ``total_max_attempts`` counts the first attempt (botocore's ``max_attempts`` would count retries only).
+RETRIES = {"mode": "standard", "total_max_attempts": BOTO_MAX_ATTEMPTS}
+#: The botocore config of every client and of s3fs: the retry policy and the per-attempt timeouts.
+BOTO_CONFIG = {
+    "retries": RETRIES,
+    "connect_timeout": BOTO_CONNECT_TIMEOUT_S,
+    "read_timeout": BOTO_READ_TIMEOUT_S,
+}
+
+
+def botocore_worst_case_s() -> float:
+    """The longest one call can take before its error reaches the caller: every attempt hanging
+    until its connect and read timeouts, with the longest backoff before each retry. It must fit
+    in the shortest Lambda timeout (tests/inference/test_retry_layers.py checks it)."""
+    attempts = BOTO_MAX_ATTEMPTS * (BOTO_CONNECT_TIMEOUT_S + BOTO_READ_TIMEOUT_S)
+    waits = sum(
+        min(2.0 ** (i - 1), _BOTO_MAX_BACKOFF_S) + _BOTO_RETRY_AFTER_EXTRA_S
+        for i in range(1, BOTO_MAX_ATTEMPTS)
+    )
+    return attempts + waits
 
 
 @functools.lru_cache(maxsize=32)
@@ -88,7 +121,7 @@ def _cached_client(service: str, profile: str | None, endpoint: str | None, regi
     from botocore.config import Config
 
     session = boto3_session(profile)
-    config = Config(retries=RETRIES)
+    config = Config(**BOTO_CONFIG)
     if profile == "local":
         return session.client(service, config=config)
     return session.client(service, endpoint_url=endpoint, config=config)
@@ -106,13 +139,17 @@ def _s3_filesystem() -> fsspec.AbstractFileSystem:
         if key[1]:
             client_kwargs["region_name"] = key[1]
         # skip_instance_cache: each endpoint gets its own filesystem, never a stale shared one.
-        _s3_filesystem_cache[key] = fsspec.filesystem(
+        fs = fsspec.filesystem(
             "s3",
             client_kwargs=client_kwargs,
-            config_kwargs={"retries": RETRIES},
+            config_kwargs=dict(BOTO_CONFIG),
             skip_instance_cache=True,
             use_listings_cache=False,
         )
+        # One attempt per s3fs call: botocore (BOTO_CONFIG) already retried it; s3fs's own loop
+        # (5 attempts by default) would retry botocore's final error again.
+        fs.retries = 1
+        _s3_filesystem_cache[key] = fs
     return _s3_filesystem_cache[key]
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from inference.retry import STATE_MACHINE_RETRIED_ERRORS
 from inference.statemachine import local, moto_shim
 from tests.inference.chain_fixtures import (
     chain_settings,
@@ -29,14 +30,9 @@ from tests.inference.chain_fixtures import (
 from tests.infra.moto_sfn_server import MotoServerProcess
 from training import storage
 
-TRANSIENT = {
-    "Lambda.ServiceException",
-    "Lambda.AWSLambdaException",
-    "Lambda.SdkClientException",
-    "Lambda.TooManyRequestsException",
-    "States.Timeout",
-    "TransientFaultError",  # a handler's own retries of a database or S3 fault ran out of time
-}
+# The Lambda service's errors and task timeouts; never a handler's own error, which a layer inside
+# already retried (tests/inference/test_retry_layers.py).
+TRANSIENT = set(STATE_MACHINE_RETRIED_ERRORS)
 TEMPLATE_VARS = {
     "process_function_arn",
     "infer_function_arn",
