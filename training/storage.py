@@ -2,8 +2,10 @@
 
 Every component reads and writes through these functions, so the same code runs against a
 local folder, a moto server on 127.0.0.1, LocalStack or real S3; only the URI and the
-endpoint change. The S3 endpoint comes from :func:`configure` (Hydra's ``storage`` group) or
-from ``AWS_ENDPOINT_URL``.
+endpoint change. :func:`aws_target` is the one place that decides where AWS calls go and as
+whom, for boto3 clients (:func:`boto3_client`) and the s3fs filesystem alike: the endpoint from
+:func:`configure` (Hydra's ``storage`` group); else, for the ``local`` profile (the compose
+stack's moto server, LocalStack), localstack-client's; else ``AWS_ENDPOINT_URL``; else real AWS.
 """
 
 from __future__ import annotations
@@ -50,32 +52,95 @@ def configure(endpoint_url: str | None = None, region: str | None = None, profil
     _cached_client.cache_clear()
 
 
-def endpoint_url() -> str | None:
-    """The S3 endpoint in force: configured, else ``AWS_ENDPOINT_URL``, else None (real AWS)."""
-    return _settings.endpoint_url or os.environ.get("AWS_ENDPOINT_URL") or None
+#: The AWS profile that means the local emulator: the compose stack's moto server on the edge
+#: port, or LocalStack. It needs no entry in the AWS config files.
+LOCAL_PROFILE = "local"
+_LOCAL_REGION = "us-east-1"
+
+
+@dataclass(frozen=True)
+class AwsTarget:
+    """Where AWS calls for one service go, and as whom."""
+
+    endpoint_url: str | None  # None: the service's real AWS endpoint
+    region: str | None  # None: botocore's own resolution (AWS_DEFAULT_REGION, the profile)
+    profile: str | None  # the AWS profile in force (configured, else AWS_PROFILE)
+    #: The local profile: localstack-client's credentials (any key works on moto and LocalStack)
+    #: and no certificate check (LocalStack's USE_SSL serves a self-signed one).
+    credentials: tuple[str, str, str] | None = None
+
+    @property
+    def local(self) -> bool:
+        return self.profile == LOCAL_PROFILE
+
+
+def _profile(profile: str | None = None) -> str | None:
+    return profile or _settings.profile or os.environ.get("AWS_PROFILE") or None
+
+
+def aws_target(service: str = "s3", profile: str | None = None) -> AwsTarget:
+    """Where calls to ``service`` go: the one resolution boto3 clients and s3fs share.
+
+    The endpoint is the configured one (:func:`configure`, ``storage.s3.endpoint_url``) if set;
+    else, for the ``local`` profile, localstack-client's (``AWS_ENDPOINT_URL`` if set, else
+    ``LOCALSTACK_HOST``, default ``localhost:4566``, over https with ``USE_SSL``); else
+    ``AWS_ENDPOINT_URL``; else None, real AWS. Any other profile (or none) is real AWS as boto3
+    resolves it, untouched.
+    """
+    profile = _profile(profile)
+    if profile != LOCAL_PROFILE:
+        endpoint = _settings.endpoint_url or os.environ.get("AWS_ENDPOINT_URL") or None
+        return AwsTarget(endpoint, _settings.region, profile)
+    import localstack_client.config
+    import localstack_client.session
+
+    region = _settings.region or _LOCAL_REGION
+    emulator = localstack_client.session.Session(region_name=region)
+    endpoint = _settings.endpoint_url or localstack_client.config.get_service_endpoint(service)
+    if endpoint is None:  # a service localstack-client does not list: its edge port all the same
+        endpoint = localstack_client.config.get_service_endpoint("edge")
+    credentials = (emulator.aws_access_key_id, emulator.aws_secret_access_key, emulator.aws_session_token)
+    return AwsTarget(endpoint, region, profile, credentials)
+
+
+def endpoint_url(service: str = "s3") -> str | None:
+    """The endpoint in force for ``service`` (see :func:`aws_target`); None means real AWS."""
+    return aws_target(service).endpoint_url
+
+
+#: botocore session variables of the local profile's sessions: the profile is read from nowhere
+#: (not from ``AWS_PROFILE``), so ``AWS_PROFILE=local`` needs no ``[profile local]`` entry in the
+#: AWS config files, which botocore would otherwise require (``ProfileNotFound``).
+_NO_PROFILE_SESSION_VARS = {"profile": (None, None, None, None)}
 
 
 def boto3_session(profile: str | None = None) -> Any:
-    """A boto3 session. The ``local`` profile goes through localstack-client.
+    """A boto3 session for ``profile`` (default: configured, else ``AWS_PROFILE``).
 
-    ``localstack_client.session`` points every client at the emulator's edge port
-    (``LOCALSTACK_HOST``, default localhost:4566), which is where the compose stack runs the
-    moto server; LocalStack itself answers there the same way for users who have a token.
+    The ``local`` profile gets localstack-client's credentials and region (clients get its
+    endpoint from :func:`boto3_client`); any other profile is boto3's own.
     """
-    profile = profile or _settings.profile or os.environ.get("AWS_PROFILE")
-    if profile == "local":
-        import localstack_client.session
-
-        return localstack_client.session.Session(region_name=_settings.region or "us-east-1")
     import boto3
 
-    return boto3.session.Session(profile_name=profile, region_name=_settings.region)
+    target = aws_target(profile=profile)
+    if not target.local:
+        return boto3.session.Session(profile_name=target.profile, region_name=target.region)
+    import botocore.session
+
+    key, secret, token = target.credentials
+    return boto3.session.Session(
+        aws_access_key_id=key,
+        aws_secret_access_key=secret,
+        aws_session_token=token,
+        region_name=target.region,
+        botocore_session=botocore.session.Session(session_vars=_NO_PROFILE_SESSION_VARS),
+    )
 
 
 def boto3_client(service: str, profile: str | None = None) -> Any:
-    """A boto3 client for ``service`` at the configured endpoint, cached (clients are thread-safe)."""
-    profile = profile or _settings.profile or os.environ.get("AWS_PROFILE")
-    return _cached_client(service, profile, endpoint_url(), _settings.region)
+    """A boto3 client for ``service`` at :func:`aws_target`'s endpoint, cached (clients are
+    thread-safe)."""
+    return _cached_client(service, aws_target(service, profile))
 
 
 # -- the botocore retry layer ---------------------------------------------------------------
@@ -117,27 +182,35 @@ def botocore_worst_case_s() -> float:
 
 
 @functools.lru_cache(maxsize=32)
-def _cached_client(service: str, profile: str | None, endpoint: str | None, region: str | None) -> Any:
+def _cached_client(service: str, target: AwsTarget) -> Any:
     from botocore.config import Config
 
-    session = boto3_session(profile)
-    config = Config(**BOTO_CONFIG)
-    if profile == "local":
-        return session.client(service, config=config)
-    return session.client(service, endpoint_url=endpoint, config=config)
+    session = boto3_session(target.profile)
+    extra = {"verify": False} if target.local else {}
+    return session.client(service, endpoint_url=target.endpoint_url, config=Config(**BOTO_CONFIG), **extra)
 
 
-_s3_filesystem_cache: dict[tuple, fsspec.AbstractFileSystem] = {}
+_s3_filesystem_cache: dict[AwsTarget, fsspec.AbstractFileSystem] = {}
 
 
 def _s3_filesystem() -> fsspec.AbstractFileSystem:
-    key = (endpoint_url(), _settings.region)
-    if key not in _s3_filesystem_cache:
+    target = aws_target("s3")
+    if target not in _s3_filesystem_cache:
         client_kwargs: dict[str, Any] = {}
-        if key[0]:
-            client_kwargs["endpoint_url"] = key[0]
-        if key[1]:
-            client_kwargs["region_name"] = key[1]
+        if target.endpoint_url:
+            client_kwargs["endpoint_url"] = target.endpoint_url
+        if target.region:
+            client_kwargs["region_name"] = target.region
+        session: dict[str, Any] = {}
+        if target.local:  # the same credentials and session config as boto3_session's
+            key, secret, token = target.credentials
+            session = {
+                "key": key,
+                "secret": secret,
+                "token": token,
+                "session_vars": _NO_PROFILE_SESSION_VARS,  # s3fs passes it on to its aiobotocore session
+            }
+            client_kwargs["verify"] = False
         # skip_instance_cache: each endpoint gets its own filesystem, never a stale shared one.
         fs = fsspec.filesystem(
             "s3",
@@ -145,12 +218,13 @@ def _s3_filesystem() -> fsspec.AbstractFileSystem:
             config_kwargs=dict(BOTO_CONFIG),
             skip_instance_cache=True,
             use_listings_cache=False,
+            **session,
         )
         # One attempt per s3fs call: botocore (BOTO_CONFIG) already retried it; s3fs's own loop
         # (5 attempts by default) would retry botocore's final error again.
         fs.retries = 1
-        _s3_filesystem_cache[key] = fs
-    return _s3_filesystem_cache[key]
+        _s3_filesystem_cache[target] = fs
+    return _s3_filesystem_cache[target]
 
 
 def filesystem(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import uuid
 
 import pytest
 
@@ -106,3 +107,51 @@ def test_local_profile_uses_localstack_client(monkeypatch) -> None:
     monkeypatch.setenv("LOCALSTACK_HOST", "127.0.0.1:4566")
     client = storage.boto3_client("s3", profile="local")
     assert client.meta.endpoint_url == "http://127.0.0.1:4566"
+
+
+def test_local_profile_boto3_and_s3fs_reach_the_same_emulator(monkeypatch, moto_server, tmp_path) -> None:
+    """``AWS_PROFILE=local`` with LocalStack's ``LOCALSTACK_HOST`` at a moto server: a boto3
+    client and the s3fs filesystem take localstack-client's endpoint and credentials and
+    read each other's objects (no ``[profile local]`` in the AWS config, no AWS keys set)."""
+    for name in ("AWS_ENDPOINT_URL", "USE_SSL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "missing-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "missing-credentials"))
+    monkeypatch.setenv("AWS_PROFILE", "local")
+    monkeypatch.setenv("LOCALSTACK_HOST", moto_server.removeprefix("http://"))
+    storage.configure()
+    try:
+        assert storage.endpoint_url() == moto_server
+        client = storage.boto3_client("s3")
+        assert client.meta.endpoint_url == moto_server
+        bucket = f"local-{uuid.uuid4().hex[:12]}"
+        client.create_bucket(Bucket=bucket)
+        client.put_object(Bucket=bucket, Key="from-boto3.txt", Body=b"written by boto3")
+        assert storage.read_bytes(f"s3://{bucket}/from-boto3.txt") == b"written by boto3"
+        storage.write_bytes(f"s3://{bucket}/from-s3fs.txt", b"written by s3fs")
+        assert client.get_object(Bucket=bucket, Key="from-s3fs.txt")["Body"].read() == b"written by s3fs"
+        fs, _ = storage.filesystem(f"s3://{bucket}")
+        assert fs.client_kwargs["endpoint_url"] == moto_server
+        # Every other client the platform builds goes there too (notices, triggers, secrets).
+        for service in ("sns", "stepfunctions", "secretsmanager"):
+            assert storage.boto3_client(service).meta.endpoint_url == moto_server
+    finally:
+        storage.configure()
+
+
+def test_real_aws_is_untouched(monkeypatch) -> None:
+    """No profile (or another one): no emulator endpoint, even with LOCALSTACK_HOST set."""
+    for name in ("AWS_ENDPOINT_URL", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("LOCALSTACK_HOST", "127.0.0.1:4566")  # only the local profile reads it
+    storage.configure(region="us-east-1")
+    try:
+        assert storage.aws_target("s3") == storage.AwsTarget(None, "us-east-1", None)
+        assert storage.endpoint_url() is None
+        assert storage.boto3_client("s3").meta.endpoint_url.endswith(".amazonaws.com")
+        fs, _ = storage.filesystem("s3://bucket/key")
+        assert fs.client_kwargs == {"region_name": "us-east-1"}
+        assert fs.key is None and fs.secret is None
+        assert storage.aws_target("s3", profile="prod") == storage.AwsTarget(None, "us-east-1", "prod")
+    finally:
+        storage.configure()
