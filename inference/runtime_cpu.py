@@ -90,6 +90,13 @@ class CpuInfo:
     flags: frozenset[str]
 
     @property
+    def native_bf16(self) -> bool:
+        """Whether bf16 matmuls run in hardware (AMX-bf16 tiles or AVX512-BF16). Elsewhere a
+        runtime may still accept bf16 and emulate it far slower than fp32 (OpenVINO on Intel
+        AVX-512 without bf16: 7 GFLOP/s); Arm's bf16 is not measured, so it counts as not native."""
+        return bool(self.flags & BF16_FLAGS)
+
+    @property
     def cpu_class(self) -> str:
         """``amx``, ``avx512_bf16``, ``vnni``, ``avx2`` or ``baseline`` (the best feature it has)."""
         if self.flags & {"amx_bf16", "amx_int8"}:
@@ -107,6 +114,7 @@ class CpuInfo:
             "model": self.model,
             "arch": self.arch,
             "cpu_class": self.cpu_class,
+            "native_bf16": self.native_bf16,
             "flags": sorted(self.flags),
         }
 
@@ -273,7 +281,9 @@ def choose_path(
         backends: restrict to these backends (``BACKEND=onnx`` -> ``{"onnx"}``).
         paths: candidates in order of preference.
         force: take the path of this name whatever the CPU (benchmarks compare paths this way);
-            its runtime and artifact must still be there.
+            its runtime and artifact must still be there. A forced path this CPU does not
+            qualify for (its instructions emulated, e.g. bf16 without AMX) logs a warning and
+            says so in the reason.
 
     Raises:
         RuntimeError: no candidate can run here (the skip reasons are in the message).
@@ -299,6 +309,9 @@ def choose_path(
             continue
         if forced:
             reason = f"forced ({forced}); CPU class {cpu.cpu_class}"
+            if cpu_why := path.cpu_reason(cpu):
+                reason += f"; {cpu_why}: its {path.precision} runs emulated or slow here"
+                log.warning("runtime path %s forced on a CPU it is not for: %s", forced, reason)
         elif path.needs_any:
             found = sorted(cpu.flags & path.needs_any)
             reason = f"CPU has {', '.join(found)}: {path.why}"
@@ -334,6 +347,8 @@ def load_chosen(
     effective = getattr(predictor, "effective_precision", None)
     if effective is not None:
         record["effective_precision"] = effective
+    if getattr(predictor, "emulated_bf16", False):
+        record["emulated_bf16"] = True
     predictor.runtime = record
     log.info(choice.log_line())
     return predictor

@@ -6,9 +6,11 @@ Runs ``model.int8-qdq.onnx`` or ``model.fp32.onnx`` (or any ONNX written by
 On the QDQ graph the plugin runs the quantised MatMuls in int8 (AMX-INT8 / VNNI kernels) and
 everything else at ``precision``.
 
-- ``precision="bf16"`` asks the CPU plugin for bf16 inference (``INFERENCE_PRECISION_HINT``); on a
-  CPU without AMX or AVX512-BF16 the plugin runs fp32 instead, and :attr:`effective_precision`
-  says so (read back from the compiled model, never assumed).
+- ``precision="bf16"`` asks the CPU plugin for bf16 inference (``INFERENCE_PRECISION_HINT``).
+  :attr:`effective_precision` is what the compiled model reports, never assumed: some CPUs
+  without native bf16 get fp32, others bf16 emulated at a fraction of fp32's speed (Intel
+  AVX-512 without AVX512-BF16 reports bf16). Emulated bf16 logs a warning and sets
+  :attr:`emulated_bf16`; the dispatcher only picks bf16 on AMX (:mod:`inference.runtime_cpu`).
 - ``profile``: the plugin's per-operator counters (``PERF_COUNT``); :meth:`operator_times`
   reads them for the last request (the bench's profile of the served chip).
 - ``cache_dir``: OpenVINO's compiled-model cache (``CACHE_DIR``); the second load of the same
@@ -20,6 +22,7 @@ Never imports torch (the Lambda image does not ship it).
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -27,10 +30,13 @@ from typing import Any
 import numpy as np
 
 from inference.runtime import OperatorTime, check_chips, default_num_threads, read_onnx_metadata_props
+from inference.runtime_cpu import detect_cpu
 
 __all__ = ["OpenVinoPredictor", "compiled_precision"]
 
 PRECISIONS = ("fp32", "bf16")
+
+log = logging.getLogger(__name__)
 
 
 def compiled_precision(compiled: Any) -> str:
@@ -90,6 +96,16 @@ class OpenVinoPredictor:
         # A cached load writes no new blob (the cache is keyed by model, device and config).
         self.cached_graph = bool(blobs_before) and not (set(Path(cache_dir).glob("*.blob")) - blobs_before)
         self.effective_precision = compiled_precision(self.compiled)
+        cpu = detect_cpu()
+        self.emulated_bf16 = self.effective_precision == "bf16" and not cpu.native_bf16
+        if self.emulated_bf16:
+            log.warning(
+                "OpenVINO runs %s in bf16 on a CPU without native bf16 (%s, class %s): emulated, "
+                "slower than fp32; use precision=fp32 here",
+                self.path.name,
+                cpu.model,
+                cpu.cpu_class,
+            )
         self._request = self.compiled.create_infer_request()
         shape = self.compiled.input(0).get_partial_shape()
         self.bands = int(shape[1].get_length()) if shape[1].is_static else 4

@@ -7,7 +7,7 @@
   a GPU and fails clearly without one; ``cpu`` forces the CPU.
 * **precision**: bf16 autocast when ``training.precision`` asks for bf16 *and* the hardware runs
   it natively: a CUDA GPU with bf16 (Ampere and later), or a CPU with AMX-bf16 or AVX512-bf16
-  (read from ``/proc/cpuinfo`` flags). Elsewhere (an AVX2-only EPYC, an older GPU) emulated bf16
+  (:attr:`inference.runtime_cpu.CpuInfo.native_bf16`, the one ``/proc/cpuinfo`` reader). Elsewhere (an AVX2-only EPYC, an older GPU) emulated bf16
   is slower than fp32, so fp32 is used. ``32-true`` always means fp32.
 
 The choice is logged with its reason and recorded in the step result, so a run says how it ran.
@@ -19,33 +19,17 @@ import contextlib
 import logging
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
 
+from inference.runtime_cpu import BF16_FLAGS, detect_cpu
+
 log = logging.getLogger(__name__)
 
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
-#: /proc/cpuinfo flags of x86 CPUs that execute bf16 matmuls natively.
-CPU_BF16_FLAGS: tuple[str, ...] = ("amx_bf16", "avx512_bf16")
-CPUINFO = Path("/proc/cpuinfo")
 BF16_PRECISION = "bf16-mixed"
 FP32_PRECISION = "32-true"
-
-
-def cpu_flags(cpuinfo: str | None = None) -> set[str]:
-    """The CPU feature flags (the ``flags``/``Features`` line of ``/proc/cpuinfo``); empty if unknown."""
-    if cpuinfo is None:
-        try:
-            cpuinfo = CPUINFO.read_text()
-        except OSError:
-            return set()
-    for line in cpuinfo.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() in ("flags", "Features"):
-            return set(value.split())
-    return set()
 
 
 def cpu_capability() -> str:
@@ -138,8 +122,7 @@ def select_device(
         else:
             choice = DeviceChoice("cuda", FP32_PRECISION, f"CUDA GPU {name} lacks native bf16; fp32", name)
     else:
-        flags = cpu_flags(cpuinfo)
-        found = tuple(f for f in CPU_BF16_FLAGS if f in flags)
+        found = tuple(sorted(detect_cpu(cpuinfo).flags & BF16_FLAGS))
         level = cpu_capability()
         where = "no CUDA device" if device == "auto" else "training.device=cpu"
         if not want_bf16:

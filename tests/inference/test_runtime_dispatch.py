@@ -4,6 +4,7 @@ predictor, ONNX Runtime's cached optimised graph and the torch-free export-metad
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -64,6 +65,9 @@ def test_the_fastest_path_the_cpu_has(cpuinfo: str, path: str, cls: str) -> None
     assert cpu.cpu_class == cls
     choice = choose_path(cpu, _everything, has_runtime=_installed)
     assert choice.path.name == path
+    for qualifies in (_everything, lambda n: n != ONNX_INT8_QDQ_NAME):  # never an emulated bf16
+        picked = choose_path(cpu, qualifies, has_runtime=_installed).path
+        assert picked.precision != "bf16" or cpu.native_bf16, picked.name
     record = choice.to_dict()
     assert record["cpu"]["flags"] == sorted(cpu.flags) and record["reason"]
     better = [p.name for p in PATHS[: [p.name for p in PATHS].index(path)]]
@@ -88,10 +92,16 @@ def test_missing_runtime_or_artifact_falls_through_with_reasons() -> None:
         choose_path(detect_cpu(OLD), _everything, has_runtime=lambda m: m != "torch")
 
 
-def test_forcing_a_path_ignores_the_cpu_but_not_the_files() -> None:
+def test_forcing_a_path_ignores_the_cpu_but_not_the_files(caplog: pytest.LogCaptureFixture) -> None:
     cpu = detect_cpu(AVX2)
-    forced = choose_path(cpu, _everything, has_runtime=_installed, force="openvino-bf16")
+    with caplog.at_level(logging.WARNING, logger="inference.runtime_cpu"):
+        forced = choose_path(cpu, _everything, has_runtime=_installed, force="openvino-bf16")
     assert forced.path.name == "openvino-bf16" and "forced" in forced.reason
+    assert "CPU lacks amx_bf16" in forced.reason and "emulated or slow" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="inference.runtime_cpu"):
+        fit = choose_path(detect_cpu(AMX), _everything, has_runtime=_installed, force="openvino-bf16")
+    assert "lacks" not in fit.reason and not caplog.text
     with pytest.raises(RuntimeError):
         choose_path(cpu, lambda n: n != ONNX_FP32_NAME, has_runtime=_installed, force="openvino-bf16")
 
@@ -229,12 +239,21 @@ def test_every_path_agrees_with_torch_fp32(registered: Path) -> None:
         assert predictor.runtime["path"] == name and predictor.num_classes == 7
 
 
-def test_openvino_reports_the_precision_it_runs(registered: Path) -> None:
-    from inference.runtime_openvino import OpenVinoPredictor
+def test_openvino_reports_the_precision_it_runs(registered: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The effective precision is what the compiled model reports (CPUs without native bf16
+    differ: some fall back to fp32, Intel AVX-512 without bf16 emulates it); emulated bf16 warns."""
+    from inference.runtime_openvino import OpenVinoPredictor, compiled_precision
 
-    predictor = OpenVinoPredictor(registered / ONNX_FP32_NAME, precision="bf16")
-    native = bool(detect_cpu().flags & {"amx_bf16", "avx512_bf16"})
-    assert predictor.effective_precision == ("bf16" if native else "fp32")
+    fp32 = OpenVinoPredictor(registered / ONNX_FP32_NAME, precision="fp32")
+    assert fp32.effective_precision == "fp32" and not fp32.emulated_bf16
+    with caplog.at_level(logging.WARNING, logger="inference.runtime_openvino"):
+        predictor = OpenVinoPredictor(registered / ONNX_FP32_NAME, precision="bf16")
+    assert predictor.effective_precision == compiled_precision(predictor.compiled)
+    assert predictor.effective_precision in ("bf16", "fp32")
+    emulated = predictor.effective_precision == "bf16" and not detect_cpu().native_bf16
+    assert predictor.emulated_bf16 is emulated
+    assert ("emulated, slower than fp32" in caplog.text) is emulated
+    print(f"OpenVINO asked for bf16 runs {predictor.effective_precision} (emulated: {emulated})")
     assert predictor.metadata["reference_stats"] == {"class_counts": [1, 2]}
     assert predictor.chip_size == CHIP
     with pytest.raises(ValueError, match="exported for"):

@@ -11,7 +11,8 @@ import logging
 import pytest
 import torch
 
-from training.device import CPU_BF16_FLAGS, cpu_flags, select_device
+from inference.runtime_cpu import detect_cpu
+from training.device import select_device
 
 AMX_CPUINFO = "processor : 0\nflags : fpu sse avx2 avx512f avx512_bf16 amx_bf16 amx_tile\n"
 EPYC_CPUINFO = "processor : 0\nflags : fpu sse avx2 fma\n"
@@ -19,9 +20,11 @@ GRAVITON_CPUINFO = "processor : 0\nFeatures : fp asimd bf16 i8mm\n"
 
 
 def test_cpu_flags_parse_x86_and_arm() -> None:
-    assert {"amx_bf16", "avx512_bf16"} <= cpu_flags(AMX_CPUINFO)
-    assert "bf16" in cpu_flags(GRAVITON_CPUINFO)
-    assert cpu_flags("nothing here") == set()
+    assert {"amx_bf16", "avx512_bf16"} <= detect_cpu(AMX_CPUINFO).flags
+    assert detect_cpu(AMX_CPUINFO).native_bf16
+    assert "bf16" in detect_cpu(GRAVITON_CPUINFO).flags
+    assert not detect_cpu(GRAVITON_CPUINFO).native_bf16  # Arm bf16: not measured, not taken
+    assert detect_cpu("nothing here").flags == frozenset()
 
 
 @pytest.mark.parametrize(
@@ -65,9 +68,8 @@ def test_errors_name_the_key() -> None:
 def test_this_machine() -> None:
     """The real probes agree with /proc/cpuinfo, and bf16 autocast really runs where chosen."""
     choice = select_device("bf16-mixed")
-    has_native = any(f in cpu_flags() for f in CPU_BF16_FLAGS)
     if choice.device == "cpu":
-        assert (choice.precision == "bf16-mixed") == has_native
+        assert (choice.precision == "bf16-mixed") == detect_cpu().native_bf16
     layer = torch.nn.Linear(8, 4).to(choice.device)
     with choice.autocast():
         out = layer(torch.ones(2, 8, device=choice.device))
