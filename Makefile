@@ -36,9 +36,13 @@ lint: setup_env ## Lint and format-check with ruff
 	$(VENV)/bin/ruff format --check .
 
 .PHONY: test
-test: setup_env iac_tools browser ## Run the whole test suite (the CI command)
+test: setup_env iac_tools browser lint ## Lint, then run the whole test suite (the CI command)
 	@# pytest exits 5 when it collects no tests: not a failure of the code.
 	$(VENV)/bin/pytest -q; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
+
+.PHONY: lambda_requirements
+lambda_requirements: setup_env ## Re-lock the Lambda image's packages (pyproject's inference extra) for x86_64 and arm64 with hashes
+	$(PY) setup/lambda_requirements.py
 
 .PHONY: synthetic_data
 synthetic_data: setup_env ## Generate the default synthetic dataset (train/val/test scenes) if missing

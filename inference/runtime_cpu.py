@@ -16,11 +16,14 @@ Order of preference (:data:`PATHS`, first one whose needs are met wins):
    champion, see 1). AVX512-BF16 alone (AMD Zen 4/5, Intel without AMX) measured slower than
    int8 and holds the fp32 graph's memory, so such CPUs take path 1 or 3.
 3. ``ort-int8-vnni``: ONNX Runtime int8 with full-range (8-bit) weights, for CPUs with an int8
-   dot-product instruction (AVX512-VNNI, AVX-VNNI, AMX-INT8; ``asimddp`` on Graviton, where
-   OpenVINO's int8 path is not measured): MLAS's u8s8 kernels accumulate in 32 bits there, so
-   the 7-bit weights buy nothing; also a champion registered before the QDQ graph.
+   dot-product instruction (AVX512-VNNI, AVX-VNNI, AMX-INT8; ``asimddp`` on Graviton, class
+   ``aarch64``, whose arm64 image ships no OpenVINO: it has no aarch64 wheel for Amazon Linux
+   2023's glibc): MLAS's int8 kernels accumulate in 32 bits there, so the 7-bit weights buy
+   nothing; also a champion registered before the QDQ graph. Arm speed is not measured yet
+   (no arm64 machine here).
 4. ``ort-int8-avx2``: ONNX Runtime int8 with 7-bit weights, for AVX2 CPUs without VNNI: the
-   ``vpmaddubsw`` pair sum saturates at 16 bits, which the reduced range avoids.
+   ``vpmaddubsw`` pair sum saturates at 16 bits, which the reduced range avoids; also Arm
+   without dotprod (NEON only), where the 7-bit weights are safe whatever the kernel.
 5. ``torch-fp32``: the compact export with PyTorch (images that ship torch only).
 
 A path is skipped when its runtime is not installed or the champion lacks its artifact; every
@@ -98,7 +101,10 @@ class CpuInfo:
 
     @property
     def cpu_class(self) -> str:
-        """``amx``, ``avx512_bf16``, ``vnni``, ``avx2`` or ``baseline`` (the best feature it has)."""
+        """``amx``, ``avx512_bf16``, ``vnni``, ``avx2``, ``aarch64`` (Arm: Graviton) or
+        ``baseline`` (the best feature it has)."""
+        if "asimd" in self.flags:
+            return "aarch64"
         if self.flags & {"amx_bf16", "amx_int8"}:
             return "amx"
         if "avx512_bf16" in self.flags:
@@ -218,9 +224,10 @@ PATHS: tuple[RuntimePath, ...] = (
         ONNX_INT8_NAME,
         "int8",
         "onnxruntime",
-        frozenset({"avx2"}),
+        frozenset({"avx2", "asimd"}),
         {},
-        "AVX2 u8s8 int8 (7-bit weights avoid vpmaddubsw's 16-bit saturation)",
+        "AVX2 u8s8 int8 (7-bit weights avoid vpmaddubsw's 16-bit saturation); on Arm without "
+        "dotprod, NEON int8",
     ),
     RuntimePath("torch-fp32", "torch", EXPORT_NAME, "fp32", "torch", frozenset(), {}, "portable fallback"),
 )

@@ -37,6 +37,7 @@ ZEN4 = "model name : AMD EPYC 9R14\nflags : fpu avx2 fma avx512f avx512_vnni avx
 AVX_VNNI = "model name : 12th Gen Intel(R) Core(TM) i7-12700\nflags : fpu avx2 fma avx_vnni\n"
 AVX2 = "model name : AMD EPYC 7R32\nflags : fpu avx2 fma f16c\n"
 GRAVITON = "CPU implementer : 0x41\nFeatures : fp asimd asimddp i8mm bf16\n"
+NEON_ONLY = "CPU implementer : 0x41\nFeatures : fp asimd evtstrm crc32\n"  # Graviton 1 class
 OLD = "model name : Old\nflags : fpu sse4_2\n"
 
 
@@ -56,7 +57,8 @@ def _installed(module: str) -> bool:
         (ZEN4, "openvino-int8", "avx512_bf16"),  # bf16 without AMX: int8 measured faster
         (AVX_VNNI, "openvino-int8", "vnni"),
         (AVX2, "ort-int8-avx2", "avx2"),
-        (GRAVITON, "ort-int8-vnni", "vnni"),  # dot product, but OpenVINO int8 only on x86
+        (GRAVITON, "ort-int8-vnni", "aarch64"),  # dot product; the arm64 image ships no OpenVINO
+        (NEON_ONLY, "ort-int8-avx2", "aarch64"),  # no dot product: the 7-bit weights
         (OLD, "torch-fp32", "baseline"),
     ],
 )
