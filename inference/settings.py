@@ -27,7 +27,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from training.artifacts import default_manifest_prefix
-from training.data.naip import DEFAULT_MAX_PIXELS
+from training.data.limits import DEFAULT_MAX_PIXELS
 
 
 class SettingsError(RuntimeError):

@@ -15,7 +15,8 @@ from rasterio.windows import Window
 
 from training.data.chesapeake import SceneRecord, read_label
 from training.data.classes import NODATA_CLASS_ID
-from training.data.naip import DEFAULT_MAX_PIXELS, open_naip
+from training.data.limits import DEFAULT_MAX_PIXELS
+from training.data.naip import open_naip
 
 DEFAULT_CHIP_SIZE = 256
 DEFAULT_MAX_NODATA_FRACTION = 0.5

@@ -20,6 +20,7 @@ from rasterio.errors import RasterioError
 from rasterio.windows import Window
 
 from training import storage
+from training.data.limits import DEFAULT_MAX_PIXELS
 
 NAIP_BANDS: tuple[str, ...] = ("red", "green", "blue", "nir")
 #: Central wavelengths (µm) that Clay's dynamic patch embedding uses for NAIP.
@@ -31,9 +32,6 @@ NAIP_STDS: tuple[float, ...] = (47.23, 39.82, 35.43, 49.86)
 NAIP_DTYPE = "uint8"
 #: Nodata value our writers use on imagery (real NAIP tiles usually declare none).
 NAIP_NODATA: int = 0
-#: Default size limit: a full NAIP quarter quad is ~6000x7500 = 45 Mpx, so 100 Mpx leaves room
-#: while still refusing mosaics that would not fit a Lambda's memory.
-DEFAULT_MAX_PIXELS: int = 100_000_000
 
 
 class NaipValidationError(ValueError):

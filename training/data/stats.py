@@ -19,7 +19,8 @@ from rasterio.windows import Window
 
 from training import storage
 from training.data.classes import CLASS_NAMES, NUM_CLASSES, remap_lc
-from training.data.naip import DEFAULT_MAX_PIXELS, NAIP_BANDS, open_naip, open_raster
+from training.data.limits import DEFAULT_MAX_PIXELS
+from training.data.naip import NAIP_BANDS, open_naip, open_raster
 
 PERCENTILES: tuple[float, ...] = (2.0, 50.0, 98.0)
 DEFAULT_BINS = 32
