@@ -13,8 +13,9 @@ Each step is idempotent, because Step Functions retries, redrives and re-runs:
   and the list of those scenes. With a challenger named, its version goes in the output (the
   shadow pass, :mod:`inference.shadow`) and the manifests also list the scenes whose shadow
   comparison a crashed or failed pass left unfinished.
-- :func:`infer` predicts one block with the champion (cached in ``MODEL_CACHE_DIR`` across warm
-  calls, the pointer re-read every call) under its scene's lease, and writes the block's
+- :func:`infer` predicts one block with the champion process planned the run with (the item's
+  ``model_version``; cached in ``MODEL_CACHE_DIR`` across warm calls, the pointer never re-read,
+  so a promotion mid-run takes effect at the next run) under its scene's lease, and writes the block's
   rasters and sums to one file. A block already predicted is a no-op.
 - :func:`assemble` builds a scene whose blocks are all predicted into class + confidence COGs,
   a quicklook, a STAC item and a summary under deterministic keys
@@ -76,11 +77,17 @@ class ContentChangedError(ChainError):
 
 
 class SceneItem(BaseModel):
-    """One scene of a run: what the assembly Map hands each assemble call."""
+    """One scene of a run: what the assembly Map hands each assemble call.
+
+    ``model_version`` is the champion :func:`process` planned the run with: infer and assemble
+    predict with it and never re-read the pointer, so a promotion mid-run cannot mix versions
+    (the next run takes the new champion).
+    """
 
     scene_id: int
     uri: str
     sha256: str
+    model_version: str
 
 
 class BlockItem(SceneItem):
@@ -438,14 +445,18 @@ def process(settings: ChainSettings, execution_id: str) -> dict[str, Any]:
                     spent[0].error,
                 )
                 continue
-            item = SceneItem(scene_id=scene.id, uri=scene.source_uri, sha256=scene.sha256)
+            item = SceneItem(
+                scene_id=scene.id, uri=scene.source_uri, sha256=scene.sha256, model_version=version
+            )
             scenes.append(item.model_dump())
             blocks += block_items(item, left)
         if challenger_version:
             # Shadow work a crashed or failed pass left on scenes the champion has predicted: the
             # champion's calls on them are no-ops, the shadow Maps finish them.
             for scene in repository.unfinished_shadows(s, version, challenger_version, settings.max_attempts):
-                item = SceneItem(scene_id=scene.id, uri=scene.source_uri, sha256=scene.sha256)
+                item = SceneItem(
+                    scene_id=scene.id, uri=scene.source_uri, sha256=scene.sha256, model_version=version
+                )
                 scenes.append(item.model_dump())
                 blocks += block_items(item, repository.blocks_of(s, scene.id, version))
         repository.update_run(s, execution_id, scenes_discovered=discovered, scenes_quarantined=quarantined)
@@ -628,7 +639,8 @@ def predict_item(settings: ChainSettings, predictor: Any, path: str, item: Block
 
 
 def infer(settings: ChainSettings, execution_id: str, item: dict[str, Any] | BlockItem) -> dict[str, Any]:
-    """Predict one block of a scene with the champion; idempotent per (scene, model version, block).
+    """Predict one block of a scene with the run's champion (``item.model_version``, as planned);
+    idempotent per (scene, model version, block).
 
     The scene is claimed under the execution's lease (its blocks share it; another live
     execution's lease leaves the block to that execution). The block's classes, confidence and
@@ -637,7 +649,7 @@ def infer(settings: ChainSettings, execution_id: str, item: dict[str, Any] | Blo
 
     configure_storage(settings)
     item = BlockItem.model_validate(item)
-    model = load_champion(settings)
+    model = load_version(settings, item.model_version)  # the run's planned champion, not the pointer now
     version = model.version
     result = {"scene_id": item.scene_id, "block": item.block, "model_version": version}
 
@@ -740,7 +752,7 @@ def assemble(settings: ChainSettings, execution_id: str, item: dict[str, Any] | 
 
     configure_storage(settings)
     item = SceneItem.model_validate(item)
-    model = load_champion(settings)
+    model = load_version(settings, item.model_version)  # the run's planned champion, not the pointer now
     version = model.version
     result = {"scene_id": item.scene_id, "model_version": version, "class_uri": None}
 

@@ -220,7 +220,7 @@ def test_lease_that_expires_mid_block(world, monkeypatch) -> None:
     b_done.set()
     attempt_a.join()
     assert outcome["b"]["status"] == "predicted" and outcome["a"]["status"] == "skipped", outcome
-    scene_item = {k: item[k] for k in ("scene_id", "uri", "sha256")}
+    scene_item = {k: item[k] for k in ("scene_id", "uri", "sha256", "model_version")}
     assert chain.assemble(settings, "lease-b", scene_item)["status"] == "predicted"
     assert chain.assemble(settings, "lease-a", scene_item)["status"] == "skipped"
     for execution_id in ("lease-a", "lease-b"):

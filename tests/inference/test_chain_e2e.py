@@ -128,12 +128,58 @@ def test_rerun_is_idempotent_and_does_not_rehash(local_settings, monkeypatch) ->
 
     # Redelivered Map items are no-ops too.
     scene = scenes(settings)[0]
-    item = {"scene_id": scene.id, "uri": scene.source_uri, "sha256": scene.sha256}
+    item = {
+        "scene_id": scene.id,
+        "uri": scene.source_uri,
+        "sha256": scene.sha256,
+        "model_version": registry_version(settings),
+    }
     block = {**item, "block": 0, "block_chips": 8, "window": [0, 0, 256, 256]}
     assert chain.infer(settings, "idem-2", block)["status"] == "skipped"
     out = chain.assemble(settings, "idem-2", item)
     assert out["status"] == "skipped" and out["class_uri"] == first[scene.id][1]
     assert len(predictions(settings)) == 2
+
+
+def test_a_promotion_mid_run_does_not_change_the_runs_model(local_settings) -> None:
+    """process plans the run with the champion of that moment; a promotion before infer leaves
+    every block and the scene to that version, and the next run takes the new champion."""
+    from tests.inference.chain_fixtures import MODEL_NAME, tiny_export, tiny_throughput
+    from training import registry
+
+    settings = local_settings
+    write_scene(storage.join(settings.input_uri, "scene-0.tif"), seed=410)
+    planned = chain.process(settings, "pin-1")
+    blocks = json.loads(storage.read_text(planned["manifest_uri"]))
+    items = json.loads(storage.read_text(planned["scenes_uri"]))
+    assert blocks and {b["model_version"] for b in blocks + items} == {planned["model_version"]}
+
+    newer = registry.register_version(
+        settings.registry_uri,
+        MODEL_NAME,
+        tiny_export(1),
+        {"miou": 0.9, "throughput": tiny_throughput()},
+        "model: tiny\n",
+        caveat="promoted mid-run",
+    )
+    assert registry.promote_if_better(settings.registry_uri, MODEL_NAME, newer["version"]).promoted
+    assert registry_version(settings) == newer["version"] != planned["model_version"]
+
+    for block in blocks:
+        out = chain.infer(settings, "pin-1", block)
+        assert (out["status"], out["model_version"]) == ("predicted", planned["model_version"])
+    for item in items:
+        out = chain.assemble(settings, "pin-1", item)
+        assert out["status"] == "predicted" and out["model_version"] == planned["model_version"]
+    with chain.session(settings) as s:
+        (scene,) = list(s.query(Scene))
+        assert [p.model_version for p in repository.predictions_for(s, scene)] == [planned["model_version"]]
+
+    write_scene(storage.join(settings.input_uri, "scene-1.tif"), seed=411)  # new imagery
+    following = chain.process(settings, "pin-2")
+    assert following["model_version"] == newer["version"] and following["scenes"] == 1
+    new_blocks = json.loads(storage.read_text(following["manifest_uri"]))
+    assert {b["model_version"] for b in new_blocks} == {newer["version"]}
 
 
 def test_crash_mid_run_then_rerun_completes_without_duplicates(local_settings, monkeypatch) -> None:
