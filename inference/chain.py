@@ -445,18 +445,14 @@ def process(settings: ChainSettings, execution_id: str) -> dict[str, Any]:
                     spent[0].error,
                 )
                 continue
-            item = SceneItem(
-                scene_id=scene.id, uri=scene.source_uri, sha256=scene.sha256, model_version=version
-            )
+            item = scene_item(scene, version)
             scenes.append(item.model_dump())
             blocks += block_items(item, left)
         if challenger_version:
             # Shadow work a crashed or failed pass left on scenes the champion has predicted: the
             # champion's calls on them are no-ops, the shadow Maps finish them.
             for scene in repository.unfinished_shadows(s, version, challenger_version, settings.max_attempts):
-                item = SceneItem(
-                    scene_id=scene.id, uri=scene.source_uri, sha256=scene.sha256, model_version=version
-                )
+                item = scene_item(scene, version)
                 scenes.append(item.model_dump())
                 blocks += block_items(item, repository.blocks_of(s, scene.id, version))
         repository.update_run(s, execution_id, scenes_discovered=discovered, scenes_quarantined=quarantined)
@@ -499,6 +495,11 @@ def process(settings: ChainSettings, execution_id: str) -> dict[str, Any]:
         "quarantined": quarantined,
         "aliases": aliases,
     }
+
+
+def scene_item(scene: Scene, version: str) -> SceneItem:
+    """The manifest item of a ledger scene, predicted by ``version`` (the run's champion)."""
+    return SceneItem(scene_id=scene.id, uri=scene.source_uri, sha256=scene.sha256, model_version=version)
 
 
 def block_items(item: SceneItem, blocks: list[Any]) -> list[dict[str, Any]]:
