@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 # moto's Step Functions parser needs antlr4 4.13, Hydra pins 4.9: the 4.13 runtime lives apart
-# and inference/statemachine/moto_shim.py swaps it in for the duration of a local run.
+# and setup/tools/moto_shim.py swaps it in for the duration of a local run.
 SFN_ANTLR4 := .cache/sfn-antlr4
 $(SFN_ANTLR4)/antlr4/__init__.py: | $(STAMP)
 	$(PY) -m pip install --quiet --no-deps --upgrade --target $(SFN_ANTLR4) antlr4-python3-runtime==4.13.2
@@ -139,7 +139,7 @@ airflow_ui: setup_env ## Airflow standalone on 127.0.0.1:$AIRFLOW_PORT (default 
 ENV_FILE := .env
 .PHONY: env_file
 env_file: ## Write .env (mode 0600) with random secrets for the compose stack, unless it exists
-	@python3 -m training.compose_env --env-file $(ENV_FILE)
+	@python3 -m setup.compose_env --env-file $(ENV_FILE)
 
 # Fails with a clear message unless the docker CLI, its compose plugin and an engine are all there.
 define require_docker
@@ -209,7 +209,7 @@ clean_up_infra: setup_env ## Destroy the inference stack, buckets, ECR images an
 
 .PHONY: bench_sync_memory
 bench_sync_memory: setup_env ## Peak memory of the synchronous API under hostile payloads (declared-huge rasters, full 6 MB requests)
-	$(PY) -m inference.bench.sync_memory
+	$(PY) -m setup.tools.bench.sync_memory
 
 .PHONY: faults
 faults: setup_env ## Fault-injection suite (SIGKILL, 45 s database outage, overlapping runs, S3 5xx, leases, redrive); make test runs it with a 4 s outage
@@ -227,4 +227,4 @@ batch_image: ## Build the AWS Batch training image (training/Dockerfile.batch; n
 
 .PHONY: bench_features
 bench_features: setup_env ## Encoder feature-extraction chips/s on the best device (GPU bf16 where present) + whole-release time/cost: ARGS="--preset large --usd-per-hour 1.0"
-	$(PY) -m training.bench_features $(ARGS)
+	$(PY) -m setup.tools.bench_features $(ARGS)

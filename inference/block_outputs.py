@@ -15,9 +15,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from core.classes import NODATA_CLASS_ID
+from core.naip import open_naip
 from inference.predict import ScenePrediction
-from training.data.classes import NODATA_CLASS_ID
-from training.data.naip import open_naip
 
 __all__ = ["assemble", "from_bytes", "to_bytes"]
 

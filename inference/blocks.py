@@ -18,10 +18,10 @@ from typing import Any
 
 import numpy as np
 
+from core.artifacts import METRICS_NAME
 from inference.runtime import Predictor, default_num_threads
 from inference.runtime_cpu import detect_cpu
 from inference.settings import ChainDefaults
-from training.artifacts import METRICS_NAME
 
 __all__ = [
     "WHOLE_SCENE",

@@ -48,13 +48,13 @@ import sqlalchemy as sa
 from pydantic import BaseModel
 from sqlalchemy.orm import Session
 
+from core import artifacts, registry, storage
+from core.naip import NaipValidationError, validate_naip
 from inference import block_outputs, retry
 from inference.blocks import WHOLE_SCENE, BlockSizing, Throughput, block_sizing
 from inference.ledger import db, repository
 from inference.ledger.models import BlockStatus, Scene, SceneStatus, utcnow
 from inference.settings import ChainSettings, onnx_available
-from training import artifacts, registry, storage
-from training.data.naip import NaipValidationError, validate_naip
 
 log = logging.getLogger(__name__)
 
@@ -288,7 +288,7 @@ class ListedObject:
 def list_objects(prefix: str) -> list[ListedObject]:
     """Image objects under ``prefix`` with an ETag-like tag, from one (paginated) listing.
 
-    The same listing :func:`training.storage.list_uris` does, with details kept: S3's ETag, or
+    The same listing :func:`core.storage.list_uris` does, with details kept: S3's ETag, or
     size + mtime for local files, so unchanged keys are recognised without reading them.
     """
     fs, path = storage.filesystem(prefix)

@@ -27,9 +27,9 @@ from typing import Any
 
 import numpy as np
 
+from core.classes import CLASS_NAMES, NODATA_CLASS_ID
+from core.naip import NAIP_BANDS
 from inference.settings import DEFAULTS
-from training.data.classes import CLASS_NAMES, NODATA_CLASS_ID
-from training.data.naip import NAIP_BANDS
 
 __all__ = [
     "MetricRow",

@@ -35,11 +35,11 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from core import storage
 from inference import retry
 from inference.ledger import repository
 from inference.ledger.models import Metric, Prediction, Run, Scene, SceneStatus, utcnow
 from inference.settings import ChainSettings
-from training import storage
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """Per-scene products: a class COG, a confidence COG and a STAC item.
 
 COGs are built locally (an in-memory GeoTIFF turned into a COG by GDAL's COG driver: internal tiles,
-overviews, deflate) and then copied to the destination through :mod:`training.storage`, so a
+overviews, deflate) and then copied to the destination through :mod:`core.storage`, so a
 ``s3://`` URI works the same as a local path and a crash never leaves half a COG behind. Both
 rasters keep the input's CRS and transform.
 
@@ -30,10 +30,10 @@ from urllib.parse import quote
 import numpy as np
 from rasterio.io import MemoryFile
 
+from core import storage
+from core.classes import CLASS_NAMES, COLORMAP, NODATA_CLASS_ID, class_table
 from inference.predict import CONFIDENCE_SCALE, ScenePrediction
 from inference.quicklook import QUICKLOOK_MEDIA_TYPE
-from training import storage
-from training.data.classes import CLASS_NAMES, COLORMAP, NODATA_CLASS_ID, class_table
 
 __all__ = [
     "COG_MEDIA_TYPE",

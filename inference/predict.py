@@ -40,10 +40,10 @@ import numpy as np
 from affine import Affine
 from rasterio.windows import Window
 
+from core.classes import CLASS_NAMES, NODATA_CLASS_ID
+from core.naip import NAIP_BANDS, normalize, open_naip
 from inference.runtime import Predictor
 from inference.settings import DEFAULTS
-from training.data.classes import CLASS_NAMES, NODATA_CLASS_ID
-from training.data.naip import NAIP_BANDS, normalize, open_naip
 
 __all__ = [
     "CONFIDENCE_SCALE",

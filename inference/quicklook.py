@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from training import storage
-from training.data.classes import CLASSES, NODATA_CLASS_ID
+from core import storage
+from core.classes import CLASSES, NODATA_CLASS_ID
 
 __all__ = [
     "QUICKLOOK_MAX_SIDE",
@@ -64,7 +64,8 @@ def render_quicklook(
     import matplotlib.pyplot as plt
     from matplotlib.patches import Patch
 
-    from training.data.preview import colorize, stretch_rgb
+    from core.classes import colorize
+    from core.naip import stretch_rgb
 
     if image.shape[1:] != classes.shape:
         raise ValueError(f"image is {image.shape[1:]} but classes are {classes.shape}")
@@ -105,7 +106,7 @@ def write_quicklook(
     """
     from contextlib import ExitStack
 
-    from training.data.naip import open_raster
+    from core.naip import open_raster
 
     step = _decimation(pred.classes.shape, max_side)
     classes = pred.classes[::step, ::step]

@@ -3,7 +3,7 @@
 One layer per fault class, so the budgets add up instead of multiplying (README: "Faults: which
 layer retries what"):
 
-- **botocore** (:data:`training.storage.BOTO_CONFIG`) retries the faults of one AWS API call
+- **botocore** (:data:`core.storage.BOTO_CONFIG`) retries the faults of one AWS API call
   (throttling, 5xx, dropped or timed-out connections), for boto3 clients and s3fs alike. Its
   final error is not retried here: :func:`is_transient` is False for anything botocore raised.
 - **this module** retries what no call below it retries: a ledger database that restarts or a
@@ -80,7 +80,7 @@ def remaining_budget_s() -> float:
 
 def _raised_by_botocore(exc: BaseException) -> bool:
     """Whether ``exc`` is botocore's own error (a ``ClientError`` or a ``BotoCoreError``): its
-    retries (:data:`training.storage.BOTO_CONFIG`) are spent, so it is not retried again here."""
+    retries (:data:`core.storage.BOTO_CONFIG`) are spent, so it is not retried again here."""
     from botocore.exceptions import BotoCoreError, ClientError
 
     return isinstance(exc, ClientError | BotoCoreError)

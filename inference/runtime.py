@@ -1,13 +1,15 @@
 """Model runtimes behind one small interface: normalised float32 chips in, class probabilities out.
 
-:class:`Predictor` is what :mod:`inference.predict` calls. :class:`TorchPredictor` runs the
-compact export (``training.models.export``) with PyTorch; the ONNX Runtime backend lives in
+:class:`Predictor` is what :mod:`inference.predict` calls. The ONNX Runtime backend lives in
 ``inference.runtime_onnx`` and the OpenVINO one in ``inference.runtime_openvino``, each imported
-only when asked for, so each Lambda image carries just the runtime it uses. Which backend and
+only when asked for, so each Lambda image carries just the runtime it uses. Other backends are
+plugins found by entry point (group ``landcover.backends``): the eager PyTorch one,
+``training.models.predictor.TorchPredictor``, comes with the training package, which the Lambda
+image does not ship. Which backend and
 artifact suit this CPU is decided by :mod:`inference.runtime_cpu`. Nothing here imports torch
 at module scope; :func:`read_safetensors_metadata` reads an export's header without it.
 
-Inputs are already Clay-normalised (``training.data.naip.normalize``); the caller does that once
+Inputs are already Clay-normalised (``core.naip.normalize``); the caller does that once
 per batch, so every backend sees exactly the same numbers.
 """
 
@@ -19,6 +21,7 @@ import logging
 import os
 import struct
 from dataclasses import dataclass
+from importlib.metadata import entry_points
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -27,7 +30,6 @@ __all__ = [
     "BACKENDS",
     "OperatorTime",
     "Predictor",
-    "TorchPredictor",
     "default_num_threads",
     "load_predictor",
     "read_onnx_metadata_props",
@@ -37,6 +39,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 BACKENDS: tuple[str, ...] = ("torch", "onnx", "openvino")
+#: Where backends other than the built-in ONNX Runtime and OpenVINO ones register (pyproject).
+BACKEND_ENTRY_POINTS = "landcover.backends"
 #: A safetensors header is an 8-byte little-endian length and that many bytes of JSON.
 _MAX_HEADER_BYTES = 100 * 2**20
 
@@ -103,63 +107,12 @@ def check_chips(chips: np.ndarray, in_channels: int = 4, chip_size: int | None =
     if arr.dtype.kind != "f":
         raise ValueError(
             f"predict_proba takes normalised float chips, got {arr.dtype}; "
-            "apply training.data.naip.normalize to uint8 NAIP first"
+            "apply core.naip.normalize to uint8 NAIP first"
         )
     arr = arr.astype(np.float32, copy=False)
     if not np.isfinite(arr).all():
         raise ValueError("chips contain NaN or infinite values")
     return arr
-
-
-class TorchPredictor:
-    """The compact export run with PyTorch on the CPU.
-
-    Args:
-        export_path: local path, ``file://`` or ``s3://`` URI of the ``.safetensors`` export.
-        dtype: ``"float32"`` (default) or ``"bfloat16"`` (half the weight memory; fast only on
-            CPUs with native bf16). Probabilities are always returned as float32.
-        num_threads: intra-op threads; None uses :func:`default_num_threads`.
-    """
-
-    backend = "torch"
-
-    def __init__(self, export_path: str, dtype: str = "float32", num_threads: int | None = None) -> None:
-        import torch
-
-        from training.models.export import load_export
-
-        dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16}
-        if dtype not in dtypes:
-            raise ValueError(f"dtype must be one of {sorted(dtypes)}, got {dtype!r}")
-        threads = num_threads or default_num_threads()
-        if torch.get_num_threads() != threads:
-            torch.set_num_threads(threads)
-        self._torch = torch
-        self.export_path = str(export_path)
-        self.dtype = dtype
-        self.num_threads = threads
-        self.model, self.metadata = load_export(self.export_path, dtype=dtypes[dtype])
-        self.num_classes = int(self.model.num_classes)
-        self.patch_size = int(self.model.encoder.patch_size)
-        log.info(
-            "loaded %s (%s, %d classes, %s, %d threads)",
-            self.export_path,
-            self.metadata.get("preset"),
-            self.num_classes,
-            dtype,
-            threads,
-        )
-
-    def predict_proba(self, chips: np.ndarray) -> np.ndarray:
-        """Softmax probabilities float32 ``[B, K, S, S]`` for normalised float32 ``[B, 4, S, S]``."""
-        arr = check_chips(chips)
-        torch = self._torch
-        with torch.inference_mode():
-            logits = self.model.predict_logits(torch.from_numpy(np.ascontiguousarray(arr)))
-            return logits.float().softmax(dim=1).numpy()  # (B, K, S, S)
-
-    def __repr__(self) -> str:
-        return f"TorchPredictor({self.export_path!r}, dtype={self.dtype!r}, threads={self.num_threads})"
 
 
 def read_safetensors_metadata(uri_or_path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -168,7 +121,7 @@ def read_safetensors_metadata(uri_or_path: str | os.PathLike[str]) -> dict[str, 
     Reads only the header (two small range reads for ``s3://``), so the torch-free Lambda image
     can read an export's reference statistics.
     """
-    from training import storage
+    from core import storage
 
     uri = str(uri_or_path)
     fs, path = storage.filesystem(uri)
@@ -236,8 +189,6 @@ def load_predictor(export_path: str, backend: str = "torch", **kwargs: Any) -> P
     Extra keyword arguments go to the backend's constructor (e.g. ``dtype``, ``num_threads``,
     ``precision``).
     """
-    if backend == "torch":
-        return TorchPredictor(export_path, **kwargs)
     if backend in ("onnx", "openvino"):
         module, cls, package = {
             "onnx": ("inference.runtime_onnx", "OnnxPredictor", "onnxruntime"),
@@ -248,7 +199,15 @@ def load_predictor(export_path: str, backend: str = "torch", **kwargs: Any) -> P
         except ImportError as exc:
             raise ValueError(
                 f"backend {backend!r} needs {module} and {package}, which are not "
-                f"available here ({exc}); use backend='torch' or install {package}"
+                f"available here ({exc}); install {package}"
             ) from exc
         return predictor_cls(export_path, **kwargs)
+    plugins = entry_points(group=BACKEND_ENTRY_POINTS, name=backend)
+    if plugins:
+        return next(iter(plugins)).load()(export_path, **kwargs)
+    if backend in BACKENDS:
+        raise ValueError(
+            f"backend {backend!r} is a plugin of the training package (entry point group "
+            f"{BACKEND_ENTRY_POINTS!r}), which is not installed here: pip install 'landcover-platform[training]'"
+        )
     raise ValueError(f"unknown backend {backend!r}; choose one of {list(BACKENDS)}")

@@ -41,7 +41,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from training.artifacts import (
+from core.artifacts import (
     EXPORT_NAME,
     ONNX_FP32_NAME,
     ONNX_INT8_NAME,

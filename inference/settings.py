@@ -26,8 +26,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from training.artifacts import default_manifest_prefix
-from training.data.limits import DEFAULT_MAX_PIXELS
+from core.artifacts import default_manifest_prefix
+from core.limits import DEFAULT_MAX_PIXELS
 
 
 class SettingsError(RuntimeError):
@@ -202,8 +202,8 @@ def _url_from_secret(secret_arn: str, endpoint_url: str | None) -> str:
     """An SQLAlchemy URL from an RDS-style secret; the password never passes through a string format."""
     import sqlalchemy as sa
 
+    from core import storage
     from inference.ledger.db import POSTGRES_DRIVER
-    from training import storage
 
     try:
         raw = storage.boto3_client("secretsmanager").get_secret_value(SecretId=secret_arn)["SecretString"]

@@ -1,6 +1,6 @@
 """The shadow challenger: the registry's challenger predicts the champion's blocks, never served.
 
-When the registry names a challenger (:func:`training.registry.challenger`), ``process`` puts
+When the registry names a challenger (:func:`core.registry.challenger`), ``process`` puts
 its version in the run's output and the state machine runs a shadow pass after the champion's
 scenes are assembled, over the same block manifest and scene list:
 
@@ -29,6 +29,9 @@ from typing import Any
 import numpy as np
 from sqlalchemy.orm import Session
 
+from core import artifacts, storage
+from core.classes import CLASS_NAMES, NODATA_CLASS_ID
+from core.naip import NaipValidationError
 from inference import block_outputs, retry
 from inference.chain import (
     BlockItem,
@@ -45,9 +48,6 @@ from inference.chain import (
 from inference.ledger import repository
 from inference.ledger.models import SceneStatus, ShadowComparison, ShadowStatus
 from inference.settings import ChainSettings
-from training import artifacts, storage
-from training.data.classes import CLASS_NAMES, NODATA_CLASS_ID
-from training.data.naip import NaipValidationError
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +103,7 @@ def read_classes(uri: str) -> np.ndarray:
     """The class-id raster of a class COG (band 1)."""
     from contextlib import ExitStack
 
-    from training.data.naip import open_raster
+    from core.naip import open_raster
 
     with ExitStack() as stack:
         return open_raster(uri, stack).read(1)

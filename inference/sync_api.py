@@ -22,11 +22,11 @@ from typing import Any
 
 import numpy as np
 
+from core.classes import NODATA_CLASS_ID, class_table
+from core.naip import NAIP_BANDS, data_mask
 from inference.predict import InvalidImageError, predict_array
 from inference.runtime import Predictor
 from inference.settings import DEFAULTS, ChainDefaults
-from training.data.classes import NODATA_CLASS_ID, class_table
-from training.data.naip import NAIP_BANDS, data_mask
 
 __all__ = ["decode_image", "predict_request"]
 

@@ -399,7 +399,7 @@ MODEL_CHANGES_COLUMNS = ("time", "text", "tags")
 def default_drift_threshold() -> float:
     """The observe step's own drift threshold: ``inference.drift_threshold`` from the Hydra
     config, or the chain's default when the config leaves it null."""
-    from training.config import compose
+    from core.config import compose
 
     value = compose().inference.drift_threshold
     return CHAIN_DEFAULTS.drift_threshold if value is None else float(value)

@@ -152,8 +152,8 @@ def latest_quicklooks(
     the report still describes the ledger."""
     import json
 
+    from core import storage
     from inference.ledger.models import Prediction, Scene
-    from training import storage
 
     query = (
         sa.select(Prediction.stac_uri, Prediction.model_version, Prediction.finished_at, Scene.source_uri)
@@ -260,7 +260,7 @@ def _matplotlib():
 
 def _class_colors() -> dict[str, str]:
     try:
-        from training.data.classes import CLASSES
+        from core.classes import CLASSES
 
         return {c.name: "#{:02x}{:02x}{:02x}".format(*c.color[:3]) for c in CLASSES}
     except Exception:  # pragma: no cover
@@ -725,7 +725,7 @@ def build_report(
 
 
 def _default_ledger_url() -> str:
-    from training.config import compose
+    from core.config import compose
 
     return str(compose().inference.ledger_url)
 

@@ -10,7 +10,7 @@ platform rather than this machine's: CPython 3.11 wheels only, for the glibc of 
 base, has no wheel of onnxruntime 1.32 or openvino 2026), for x86_64 and for arm64. Each lock
 line pins one version and the sha256 of the one wheel pip picks there, so ``pip install
 --require-hashes`` installs byte-identical files in the image and in ``make test``
-(``inference/bench/image.py`` reads the platform flags back from the lock's header).
+(``setup/tools/bench/image.py`` reads the platform flags back from the lock's header).
 
 Markers are evaluated for the target architecture here (``openvino`` is x86_64 only: it ships no
 manylinux aarch64 wheel for AL2023's glibc); pip evaluates transitive markers on the host.
@@ -33,7 +33,7 @@ from packaging.requirements import Requirement
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
-from inference.bench.image import (  # noqa: E402  (the lock files' names and header keys)
+from setup.tools.bench.image import (  # noqa: E402  (the lock files' names and header keys)
     LOCK_FILES,
     LOCK_HEADER_DECLARED,
     LOCK_HEADER_PIP_ARGS,

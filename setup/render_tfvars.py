@@ -70,7 +70,7 @@ def render(overrides: list[str], image_tag: str | None = None) -> dict[str, Any]
     """The tfvars mapping for a Hydra config composed with ``storage=s3`` and ``overrides``."""
     from omegaconf import OmegaConf
 
-    from training.config import compose
+    from core.config import compose
 
     cfg = OmegaConf.to_container(compose(["storage=s3", *overrides]), resolve=True)
     infra, inference = cfg["infra"], cfg["inference"]

@@ -8,8 +8,8 @@ from collections.abc import Iterator
 
 import pytest
 
+from core import storage
 from tests.ports import free_port
-from training import storage
 
 POSTGRES_ADMIN_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/test")
 

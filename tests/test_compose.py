@@ -13,14 +13,9 @@ from typing import Any
 import pytest
 import yaml
 
-from training.compose_env import (
-    AIRFLOW_ADMIN_PASSWORD_VAR,
-    MODE,
-    ensure_env_file,
-    read_env,
-    required_variables,
-)
-from training.config import REPO_ROOT, compose
+from core.config import REPO_ROOT, compose
+from core.env_file import AIRFLOW_ADMIN_PASSWORD_VAR, read_env
+from setup.compose_env import MODE, ensure_env_file, required_variables
 
 COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"
 AIRFLOW = ("api-server", "scheduler", "dag-processor", "triggerer")

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import requests
 
-from training import compose_env
-from training.config import REPO_ROOT, home
+from core import env_file
+from core.config import REPO_ROOT, home
 
 DAGS_FOLDER = REPO_ROOT / "training" / "dags"
 TERMINAL_STATES = {"success", "failed"}
@@ -163,12 +163,12 @@ def default_credentials() -> tuple[str, str]:
         generated = airflow_home() / PASSWORDS_FILE
         if generated.exists():
             password = json.loads(generated.read_text()).get(username)
-    if password is None and compose_env.ENV_FILE.exists():
-        password = compose_env.read_env(compose_env.ENV_FILE).get(compose_env.AIRFLOW_ADMIN_PASSWORD_VAR)
+    if password is None and env_file.ENV_FILE.exists():
+        password = env_file.read_env(env_file.ENV_FILE).get(env_file.AIRFLOW_ADMIN_PASSWORD_VAR)
     if not password:
         raise SystemExit(
             f"No Airflow password for {username!r}: set AIRFLOW_PASSWORD, run `make airflow_ui`, "
-            f"or `make launch_training_infra` (its password is {compose_env.AIRFLOW_ADMIN_PASSWORD_VAR} in .env)"
+            f"or `make launch_training_infra` (its password is {env_file.AIRFLOW_ADMIN_PASSWORD_VAR} in .env)"
         )
     return username, password
 
@@ -218,8 +218,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--run-id", default=None, help="name (or resume) a run; default: <dag>-<UTC time>")
     args = parser.parse_args(argv)
 
+    from core.config import compose, training_variants, variant_overrides
     from training import pipeline
-    from training.config import compose, training_variants, variant_overrides
 
     if args.dag_id not in training_variants():
         parser.error(f"unknown DAG {args.dag_id!r}; choose from {', '.join(training_variants())}")

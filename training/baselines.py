@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from training.data.naip import normalize
+from core.naip import normalize
 
 __all__ = [
     "PixelLogisticRegression",
@@ -88,7 +88,7 @@ class PixelLogisticRegression:
 
     def predict_proba(self, chips: np.ndarray) -> np.ndarray:
         """Softmax probabilities (B, K, S, S) for Clay-normalised float32 chips (B, 4, S, S)."""
-        from training.data.naip import NAIP_MEANS, NAIP_STDS
+        from core.naip import NAIP_MEANS, NAIP_STDS
 
         arr = np.asarray(chips, dtype=np.float32)
         if arr.ndim != 4 or arr.shape[1] != 4:

@@ -43,7 +43,7 @@ def runner_of(cfg: DictConfig) -> str:
 
 def dag_runner(variant: str) -> str:
     """The runner a variant's DAG is built for (its config, plus ``LANDCOVER_OVERRIDES``)."""
-    from training.config import compose, variant_overrides
+    from core.config import compose, variant_overrides
 
     return runner_of(compose(variant_overrides(variant)))
 
@@ -52,7 +52,7 @@ def dag_batch_settings(variant: str) -> dict[str, str]:
     """``training.batch`` of a variant: queue, job definition, connection, region."""
     from omegaconf import OmegaConf
 
-    from training.config import compose, variant_overrides
+    from core.config import compose, variant_overrides
 
     settings = OmegaConf.to_container(compose(variant_overrides(variant)).training.batch, resolve=True)
     return {k: str(v) for k, v in settings.items()}

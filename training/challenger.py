@@ -15,7 +15,7 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-from training import registry
+from core import registry
 
 log = logging.getLogger(__name__)
 
@@ -118,8 +118,8 @@ def promote_challenger(cfg: Any) -> registry.PromotionDecision:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``landcover promote-challenger [OVERRIDES...]``: 0 when promoted, 1 when held back."""
-    from training.config import compose
-    from training.logs import configure_console
+    from core.config import compose
+    from core.logs import configure_console
 
     p = argparse.ArgumentParser(prog="landcover promote-challenger", description=promote_challenger.__doc__)
     p.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. training.shadow.min_scenes=20")

@@ -19,7 +19,7 @@ import os
 import sys
 from pathlib import Path
 
-from training.logs import configure_console
+from core.logs import configure_console
 from training.models.checkpoint import load_seed_segmenter
 from training.models.export import save_export
 

@@ -27,11 +27,10 @@ import numpy as np
 import torch
 from rasterio.windows import Window
 
+from core.classes import CLASS_NAMES, CLASSES, NODATA_CLASS_ID, colorize
+from core.naip import open_naip, stretch_rgb
 from training.baselines import PixelLogisticRegression, majority_class
 from training.data.chesapeake import SceneRecord, read_label
-from training.data.classes import CLASS_NAMES, CLASSES, NODATA_CLASS_ID
-from training.data.naip import open_naip
-from training.data.preview import colorize, stretch_rgb
 from training.features import CachedFeatures
 from training.models.head import ClaySegmenter
 from training.module import build_metrics, confusion_counts, metrics_from_confusion, metrics_to_dict

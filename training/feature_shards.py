@@ -23,7 +23,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from training import artifacts, storage
+from core import artifacts, storage
 from training.data.chesapeake import SPLITS, SceneRecord
 from training.device import DeviceChoice
 from training.features import ChipRecipe, cache_split

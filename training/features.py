@@ -26,10 +26,10 @@ from safetensors.torch import load_file, save_file
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from training import artifacts, storage
+from core import artifacts, storage
+from core.naip import normalize
 from training.data.chesapeake import SceneRecord
 from training.data.chips import read_scene_chips
-from training.data.naip import normalize
 from training.models.clay import ClayEncoder
 from training.models.head import ClaySegmenter
 
@@ -311,7 +311,7 @@ class CachedFeatures(Dataset):
             if crop <= 0 or crop % patch:
                 raise ValueError(f"crop {crop} must be a positive multiple of the patch size {patch}")
             # A crop as large as the chip (or larger) keeps the whole chip.
-        from training.data.naip import NAIP_MEANS, NAIP_STDS
+        from core.naip import NAIP_MEANS, NAIP_STDS
 
         self._mean = torch.tensor(NAIP_MEANS, dtype=torch.float32).view(-1, 1, 1)
         self._std = torch.tensor(NAIP_STDS, dtype=torch.float32).view(-1, 1, 1)

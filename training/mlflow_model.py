@@ -1,5 +1,5 @@
 """The served model as an MLflow pyfunc model: the registry version's int8 ONNX model
-(:data:`training.artifacts.ONNX_INT8_NAME`) behind the inference scene predictor, with a
+(:data:`core.artifacts.ONNX_INT8_NAME`) behind the inference scene predictor, with a
 signature and an input example.
 
 The S3 registry stays the source of truth for serving; this is what the MLflow model registry's
@@ -73,7 +73,7 @@ def log_served_model(onnx_uri: str, tracking_uri: str, run_id: str) -> str:
 
     Returns the logged model's URI (what a model registry version's ``source`` points to).
     """
-    from training import artifacts, storage
+    from core import artifacts, storage
 
     mlflow.set_tracking_uri(tracking_uri)
     signature, example = model_signature()

@@ -6,7 +6,7 @@ Lifecycle as in torchgeo's ``BaseTask``: ``save_hyperparameters`` -> ``configure
 Batches are dicts:
 
 - ``{"image": float32 (B, 4, H, W), "mask": int64 (B, H, W)}``: end to end from normalised
-  pixels (``training.data.naip.normalize``); or
+  pixels (``core.naip.normalize``); or
 - ``{"features": (B, dim, H/8, W/8), "mask": int64 (B, H, W)}``: from cached encoder
   features (the grid of :meth:`ClaySegmenter.forward_features`; fp16 caches are upcast),
   plus ``"pixels"``: float32 (B, 4, H, W) normalised chips for a head that reads them (fusion).
@@ -222,7 +222,7 @@ class SegmentationTask(pl.LightningModule):
         super().__init__()
         self.save_hyperparameters(ignore=["model"])
         if class_names is None:
-            from training.data.classes import CLASS_NAMES
+            from core.classes import CLASS_NAMES
 
             class_names = CLASS_NAMES[:num_classes] if num_classes <= len(CLASS_NAMES) else None
         self.class_names = list(class_names or [f"class_{i}" for i in range(num_classes)])

@@ -25,8 +25,8 @@ from typing import Any
 import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 
-from training import artifacts, storage
-from training.config import apply_storage, to_yaml
+from core import artifacts, storage
+from core.config import apply_storage, to_yaml
 
 log = logging.getLogger(__name__)
 
@@ -229,8 +229,8 @@ def _tracker(run: Run):
 @step
 def validate_data(run: Run) -> dict[str, Any]:
     """Check every scene, keep splits disjoint, and compute the training-data statistics."""
+    from core.naip import validate_naip
     from training.data.chesapeake import label_nodata_counts, label_shape
-    from training.data.naip import validate_naip
     from training.data.stats import compute_stats
 
     cfg = run.cfg
@@ -525,7 +525,7 @@ def evaluate(run: Run) -> dict[str, Any]:
 def register(run: Run) -> dict[str, Any]:
     """Export the model (folded patch embedding, fp16), register an immutable version, and
     put every runtime artifact the Lambda's dispatcher chooses from next to it."""
-    from training import registry
+    from core import registry
     from training.models.export import save_export
     from training.models.onnx_export import register_onnx
 
@@ -570,7 +570,8 @@ def register(run: Run) -> dict[str, Any]:
 @step
 def promote(run: Run) -> dict[str, Any]:
     """Gated promotion in the S3 registry, mirrored into the MLflow model registry."""
-    from training import challenger, registry
+    from core import registry
+    from training import challenger
 
     cfg = run.cfg
     version = run.result("register")["version"]

@@ -19,7 +19,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers.logger import Logger
 
-from training import artifacts, storage
+from core import artifacts, storage
 
 log = logging.getLogger(__name__)
 

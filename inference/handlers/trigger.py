@@ -9,8 +9,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from core import storage
 from inference import trigger
-from training import storage
 
 _settings: trigger.TriggerSettings | None = None
 

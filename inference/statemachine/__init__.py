@@ -1,5 +1,5 @@
 """The inference state machine: ``pipeline.asl.json`` (what Terraform deploys) and
-:mod:`inference.statemachine.local`, which runs that same file on moto's interpreter in-process."""
+:mod:`setup.tools.local_statemachine`, which runs that same file on moto's interpreter in-process."""
 
 from pathlib import Path
 

@@ -1,7 +1,7 @@
 """Builders of tiny GeoTIFFs for tests: good NAIP scenes, Chesapeake layouts and each bad kind.
 
 ``write_bad_naip(path, kind)`` takes the reason codes of
-:class:`training.data.naip.NaipValidationError` subclasses (``BAD_KINDS``), so a quarantine test
+:class:`core.naip.NaipValidationError` subclasses (``BAD_KINDS``), so a quarantine test
 can write a file and expect exactly that ``reason`` back. Sizes are small (default 64 px) so
 hundreds of files cost milliseconds.
 """
@@ -16,7 +16,7 @@ import rasterio
 import rasterio.windows
 from rasterio.transform import Affine
 
-from training.data.naip import REASON_CODES
+from core.naip import REASON_CODES
 from training.data.synthetic import generate_scene, write_lc_tif, write_naip_tif
 
 CRS = "EPSG:32618"

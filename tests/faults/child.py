@@ -14,9 +14,9 @@ import sys
 import time
 from pathlib import Path
 
+from core import storage
 from inference.settings import ChainSettings
 from tests.faults.harness import run_chain
-from training import storage
 
 
 def main() -> int:

@@ -29,7 +29,7 @@ from inference import chain, handlers
 from inference.ledger import RunStatus, SceneStatus
 from inference.ledger.models import Block, BlockStatus, Prediction, Run, Scene
 from inference.settings import ChainSettings
-from inference.statemachine import local
+from setup.tools import local_statemachine as local
 from tests.ports import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

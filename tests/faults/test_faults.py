@@ -18,6 +18,7 @@ import time
 import pytest
 import sqlalchemy as sa
 
+from core import storage
 from inference import chain
 from inference.ledger import RunStatus, SceneStatus
 from inference.ledger.models import Block, BlockStatus, Prediction, Run, Scene
@@ -34,7 +35,6 @@ from tests.faults.harness import (
     wait_for,
 )
 from tests.inference.chain_fixtures import chain_settings, make_champion, migrated, write_bad, write_scene
-from training import storage
 
 log = logging.getLogger(__name__)
 GOOD = 3

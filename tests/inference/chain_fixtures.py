@@ -14,9 +14,9 @@ from typing import Any
 
 import numpy as np
 
+from core import registry, storage
 from inference.settings import ChainSettings
 from tests.data.builders import write_bad_naip
-from training import registry, storage
 
 MODEL_NAME = "chesapeake-landcover"
 SCENE_SIZE = 256
@@ -27,7 +27,7 @@ def tiny_export(seed: int = 0) -> Path:
     """A random tiny segmenter exported with reference stats from synthetic chips (built once per seed)."""
     import torch
 
-    from training.data.classes import remap_lc
+    from core.classes import remap_lc
     from training.data.stats import StatsAccumulator
     from training.data.synthetic import generate_scene
     from training.models.export import save_export
@@ -50,7 +50,7 @@ def tiny_export(seed: int = 0) -> Path:
 def tiny_throughput() -> dict[str, Any]:
     """The tiny export's measured throughput, as the training pipeline stores it (measured once)."""
     from inference.blocks import measure_throughput
-    from inference.runtime import TorchPredictor
+    from training.models.predictor import TorchPredictor
 
     return measure_throughput(TorchPredictor(str(tiny_export())), 128, chips=4).to_dict()
 
@@ -136,7 +136,7 @@ def fast_retries(monkeypatch: Any) -> list[float]:
     """
     from types import SimpleNamespace
 
-    from inference.statemachine import moto_shim
+    from setup.tools import moto_shim
 
     retrier = moto_shim.import_interpreter(
         "moto.stepfunctions.parser.asl.component.common.retry.retrier_decl"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from training.data.classes import NUM_CLASSES
+from core.classes import NUM_CLASSES
 
 
 class LocalPredictor:
@@ -80,7 +80,7 @@ def border_mask(
 
 @functools.cache
 def tiny_predictor(content_scale: float = 1000.0, seed: int = 0):
-    """A single-threaded :class:`~inference.runtime.TorchPredictor` over :func:`tiny_export`."""
-    from inference.runtime import TorchPredictor
+    """A single-threaded :class:`~training.models.predictor.TorchPredictor` over :func:`tiny_export`."""
+    from training.models.predictor import TorchPredictor
 
     return TorchPredictor(tiny_export(content_scale, seed), num_threads=1)

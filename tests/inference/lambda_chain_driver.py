@@ -33,7 +33,7 @@ def main() -> None:
     modules = {
         f"inference.handlers.{n}": importlib.import_module(f"inference.handlers.{n}") for n in steps_run
     }
-    from training import storage
+    from core import storage
 
     ctx = Context()
     steps = {"process": modules["inference.handlers.process"].handler({"execution_id": EXECUTION_ID}, ctx)}

@@ -1,4 +1,4 @@
-"""``python -m inference.bench --quick`` runs end to end and writes a complete JSON report."""
+"""``python -m setup.tools.bench --quick`` runs end to end and writes a complete JSON report."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from inference.bench.models import analytic_flops
+from setup.tools.bench.models import analytic_flops
 from training.models.head import build_segmenter
 
 REPO = Path(__file__).resolve().parents[2]
@@ -30,7 +30,7 @@ def test_analytic_flops_match_flop_counter() -> None:
 def test_budget_keeps_each_figures_minimum_and_says_what_it_cut() -> None:
     """A loop past its share of the budget stops after its minimum runs, and the cut is recorded;
     with time to spare every run happens."""
-    from inference.bench.budget import Budget
+    from setup.tools.bench.budget import Budget
 
     tight = Budget(total_s=0.05)
     ran = []
@@ -54,7 +54,7 @@ def test_budget_keeps_each_figures_minimum_and_says_what_it_cut() -> None:
 def test_bench_quick_writes_all_sections(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     # --no-image: building the Lambda env needs the network (tests/inference/test_lambda_env.py, opt-in).
-    cmd = [sys.executable, "-m", "inference.bench", "--quick", "--no-champion", "--no-image"]
+    cmd = [sys.executable, "-m", "setup.tools.bench", "--quick", "--no-champion", "--no-image"]
     cmd += ["--out", str(out), "--workdir", str(tmp_path / "work")]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -139,15 +139,15 @@ def test_bench_quick_writes_all_sections(tmp_path: Path) -> None:
 def test_bench_builds_and_runs_only_what_this_cpu_can_use() -> None:
     """On AVX2 alone neither int8-dot-product candidate runs, so their artifacts are not built;
     a VNNI CPU measures both; an AMX CPU needs every runtime artifact."""
-    from inference.bench.chips import artifacts_needed, candidates
-    from inference.runtime_cpu import CpuInfo
-    from training.artifacts import (
+    from core.artifacts import (
         ONNX_FP32_NAME,
         ONNX_INT8_NAME,
         ONNX_INT8_QDQ_NAME,
         ONNX_INT8_VNNI_NAME,
         RUNTIME_ARTIFACT_NAMES,
     )
+    from inference.runtime_cpu import CpuInfo
+    from setup.tools.bench.chips import artifacts_needed, candidates
 
     avx2 = CpuInfo("test", "x86_64", frozenset({"avx2", "fma"}))
     vnni = CpuInfo("test", "x86_64", frozenset({"avx2", "avx512f", "avx512_vnni"}))
@@ -167,7 +167,7 @@ def test_bench_builds_and_runs_only_what_this_cpu_can_use() -> None:
 
 
 def test_operators_are_grouped_by_the_onnx_nodes_they_run() -> None:
-    from inference.bench.profile import operator_group
+    from setup.tools.bench.profile import operator_group
 
     block = "/model/layers.3/layers.3.0"
     assert (
@@ -192,8 +192,8 @@ def test_operators_are_grouped_by_the_onnx_nodes_they_run() -> None:
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory):
-    from inference.bench.models import prepare_model
-    from training.artifacts import ONNX_INT8_NAME, ONNX_INT8_QDQ_NAME
+    from core.artifacts import ONNX_INT8_NAME, ONNX_INT8_QDQ_NAME
+    from setup.tools.bench.models import prepare_model
 
     return prepare_model("tiny", tmp_path_factory.mktemp("bench"), names=(ONNX_INT8_NAME, ONNX_INT8_QDQ_NAME))
 
@@ -202,10 +202,10 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory):
 def test_served_chip_profile_adds_up(path: str, tiny_model) -> None:
     """Each runtime's own operator counters, grouped: every group that has FLOPs ran, the parts
     sum to the operators' total, and that total lies within the profiled call's wall time."""
-    from inference.bench.chips import sample_chips
-    from inference.bench.models import analytic_flops
-    from inference.bench.profile import profile_chip
     from inference.runtime_cpu import PATHS, detect_cpu
+    from setup.tools.bench.chips import sample_chips
+    from setup.tools.bench.models import analytic_flops
+    from setup.tools.bench.profile import profile_chip
 
     spec = next(p for p in PATHS if p.name == path)
     if path == "openvino-int8" and not detect_cpu().flags & spec.needs_any:

@@ -9,10 +9,11 @@ import json
 
 import pytest
 
+from core import artifacts, storage
 from inference import chain, handlers
 from inference.ledger import RunStatus, SceneStatus, repository
 from inference.ledger.models import Scene
-from inference.statemachine import local
+from setup.tools import local_statemachine as local
 from tests.data.builders import BAD_KINDS
 from tests.inference.chain_fixtures import (
     chain_settings,
@@ -21,7 +22,6 @@ from tests.inference.chain_fixtures import (
     write_bad,
     write_scene,
 )
-from training import artifacts, storage
 
 
 def run(settings, execution_id: str) -> local.LocalExecution:
@@ -144,8 +144,8 @@ def test_rerun_is_idempotent_and_does_not_rehash(local_settings, monkeypatch) ->
 def test_a_promotion_mid_run_does_not_change_the_runs_model(local_settings) -> None:
     """process plans the run with the champion of that moment; a promotion before infer leaves
     every block and the scene to that version, and the next run takes the new champion."""
+    from core import registry
     from tests.inference.chain_fixtures import MODEL_NAME, tiny_export, tiny_throughput
-    from training import registry
 
     settings = local_settings
     write_scene(storage.join(settings.input_uri, "scene-0.tif"), seed=410)

@@ -44,7 +44,7 @@ def test_settings_from_env_are_typed_and_checked() -> None:
 def test_ledger_url_from_secrets_manager(moto_server: str, monkeypatch) -> None:
     import sqlalchemy as sa
 
-    from training import storage
+    from core import storage
 
     storage.configure(endpoint_url=moto_server, region="us-east-1")
     try:
@@ -72,7 +72,7 @@ def test_ledger_url_from_secrets_manager(moto_server: str, monkeypatch) -> None:
 
 
 def test_settings_from_hydra_config() -> None:
-    from training.config import compose
+    from core.config import compose
 
     cfg = compose(["inference.chip_size=128", "inference.drift_threshold=0.3"])
     s = settings_from_config(cfg)
@@ -83,7 +83,7 @@ def test_settings_from_hydra_config() -> None:
 
 
 def test_settings_defaults_have_one_home() -> None:
-    from training.config import compose
+    from core.config import compose
 
     cfg = compose()
     s = settings_from_config(cfg)
@@ -134,8 +134,8 @@ def _geotiff_b64(image: np.ndarray) -> str:
 
 def test_sync_request_returns_model_ids_and_the_class_table(tmp_uri: str) -> None:
     """The seed-000 API shape, served by the infer handler with the registry's champion."""
+    from core.classes import CLASS_NAMES
     from inference.handlers import infer
-    from training.data.classes import CLASS_NAMES
     from training.data.synthetic import generate_scene
 
     settings = chain_settings(tmp_uri, "sqlite://")
@@ -171,8 +171,8 @@ def test_dockerfile_is_the_lambda_image_without_training_stack() -> None:
     # wheel of onnxruntime 1.32 or openvino 2026.
     assert instructions[0] == "FROM public.ecr.aws/lambda/provided:al2023"
     # Torch-free: the image installs the hashed lock of each architecture, with no resolution,
-    # into the task root, as make test's Lambda env does (inference.bench.image).
-    from inference.bench.image import LOCK_FILES, STRIP_LIST
+    # into the task root, as make test's Lambda env does (setup.tools.bench.image).
+    from setup.tools.bench.image import LOCK_FILES, STRIP_LIST
 
     for lock in LOCK_FILES.values():
         assert f"/tmp/build/{lock.name}" in text, lock.name

@@ -3,7 +3,7 @@
 The environment is what ``inference/Dockerfile`` installs: ``pip install --require-hashes
 --no-deps --target`` of this architecture's lock (``inference/requirements-lambda.txt``), with the
 lock's platform flags so that this machine takes the wheels Amazon Linux 2023 takes, then the
-strip list (:func:`inference.bench.image.cached_lambda_env`). It is cached under
+strip list (:func:`setup.tools.bench.image.cached_lambda_env`). It is cached under
 ``.cache/lambda-env-<hash of the lock and strip list>``: the first run downloads about 250 MB
 from PyPI (a minute or two), a warm run costs nothing.
 
@@ -24,14 +24,14 @@ from pathlib import Path
 
 import pytest
 
+from core import registry, storage
 from inference import chain
-from inference.bench.image import IMAGE_BUDGET_BYTES, cached_lambda_env, shipped_files
 from inference.ledger import RunStatus, SceneStatus, repository
 from inference.ledger.models import Run, Scene
 from inference.runtime_cpu import choose_path, detect_cpu
 from setup.lambda_requirements import declared_requirements, for_machine
+from setup.tools.bench.image import IMAGE_BUDGET_BYTES, cached_lambda_env, shipped_files
 from tests.inference.chain_fixtures import chain_settings, make_champion, write_bad, write_scene
-from training import registry, storage
 from training.models.onnx_export import write_runtime_artifacts
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

@@ -36,12 +36,20 @@ def _tracked() -> list[str]:
     return out.stdout.split()
 
 
-def test_tools_stay_out_of_the_lambda_image() -> None:
+def test_tools_and_training_stay_out_of_the_lambda_image() -> None:
     shipped = [p for p in _tracked() if in_context(p)]
     assert shipped, "nothing would be sent to the build"
-    for tool in ("inference/bench/__main__.py", "inference/bench/load.py", "training/convert_seed.py"):
+    for tool in (
+        "setup/tools/bench/__main__.py",
+        "setup/tools/run_local.py",
+        "setup/cli.py",
+        "training/pipeline.py",
+    ):
         assert tool in _tracked() and not in_context(tool), tool
-    assert not [p for p in shipped if p.startswith(("inference/bench/", "inference/tf/", "training/dags/"))]
+    assert not [
+        p for p in shipped if p.startswith(("training/", "setup/", "observability/", "inference/tf/"))
+    ]
+    assert {p.split("/", 1)[0] for p in shipped if p.endswith(".py")} == {"core", "inference"}
 
 
 def test_every_handler_module_is_listed() -> None:

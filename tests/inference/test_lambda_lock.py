@@ -10,8 +10,8 @@ import re
 
 import pytest
 
-from inference.bench.image import LOCK_FILES, LOCK_HEADER_DECLARED, LOCK_HEADER_PIP_ARGS, lock_header
 from setup.lambda_requirements import MACHINES, declared_requirements, declared_sha256, for_machine
+from setup.tools.bench.image import LOCK_FILES, LOCK_HEADER_DECLARED, LOCK_HEADER_PIP_ARGS, lock_header
 
 LINE = re.compile(r"^(?P<name>[A-Za-z0-9_.\-]+)==(?P<version>\S+) --hash=sha256:[0-9a-f]{64}$")
 NEVER_IN_THE_IMAGE = (

@@ -59,7 +59,7 @@ def test_unknown_architecture_fails_at_cold_start() -> None:
 
 
 def test_local_settings_follow_the_infra_config() -> None:
-    from training.config import compose
+    from core.config import compose
 
     assert settings_from_config(compose()).lambda_architecture == compose().infra.lambda_architecture
     s = settings_from_config(compose(["infra.lambda_architecture=arm64", "infra.backend=onnx"]))
@@ -71,7 +71,7 @@ def test_local_settings_follow_the_infra_config() -> None:
 
 
 def test_bench_prices_and_names_the_architecture() -> None:
-    from inference.bench.__main__ import _lambda_cost
+    from setup.tools.bench.__main__ import _lambda_cost
 
     cost = _lambda_cost(10.0, 512 * 2**20, cores=2)
     assert cost["architecture"] == DEFAULTS.lambda_architecture

@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 from helpers_core import LocalPredictor
 
+from core.classes import CLASS_NAMES, NODATA_CLASS_ID
+from core.naip import NAIP_BANDS
 from inference.monitor import (
     SceneSummary,
     band_histogram,
@@ -21,8 +23,6 @@ from inference.monitor import (
 from inference.predict import predict_array
 from inference.settings import DEFAULTS
 from observability.panels import METRIC_NAMES
-from training.data.classes import CLASS_NAMES, NODATA_CLASS_ID
-from training.data.naip import NAIP_BANDS
 from training.data.stats import StatsAccumulator
 from training.data.synthetic import generate_scene
 
@@ -41,7 +41,7 @@ SCENE_NAMES = set(METRIC_NAMES) - RUN_ONLY_NAMES
 def reference() -> dict:
     image, lc = generate_scene(11, 256)
     acc = StatsAccumulator()
-    from training.data.classes import remap_lc
+    from core.classes import remap_lc
 
     acc.update(image, image.any(axis=0), remap_lc(lc))
     return acc.result().to_dict()

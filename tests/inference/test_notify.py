@@ -13,11 +13,11 @@ from datetime import timedelta
 
 import pytest
 
+from core import storage
 from inference import chain, notify
 from inference.ledger import RunStatus, SceneStatus, repository
 from inference.ledger.models import utcnow
 from tests.inference.chain_fixtures import chain_settings, make_champion, migrated, write_bad, write_scene
-from training import storage
 
 VERSION = "v-test-1"
 
@@ -172,7 +172,7 @@ def test_an_unreachable_ledger_still_sends_the_failure_notice(tmp_uri, topic) ->
 def test_real_chain_publishes_one_notice_per_execution(s3_bucket, postgres_url, topic) -> None:
     """The local state machine with the real handlers: SNS gets the run's summary, true to the ledger."""
     from inference import handlers
-    from inference.statemachine import local
+    from setup.tools import local_statemachine as local
 
     arn, receive = topic
     settings = chain_settings(s3_bucket, migrated(postgres_url), notice_topic_arn=arn)

@@ -12,6 +12,8 @@ import rasterio
 from helpers_core import LocalPredictor
 from rio_cogeo.cogeo import cog_validate
 
+from core import storage
+from core.classes import COLORMAP, NODATA_CLASS_ID
 from inference.outputs import (
     COG_MEDIA_TYPE,
     stac_item,
@@ -22,8 +24,6 @@ from inference.outputs import (
 )
 from inference.predict import CONFIDENCE_SCALE, ScenePrediction, predict_array, predict_scene
 from tests.data.builders import naip_array, write_naip
-from training import storage
-from training.data.classes import COLORMAP, NODATA_CLASS_ID
 
 # rio-cogeo builds a WarpedVRT with an Affine `*` product that affine deprecates.
 pytestmark = pytest.mark.filterwarnings("ignore::PendingDeprecationWarning")

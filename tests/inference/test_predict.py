@@ -12,6 +12,8 @@ import rasterio
 from helpers_core import LocalPredictor, border_mask, tiny_predictor
 from rasterio.io import MemoryFile
 
+from core.classes import NODATA_CLASS_ID
+from core.naip import NaipValidationError, normalize
 from inference.predict import (
     InvalidImageError,
     _ramps,
@@ -23,8 +25,6 @@ from inference.predict import (
 from inference.settings import DEFAULTS
 from inference.sync_api import predict_request
 from tests.data.builders import CRS, TRANSFORM, naip_array, write_naip
-from training.data.classes import NODATA_CLASS_ID
-from training.data.naip import NaipValidationError, normalize
 from training.data.synthetic import make_scene
 
 

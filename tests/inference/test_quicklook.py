@@ -12,11 +12,11 @@ import pytest
 from helpers_core import LocalPredictor
 from PIL import Image
 
+from core.classes import CLASSES, NODATA_CLASS_ID
 from inference.outputs import stac_item, write_class_cog
 from inference.predict import predict_scene
 from inference.quicklook import legend_entries, render_quicklook, write_quicklook
 from tests.data.builders import naip_array, write_naip
-from training.data.classes import CLASSES, NODATA_CLASS_ID
 
 pytestmark = pytest.mark.filterwarnings("ignore::PendingDeprecationWarning")
 

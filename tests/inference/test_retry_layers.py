@@ -1,6 +1,6 @@
 """The three retry layers own disjoint fault classes, and their budgets fit the Lambda timeouts.
 
-botocore (``training.storage.BOTO_CONFIG``) retries one AWS call's throttling, 5xx and connection
+botocore (``core.storage.BOTO_CONFIG``) retries one AWS call's throttling, 5xx and connection
 faults; ``inference.retry`` retries ledger-database outages within the invocation; the state
 machine's Retry re-runs a task for the Lambda service's errors and timeouts only. A fault retried
 by one layer must reach the next as an error that layer does not retry again.
@@ -24,9 +24,9 @@ from botocore.exceptions import (
     ReadTimeoutError,
 )
 
+from core import storage
 from inference import retry
-from inference.statemachine import local
-from training import storage
+from setup.tools import local_statemachine as local
 
 REPO = Path(__file__).resolve().parents[2]
 VARIABLES_TF = REPO / "inference" / "tf" / "variables.tf"

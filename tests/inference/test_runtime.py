@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 from helpers_core import tiny_export, tiny_predictor
 
-from inference.runtime import Predictor, TorchPredictor, check_chips, default_num_threads, load_predictor
-from training.data.naip import normalize
+from core.naip import normalize
+from inference.runtime import Predictor, check_chips, default_num_threads, load_predictor
+from training.models.predictor import TorchPredictor
 
 
 @pytest.fixture(scope="module")

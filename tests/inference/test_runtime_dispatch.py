@@ -13,10 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from inference.runtime import read_safetensors_metadata
-from inference.runtime_cpu import PATHS, CpuInfo, choose_path, detect_cpu, load_chosen
-from inference.runtime_onnx import OnnxPredictor
-from training.artifacts import (
+from core.artifacts import (
     EXPORT_NAME,
     ONNX_FP32_NAME,
     ONNX_INT8_NAME,
@@ -24,6 +21,9 @@ from training.artifacts import (
     ONNX_INT8_VNNI_NAME,
     RUNTIME_ARTIFACT_NAMES,
 )
+from inference.runtime import read_safetensors_metadata
+from inference.runtime_cpu import PATHS, CpuInfo, choose_path, detect_cpu, load_chosen
+from inference.runtime_onnx import OnnxPredictor
 from training.models.export import read_export_metadata, save_export
 from training.models.head import build_segmenter
 from training.models.onnx_export import read_onnx_metadata, register_onnx
@@ -175,8 +175,8 @@ def test_static_int8_calibrates_on_the_training_scenes(registered: Path, tmp_pat
     """The QDQ graph's activation ranges come from the run's own training imagery, and say so."""
     import onnx
 
+    from core.naip import normalize
     from tests.data.builders import naip_array, write_naip
-    from training.data.naip import normalize
     from training.models.onnx_export import calibration_chips, make_variant
 
     images = [naip_array(2 * CHIP, seed=s) for s in (1, 2)]
@@ -222,7 +222,7 @@ def test_static_int8_calibrates_on_the_training_scenes(registered: Path, tmp_pat
 
 
 def test_every_path_agrees_with_torch_fp32(registered: Path) -> None:
-    from inference.runtime import TorchPredictor
+    from training.models.predictor import TorchPredictor
 
     chips = _chips(3)
     ref = TorchPredictor(str(registered / EXPORT_NAME)).predict_proba(chips).argmax(1)
@@ -327,8 +327,8 @@ def test_export_metadata_without_torch(registered: Path) -> None:
 def test_chain_picks_the_artifact_of_the_dispatched_path(registered: Path) -> None:
     from types import SimpleNamespace
 
+    from core import storage
     from inference import chain
-    from training import storage
 
     pointer = {
         "version": "v1",

@@ -11,11 +11,12 @@ import numpy as np
 import pytest
 import torch
 
-from inference.runtime import TorchPredictor, load_predictor
+from inference.runtime import load_predictor
 from inference.runtime_onnx import OnnxPredictor
 from training.models.export import read_export_metadata, save_export
 from training.models.head import build_segmenter
 from training.models.onnx_export import ONNX_FORMAT, convert_export, read_onnx_metadata
+from training.models.predictor import TorchPredictor
 
 REPO = Path(__file__).resolve().parents[2]
 CHIP = 64  # small chips keep the test fast; the graph is built for this side

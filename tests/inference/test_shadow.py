@@ -7,6 +7,8 @@ import numpy as np
 import pytest
 import rasterio
 
+from core import artifacts, registry, storage
+from core.classes import CLASS_NAMES, NODATA_CLASS_ID
 from inference import chain, shadow
 from inference.ledger import repository
 from inference.ledger.models import Metric, ShadowComparison, ShadowStatus
@@ -18,8 +20,6 @@ from tests.inference.chain_fixtures import (
     tiny_export,
     write_scene,
 )
-from training import artifacts, registry, storage
-from training.data.classes import CLASS_NAMES, NODATA_CLASS_ID
 
 
 def test_compare_matches_a_direct_count() -> None:
@@ -252,7 +252,7 @@ def test_state_machine_runs_the_shadow_maps_after_the_champions(settings) -> Non
     """The ASL on moto's interpreter with the real handlers: ShadowBlocks and ShadowScenes run the
     challenger after AssembleScenes; its COG matches the ledger's agreement."""
     from inference import handlers
-    from inference.statemachine import local
+    from setup.tools import local_statemachine as local
 
     challenger = make_challenger(settings.registry_uri)
     write_scene(storage.join(settings.input_uri, "scene.tif"), 6, size=300)
@@ -274,7 +274,8 @@ def test_state_machine_runs_the_shadow_maps_after_the_champions(settings) -> Non
         assert row.agreement == pytest.approx(float((champion_map == challenger_map)[valid].mean()))
         run_id = repository.get_run(s, "sfn-shadow-1").id
         assert {m.name: m.value for m in repository.metrics_for(s, run_id)}["shadow_scenes"] == 1
-    from inference import notify, run_local
+    from inference import notify
+    from setup.tools import run_local
 
     notice = notify.read_notice(settings, "sfn-shadow-1", "succeeded")["summary"]
     assert notice["shadow"]["scenes"] == 1 and notice["shadow"]["agreement"] == pytest.approx(

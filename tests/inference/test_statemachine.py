@@ -18,8 +18,10 @@ from pathlib import Path
 
 import pytest
 
+from core import storage
 from inference.retry import STATE_MACHINE_RETRIED_ERRORS
-from inference.statemachine import local, moto_shim
+from setup.tools import local_statemachine as local
+from setup.tools import moto_shim
 from tests.inference.chain_fixtures import (
     chain_settings,
     fast_retries,
@@ -28,7 +30,6 @@ from tests.inference.chain_fixtures import (
     write_scene,
 )
 from tests.infra.moto_sfn_server import MotoServerProcess
-from training import storage
 
 # The Lambda service's errors and task timeouts; never a handler's own error, which a layer inside
 # already retried (tests/inference/test_retry_layers.py).
@@ -177,7 +178,7 @@ def test_definition_shape(asl: dict) -> None:
 
 def _fake_handlers(tmp_path, **overrides):
     """process writes a 3-item manifest; infer/observe succeed; failure records its event."""
-    from training import storage
+    from core import storage
 
     seen: dict[str, list] = {"infer": [], "assemble": [], "failure": [], "observe": [], "notify": []}
     prefix = storage.to_uri(tmp_path / "manifests")
@@ -281,9 +282,9 @@ def test_a_failing_step_goes_through_the_catch_path(tmp_path, exc, error) -> Non
 
 def test_catch_path_records_the_failure_in_the_ledger(tmp_path, postgres_url) -> None:
     """Real handlers: process finds no champion, RecordFailure marks the run failed with the reason."""
+    from core import storage
     from inference import chain, handlers
     from inference.ledger import RunStatus, repository
-    from training import storage
 
     settings = chain_settings(storage.to_uri(tmp_path), migrated(postgres_url))
     handlers.configure(settings)
@@ -310,7 +311,7 @@ def test_antlr_swap_and_default_session_are_put_back(tmp_path) -> None:
     default boto3 session is the same object after a run."""
     import boto3
 
-    from training.config import compose
+    from core.config import compose
 
     boto3.setup_default_session(region_name="eu-west-1")
     mine = boto3.DEFAULT_SESSION
@@ -406,7 +407,7 @@ def test_pinned_moto_is_a_supported_one() -> None:
 
 
 def test_missing_antlr_runtime_names_the_make_target(tmp_path, monkeypatch) -> None:
-    from training.config import compose
+    from core.config import compose
 
     monkeypatch.setenv("SFN_ANTLR4_PATH", str(tmp_path / "no-antlr"))
     prefix, handlers, seen = _fake_handlers(tmp_path)
@@ -434,7 +435,8 @@ def test_local_chain_runs_with_aws_endpoint_url_set(moto_process, postgres_url, 
     scenes on that server, and the emulator's state machine and manifest bucket stay in-process."""
     import boto3
 
-    from inference import handlers, run_local
+    from inference import handlers
+    from setup.tools import run_local
 
     for key, value in {
         "AWS_ENDPOINT_URL": moto_process,
@@ -473,7 +475,7 @@ def test_local_chain_runs_with_aws_endpoint_url_set(moto_process, postgres_url, 
 
 
 def test_run_local_settings_follow_aws_endpoint_url(tmp_path, monkeypatch) -> None:
-    from inference import run_local
+    from setup.tools import run_local
 
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
     try:
@@ -580,7 +582,7 @@ def test_a_failing_shadow_never_fails_the_run(tmp_path) -> None:
     assert result.succeeded, (result.error, result.cause)
     assert not seen["failure"] and seen["observe"] == [{"execution_id": "shadow-fails-1"}]
     assert result.calls.count(("infer", "error")) == 3
-    # moto does not enforce ToleratedFailurePercentage (see inference/statemachine/local.py), so
+    # moto does not enforce ToleratedFailurePercentage (see setup/tools/local_statemachine.py), so
     # here failed items never fail the Map; on AWS they do, and the shadow Maps' Catch (States.ALL
     # -> Observe, asserted in test_definition_shape) keeps the run going.
     assert seen["notify"] == [{"execution_id": "shadow-fails-1", "outcome": "succeeded"}]

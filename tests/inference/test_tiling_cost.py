@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from helpers_core import border_mask, tiny_predictor
 
+from core.naip import normalize
 from inference.predict import MAX_TILING_COST, plan_tiling, predict_array
-from training.data.naip import normalize
 from training.data.synthetic import make_scene
 
 

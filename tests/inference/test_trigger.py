@@ -17,9 +17,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from core import storage
 from inference import trigger
-from inference.statemachine import local
-from training import storage
+from setup.tools import local_statemachine as local
 
 WINDOW_S = 2
 
@@ -264,7 +264,8 @@ def test_the_lambda_handler_starts_the_window_s_execution(tmp_path, monkeypatch)
 def test_upload_and_run_coalesces_uploads_of_a_window_into_one_run(tmp_uri, postgres_url) -> None:
     """``make upload_and_run_inference``'s loop: three uploads in one window -> one execution of
     the real chain (real handlers, Postgres ledger) that predicts all three, and one notice."""
-    from inference import notify, run_local
+    from inference import notify
+    from setup.tools import run_local
     from tests.inference.chain_fixtures import chain_settings, make_champion, migrated
 
     settings = chain_settings(tmp_uri, migrated(postgres_url))

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from training.config import compose
+from core.config import compose
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TF_DIR = REPO_ROOT / "inference" / "tf"
@@ -264,8 +264,8 @@ def test_render_tfvars_from_hydra(tmp_path) -> None:
 
 
 def test_block_outputs_lifecycle_prefix_is_the_code_s() -> None:
-    # Terraform cannot import training.artifacts: its blocks prefix must spell the same folder.
-    from training import artifacts
+    # Terraform cannot import core.artifacts: its blocks prefix must spell the same folder.
+    from core import artifacts
 
     main_tf = (TF_DIR / "main.tf").read_text()
     assert f'blocks_prefix = "${{trimsuffix(var.output_prefix, "/")}}/{artifacts.BLOCKS_DIR}/"' in main_tf

@@ -66,7 +66,7 @@ def test_terraform_test_with_mock_provider(terraform, initialised) -> None:
 
 def test_names_match_the_hydra_defaults() -> None:
     """training.batch's queue and job definition are the names this stack creates."""
-    from training.config import compose
+    from core.config import compose
 
     batch = compose(["infra.project=lctest"]).training.batch
     assert batch.job_queue == batch.job_definition == "lctest-training"

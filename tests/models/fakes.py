@@ -16,7 +16,7 @@ import torch
 from training.models.clay import ClayEncoder, build_encoder
 from training.models.head import ClaySegmenter, build_segmenter
 
-#: NAIP constants, duplicated here so the fakes do not depend on training.data.naip.
+#: NAIP constants, duplicated here so the fakes do not depend on core.naip.
 NAIP_WAVELENGTHS_UM = (0.65, 0.56, 0.48, 0.842)
 
 

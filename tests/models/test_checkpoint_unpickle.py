@@ -32,7 +32,7 @@ import torch
 from fakes import write_clay_pretrain_ckpt, write_seed_segmenter_ckpt
 from safetensors.torch import load_file
 
-from training import storage
+from core import storage
 from training.models import unpickler
 from training.models.checkpoint import (
     ArchitectureMismatchError,
@@ -609,7 +609,7 @@ import torch
 from training.models.checkpoint import load_encoder, load_encoder_state_dict
 from training.models.clay import build_encoder
 if sys.argv[1].startswith("s3://"):
-    from training import storage
+    from core import storage
     storage.exists(sys.argv[1])  # the S3 client stack is up before the baseline, like torch
 model = build_encoder(sys.argv[2], device="meta")
 # RSS now (not the import-time high-water mark): peak - base bounds what loading added.

@@ -239,7 +239,7 @@ def test_head_configs_rebuild_each_kind(fusion: ClaySegmenter, seg: ClaySegmente
 
 
 def test_head_spec_from_the_model_config() -> None:
-    from training.config import compose
+    from core.config import compose
 
     cfg = compose()
     assert head_spec(cfg.model) == {

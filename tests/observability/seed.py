@@ -244,6 +244,7 @@ def seed_with_chain(ledger_url: str, root_uri: str) -> dict[str, int]:
     scene and fails through the failure handler before inferring (a failed run and a backlog).
     Returns execution id -> number of scenes each run predicted.
     """
+    from core import storage
     from inference import handlers
     from inference.handlers import assemble as assemble_handler
     from inference.handlers import failure as failure_handler
@@ -258,7 +259,6 @@ def seed_with_chain(ledger_url: str, root_uri: str) -> dict[str, int]:
         write_bad,
         write_scene,
     )
-    from training import storage
 
     settings = chain_settings(root_uri, migrated(ledger_url))
     make_champion(settings.registry_uri, miou=0.5)

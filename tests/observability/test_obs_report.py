@@ -127,11 +127,11 @@ def test_report_shows_the_latest_scenes_quicklooks(tmp_path, tmp_uri):
 
     from PIL import Image
 
+    from core import storage
+    from core.classes import CLASSES
     from inference.ledger.db import make_engine
     from inference.ledger.models import Prediction
     from tests.observability.seed import seed_with_chain
-    from training import storage
-    from training.data.classes import CLASSES
 
     url = f"sqlite:///{tmp_path / 'ledger.db'}"
     predicted = seed_with_chain(url, tmp_uri)
@@ -179,9 +179,9 @@ def test_charts_use_the_class_table_colours_and_read_well_for_one_run():
     red; a single run gives labelled bars, not a lone dot on a day-wide axis."""
     import base64
 
+    from core.classes import CLASSES
     from observability.report import snapshot_chart, timeseries_chart
     from observability.sql import Result
-    from training.data.classes import CLASSES
 
     def svg(uri: str) -> str:
         return base64.b64decode(uri.split(",", 1)[1]).decode()

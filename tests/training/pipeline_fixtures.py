@@ -29,7 +29,7 @@ def promotion_history(root: str, model_name: str) -> list[dict]:
     """Every promotion decision the registry recorded for ``model_name``, oldest first."""
     import json
 
-    from training import artifacts, storage
+    from core import artifacts, storage
 
     prefix = artifacts.history_uri(root, model_name)
     return [json.loads(storage.read_text(uri)) for uri in storage.list_uris(prefix, suffix=".json")]

@@ -16,11 +16,11 @@ from pathlib import Path
 import pytest
 import requests
 
+from core.config import REPO_ROOT
+from setup import compose_env
 from tests.ports import free_port
-from training import compose_env
 from training.airflow_runner import AirflowClient, default_credentials, run_remote
 from training.airflow_ui import PASSWORDS_FILE, ensure_password, serve_ui, ui_env
-from training.config import REPO_ROOT
 
 STARTUP_SECONDS = 240
 RUN_SECONDS = 900  # 6 tasks; each re-imports torch, Lightning and MLflow (30-45 s at load ~10)

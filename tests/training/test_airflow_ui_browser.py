@@ -24,11 +24,11 @@ import pytest
 import requests
 from pipeline_fixtures import TINY_OVERRIDES, make_tiny_home
 
+from core.config import REPO_ROOT
 from tests.observability.test_obs_report import _chromium
 from tests.ports import free_port
 from training.airflow_runner import run_embedded
 from training.airflow_ui import ui_env
-from training.config import REPO_ROOT
 
 STARTUP_SECONDS = 180
 LEAKY_ENV = ("MLFLOW_TRACKING_URI", "AWS_ENDPOINT_URL", "AWS_PROFILE", "LANDCOVER_OVERRIDES", "AIRFLOW_URL")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from core.naip import normalize
 from training.baselines import fit_pixel_baseline, majority_class, spectral_features
-from training.data.naip import normalize
 from training.data.synthetic import SPECTRA
 
 

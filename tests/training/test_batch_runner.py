@@ -24,10 +24,11 @@ from typing import Any
 import pytest
 from pipeline_fixtures import TINY_OVERRIDES
 
+from core import storage
+from core.config import REPO_ROOT, compose
 from tests.ports import free_port
-from training import batch, storage
+from training import batch
 from training.airflow_runner import airflow_env, migrate_metadata
-from training.config import REPO_ROOT, compose
 from training.data.synthetic import generate_dataset
 from training.pipeline import load_run, run_uri_for
 

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import pytest
 
+from core import registry
+from core.config import compose
 from inference import chain
 from inference.ledger import repository
 from inference.settings import settings_from_config
 from tests.inference.chain_fixtures import make_champion, migrated, tiny_export
-from training import challenger, registry
-from training.config import compose
+from training import challenger
 
 
 @pytest.fixture

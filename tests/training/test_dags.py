@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from pipeline_fixtures import TINY_OVERRIDES, make_tiny_home
 
+from core import registry
+from core.config import compose, training_variants, variant_overrides
 from tests.training.pipeline_fixtures import promotion_history
-from training import registry
 from training.airflow_runner import DAGS_FOLDER, run_embedded
-from training.config import compose, training_variants, variant_overrides
 from training.pipeline import STEPS, load_run, run_uri_for
 
 # Airflow 2 spellings that Airflow 3 removed or deprecated.
@@ -58,7 +58,7 @@ def test_no_deprecated_airflow_apis(path) -> None:
 
 
 def test_schedule_comes_from_config(monkeypatch) -> None:
-    from training.config import dag_schedule
+    from core.config import dag_schedule
 
     assert dag_schedule("baseline") is None
     monkeypatch.setenv("LANDCOVER_OVERRIDES", "training.schedule=@daily")

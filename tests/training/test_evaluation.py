@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 import torch
 
+from core.classes import CLASS_NAMES
 from inference.runtime import default_num_threads
 from inference.runtime_cpu import detect_cpu
 from training.baselines import fit_pixel_baseline
 from training.data.chesapeake import find_scenes, read_label
 from training.data.chips import read_scene_chips
-from training.data.classes import CLASS_NAMES
 from training.data.stats import compute_stats
 from training.data.synthetic import generate_dataset
 from training.evaluation import evaluate_served
@@ -108,7 +108,7 @@ def test_out_of_range_class_ids_are_refused(setup) -> None:
 
 
 def _image(uri: str) -> np.ndarray:
-    from training.data.naip import open_naip
+    from core.naip import open_naip
 
     with open_naip(uri) as src:
         return src.read()

@@ -9,9 +9,9 @@ import sys
 import pytest
 import torch
 
+from core import storage
+from core.config import REPO_ROOT
 from tests.data.builders import write_scene_pair
-from training import storage
-from training.config import REPO_ROOT
 from training.data.chesapeake import find_scenes
 from training.device import select_device
 from training.feature_shards import cache_splits, plan_shards

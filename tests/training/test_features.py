@@ -7,10 +7,10 @@ import json
 import pytest
 import torch
 
-from training import storage
+from core import storage
+from core.naip import normalize
 from training.data.chesapeake import find_scenes
 from training.data.chips import read_scene_chips
-from training.data.naip import normalize
 from training.data.synthetic import generate_dataset
 from training.features import CachedFeatures, ChipRecipe, cache_fingerprint, cache_split
 from training.models.head import build_segmenter

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from core.naip import open_naip
 from training.baselines import fit_pixel_baseline
 from training.data.chesapeake import read_label
 from training.data.foreign import FOREIGN_CRS, make_patch_scene, write_patch_scenes
-from training.data.naip import open_naip
 from training.evaluation import evaluate_foreign
 
 

@@ -13,8 +13,8 @@ import sys
 import numpy as np
 import torch
 
-from training import registry, storage
-from training.config import REPO_ROOT
+from core import registry, storage
+from core.config import REPO_ROOT
 from training.mlflow_model import log_served_model, model_signature
 
 MODEL = "chesapeake-landcover"

@@ -7,8 +7,9 @@ import logging
 import pytest
 from pipeline_fixtures import TINY_OVERRIDES, make_tiny_home
 
-from training import pipeline, storage
-from training.config import compose
+from core import storage
+from core.config import compose
+from training import pipeline
 
 
 @pytest.fixture
@@ -40,7 +41,7 @@ def test_run_all_is_idempotent_and_tracked_in_both_backends(tiny_cfg, caplog) ->
     assert written["runtime"]["cpu"]["flags"] == sorted(expected.cpu.flags)
     assert f"served path           {expected.path.name}" in out
     # The static int8 graph, evaluated and registered, calibrated on this run's training scenes.
-    from training.artifacts import ONNX_INT8_QDQ_NAME
+    from core.artifacts import ONNX_INT8_QDQ_NAME
     from training.models.onnx_export import read_onnx_metadata
 
     train_images = [scene.image_uri for scene in pipeline._scenes(tiny_cfg)["train"]]

@@ -18,8 +18,8 @@ def mlflow_defaults(monkeypatch):
 
 
 def test_no_stray_mlflow_db_in_the_working_directory(tmp_path, monkeypatch, mlflow_defaults) -> None:
-    from training import storage
-    from training.config import compose
+    from core import storage
+    from core.config import compose
     from training.tracking import open_tracker
 
     mlflow = mlflow_defaults

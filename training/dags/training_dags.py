@@ -15,8 +15,8 @@ from datetime import timedelta
 import pendulum
 from airflow.sdk import Param, dag, task
 
+from core.config import dag_schedule, training_variants, variant_overrides
 from training.batch import dag_runner
-from training.config import dag_schedule, training_variants, variant_overrides
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +41,8 @@ def build_training_dag(dag_id: str, variant_overrides: list[str], runner: str = 
     def training_pipeline():
         @task
         def validate_data(params: dict | None = None, run_id: str | None = None) -> str:
+            from core.config import compose
             from training import pipeline
-            from training.config import compose
 
             params = params or {}
             cfg = compose([*variant_overrides, *params.get("overrides", [])])

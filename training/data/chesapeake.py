@@ -11,7 +11,7 @@ Two folder styles are supported, because the real release and our synthetic data
 
 A scene belongs to a split when its parent folder is named after the split or ends with
 ``-{split}_tiles``. In ``lc`` rasters both 15 and 0 mean No Data (see
-:mod:`training.data.classes`); :func:`label_nodata_counts` counts them for the validation report.
+:mod:`core.classes`); :func:`label_nodata_counts` counts them for the validation report.
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ from dataclasses import dataclass
 import numpy as np
 from rasterio.windows import Window
 
-from training import storage
-from training.data.classes import EXTRA_NODATA_SOURCE_VALUES, NODATA_SOURCE_VALUE, remap_lc
-from training.data.naip import open_raster
+from core import storage
+from core.classes import EXTRA_NODATA_SOURCE_VALUES, NODATA_SOURCE_VALUE, remap_lc
+from core.naip import open_raster
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 IMAGE_SUFFIX = "_naip-new.tif"

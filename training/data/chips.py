@@ -14,9 +14,9 @@ import numpy as np
 from rasterio.windows import Window
 
 from training.data.chesapeake import SceneRecord, read_label
-from training.data.classes import NODATA_CLASS_ID
-from training.data.limits import DEFAULT_MAX_PIXELS
-from training.data.naip import open_naip
+from core.classes import NODATA_CLASS_ID
+from core.limits import DEFAULT_MAX_PIXELS
+from core.naip import open_naip
 
 DEFAULT_CHIP_SIZE = 256
 DEFAULT_MAX_NODATA_FRACTION = 0.5

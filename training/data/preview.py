@@ -17,10 +17,10 @@ from contextlib import ExitStack
 
 import numpy as np
 
-from training import storage
-from training.data.classes import CLASSES, remap_lc
-from training.data.naip import open_naip, open_raster
-from training.logs import configure_console
+from core import storage
+from core.classes import CLASSES, colorize, remap_lc
+from core.naip import open_naip, open_raster, stretch_rgb
+from core.logs import configure_console
 
 log = logging.getLogger(__name__)
 
@@ -30,31 +30,6 @@ DEFAULT_MAX_SIDE = 1024
 def _decimated_shape(h: int, w: int, max_side: int) -> tuple[int, int]:
     scale = max(1.0, max(h, w) / max_side)
     return max(1, round(h / scale)), max(1, round(w / scale))
-
-
-def stretch_rgb(
-    image: np.ndarray, valid: np.ndarray | None = None, low: float = 2, high: float = 98
-) -> np.ndarray:
-    """uint8 ``(>=3, H, W)`` -> float ``(H, W, 3)`` in 0..1, stretched between percentiles of
-    the valid pixels; nodata shows white."""
-    rgb = image[:3].astype(np.float32)
-    mask = np.ones(rgb.shape[1:], dtype=bool) if valid is None else valid
-    if mask.any():
-        lo = np.percentile(rgb[:, mask], low, axis=1)[:, None, None]
-        hi = np.percentile(rgb[:, mask], high, axis=1)[:, None, None]
-    else:
-        lo, hi = np.zeros((3, 1, 1)), np.full((3, 1, 1), 255.0)
-    out = np.clip((rgb - lo) / np.maximum(hi - lo, 1e-6), 0, 1).transpose(1, 2, 0)
-    out[~mask] = 1.0
-    return out
-
-
-def colorize(ids: np.ndarray) -> np.ndarray:
-    """Class ids 0..6 ``(H, W)`` -> RGB uint8 ``(H, W, 3)`` from the class table."""
-    palette = np.zeros((256, 3), dtype=np.uint8)
-    for c in CLASSES:
-        palette[c.id] = c.color
-    return palette[ids]
 
 
 def _read_class_raster(uri: str, shape: tuple[int, int], raw_lc: bool) -> np.ndarray:

@@ -17,10 +17,10 @@ from typing import Any
 import numpy as np
 from rasterio.windows import Window
 
-from training import storage
-from training.data.classes import CLASS_NAMES, NUM_CLASSES, remap_lc
-from training.data.limits import DEFAULT_MAX_PIXELS
-from training.data.naip import NAIP_BANDS, open_naip, open_raster
+from core import storage
+from core.classes import CLASS_NAMES, NUM_CLASSES, remap_lc
+from core.limits import DEFAULT_MAX_PIXELS
+from core.naip import NAIP_BANDS, open_naip, open_raster
 
 PERCENTILES: tuple[float, ...] = (2.0, 50.0, 98.0)
 DEFAULT_BINS = 32

@@ -34,11 +34,11 @@ import numpy as np
 import rasterio
 from rasterio.transform import Affine
 
-from training import storage
+from core import storage
 from training.data.chesapeake import IMAGE_SUFFIX, LABEL_SUFFIX, SPLITS, SceneRecord
-from training.data.classes import SOURCE_COLORMAP
-from training.data.naip import NAIP_BANDS, NAIP_NODATA
-from training.logs import configure_console
+from core.classes import SOURCE_COLORMAP
+from core.naip import NAIP_BANDS, NAIP_NODATA
+from core.logs import configure_console
 
 log = logging.getLogger(__name__)
 

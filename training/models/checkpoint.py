@@ -236,7 +236,7 @@ def _open_source(path_or_uri: str | os.PathLike[str], allow_classes: Iterable[st
 
 
 def _size(uri: str) -> int:
-    from training import storage
+    from core import storage
 
     fs, path = storage.filesystem(uri)
     return int(fs.size(path))

@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 
-from training import artifacts, storage
+from core import artifacts, storage
 from training.models.checkpoint import load_strict
 from training.models.clay import ClayConfig, ClayEncoder
 from training.models.head import ClaySegmenter, build_head
@@ -88,7 +88,7 @@ def export_state_dict(
 
 
 def _default_normalization() -> dict:
-    from training.data.naip import NAIP_MEANS, NAIP_STDS
+    from core.naip import NAIP_MEANS, NAIP_STDS
 
     return {
         "mean": list(NAIP_MEANS),
@@ -99,7 +99,7 @@ def _default_normalization() -> dict:
 
 
 def _default_class_table() -> list[dict]:
-    from training.data.classes import class_table
+    from core.classes import class_table
 
     return class_table()
 
@@ -123,7 +123,7 @@ def save_export(
             JSON-serialisable dict), stored verbatim.
         extra: any other JSON-serialisable provenance (run id, metrics, source checkpoint).
         dtype: storage dtype of the weights, ``torch.float16`` (default) or ``torch.bfloat16``.
-        class_table: the class table; defaults to ``training.data.classes.class_table()``.
+        class_table: the class table; defaults to ``core.classes.class_table()``.
         normalization: input normalisation; defaults to Clay's NAIP means/stds.
 
     Returns:

@@ -176,7 +176,7 @@ class FusionHead(nn.Module):
     ) -> None:
         super().__init__()
         if mean is None or std is None:
-            from training.data.naip import NAIP_MEANS, NAIP_STDS
+            from core.naip import NAIP_MEANS, NAIP_STDS
 
             mean = NAIP_MEANS if mean is None else mean
             std = NAIP_STDS if std is None else std
@@ -304,7 +304,7 @@ class ClaySegmenter(nn.Module):
                     f"({len(head.feature_layers)} layer(s) of {encoder.dim})"
                 )
         if wavelengths is None or gsd is None:
-            from training.data.naip import NAIP_GSD_M, NAIP_WAVELENGTHS_UM
+            from core.naip import NAIP_GSD_M, NAIP_WAVELENGTHS_UM
 
             wavelengths = NAIP_WAVELENGTHS_UM if wavelengths is None else wavelengths
             gsd = NAIP_GSD_M if gsd is None else gsd
@@ -399,7 +399,7 @@ class ClaySegmenter(nn.Module):
         if not pixels.is_floating_point():
             raise ValueError(
                 f"predict_logits takes normalised float chips, got {pixels.dtype}; "
-                "apply training.data.naip.normalize to uint8 NAIP first"
+                "apply core.naip.normalize to uint8 NAIP first"
             )
         return self(pixels.to(self.head_dtype))
 

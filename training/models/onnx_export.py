@@ -55,8 +55,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from training import storage
-from training.artifacts import (
+from core import storage
+from core.artifacts import (
     EXPORT_NAME,
     ONNX_FP32_NAME,
     ONNX_INT8_NAME,
@@ -197,7 +197,7 @@ def calibration_chips(
     Raises:
         ValueError: ``scenes`` yield no chip of ``chip_size`` with at most half nodata.
     """
-    from training.data.naip import normalize
+    from core.naip import normalize
 
     if scenes:
         return normalize(_scene_windows(list(scenes), n, chip_size, seed))
@@ -640,7 +640,7 @@ def _copy(src: Path, dst: Path) -> None:
 def register_onnx(
     version_uri: str, export_name: str = EXPORT_NAME, calibration_scenes: Sequence[str] | None = None
 ) -> dict[str, str]:
-    """Write every runtime artifact (:data:`~training.artifacts.RUNTIME_ARTIFACT_NAMES`) that is
+    """Write every runtime artifact (:data:`~core.artifacts.RUNTIME_ARTIFACT_NAMES`) that is
     missing next to the export in a registry version folder; the static int8 graph calibrates on
     ``calibration_scenes`` (the run's training images; None: the synthetic training split).
 

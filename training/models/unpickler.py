@@ -50,7 +50,7 @@ from typing import IO, Any
 
 import torch
 
-from training import storage
+from core import storage
 
 __all__ = [
     "KNOWN_CLASSES",

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from tests.data.builders import write_lc, write_naip, write_scene_pair
-from training import storage
+from core import storage
 from training.data.chesapeake import (
     DatasetNotFoundError,
     MissingLabelError,
@@ -14,7 +14,7 @@ from training.data.chesapeake import (
     read_label,
     split_of_folder,
 )
-from training.data.classes import UnknownLabelValueError
+from core.classes import UnknownLabelValueError
 
 
 def test_split_of_folder():

@@ -6,7 +6,9 @@ import numpy as np
 from PIL import Image
 
 from tests.data.builders import write_class_ids, write_scene_pair
-from training.data.preview import colorize, main, render_preview, stretch_rgb
+from core.classes import colorize
+from core.naip import stretch_rgb
+from training.data.preview import main, render_preview
 
 
 def test_preview_png_with_prediction(tmp_path):

@@ -21,7 +21,7 @@ import pytest
 from tests.data.builders import write_lc, write_naip
 from tests.training.pipeline_fixtures import TINY_OVERRIDES
 from training import pipeline
-from training.config import compose
+from core.config import compose
 from training.data.chesapeake import IGNORED_LAYERS, RELEASE_YEARS, find_scenes, release_folder
 from training.data.download import DONE_MARKER, FILENAME, download_chesapeake
 from training.data.synthetic import generate_scene

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import rasterio
 
-from training import storage
+from core import storage
 from training.data.chesapeake import find_scenes, read_label
-from training.data.naip import open_naip
+from core.naip import open_naip
 from training.data.synthetic import (
     BARREN,
     IMPERVIOUS,

@@ -1,1 +1,0 @@
-"""CPU inference benchmark: ``python -m inference.bench`` (``make bench``); see ``__main__``."""

@@ -1,0 +1,152 @@
+"""``landcover``: one command for the platform's everyday tasks.
+
+    landcover train [VARIANT] [OVERRIDES...]     # Airflow DAG in-process (or AIRFLOW_URL / make airflow_ui)
+    landcover train --no-airflow [OVERRIDES...]  # the same pipeline steps without Airflow
+    landcover infer [run|upload] [ARGS...]       # the inference state machine, locally
+    landcover promote-challenger [OVERRIDES...]  # promotion gate for the challenger, with shadow evidence
+    landcover report [ARGS...]                   # the static HTML report from the ledger
+    landcover bench [ARGS...]                    # the CPU inference benchmark
+    landcover airflow-ui [--port N]              # Airflow standalone with its UI on 127.0.0.1
+    landcover mlflow-ui [--port N]               # MLflow's UI on the project's tracking store
+
+Each subcommand is a thin shell over an existing entry point (``training.airflow_runner``,
+``training.train``, ``setup.tools.run_local``, ``training.challenger``, ``observability.report``, ``setup.tools.bench``,
+``training.airflow_ui``), imported only when that subcommand runs: ``landcover --help`` is
+instant, and an image with the inference extras alone can run ``infer``, ``report`` and ``bench``.
+``landcover <subcommand> --help`` shows that entry point's own options.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+DEFAULT_VARIANT = "baseline"
+INFER_ACTIONS = ("run", "upload")
+
+
+def _train(argv: list[str]) -> int:
+    """Train a variant: through Airflow (default) or, with ``--no-airflow``, in this process."""
+    direct = "--no-airflow" in argv
+    argv = [a for a in argv if a != "--no-airflow"]
+    if argv and argv[0] in ("-h", "--help"):
+        print(
+            "usage: landcover train [VARIANT] [HYDRA_OVERRIDES...] [--run-id ID]\n"
+            "       landcover train --no-airflow [HYDRA_OVERRIDES...]\n\n"
+            "VARIANT is a recipe of setup/conf/training (baseline, useful, class_weighted; default "
+            f"{DEFAULT_VARIANT}).\nWith Airflow (the default) the run is a DAG run: in-process, or on "
+            "AIRFLOW_URL / a running `landcover airflow-ui`.\n--no-airflow runs the same steps in this "
+            "process (python -m training.train)."
+        )
+        return 0
+    variant = argv.pop(0) if argv and "=" not in argv[0] and not argv[0].startswith("-") else None
+    if direct:
+        from training import train
+
+        overrides = ([f"training={variant}"] if variant else []) + argv
+        sys.argv = ["landcover train --no-airflow", *overrides]  # Hydra reads its overrides from argv
+        train.main()
+        return 0
+    from training import airflow_runner
+
+    return airflow_runner.main([variant or DEFAULT_VARIANT, *argv])
+
+
+def _infer(argv: list[str]) -> int:
+    from setup.tools import run_local
+
+    if not argv or argv[0] not in (*INFER_ACTIONS, "-h", "--help"):
+        argv = ["run", *argv]
+    return run_local.main(argv) or 0
+
+
+def _promote_challenger(argv: list[str]) -> int:
+    from training import challenger
+
+    return challenger.main(argv)
+
+
+def _report(argv: list[str]) -> int:
+    from observability import report
+
+    return report.main(argv) or 0
+
+
+def _bench(argv: list[str]) -> int:
+    from setup.tools.bench.__main__ import main
+
+    return main(argv) or 0
+
+
+def _airflow_ui(argv: list[str]) -> int:
+    from training import airflow_ui
+
+    return airflow_ui.main(argv)
+
+
+def mlflow_ui_command(port: int, overrides: Sequence[str] = ()) -> list[str]:
+    """``mlflow ui`` on the project's tracking store (``logging.mlflow.tracking_uri``). Started
+    bare in the repo, ``mlflow ui`` would open (and create) an empty ``./mlflow.db`` instead."""
+    from pathlib import Path
+
+    from core.config import compose
+
+    uri = str(compose(list(overrides)).logging.mlflow.tracking_uri)
+    mlflow = str(Path(sys.executable).parent / "mlflow")
+    return [mlflow, "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(port)]
+
+
+def _mlflow_ui(argv: list[str]) -> int:
+    import os
+
+    p = argparse.ArgumentParser(prog="landcover mlflow-ui", description=mlflow_ui_command.__doc__)
+    p.add_argument("--port", type=int, default=int(os.environ.get("MLFLOW_PORT") or 5000))
+    p.add_argument("--print", action="store_true", help="print the command instead of running it")
+    p.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. logging.mlflow.tracking_uri=...")
+    args = p.parse_args(argv)
+    command = mlflow_ui_command(args.port, args.overrides)
+    print(" ".join(command), flush=True)
+    if not args.print:
+        os.execv(command[0], command)
+    return 0
+
+
+COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
+    "train": (_train, "train a variant (Airflow DAG in-process, on AIRFLOW_URL, or --no-airflow)"),
+    "infer": (_infer, "run the inference state machine locally (run | upload new scenes)"),
+    "promote-challenger": (
+        _promote_challenger,
+        "run the promotion gate for the registry's challenger, with its shadow evidence from the ledger",
+    ),
+    "report": (_report, "write the static HTML report (the Grafana panels' SQL on the ledger)"),
+    "bench": (_bench, "CPU inference benchmark (eager fp32 vs ONNX int8, memory, cold start, cost)"),
+    "airflow-ui": (_airflow_ui, "Airflow standalone with its UI on 127.0.0.1 (shares train's runs)"),
+    "mlflow-ui": (_mlflow_ui, "MLflow's UI on the project's tracking store (not a stray ./mlflow.db)"),
+}
+
+
+def parser() -> argparse.ArgumentParser:
+    """The top-level parser: the subcommand, then everything else for that subcommand."""
+    p = argparse.ArgumentParser(
+        prog="landcover",
+        description="Land-cover MLOps platform: train, infer, report, bench.",
+        epilog="`landcover <command> --help` shows the command's own options.",
+    )
+    sub = p.add_subparsers(dest="command", metavar="<command>", required=True)
+    for name, (_, help_text) in COMMANDS.items():
+        sub.add_parser(name, help=help_text, add_help=False)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in COMMANDS:
+        parser().parse_args(argv)  # prints the help or the "invalid choice" error and exits
+        return 2
+    handler, _ = COMMANDS[argv[0]]
+    return int(handler(argv[1:]) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
