@@ -1,5 +1,5 @@
 """Input limits, in a module that imports nothing: the Lambda settings read them without
-loading the raster stack (rasterio and boto3 cost about 0.4 s of a cold start)."""
+loading the raster stack (importing rasterio and boto3 is a large part of a cold start)."""
 
 from __future__ import annotations
 

@@ -5,15 +5,14 @@ Order of preference (:data:`PATHS`, first one whose needs are met wins):
 1. ``openvino-int8``: OpenVINO's CPU plugin on the static (calibrated) int8 QDQ graph, for x86
    CPUs with an int8 dot product (AMX-INT8 tiles, AVX512-VNNI or AVX-VNNI): the weight and
    attention MatMuls run on oneDNN's int8 kernels, LayerNorms, softmax and the head in fp32.
-   Large preset, 2 cores: Xeon with AMX 0.60 s/chip (attention then fp32), against 0.63 s for
-   bf16 and 0.79 s for ONNX Runtime int8, at a third of bf16's memory; AMD Zen 5 (AVX512-VNNI,
-   no AMX) 0.51-0.60 s, against 0.66-0.74 s with fp32 attention and 0.79-0.87 s for ONNX
-   Runtime int8. Intel without AMX and AMD Zen 4 are not measured yet: ``make bench`` times
-   both int8 paths side by side on every VNNI CPU. The float rest stays fp32 because bf16
-   there (0.43 s/chip on AMX) moved 1.4 % of the trained champion's pixels.
+   ``make bench`` measured it faster than bf16 and ONNX Runtime int8 on CPUs with AMX and on
+   CPUs with AVX512-VNNI but no AMX, at a third of bf16's memory; it times both int8 paths side
+   by side on every VNNI CPU, so the CPU classes not measured yet are covered there. The float
+   rest stays fp32 because bf16 there, though faster, moved 1.4 % of the trained champion's
+   pixels.
 2. ``openvino-bf16``: OpenVINO's CPU plugin in bf16 on the fp32 ONNX graph, for CPUs with AMX
    bf16 tiles (a champion without the int8 QDQ graph; 98.6 % pixel agreement on the trained
-   champion, see 1). AVX512-BF16 alone (AMD Zen 4/5, Intel without AMX) measured slower than
+   champion, see 1). AVX512-BF16 alone (without AMX tiles) measured slower than
    int8 and holds the fp32 graph's memory, so such CPUs take path 1 or 3.
 3. ``ort-int8-vnni``: ONNX Runtime int8 with full-range (8-bit) weights, for CPUs with an int8
    dot-product instruction (AVX512-VNNI, AVX-VNNI, AMX-INT8; ``asimddp`` on Graviton, class
@@ -95,8 +94,8 @@ class CpuInfo:
     @property
     def native_bf16(self) -> bool:
         """Whether bf16 matmuls run in hardware (AMX-bf16 tiles or AVX512-BF16). Elsewhere a
-        runtime may still accept bf16 and emulate it far slower than fp32 (OpenVINO on Intel
-        AVX-512 without bf16: 7 GFLOP/s); Arm's bf16 is not measured, so it counts as not native."""
+        runtime may still accept bf16 and emulate it far slower than fp32 (OpenVINO on AVX-512
+        without bf16 does); Arm's bf16 is not measured, so it counts as not native."""
         return bool(self.flags & BF16_FLAGS)
 
     @property
@@ -195,9 +194,8 @@ PATHS: tuple[RuntimePath, ...] = (
         "oneDNN int8 kernels (AMX-INT8 tiles or VNNI) for the calibrated weight and attention MatMuls, "
         "fp32 for the rest",
     ),
-    # Only with AMX tiles: on AVX512-BF16 without AMX `make bench` measured int8 faster (large
-    # preset, AMD Zen 4: 4.0 vs 4.6 s/chip; AMD Zen 5: openvino-int8 0.51-0.60 vs 0.90-0.94 s) and bf16's
-    # fp32 graph holding 2.6 GB against int8's ~1 GB.
+    # Only with AMX tiles: on AVX512-BF16 without AMX `make bench` measured int8 faster, and
+    # bf16 holds the fp32 graph, over twice int8's memory.
     RuntimePath(
         "openvino-bf16",
         "openvino",

@@ -1,4 +1,4 @@
-"""The compose stack (docker-compose.yml) read as data: no Docker engine runs here (DESIGN §6)."""
+"""The compose stack (docker-compose.yml) read as data: no Docker engine runs here."""
 
 from __future__ import annotations
 

@@ -7,8 +7,8 @@
   a GPU and fails clearly without one; ``cpu`` forces the CPU.
 * **precision**: bf16 autocast when ``training.precision`` asks for bf16 *and* the hardware runs
   it natively: a CUDA GPU with bf16 (Ampere and later), or a CPU with AMX-bf16 or AVX512-bf16
-  (:attr:`inference.runtime_cpu.CpuInfo.native_bf16`, the one ``/proc/cpuinfo`` reader). Elsewhere (an AVX2-only EPYC, an older GPU) emulated bf16
-  is slower than fp32, so fp32 is used. ``32-true`` always means fp32.
+  (:attr:`inference.runtime_cpu.CpuInfo.native_bf16`, the one ``/proc/cpuinfo`` reader).
+  Elsewhere (an AVX2-only CPU, an older GPU) emulated bf16 is slower than fp32, so fp32 is used. ``32-true`` always means fp32.
 
 The choice is logged with its reason and recorded in the step result, so a run says how it ran.
 """

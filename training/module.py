@@ -59,7 +59,7 @@ def build_metrics(
     """mIoU, per-class IoU, support-weighted IoU (Clay's number), macro F1 and the confusion matrix.
 
     ``validate_args=False`` skips torchmetrics' per-update input checks (a ``torch.unique`` over
-    every pixel: about 1 s per metric for a 2048² scene); only for inputs known to be class ids
+    every pixel, costly on full scenes); only for inputs known to be class ids
     in ``[0, num_classes)``, such as argmax predictions and checked label rasters.
     """
     k, ignore, check = num_classes, ignore_index, validate_args

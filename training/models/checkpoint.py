@@ -151,7 +151,7 @@ class ArchitectureMismatchError(CheckpointMismatchError):
 
     hint = (
         "this is not a checkpoint of this architecture: a Clay v1.5 Lightning checkpoint keeps its "
-        "encoder under model.encoder.* (see DESIGN §4); an encoder-only file has cls_token, "
+        "encoder under model.encoder.*; an encoder-only file has cls_token, "
         "patch_embedding.* and transformer.* at top level"
     )
 

@@ -354,9 +354,8 @@ VARIANTS: dict[str, QuantVariant] = {
         calibration=8,
         note="experiment: static QDQ int8, calibrated on training-split chips",
     ),
-    # The attention products too: OpenVINO's fused int8 attention took the large chip on AMD
-    # Zen 5 (VNNI) from 0.74 to 0.60 s (attention 0.27 -> 0.17 s) at 99.999 % agreement on the
-    # trained champion; on AMX int8 and fp32 attention measured the same (204 vs 198 ms).
+    # The attention products too: OpenVINO's fused int8 attention is faster on VNNI CPUs at
+    # 99.999 % agreement on the trained champion, and no slower on AMX (``make bench`` times it).
     "int8-qdq": QuantVariant(
         "int8-qdq",
         "static",

@@ -57,14 +57,14 @@ CHIP = 256
 FULL_RUNS = {"tiny": (4, 6, 1, 3), "small": (5, 10, 3, 3), "base": (5, 10, 3, 3), "large": (3, 5, 1, 3)}
 QUICK_RUNS = {"tiny": (2, 3, 1, 2)}
 #: Chips per candidate path in the side-by-side table (after one warm-up chip); 2 keeps the
-#: six large-preset paths at about 2 minutes of the bench's 10 on 2 cores.
+#: six large-preset paths to a small share of the bench's budget on 2 cores.
 CANDIDATE_RUNS = 2
 #: Runs per whole scene (the medians are kept): one hiccup in a single run moved (e) by 0.02x.
 SCENE_RUNS = 3
 #: Seconds ``make bench`` may take from its start (the issue: under 10 minutes on a fresh clone,
 #: venv build included; 30 s are left for the report and exit). A slow CPU gets fewer repeats.
 BUDGET_S = 570.0
-#: Kept back for the Lambda image build at the end (pip install --target: 41 s on AMD EPYC).
+#: Kept back for the Lambda image build at the end (pip install --target of the image's packages).
 IMAGE_RESERVE_S = 60.0
 #: Targets by CPU class (the issue's table): AVX2-only CPUs, and CPUs with AMX / AVX512-BF16 / VNNI.
 TARGETS_BY_CLASS: dict[str, dict[str, float]] = {

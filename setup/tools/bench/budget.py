@@ -1,7 +1,7 @@
 """The bench's wall-clock budget: a slow CPU gets fewer repeats, never a weaker measurement.
 
-``make bench`` must finish in 10 minutes on a fresh clone, and our CPUs differ by more than
-20x (AMD EPYC Zen 1 serves a large chip in 11 s, Intel with AMX in 0.55 s). Every repeated
+``make bench`` must finish in 10 minutes on a fresh clone, and our CPUs differ by more than an
+order of magnitude in the time a large chip takes (the bench report has the figures). Every repeated
 measurement (timed chips, cold-start children, candidate paths, whole scenes) asks
 :meth:`Budget.repeats` for its iterations: it always runs the minimum the figure needs
 (a median needs its runs, a cached cold start needs the child that builds the cache), and

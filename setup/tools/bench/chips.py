@@ -197,8 +197,8 @@ def candidates() -> list[Candidate]:
             "ort-fp32", "onnx", ONNX_FP32_NAME, "fp32", {}, frozenset(), True, "ONNX Runtime fp32 graph"
         ),
         Candidate.served("ort-int8-avx2", "ONNX Runtime int8, 7-bit weights"),
-        # Without an int8 dot product MLAS runs the AVX2 kernel on either artifact (AMD EPYC AVX2:
-        # 4.07 s/chip both), so on such CPUs the VNNI recipe is not built or run.
+        # Without an int8 dot product MLAS runs the AVX2 kernel on either artifact (both time the
+        # same), so on such CPUs the VNNI recipe is not built or run.
         Candidate.served("ort-int8-vnni", "ONNX Runtime int8, 8-bit weights", INT8_DOT_FLAGS),
         Candidate(
             "openvino-fp32",
@@ -221,8 +221,8 @@ def candidates() -> list[Candidate]:
             False,
             "OpenVINO CPU plugin bf16",
         ),
-        # OpenVINO's int8 kernels need VNNI or AMX: on AVX2 alone it ran the QDQ graph in fp32
-        # (AMD EPYC: 6.79 s/chip, 0.93x eager), and its calibration costs 3 of the bench's 10 minutes.
+        # OpenVINO's int8 kernels need VNNI or AMX: on AVX2 alone it runs the QDQ graph in fp32,
+        # no faster than eager, and its calibration costs a large share of the bench's budget.
         Candidate.served(
             "openvino-int8",
             "OpenVINO static int8 QDQ (int8 weight MatMuls, the rest fp32)",

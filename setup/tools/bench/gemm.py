@@ -2,8 +2,8 @@
 
 Each precision is measured with every runtime the candidate paths use, and its peak is the
 best of them: a runtime whose kernels miss this CPU's widest instructions must not lower the
-bar the others are judged against (on AMD Zen 5 ``torch.matmul`` fp32 reached 204-213 GFLOP/s,
-half of MLAS's and oneDNN's 449-465 with AVX-512).
+bar the others are judged against (on AVX-512 ``torch.matmul`` fp32 has measured well below
+MLAS's and oneDNN's).
 
 - fp32: ``torch.matmul`` (MKL/oneDNN sgemm), ONNX Runtime ``MatMul`` (MLAS) and OpenVINO
   ``MatMul`` (oneDNN).
@@ -244,12 +244,12 @@ def measure_peaks(sizes: list[int] | None = None, runs: int = 5, bf16_size: int 
     graph = _graph_peaks(sizes, runs)
     by_precision: dict[str, dict[str, dict[str, Any]]] = {"fp32": {}, "bf16": {}, "int8": {}}
     by_precision["fp32"]["torch_fp32"] = _torch_peak("fp32", sizes, runs)
-    # Emulated bf16 runs at ~1 GFLOP/s on AVX2: a 1024 matmul already takes seconds.
+    # Emulated bf16 (no native bf16) is slow enough that one size is all the budget affords.
     by_precision["bf16"]["torch_bf16"] = _torch_peak("bf16", [bf16_size], max(2, runs // 2))
     for label, k in graph.items():
         by_precision[k["precision"]][label] = k
     peaks: dict[str, Any] = {p: _best(k) for p, k in by_precision.items()}
-    # torch._int_mm has no fast CPU kernel on every build (0.3 GOP/s on AVX2): a small size keeps
+    # torch._int_mm has no fast CPU kernel on every build: a small size keeps
     # it from costing minutes; it is reported, never used as the peak.
     torch_int8 = _torch_int_mm([min(sizes[0], 768)], max(2, runs // 2))
     if torch_int8:

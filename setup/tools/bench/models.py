@@ -4,7 +4,7 @@ Each model folder is laid out as a registry version folder: the export plus what
 ``training.models.onnx_export.write_runtime_artifacts`` writes at registration, so the
 dispatcher chooses from the same files. The bench builds only the artifacts it runs on this CPU
 (:func:`setup.tools.bench.chips.artifacts_needed`): the static int8 graph's calibration alone takes
-3 minutes on an AVX2-only CPU, where no path uses it.
+a large share of the bench's budget, and on an AVX2-only CPU no path uses it.
 
 Random weights stand in for trained ones (same shapes, same cost); pixel agreement on random
 weights is pessimistic, because their logits sit close together (see the closing note).
