@@ -11,7 +11,7 @@ import sqlalchemy as sa
 
 from inference.ledger.db import make_engine
 from observability import panels as P
-from observability.report import collect
+from observability.report_queries import collect
 from observability.sql import EPOCH, UnsupportedMacro, render_text, run_query, to_datetime
 from tests.observability.seed import seed_ledger
 

@@ -4,42 +4,16 @@ showing every chart and throwing no console errors; self-contained (no server, n
 from __future__ import annotations
 
 import re
-import shutil
-import subprocess
 from datetime import UTC, datetime
-from pathlib import Path
 
 import pytest
 
 from observability import panels as P
 from observability.report import build_report, main
+from tests.chromium import run_headless_chromium
 from tests.observability.seed import seed_ledger
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CONSOLE_LINE = re.compile(r":CONSOLE[:(]|Uncaught", re.IGNORECASE)
-
-
-def _chromium(tmp_path: Path, url: str, *mode: str) -> subprocess.CompletedProcess:
-    if not Path(CHROMIUM).exists():
-        pytest.fail("Chromium is not installed: run `make browser` (apt-get install chromium)")
-    profile = tmp_path / "chromium-profile"
-    cmd = [
-        CHROMIUM,
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--no-first-run",
-        f"--user-data-dir={profile}",
-        "--enable-logging=stderr",  # console messages and uncaught errors land on stderr as CONSOLE lines
-        "--v=0",
-        "--hide-scrollbars",
-        "--virtual-time-budget=10000",  # let load handlers run before dumping/screenshotting
-        *mode,
-        url,
-    ]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=90, check=False)
 
 
 def _console_errors(stderr: str) -> list[str]:
@@ -50,7 +24,7 @@ def test_console_error_detection_works(tmp_path):
     """Negative control: the log scan does catch console errors and uncaught exceptions."""
     page = tmp_path / "broken.html"
     page.write_text('<html><body><script>console.error("boom"); notAFunction();</script></body></html>')
-    proc = _chromium(tmp_path, page.as_uri(), "--dump-dom")
+    proc = run_headless_chromium(tmp_path, page.as_uri(), "--dump-dom")
     errors = _console_errors(proc.stderr)
     assert any("boom" in e for e in errors), proc.stderr[-2000:]
     assert any("Uncaught ReferenceError" in e for e in errors), proc.stderr[-2000:]
@@ -76,7 +50,7 @@ def test_report_renders_its_charts_in_headless_chromium(tmp_path):
         assert "query failed" not in page
 
     # The DOM after scripts ran: every chart image decoded with a non-zero size.
-    proc = _chromium(tmp_path, out.as_uri(), "--dump-dom")
+    proc = run_headless_chromium(tmp_path, out.as_uri(), "--dump-dom")
     assert proc.returncode == 0, proc.stderr[-2000:]
     dom = proc.stdout
     total = re.search(r'data-charts-total="(\d+)"', dom)
@@ -87,7 +61,7 @@ def test_report_renders_its_charts_in_headless_chromium(tmp_path):
     assert _console_errors(proc.stderr) == []
 
     shot = tmp_path / "report.png"
-    proc = _chromium(tmp_path, out.as_uri(), "--window-size=1400,3200", f"--screenshot={shot}")
+    proc = run_headless_chromium(tmp_path, out.as_uri(), "--window-size=1400,3200", f"--screenshot={shot}")
     assert proc.returncode == 0 and shot.exists(), proc.stderr[-2000:]
     assert _console_errors(proc.stderr) == []
     image = Image.open(shot).convert("RGB")
@@ -157,14 +131,14 @@ def test_report_shows_the_latest_scenes_quicklooks(tmp_path, tmp_uri):
     predicted_colours = {c.color for c in CLASSES} & colours
     assert len(predicted_colours) >= 2, predicted_colours
 
-    proc = _chromium(tmp_path, out.as_uri(), "--dump-dom")
+    proc = run_headless_chromium(tmp_path, out.as_uri(), "--dump-dom")
     assert proc.returncode == 0, proc.stderr[-2000:]
     total = re.search(r'data-quicklooks-total="(\d+)"', proc.stdout)
     shown = re.search(r'data-quicklooks-rendered="(\d+)"', proc.stdout)
     assert total and shown and int(total.group(1)) == int(shown.group(1)) == 3
     assert _console_errors(proc.stderr) == []
     shot = tmp_path / "report-quicklooks.png"
-    proc = _chromium(tmp_path, out.as_uri(), "--window-size=1400,1800", f"--screenshot={shot}")
+    proc = run_headless_chromium(tmp_path, out.as_uri(), "--window-size=1400,1800", f"--screenshot={shot}")
     assert proc.returncode == 0 and shot.exists(), proc.stderr[-2000:]
 
 
@@ -180,7 +154,7 @@ def test_charts_use_the_class_table_colours_and_read_well_for_one_run():
     import base64
 
     from core.classes import CLASSES
-    from observability.report import snapshot_chart, timeseries_chart
+    from observability.report_charts import snapshot_chart, timeseries_chart
     from observability.sql import Result
 
     def svg(uri: str) -> str:
