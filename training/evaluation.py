@@ -200,76 +200,151 @@ def evaluate_served(
         ``prediction_reference`` (class mix and confidence of the served predictions) and
         ``throughput`` (the served backend's measured seconds per chip; :func:`served_throughput`).
     """
-    from inference.predict import predict_scene
-    from inference.settings import ChainDefaults
-
     if served not in predictors:
         raise ValueError(f"served predictor {served!r} not among {sorted(predictors)}")
     if not scenes:
         raise ValueError("no held-out scenes to evaluate")
+    from inference.settings import ChainDefaults
+
     defaults = ChainDefaults()
-    chip_size = chip_size or defaults.chip_size
-    overlap = defaults.overlap if overlap is None else overlap
-    batch_size = batch_size or defaults.batch_size
+    window = _Window(
+        chip_size or defaults.chip_size,
+        defaults.overlap if overlap is None else overlap,
+        batch_size or defaults.batch_size,
+    )
     num_classes = int(predictors[served].num_classes)
-    names = CLASS_NAMES[:num_classes]
-
-    # One confusion matrix per predictor (a bincount per scene; the metrics come from it with
-    # torchmetrics' own reductions): torchmetrics' update passes cost seconds per scene and metric.
-    # Every input is checked once (class ids in [0, num_classes)), as the bincount needs.
-    def counts() -> np.ndarray:
-        return np.zeros((num_classes, num_classes), dtype=np.int64)
-
-    confusion = {name: counts() for name in predictors}
     majority = majority_class(train_class_fractions, ignore_index)
-    baseline_confusion = counts()
-    pixel_confusion = counts() if pixel_baseline is not None else None
-    agree = compared = 0
-    class_counts = np.zeros(num_classes, dtype=np.int64)
-    confidence_sum = entropy_sum = 0.0
-    low_count = 0
-    seconds: dict[str, float] = dict.fromkeys(predictors, 0.0)
-    chips_run: dict[str, int] = dict.fromkeys(predictors, 0)
+    tally = _ServedTally(num_classes, list(predictors), pixel_baseline is not None)
     candidates: list[tuple[int, dict[str, Any]]] = []
     for scene in scenes:
         truth = read_label(scene.label_uri)  # (H, W) ids 0..6 (read_label refuses other values)
         _check_class_ids(truth, num_classes, f"labels of {scene.scene_id}")
-        preds = {}
-        for name, predictor in predictors.items():
-            pred = predict_scene(
-                predictor, scene.image_uri, chip_size=chip_size, overlap=overlap, batch_size=batch_size
-            )
-            _check_class_ids(pred.classes[pred.valid], num_classes, f"{name} prediction of {scene.scene_id}")
-            preds[name] = pred
-            seconds[name] += pred.seconds
-            chips_run[name] += pred.n_chips
-            log.info(
-                "[evaluate] %s: %s in %.1f s (%d chips)", scene.scene_id, name, pred.seconds, pred.n_chips
-            )
+        preds = _predict_with_each(predictors, scene, num_classes, window, tally)
+        with open_naip(scene.image_uri) as src:
+            image = src.read()
+        tally.add_scene(
+            preds, truth, image, scene.scene_id, served, reference, majority, pixel_baseline, ignore_index
+        )
+        candidates += _scene_samples(
+            image, truth, preds[served].classes, scene.scene_id, window.chip_size, num_samples
+        )
+    metrics = _served_metrics(tally, predictors, scenes, served, reference, majority, ignore_index, window)
+    candidates.sort(key=lambda c: -c[0])
+    return EvaluationReport(metrics, [sample for _, sample in candidates[:num_samples]])
+
+
+@dataclass(frozen=True)
+class _Window:
+    """Sliding-window settings of the scene predictor."""
+
+    chip_size: int
+    overlap: int
+    batch_size: int
+
+
+@dataclass
+class _ServedTally:
+    """What :func:`evaluate_served` sums over its scenes.
+
+    One confusion matrix per predictor and baseline (a bincount per scene; the metrics come from
+    it with torchmetrics' own reductions, since torchmetrics' update passes are slow on whole
+    scenes; every input is checked once for class ids in ``[0, num_classes)``, as the bincount
+    needs), the served-vs-reference agreement, the served predictions' class mix and
+    confidence, and each predictor's time and chips.
+    """
+
+    num_classes: int
+    predictor_names: list[str]
+    with_pixel_baseline: bool
+    agree: int = 0
+    compared: int = 0
+    confidence_sum: float = 0.0
+    entropy_sum: float = 0.0
+    low_count: int = 0
+
+    def __post_init__(self) -> None:
+        self.confusion = {name: self._counts() for name in self.predictor_names}
+        self.baseline_confusion = self._counts()
+        self.pixel_confusion = self._counts() if self.with_pixel_baseline else None
+        self.class_counts = np.zeros(self.num_classes, dtype=np.int64)
+        self.seconds: dict[str, float] = dict.fromkeys(self.predictor_names, 0.0)
+        self.chips_run: dict[str, int] = dict.fromkeys(self.predictor_names, 0)
+
+    def _counts(self) -> np.ndarray:
+        return np.zeros((self.num_classes, self.num_classes), dtype=np.int64)
+
+    def add_scene(
+        self,
+        preds: dict[str, Any],
+        truth: np.ndarray,
+        image: np.ndarray,
+        scene_id: str,
+        served: str,
+        reference: str,
+        majority: int,
+        pixel_baseline: PixelLogisticRegression | None,
+        ignore_index: int | None,
+    ) -> None:
+        """Count one scene's predictions, baselines and agreement on the served valid pixels."""
+        num_classes = self.num_classes
         main = preds[served]
         valid = main.valid
         target = truth[valid]
         for name, pred in preds.items():
-            confusion[name] += confusion_counts(pred.classes[valid], target, num_classes, ignore_index)
-        baseline_confusion += confusion_counts(
+            self.confusion[name] += confusion_counts(pred.classes[valid], target, num_classes, ignore_index)
+        self.baseline_confusion += confusion_counts(
             np.full_like(target, majority), target, num_classes, ignore_index
         )
-        with open_naip(scene.image_uri) as src:
-            image = src.read()
-        if pixel_confusion is not None:
+        if self.pixel_confusion is not None:
             pixel_pred = pixel_baseline.predict(image)[valid]
-            _check_class_ids(pixel_pred, num_classes, f"pixel baseline of {scene.scene_id}")
-            pixel_confusion += confusion_counts(pixel_pred, target, num_classes, ignore_index)
+            _check_class_ids(pixel_pred, num_classes, f"pixel baseline of {scene_id}")
+            self.pixel_confusion += confusion_counts(pixel_pred, target, num_classes, ignore_index)
         if reference in preds and reference != served:
-            agree += int((preds[reference].classes[valid] == main.classes[valid]).sum())
-            compared += int(valid.sum())
-        class_counts += main.class_counts
-        confidence_sum += main.confidence_sum
-        entropy_sum += main.entropy_sum
-        low_count += main.low_confidence_count
-        candidates += _scene_samples(image, truth, main.classes, scene.scene_id, chip_size, num_samples)
+            self.agree += int((preds[reference].classes[valid] == main.classes[valid]).sum())
+            self.compared += int(valid.sum())
+        self.class_counts += main.class_counts
+        self.confidence_sum += main.confidence_sum
+        self.entropy_sum += main.entropy_sum
+        self.low_count += main.low_confidence_count
 
-    backends = {name: metrics_from_confusion(cm, names, ignore_index) for name, cm in confusion.items()}
+
+def _predict_with_each(
+    predictors: dict[str, Any], scene: SceneRecord, num_classes: int, window: _Window, tally: _ServedTally
+) -> dict[str, Any]:
+    """Every predictor's scene prediction (checked class ids), its time and chips counted."""
+    from inference.predict import predict_scene
+
+    preds = {}
+    for name, predictor in predictors.items():
+        pred = predict_scene(
+            predictor,
+            scene.image_uri,
+            chip_size=window.chip_size,
+            overlap=window.overlap,
+            batch_size=window.batch_size,
+        )
+        _check_class_ids(pred.classes[pred.valid], num_classes, f"{name} prediction of {scene.scene_id}")
+        preds[name] = pred
+        tally.seconds[name] += pred.seconds
+        tally.chips_run[name] += pred.n_chips
+        log.info("[evaluate] %s: %s in %.1f s (%d chips)", scene.scene_id, name, pred.seconds, pred.n_chips)
+    return preds
+
+
+def _served_metrics(
+    tally: _ServedTally,
+    predictors: dict[str, Any],
+    scenes: list[SceneRecord],
+    served: str,
+    reference: str,
+    majority: int,
+    ignore_index: int | None,
+    window: _Window,
+) -> dict[str, Any]:
+    """The report's metrics from the tally: the served predictor's, then every backend's, the
+    baselines, the agreement, the prediction reference and the throughput."""
+    names = CLASS_NAMES[: tally.num_classes]
+    backends = {name: metrics_from_confusion(cm, names, ignore_index) for name, cm in tally.confusion.items()}
     metrics = dict(backends[served])
     metrics["backend"] = served
     metrics["backends"] = {
@@ -277,35 +352,38 @@ def evaluate_served(
         for name, result in backends.items()
     }
     for name in backends:
-        metrics["backends"][name]["seconds"] = round(seconds[name], 2)
-        metrics["backends"][name]["chips"] = chips_run[name]
+        metrics["backends"][name]["seconds"] = round(tally.seconds[name], 2)
+        metrics["backends"][name]["chips"] = tally.chips_run[name]
     metrics["throughput"] = served_throughput(
-        predictors[served], seconds[served], chips_run[served], chip_size
+        predictors[served], tally.seconds[served], tally.chips_run[served], window.chip_size
     )
-    metrics["served_vs_reference_agreement"] = agree / compared if compared else None
-    metrics["agreement_reference"] = reference if compared else None
-    baseline = metrics_from_confusion(baseline_confusion, names, ignore_index)
+    metrics["served_vs_reference_agreement"] = tally.agree / tally.compared if tally.compared else None
+    metrics["agreement_reference"] = reference if tally.compared else None
+    baseline = metrics_from_confusion(tally.baseline_confusion, names, ignore_index)
     baseline.pop("confusion_matrix")
     metrics["majority_baseline"] = {"class": CLASS_NAMES[majority], **baseline}
-    if pixel_confusion is not None:
-        pixel = metrics_from_confusion(pixel_confusion, names, ignore_index)
+    if tally.pixel_confusion is not None:
+        pixel = metrics_from_confusion(tally.pixel_confusion, names, ignore_index)
         pixel.pop("confusion_matrix")
         metrics["pixel_baseline"] = {"model": "logistic regression on 4 bands + NDVI", **pixel}
         metrics["lead_over_pixel_baseline"] = metrics["miou"] - pixel["miou"]
-    n = int(class_counts.sum())
+    n = int(tally.class_counts.sum())
     metrics["prediction_reference"] = {
-        "class_fractions": (class_counts / max(n, 1)).tolist(),
-        "mean_max_softmax": confidence_sum / n if n else None,
-        "mean_entropy": entropy_sum / n if n else None,
-        "low_confidence_share": low_count / n if n else None,
+        "class_fractions": (tally.class_counts / max(n, 1)).tolist(),
+        "mean_max_softmax": tally.confidence_sum / n if n else None,
+        "mean_entropy": tally.entropy_sum / n if n else None,
+        "low_confidence_share": tally.low_count / n if n else None,
         "pixels": n,
         "scenes": [s.scene_id for s in scenes],
         "backend": served,
     }
     metrics["scenes"] = [s.scene_id for s in scenes]
-    metrics["sliding_window"] = {"chip_size": chip_size, "overlap": overlap, "batch_size": batch_size}
-    candidates.sort(key=lambda c: -c[0])
-    return EvaluationReport(metrics, [sample for _, sample in candidates[:num_samples]])
+    metrics["sliding_window"] = {
+        "chip_size": window.chip_size,
+        "overlap": window.overlap,
+        "batch_size": window.batch_size,
+    }
+    return metrics
 
 
 def evaluate_foreign(
