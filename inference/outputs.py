@@ -235,18 +235,47 @@ def stac_item(
         properties: extra properties to merge in.
     """
     import pystac
-    from pystac.extensions.classification import Classification, ClassificationExtension
-    from pystac.extensions.projection import ProjectionExtension
 
+    _check_describable(pred, model_version, input_sha256)
+    geometry, bbox, native_bbox = _footprint_wgs84(pred)
+    now = datetime.now(UTC)
+    props = _scene_properties(pred, now, model_version, input_sha256, model_name)
+    props.update(properties or {})
+    item = pystac.Item(
+        id=str(item_id),
+        geometry=geometry,
+        bbox=bbox,
+        datetime=acquired or now,
+        properties=props,
+    )
+    _add_projection(item, pred, native_bbox)
+    _add_assets(
+        item,
+        class_uri=class_uri,
+        confidence_uri=confidence_uri,
+        input_uri=input_uri or pred.source_uri,
+        thumbnail_uri=thumbnail_uri,
+        input_sha256=input_sha256,
+    )
+    data = item.to_dict(include_self_link=False, transform_hrefs=False)
+    validate_stac_item(data)
+    return data
+
+
+def _check_describable(pred: ScenePrediction, model_version: str, input_sha256: str) -> None:
+    """Refuse an item without lineage (model version, input digest) or georeference."""
     if not model_version:
         raise ValueError("model_version is required for lineage")
     if not input_sha256 or len(input_sha256) != 64:
         raise ValueError(f"input_sha256 must be a 64-character hex digest, got {input_sha256!r}")
     if pred.crs is None or pred.transform is None:
         raise ValueError("the prediction has no georeference (crs/transform); cannot describe it in STAC")
-    input_uri = input_uri or pred.source_uri
-    geometry, bbox, native_bbox = _footprint_wgs84(pred)
-    now = datetime.now(UTC)
+
+
+def _scene_properties(
+    pred: ScenePrediction, now: datetime, model_version: str, input_sha256: str, model_name: str | None
+) -> dict[str, Any]:
+    """The item's properties: lineage and the prediction's summaries (``landcover:*``)."""
     fractions = pred.class_fractions
     props: dict[str, Any] = {
         "created": now.isoformat(),
@@ -262,14 +291,13 @@ def stac_item(
     }
     if model_name:
         props["model_name"] = model_name
-    props.update(properties or {})
-    item = pystac.Item(
-        id=str(item_id),
-        geometry=geometry,
-        bbox=bbox,
-        datetime=acquired or now,
-        properties=props,
-    )
+    return props
+
+
+def _add_projection(item: Any, pred: ScenePrediction, native_bbox: list[float]) -> None:
+    """The projection extension: EPSG code (else WKT2), shape, transform and native bbox."""
+    from pystac.extensions.projection import ProjectionExtension
+
     proj = ProjectionExtension.ext(item, add_if_missing=True)
     epsg = pred.crs.to_epsg()
     if epsg is not None:
@@ -280,6 +308,21 @@ def stac_item(
     proj.shape = [height, width]
     proj.transform = [float(v) for v in list(pred.transform)[:6]]
     proj.bbox = native_bbox
+
+
+def _add_assets(
+    item: Any,
+    *,
+    class_uri: str,
+    confidence_uri: str,
+    input_uri: str | None,
+    thumbnail_uri: str | None,
+    input_sha256: str,
+) -> None:
+    """The class COG (with the classification extension's class table), the confidence COG and,
+    when known, the input image and the quicklook."""
+    import pystac
+    from pystac.extensions.classification import Classification, ClassificationExtension
 
     class_asset = pystac.Asset(
         href=encode_href(class_uri),
@@ -327,9 +370,6 @@ def stac_item(
                 roles=["thumbnail"],
             ),
         )
-    data = item.to_dict(include_self_link=False, transform_hrefs=False)
-    validate_stac_item(data)
-    return data
 
 
 def _slug(name: str) -> str:
