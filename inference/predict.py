@@ -402,6 +402,97 @@ def _first_covering(offsets: Sequence[int], index: int, chip_size: int) -> int:
     return k
 
 
+@dataclass
+class _BlockOutputs:
+    """A block's core-window rasters and running summaries, filled band of final rows by band."""
+
+    classes: np.ndarray  # (h, w) uint8 class ids, NODATA_CLASS_ID outside the valid pixels
+    confidence: np.ndarray  # (h, w) uint8 max softmax x 255, 0 outside the valid pixels
+    valid: np.ndarray  # (h, w) bool
+    class_counts: np.ndarray  # (K,)
+    band_counts: np.ndarray  # (bands, 256) histogram of the valid input pixels
+    confidence_sum: float = 0.0
+    entropy_sum: float = 0.0
+    low_count: int = 0
+
+    @classmethod
+    def empty(cls, height: int, width: int, num_classes: int) -> _BlockOutputs:
+        return cls(
+            classes=np.full((height, width), NODATA_CLASS_ID, dtype=np.uint8),
+            confidence=np.zeros((height, width), dtype=np.uint8),
+            valid=np.zeros((height, width), dtype=bool),
+            class_counts=np.zeros(num_classes, dtype=np.int64),
+            band_counts=np.zeros((len(NAIP_BANDS), 256), dtype=np.int64),
+        )
+
+    def add_rows(
+        self,
+        p: np.ndarray,
+        v: np.ndarray,
+        image: np.ndarray,
+        out_rows: slice,
+        log_k: float,
+        low_confidence_threshold: float,
+    ) -> None:
+        """Keep final rows: ``p`` (K, r, w) blended probabilities, ``v`` (r, w) their valid
+        pixels, ``image`` (bands, r, w) their input, ``out_rows`` where they go in the core."""
+        k = p.shape[0]
+        cls = p.argmax(axis=0).astype(np.uint8)  # (r, w)
+        top = p.max(axis=0)  # (r, w)
+        ent = np.zeros(top.shape, dtype=np.float32)
+        for c in range(k):
+            pc = p[c]
+            ent -= pc * np.log(np.maximum(pc, 1e-12))
+        ent /= np.float32(log_k)
+        self.classes[out_rows][v] = cls[v]
+        self.confidence[out_rows][v] = np.clip(np.rint(top[v] * 255.0), 1, 255).astype(np.uint8)
+        self.valid[out_rows] = v
+        self.class_counts += np.bincount(cls[v], minlength=k)[:k]
+        self.confidence_sum += float(top[v].sum(dtype=np.float64))
+        self.entropy_sum += float(ent[v].sum(dtype=np.float64))
+        self.low_count += int((top[v] < low_confidence_threshold).sum())
+        for b in range(self.band_counts.shape[0]):
+            self.band_counts[b] += np.bincount(image[b][v], minlength=256)
+
+
+def _blend_chip_row(
+    predictor: Predictor,
+    strip: np.ndarray,
+    chip_x: dict[int, int],
+    todo: list[int],
+    weights: tuple[np.ndarray, list[np.ndarray]],
+    acc: np.ndarray,
+    wsum: np.ndarray,
+    batch_size: int,
+) -> None:
+    """Predict one chip row's chips ``todo`` (column indices; ``chip_x`` their buffer columns) in
+    batches and add their probabilities, weighted by the blend ramps, into ``acc`` / ``wsum``."""
+    k, size = acc.shape[0], acc.shape[1]
+    row_ramp, col_ramps = weights
+    for batch in _batches(todo, batch_size):
+        chips = np.stack([strip[:, :, chip_x[j] : chip_x[j] + size] for j in batch])  # (B, 4, S, S)
+        probs = predictor.predict_proba(normalize(chips))  # (B, K, S, S)
+        if probs.shape != (len(batch), k, size, size):
+            raise ValueError(
+                f"predictor returned shape {probs.shape}; expected {(len(batch), k, size, size)}"
+            )
+        for b, j in enumerate(batch):
+            x = chip_x[j]
+            w2 = row_ramp[:, None] * col_ramps[j][None, :]  # (S, S)
+            acc[:, :, x : x + size] += probs[b] * w2
+            wsum[:, x : x + size] += w2
+
+
+def _slide(acc: np.ndarray, wsum: np.ndarray, step: int) -> None:
+    """Slide the probability buffer down by ``step`` rows, zeroing the rows that come in."""
+    size = wsum.shape[0]
+    if step < size:
+        acc[:, : size - step] = acc[:, step:]
+        wsum[: size - step] = wsum[step:]
+    acc[:, size - step :] = 0.0
+    wsum[size - step :] = 0.0
+
+
 def _run(
     predictor: Predictor,
     read: WindowReader,
@@ -432,15 +523,10 @@ def _run(
     wb = xs[j1 - 1] + size - read_x0  # buffer width: the block's chips side by side
     lc0, lc1 = core_x0 - read_x0, core_x0 - read_x0 + core_w  # core columns in the buffer
 
-    classes = np.full((core_h, core_w), NODATA_CLASS_ID, dtype=np.uint8)
-    confidence = np.zeros((core_h, core_w), dtype=np.uint8)
-    valid_out = np.zeros((core_h, core_w), dtype=bool)
+    out = _BlockOutputs.empty(core_h, core_w, k)
     acc = np.zeros((k, size, wb), dtype=np.float32)  # (K, S, Wb): one band of probabilities
     wsum = np.zeros((size, wb), dtype=np.float32)  # (S, Wb)
-    class_counts = np.zeros(k, dtype=np.int64)
-    band_counts = np.zeros((len(NAIP_BANDS), 256), dtype=np.int64)
-    conf_sum = ent_sum = 0.0
-    low_count = n_run = n_skipped = 0
+    n_run = n_skipped = 0
     log_k = math.log(k) if k > 1 else 1.0
 
     for i in range(r0, i1):
@@ -452,19 +538,8 @@ def _run(
         local = {j: xs[j] - read_x0 for j in range(c0, j1)}
         todo = [j for j, x in local.items() if vstrip[:, x : x + size].any()]
         n_skipped += len(local) - len(todo)
-        for batch in _batches(todo, batch_size):
-            chips = np.stack([strip[:, :, local[j] : local[j] + size] for j in batch])  # (B, 4, S, S)
-            probs = predictor.predict_proba(normalize(chips))  # (B, K, S, S)
-            if probs.shape != (len(batch), k, size, size):
-                raise ValueError(
-                    f"predictor returned shape {probs.shape}; expected {(len(batch), k, size, size)}"
-                )
-            n_run += len(batch)
-            for b, j in enumerate(batch):
-                x = local[j]
-                w2 = wy[i][:, None] * wx[j][None, :]  # (S, S)
-                acc[:, :, x : x + size] += probs[b] * w2
-                wsum[:, x : x + size] += w2
+        _blend_chip_row(predictor, strip, local, todo, (wy[i], wx), acc, wsum, batch_size)
+        n_run += len(todo)
 
         # Rows above the next chip row's origin are final; those in the core are kept.
         step = ys[i + 1] - y if i + 1 < len(ys) else size
@@ -474,41 +549,20 @@ def _run(
             ws = wsum[:rows, lc0:lc1]
             v = valid[:rows, lc0:lc1] & (ws > 0)
             np.divide(p, np.maximum(ws, _MIN_WEIGHT)[None], out=p)
-            cls = p.argmax(axis=0).astype(np.uint8)  # (r, w)
-            top = p.max(axis=0)  # (r, w)
-            ent = np.zeros(top.shape, dtype=np.float32)
-            for c in range(k):
-                pc = p[c]
-                ent -= pc * np.log(np.maximum(pc, 1e-12))
-            ent /= np.float32(log_k)
             out_rows = slice(y - core_y0, y - core_y0 + rows)
-            classes[out_rows][v] = cls[v]
-            confidence[out_rows][v] = np.clip(np.rint(top[v] * 255.0), 1, 255).astype(np.uint8)
-            valid_out[out_rows] = v
-            class_counts += np.bincount(cls[v], minlength=k)[:k]
-            conf_sum += float(top[v].sum(dtype=np.float64))
-            ent_sum += float(ent[v].sum(dtype=np.float64))
-            low_count += int((top[v] < low_confidence_threshold).sum())
-            for b in range(band_counts.shape[0]):
-                band_counts[b] += np.bincount(image[b, :rows, lc0:lc1][v], minlength=256)
-
-        # Slide the buffer down by ``step`` rows.
-        if step < size:
-            acc[:, : size - step] = acc[:, step:]
-            wsum[: size - step] = wsum[step:]
-        acc[:, size - step :] = 0.0
-        wsum[size - step :] = 0.0
+            out.add_rows(p, v, image[:, :rows, lc0:lc1], out_rows, log_k, low_confidence_threshold)
+        _slide(acc, wsum, step)
 
     return ScenePrediction(
-        classes=classes,
-        confidence=confidence,
-        valid=valid_out,
-        class_counts=class_counts,
-        confidence_sum=conf_sum,
-        low_confidence_count=low_count,
+        classes=out.classes,
+        confidence=out.confidence,
+        valid=out.valid,
+        class_counts=out.class_counts,
+        confidence_sum=out.confidence_sum,
+        low_confidence_count=out.low_count,
         low_confidence_threshold=low_confidence_threshold,
-        entropy_sum=ent_sum,
-        band_counts=band_counts,
+        entropy_sum=out.entropy_sum,
+        band_counts=out.band_counts,
         chip_size=size,
         overlap=plan.overlap,
         n_chips=n_run,
