@@ -304,6 +304,25 @@ def generate_scene(seed: int, size: int | tuple[int, int] = DEFAULT_SIZE) -> tup
         raise ValueError(f"scene size must be at least 64x64, got {h}x{w}")
     rng = np.random.default_rng(seed)
 
+    lc, tone, dryness, buildings = _land_cover(rng, h, w)
+    image = _reflectance(rng, lc, tone, dryness)
+    del tone, dryness
+    _cast_shadows(rng, image, buildings)
+    del buildings
+    image = _sensor(rng, image)
+    valid = _valid_area(rng, h, w)
+    # Valid pixels never equal the nodata value in every band.
+    np.rint(image, out=image)
+    np.clip(image, 1, 255, out=image)
+    out = image.astype(np.uint8)
+    out[:, ~valid] = NAIP_NODATA
+    lc[~valid] = NODATA
+    return out, lc
+
+
+def _land_cover(rng: np.random.Generator, h: int, w: int) -> tuple[np.ndarray, ...]:
+    """The class map with its objects: ``(lc (H, W) raw lc values, tone (H, W) per-object
+    brightness, dryness (H, W) senescent fraction, buildings (H, W) bool)``."""
     lc = np.full((h, w), LOWVEG, dtype=np.uint8)
 
     # Agricultural parcels: most are crops/grass of different vigour, some are bare soil.
@@ -343,8 +362,15 @@ def generate_scene(seed: int, size: int | tuple[int, int] = DEFAULT_SIZE) -> tup
         lc[road] = ROAD
         tone[road] = 1.15 if i == 0 else rng.uniform(0.85, 1.05)  # a concrete highway is lighter
     buildings &= lc == IMPERVIOUS
+    return lc, tone, dryness, buildings
 
-    # --- spectra: per-class mean, per-object tone, per-class texture ---
+
+def _reflectance(
+    rng: np.random.Generator, lc: np.ndarray, tone: np.ndarray, dryness: np.ndarray
+) -> np.ndarray:
+    """The (4, H, W) float32 image: per-class mean spectrum, per-object tone, per-class texture.
+    ``tone`` is changed in place (trees and water keep their class's brightness)."""
+    h, w = lc.shape
     lut = np.zeros((4, 256), dtype=np.float32)
     amp = np.zeros((3, 256), dtype=np.float32)
     for value, spectrum in SPECTRA.items():
@@ -358,7 +384,6 @@ def generate_scene(seed: int, size: int | tuple[int, int] = DEFAULT_SIZE) -> tup
     gain += amp[2][lc] * _smooth_noise(rng, h, w, 300.0)
     gain += 1.0
     gain *= tone
-    del tone
     image = lut[:, lc]  # (4, H, W)
     image *= gain[None]
     del gain
@@ -367,9 +392,14 @@ def generate_scene(seed: int, size: int | tuple[int, int] = DEFAULT_SIZE) -> tup
     image[0] += 32 * dry
     image[1] += 10 * dry
     image[3] -= 30 * dry
-    del dry, dryness
+    del dry
+    return image
 
-    # Buildings cast shadows to the north-west of the roof (sun from the south-east).
+
+def _cast_shadows(rng: np.random.Generator, image: np.ndarray, buildings: np.ndarray) -> None:
+    """Darken, in place, the shadows buildings cast to the north-west of the roof (sun from the
+    south-east)."""
+    h, w = buildings.shape
     sy, sx = int(rng.integers(3, 7)), int(rng.integers(2, 6))
     shadow = np.zeros_like(buildings)
     shadow[: h - sy, : w - sx] = buildings[sy:, sx:]
@@ -377,12 +407,19 @@ def generate_scene(seed: int, size: int | tuple[int, int] = DEFAULT_SIZE) -> tup
     rows, cols = np.nonzero(shadow)
     image[:, rows, cols] *= np.float32(0.55)
 
-    # Sensor: PSF blur (mixed pixels at edges), slow illumination/haze, noise.
+
+def _sensor(rng: np.random.Generator, image: np.ndarray) -> np.ndarray:
+    """The sensor: PSF blur (mixed pixels at edges), slow illumination/haze, noise."""
+    _, h, w = image.shape
     image = _blur3_(image)
     image *= (1.0 + 0.04 * _smooth_noise(rng, h, w, 900.0))[None]
     image += _uniform(rng, (4, h, w)) * np.float32(2.5)
+    return image
 
-    # Nodata: NAIP quarter quads sit rotated inside their tiles, leaving wedges of nodata.
+
+def _valid_area(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+    """The (H, W) valid mask: NAIP quarter quads sit rotated inside their tiles, leaving wedges
+    of nodata; every scene has some."""
     yy = np.arange(h, dtype=np.float32)[:, None]
     xx = np.arange(w, dtype=np.float32)[None, :]
     valid = np.ones((h, w), dtype=bool)
@@ -400,13 +437,7 @@ def generate_scene(seed: int, size: int | tuple[int, int] = DEFAULT_SIZE) -> tup
             valid &= yy >= a + (b - a) * xx / w
         else:
             valid &= yy < h - (a + (b - a) * xx / w)
-    # Valid pixels never equal the nodata value in every band.
-    np.rint(image, out=image)
-    np.clip(image, 1, 255, out=image)
-    out = image.astype(np.uint8)
-    out[:, ~valid] = NAIP_NODATA
-    lc[~valid] = NODATA
-    return out, lc
+    return valid
 
 
 def scene_seed(seed: int, split: str, index: int) -> int:
@@ -552,7 +583,9 @@ def generate_dataset(
     else:
         with ProcessPoolExecutor(max_workers=workers) as pool:
             for n, (split, scene_id, secs) in enumerate(pool.map(_build_one, jobs), start=1):
-                log.info("[%d/%d] wrote %s/%s %dx%d in %.1fs", n, len(jobs), split, scene_id, size, size, secs)
+                log.info(
+                    "[%d/%d] wrote %s/%s %dx%d in %.1fs", n, len(jobs), split, scene_id, size, size, secs
+                )
     if jobs:
         log.info("generated %d scene(s) under %s in %.1fs", len(jobs), root, time.perf_counter() - start)
     return records
