@@ -277,42 +277,83 @@ def _served(model: Any, cpu: Any) -> Any:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    import torch
-
-    from inference.runtime import default_num_threads, load_predictor
-    from inference.runtime_cpu import detect_cpu, runtime_available
-    from setup.tools.bench import chips as chips_mod
-    from setup.tools.bench.gemm import measure_peaks
-    from setup.tools.bench.models import analytic_flops, prepare_model
-    from setup.tools.bench.profile import profile_chip
-    from setup.tools.bench.scene import bench_scenes, write_scenes
+    """Every section of the bench (the module docstring lists them), as the JSON report."""
+    from inference.runtime_cpu import detect_cpu
 
     budget = Budget.since(args.started_at, args.budget_s, reserve_s=IMAGE_RESERVE_S if args.image else 0.0)
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     presets = ["tiny"] if args.quick else args.presets
-    runs_table = QUICK_RUNS if args.quick else FULL_RUNS
     cpu = detect_cpu()
     cpu_class = "avx2" if cpu.cpu_class in ("avx2", "baseline") else "accelerated"
-    versions = {"torch": torch.__version__, "onnxruntime": __import__("onnxruntime").__version__}
-    if runtime_available("openvino"):
-        versions["openvino"] = __import__("openvino").__version__
     report: dict[str, Any] = {
         "created_utc": datetime.now(UTC).isoformat(timespec="seconds"),
         "quick": args.quick,
-        "machine": {
-            "cpu": cpu.model,
-            "cpu_detected": cpu.to_dict(),
-            "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
-            "target_class": cpu_class,
-            "cores": default_num_threads(),
-            **versions,
-            "python": platform.python_version(),
-            "load_average_start": _load_average(),
-        },
+        "machine": _machine(cpu, cpu_class),
         "chip": CHIP,
     }
     _log(f"[bench] CPU: {cpu.model} class {cpu.cpu_class}, flags {sorted(cpu.flags)}")
+    models, choices = _prepare_models(args, presets, workdir, cpu, budget, report)
+    peaks = _measure_peaks(args.quick, budget)
+    report["peaks"] = peaks
+    cold_inputs = _cold_start_inputs(workdir)
+    report["presets"] = {}
+    refs: dict[str, tuple[np.ndarray, np.ndarray, float]] = {}
+    runs_table = QUICK_RUNS if args.quick else FULL_RUNS
+    for preset in presets:
+        runs = runs_table.get(preset, (3, 5, 3, 3))
+        report["presets"][preset], refs[preset] = _bench_preset(
+            preset, models[preset], choices[preset], runs, peaks, cold_inputs, budget
+        )
+    top = presets[-1]
+    if not args.no_candidates:
+        report.update(_side_by_side(args, report, models, refs, peaks, cpu, budget, top))
+    if args.champion:
+        report["champion"] = _champion_section(args, workdir, budget)
+    report["scenes"] = _whole_scenes(args, report, models, choices, workdir, budget, top)
+    report["lambda_cost"] = _lambda_costs(report, top)
+    if args.image:
+        report["image"] = _image_section(args, workdir, budget)
+    report["targets"] = _targets(report, TARGETS_BY_CLASS[cpu_class], cpu_class)
+    report["machine"]["load_average_end"] = _load_average()
+    report["budget"] = budget.to_dict()
+    return report
+
+
+def _machine(cpu: Any, cpu_class: str) -> dict[str, Any]:
+    """Section 0's machine: the CPU as detected, its target class, cores and runtime versions."""
+    import torch
+
+    from inference.runtime import default_num_threads
+    from inference.runtime_cpu import runtime_available
+
+    versions = {"torch": torch.__version__, "onnxruntime": __import__("onnxruntime").__version__}
+    if runtime_available("openvino"):
+        versions["openvino"] = __import__("openvino").__version__
+    return {
+        "cpu": cpu.model,
+        "cpu_detected": cpu.to_dict(),
+        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "target_class": cpu_class,
+        "cores": default_num_threads(),
+        **versions,
+        "python": platform.python_version(),
+        "load_average_start": _load_average(),
+    }
+
+
+def _prepare_models(
+    args: argparse.Namespace,
+    presets: list[str],
+    workdir: Path,
+    cpu: Any,
+    budget: Budget,
+    report: dict[str, Any],
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Each preset's exports and the artifacts this CPU runs (built or reused), and the
+    dispatcher's choice for each; both recorded in ``report``."""
+    from setup.tools.bench import chips as chips_mod
+    from setup.tools.bench.models import prepare_model
 
     _log("[bench] building/reusing exports and runtime artifacts ...")
     needed = chips_mod.artifacts_needed(cpu)
@@ -322,140 +363,181 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     choices = {p: _served(m, cpu) for p, m in models.items()}
     report["dispatch"] = {p: c.to_dict() for p, c in choices.items()}
     _log(f"[bench] dispatcher: {choices[presets[-1]].log_line()}")
+    return models, choices
+
+
+def _measure_peaks(quick: bool, budget: Budget) -> dict[str, Any]:
+    """Section 1: the GEMM peaks (small sizes in a quick run)."""
+    from setup.tools.bench.gemm import measure_peaks
 
     _log("[bench] GEMM peaks ...")
     with budget.section("GEMM peaks"):
-        if args.quick:
+        if quick:
             peaks = measure_peaks(runs=3, sizes=[768], bf16_size=384)
         else:
             peaks = measure_peaks(runs=5, sizes=[2048, 3072], bf16_size=1024)
     peaks["bf16"]["gflops"] = peaks["bf16"].get("gflops", 0.0)
-    report["peaks"] = peaks
+    return peaks
+
+
+def _cold_start_inputs(workdir: Path) -> tuple[str, str]:
+    """The chip and the small scene each cold-start child predicts, saved as ``.npy``."""
+    from setup.tools.bench import chips as chips_mod
+    from training.data.synthetic import generate_scene
 
     chip_npy, scene_npy = workdir / "cold_chip.npy", workdir / "cold_scene.npy"
     np.save(chip_npy, chips_mod.sample_chips(1, CHIP, seed=3)[0])
-    from training.data.synthetic import generate_scene
-
     # 256 x 480 px: two overlapping chips in one predict_array batch (the handler's code path).
     np.save(scene_npy, np.ascontiguousarray(generate_scene(5, 480)[0][:, :256]))
+    return str(chip_npy), str(scene_npy)
 
-    report["presets"] = {}
-    refs: dict[str, tuple[np.ndarray, np.ndarray, float]] = {}
-    for preset in presets:
-        eager_runs, opt_runs, cold_eager, cold_opt = runs_table.get(preset, (3, 5, 3, 3))
-        m, choice = models[preset], choices[preset]
-        flops = analytic_flops(preset, CHIP, m.head_width)
-        if m.flops_counted:  # the config's head (fusion by default): counted, not the seed formula
-            flops = {**flops, **m.flops_counted, "head_kind": m.head}
-        _log(f"[bench] {preset}: chips ({eager_runs} eager, {opt_runs} served: {choice.path.name}) ...")
-        with budget.section(f"{preset} chips"):
-            res = chips_mod.bench_chips(
-                m.export_path,
-                m.artifacts[choice.artifact],
-                flops["total"],
-                peaks,
-                eager_runs,
-                opt_runs,
-                CHIP,
-                served_backend=choice.backend,
-                served_kwargs=dict(choice.path.options),
-                served_precision=choice.path.precision,
-                budget=budget,
-                preset=preset,
-            )
-        refs[preset] = (res.pop("chips"), res.pop("eager_classes"), res["eager_fp32"]["ms_per_chip"] / 1e3)
-        res["flops"] = flops
-        res["served_path"] = choice.path.name
-        res["quantised_share"] = _quantised_share(m.artifacts[choice.artifact], choice.path.precision, flops)
-        res["ideal_chip_s"] = _ideal_chip_s(
-            flops["total"], res["quantised_share"], choice.path.precision, peaks
-        )
-        _log(f"[bench] {preset}: served chip profile ...")
-        with budget.section(f"{preset} profile"):
-            res["profile"] = profile_chip(
-                m.artifacts[choice.artifact],
-                choice.backend,
-                dict(choice.path.options),
-                refs[preset][0][0],
-                flops,
-                _group_peaks(m.artifacts[choice.artifact], choice.path.precision, peaks),
-            )
-        _log(f"[bench] {preset}: cold starts ({cold_eager} eager, {cold_opt} served) ...")
-        with budget.section(f"{preset} cold starts"):
-            res["eager_fp32"]["cold"] = _cold_starts(
-                "torch",
-                m.export_path,
-                cold_eager,
-                str(chip_npy),
-                str(scene_npy),
-                budget,
-                f"{preset} eager cold starts",
-            )
-            res["optimized"]["cold"] = _cold_starts(
-                "auto",
-                str(Path(m.export_path).parent),
-                cold_opt,
-                str(chip_npy),
-                str(scene_npy),
-                budget,
-                f"{preset} served cold starts",
-            )
-        res["cold_start_ratio"] = (
-            res["eager_fp32"]["cold"]["cold_start_s"] / res["optimized"]["cold"]["cold_start_s"]
-        )
-        res["rss_ratio"] = (
-            res["eager_fp32"]["cold"]["peak_rss_bytes"] / res["optimized"]["cold"]["peak_rss_bytes"]
-        )
-        res["load_average_after"] = _load_average()
-        report["presets"][preset] = res
 
-    top = presets[-1]
-    if not args.no_candidates:
-        chips, ref_cls, ref_s = refs[top]
-        n = min(CANDIDATE_RUNS, len(ref_cls))
-        _log(f"[bench] {top}: candidate paths side by side ({n} chips each) ...")
-        flops = report["presets"][top]["flops"]["total"]
-        with budget.section("candidates"):
-            rows = chips_mod.run_candidates(
-                models[top], chips_mod.candidates(), chips[:n], ref_cls[:n], ref_s, flops, peaks, cpu, budget
-            )
-        report["candidates"] = {
-            "preset": top,
-            "reference": "eager torch fp32 (same chips)",
-            "rows": rows,
-            "load_average_after": _load_average(),
-        }
-        exp_preset = args.experiments_preset if args.experiments_preset in models else presets[0]
-        chips, ref_cls, ref_s = refs[exp_preset]
-        n = min(CANDIDATE_RUNS, len(ref_cls))
-        _log(f"[bench] {exp_preset}: quantisation experiments ...")
-        with budget.section("experiments"):
-            rows = chips_mod.run_candidates(
-                models[exp_preset],
-                chips_mod.experiments(),
-                chips[:n],
-                ref_cls[:n],
-                ref_s,
-                report["presets"][exp_preset]["flops"]["total"],
-                peaks,
-                cpu,
-                budget,
-            )
-        report["experiments"] = {
-            "preset": exp_preset,
-            "reference": "eager torch fp32 (same chips)",
-            "rows": rows,
-        }
+def _bench_preset(
+    preset: str,
+    m: Any,
+    choice: Any,
+    runs: tuple[int, int, int, int],
+    peaks: dict[str, Any],
+    cold_inputs: tuple[str, str],
+    budget: Budget,
+) -> tuple[dict[str, Any], tuple[np.ndarray, np.ndarray, float]]:
+    """Section 2 for one preset: eager fp32 vs the served path on chips, the served chip's
+    profile and the cold starts. Returns the preset's figures and its reference (the chips,
+    eager classes and eager seconds per chip) for the side-by-side tables."""
+    from setup.tools.bench import chips as chips_mod
+    from setup.tools.bench.models import analytic_flops
+    from setup.tools.bench.profile import profile_chip
 
-    if args.champion:
-        _log("[bench] registry champion agreement ...")
-        try:
-            with budget.section("champion"):
-                report["champion"] = _champion_agreement(
-                    args.registry, args.model_name, workdir, 4 if args.quick else 8
-                )
-        except Exception as exc:  # report, never fail the bench on an optional section
-            report["champion"] = {"error": f"{type(exc).__name__}: {exc}"}
+    eager_runs, opt_runs, cold_eager, cold_opt = runs
+    chip_npy, scene_npy = cold_inputs
+    flops = analytic_flops(preset, CHIP, m.head_width)
+    if m.flops_counted:  # the config's head (fusion by default): counted, not the seed formula
+        flops = {**flops, **m.flops_counted, "head_kind": m.head}
+    _log(f"[bench] {preset}: chips ({eager_runs} eager, {opt_runs} served: {choice.path.name}) ...")
+    with budget.section(f"{preset} chips"):
+        res = chips_mod.bench_chips(
+            m.export_path,
+            m.artifacts[choice.artifact],
+            flops["total"],
+            peaks,
+            eager_runs,
+            opt_runs,
+            CHIP,
+            served_backend=choice.backend,
+            served_kwargs=dict(choice.path.options),
+            served_precision=choice.path.precision,
+            budget=budget,
+            preset=preset,
+        )
+    ref = (res.pop("chips"), res.pop("eager_classes"), res["eager_fp32"]["ms_per_chip"] / 1e3)
+    res["flops"] = flops
+    res["served_path"] = choice.path.name
+    res["quantised_share"] = _quantised_share(m.artifacts[choice.artifact], choice.path.precision, flops)
+    res["ideal_chip_s"] = _ideal_chip_s(flops["total"], res["quantised_share"], choice.path.precision, peaks)
+    _log(f"[bench] {preset}: served chip profile ...")
+    with budget.section(f"{preset} profile"):
+        res["profile"] = profile_chip(
+            m.artifacts[choice.artifact],
+            choice.backend,
+            dict(choice.path.options),
+            ref[0][0],
+            flops,
+            _group_peaks(m.artifacts[choice.artifact], choice.path.precision, peaks),
+        )
+    _log(f"[bench] {preset}: cold starts ({cold_eager} eager, {cold_opt} served) ...")
+    with budget.section(f"{preset} cold starts"):
+        res["eager_fp32"]["cold"] = _cold_starts(
+            "torch", m.export_path, cold_eager, chip_npy, scene_npy, budget, f"{preset} eager cold starts"
+        )
+        res["optimized"]["cold"] = _cold_starts(
+            "auto",
+            str(Path(m.export_path).parent),
+            cold_opt,
+            chip_npy,
+            scene_npy,
+            budget,
+            f"{preset} served cold starts",
+        )
+    res["cold_start_ratio"] = (
+        res["eager_fp32"]["cold"]["cold_start_s"] / res["optimized"]["cold"]["cold_start_s"]
+    )
+    res["rss_ratio"] = (
+        res["eager_fp32"]["cold"]["peak_rss_bytes"] / res["optimized"]["cold"]["peak_rss_bytes"]
+    )
+    res["load_average_after"] = _load_average()
+    return res, ref
+
+
+def _side_by_side(
+    args: argparse.Namespace,
+    report: dict[str, Any],
+    models: dict[str, Any],
+    refs: dict[str, tuple[np.ndarray, np.ndarray, float]],
+    peaks: dict[str, Any],
+    cpu: Any,
+    budget: Budget,
+    top: str,
+) -> dict[str, Any]:
+    """Sections 2b and 2c: every candidate path on the top preset, then the quantisation
+    experiments, each on the eager reference's chips."""
+    from setup.tools.bench import chips as chips_mod
+
+    chips, ref_cls, ref_s = refs[top]
+    n = min(CANDIDATE_RUNS, len(ref_cls))
+    _log(f"[bench] {top}: candidate paths side by side ({n} chips each) ...")
+    flops = report["presets"][top]["flops"]["total"]
+    with budget.section("candidates"):
+        rows = chips_mod.run_candidates(
+            models[top], chips_mod.candidates(), chips[:n], ref_cls[:n], ref_s, flops, peaks, cpu, budget
+        )
+    candidates = {
+        "preset": top,
+        "reference": "eager torch fp32 (same chips)",
+        "rows": rows,
+        "load_average_after": _load_average(),
+    }
+    exp_preset = args.experiments_preset if args.experiments_preset in models else next(iter(models))
+    chips, ref_cls, ref_s = refs[exp_preset]
+    n = min(CANDIDATE_RUNS, len(ref_cls))
+    _log(f"[bench] {exp_preset}: quantisation experiments ...")
+    with budget.section("experiments"):
+        rows = chips_mod.run_candidates(
+            models[exp_preset],
+            chips_mod.experiments(),
+            chips[:n],
+            ref_cls[:n],
+            ref_s,
+            report["presets"][exp_preset]["flops"]["total"],
+            peaks,
+            cpu,
+            budget,
+        )
+    experiments = {"preset": exp_preset, "reference": "eager torch fp32 (same chips)", "rows": rows}
+    return {"candidates": candidates, "experiments": experiments}
+
+
+def _champion_section(args: argparse.Namespace, workdir: Path, budget: Budget) -> dict[str, Any]:
+    """The registry champion's served-vs-eager agreement, or the error that stopped it."""
+    _log("[bench] registry champion agreement ...")
+    try:
+        with budget.section("champion"):
+            return _champion_agreement(args.registry, args.model_name, workdir, 4 if args.quick else 8)
+    except Exception as exc:  # report, never fail the bench on an optional section
+        return {"error": f"{type(exc).__name__}: {exc}"}
+
+
+def _whole_scenes(
+    args: argparse.Namespace,
+    report: dict[str, Any],
+    models: dict[str, Any],
+    choices: dict[str, Any],
+    workdir: Path,
+    budget: Budget,
+    top: str,
+) -> dict[str, Any]:
+    """Section 3: whole-scene scaling with the served path, and the top preset's estimate."""
+    from inference.runtime import load_predictor
+    from setup.tools.bench.scene import bench_scenes, write_scenes
 
     _log("[bench] whole scenes ...")
     sizes = (300, 500) if args.quick else tuple(args.scene_sizes)
@@ -477,13 +559,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     scaling["preset"] = scene_preset
     scaling["path"] = sc_choice.path.name
     scaling["load_average_after"] = _load_average()
-    report["scenes"] = {"scaling": scaling}
-    # Large-preset scene cost per km², from the largest scaling scene: its chips run with the
-    # top preset's measured chip time, plus the time outside the model's calls (read,
-    # normalise, blend, write) timed in the scaling run. A measured 1 km² large scene would
-    # cost 16-25 chips x the large chip time, which the 10-minute budget does not allow.
-    top_res = report["presets"][top]
-    top_chip_s = top_res["optimized"]["ms_per_chip"] / 1e3
+    top_chip_s = report["presets"][top]["optimized"]["ms_per_chip"] / 1e3
+    return {"scaling": scaling, "estimate": _scene_estimate(scaling, top, top_chip_s, scene_preset)}
+
+
+def _scene_estimate(
+    scaling: dict[str, Any], top: str, top_chip_s: float, scene_preset: str
+) -> dict[str, Any]:
+    """Large-preset scene cost per km², from the largest scaling scene: its chips run with the
+    top preset's measured chip time, plus the time outside the model's calls (read, normalise,
+    blend, write) timed in the scaling run. A measured 1 km² large scene would cost 16-25 chips
+    x the large chip time, which the 10-minute budget does not allow."""
     estimates = []
     for row in scaling["scenes"]:
         overhead = row["overhead_s"]
@@ -497,10 +583,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             }
         )
     row = scaling["scenes"][-1]
-    s_km2 = estimates[-1]["seconds"] / row["km2"]
-    report["scenes"]["estimate"] = {
+    return {
         "preset": top,
-        "s_per_km2": s_km2,
+        "s_per_km2": estimates[-1]["seconds"] / row["km2"],
         "chips_run_per_km2": row["chips_run"] / row["km2"],
         "chip_s": top_chip_s,
         "overhead_s_per_km2": estimates[-1]["overhead_s"] / row["km2"],
@@ -508,29 +593,33 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "by_km2": estimates,
         "basis": f"{scene_preset} scenes: chips run x {top} chip time + the measured non-model overhead",
     }
+
+
+def _lambda_costs(report: dict[str, Any], top: str) -> dict[str, Any]:
+    """Section 4: the Lambda cost per km², served and eager fp32, from the scene estimate."""
+    from inference.runtime import default_num_threads
+
+    top_res = report["presets"][top]
+    s_km2 = report["scenes"]["estimate"]["s_per_km2"]
     basis = report["scenes"]["estimate"]["basis"]
     cost = _lambda_cost(s_km2, top_res["optimized"]["cold"]["peak_rss_bytes"], default_num_threads())
     cost.update({"preset": top, "basis": basis})
     eager_cost = _lambda_cost(
         s_km2 * top_res["speedup"], top_res["eager_fp32"]["cold"]["peak_rss_bytes"], default_num_threads()
     )
-    report["lambda_cost"] = {
-        "optimized": cost,
-        "eager_fp32": {**eager_cost, "basis": "served s/km² x chip speedup"},
-    }
-    if args.image:
-        from setup.tools.bench.image import cached_lambda_env
+    return {"optimized": cost, "eager_fp32": {**eager_cost, "basis": "served s/km² x chip speedup"}}
 
-        _log("[bench] Lambda image environment (pip install --target, cached by requirements) ...")
-        try:
-            with budget.section("image"):
-                report["image"] = cached_lambda_env(workdir, rebuild=args.rebuild)
-        except Exception as exc:  # no network: say so, never fake the figure
-            report["image"] = {"error": f"{type(exc).__name__}: {str(exc)[-500:]}"}
-    report["targets"] = _targets(report, TARGETS_BY_CLASS[cpu_class], cpu_class)
-    report["machine"]["load_average_end"] = _load_average()
-    report["budget"] = budget.to_dict()
-    return report
+
+def _image_section(args: argparse.Namespace, workdir: Path, budget: Budget) -> dict[str, Any]:
+    """Section 5: the Lambda image's environment, or why it could not be built."""
+    from setup.tools.bench.image import cached_lambda_env
+
+    _log("[bench] Lambda image environment (pip install --target, cached by requirements) ...")
+    try:
+        with budget.section("image"):
+            return cached_lambda_env(workdir, rebuild=args.rebuild)
+    except Exception as exc:  # no network: say so, never fake the figure
+        return {"error": f"{type(exc).__name__}: {str(exc)[-500:]}"}
 
 
 def _targets(report: dict[str, Any], t: dict[str, float], cpu_class: str) -> dict[str, Any]:
@@ -646,8 +735,23 @@ def _candidate_lines(rows: list[dict[str, Any]]) -> list[str]:
 
 def render(report: dict[str, Any]) -> str:
     """The human-readable report."""
-    from setup.tools.bench.profile import render_profile
+    sections = (
+        _render_machine,
+        _render_peaks,
+        _render_chips,
+        _render_champion,
+        _render_candidates,
+        _render_scenes,
+        _render_lambda_cost,
+        _render_image,
+        _render_targets,
+        _render_budget,
+    )
+    return "\n".join(line for section in sections for line in section(report))
 
+
+def _render_machine(report: dict[str, Any]) -> list[str]:
+    """Header: the machine and load; section 0: the CPU as detected and the dispatcher's choice."""
     out: list[str] = []
     m = report["machine"]
     cpu = m["cpu_detected"]
@@ -669,6 +773,12 @@ def render(report: dict[str, Any]) -> str:
         for sk in d["skipped"]:
             out.append(f"      skipped {sk['path']}: {sk['why']}")
     out.append("")
+    return out
+
+
+def _render_peaks(report: dict[str, Any]) -> list[str]:
+    """Section 1: the GEMM peaks, each precision's best kernel and the others."""
+    out: list[str] = []
     p = report["peaks"]
     out.append("## 1. GEMM peak of this CPU (square matmuls, all cores, median; the best kernel is the peak)")
     units = {"fp32": "GFLOP/s", "bf16": "GFLOP/s", "int8": "GOP/s  "}
@@ -683,6 +793,14 @@ def render(report: dict[str, Any]) -> str:
         for name, k in p.get(f"{precision}_kernels", {}).items():
             out.append(f"       {name:10s} {k['gflops']:8.1f} {unit}  {k['kernel']}, n={k['n']}")
     out.append("")
+    return out
+
+
+def _render_chips(report: dict[str, Any]) -> list[str]:
+    """Section 2: eager fp32 vs the served path per preset, cold starts and the chip profile."""
+    from setup.tools.bench.profile import render_profile
+
+    out: list[str] = []
     out.append(
         f"## 2. Per chip ({report['chip']}², batch 1; FLOPs analytic; eager = TorchPredictor fp32, served = the dispatcher's path)"
     )
@@ -713,6 +831,12 @@ def render(report: dict[str, Any]) -> str:
         )
         if r.get("profile"):
             out.append(render_profile(preset, r["profile"]))
+    return out
+
+
+def _render_champion(report: dict[str, Any]) -> list[str]:
+    """The registry champion's agreement (section 2's closing lines)."""
+    out: list[str] = []
     if report.get("champion"):
         champ = dict(report["champion"])
         per_path = champ.pop("candidates", None) or {}
@@ -725,6 +849,12 @@ def render(report: dict[str, Any]) -> str:
     else:
         out.append("  registry champion: none found (agreement above is on random weights)")
     out.append("")
+    return out
+
+
+def _render_candidates(report: dict[str, Any]) -> list[str]:
+    """Sections 2b and 2c: the candidate paths and the quantisation experiments."""
+    out: list[str] = []
     if report.get("candidates"):
         cands = report["candidates"]
         out.append(
@@ -738,6 +868,12 @@ def render(report: dict[str, Any]) -> str:
         )
         out.extend(_candidate_lines(ex["rows"]))
         out.append("")
+    return out
+
+
+def _render_scenes(report: dict[str, Any]) -> list[str]:
+    """Section 3: whole-scene scaling and the top preset's estimate."""
+    out: list[str] = []
     sc = report["scenes"]["scaling"]
     out.append(
         f"## 3. Whole scenes (predict_scene, {sc['path']}, preset {sc['preset']}, overlap {sc['overlap']} adaptive, batch {sc['batch_size']}; chip {sc['chip_s'] * 1e3:.1f} ms)"
@@ -763,6 +899,12 @@ def render(report: dict[str, Any]) -> str:
         + ", ".join(f"{e['km2']:g}: {e['cost_ratio']:.2f}x" for e in est["by_km2"])
     )
     out.append("")
+    return out
+
+
+def _render_lambda_cost(report: dict[str, Any]) -> list[str]:
+    """Section 4: the Lambda cost per km², served and eager fp32."""
+    out: list[str] = []
     c = report["lambda_cost"]["optimized"]
     e = report["lambda_cost"]["eager_fp32"]
     out.append(
@@ -779,6 +921,12 @@ def render(report: dict[str, Any]) -> str:
     )
     out.append(f"  {c['note']}")
     out.append("")
+    return out
+
+
+def _render_image(report: dict[str, Any]) -> list[str]:
+    """Section 5: the Lambda image's Python packages."""
+    out: list[str] = []
     img = report.get("image")
     out.append(
         "## 5. Lambda image: Python packages (pip install --target of inference/requirements-lambda.txt)"
@@ -792,6 +940,12 @@ def render(report: dict[str, Any]) -> str:
     else:
         out.append(f"  not measured: {(img or {}).get('error', '--no-image')}")
     out.append("")
+    return out
+
+
+def _render_targets(report: dict[str, Any]) -> list[str]:
+    """The targets of this CPU's class: MET / MISSED with the figures."""
+    out: list[str] = []
     t = report["targets"]
     out.append(f"## Targets ({t['preset']}, CPU class {t['cpu_class']}, served path {t['served_path']})")
     a, ag, b = t["a_throughput"], t["a_agreement"], t["b_efficiency"]
@@ -835,6 +989,12 @@ def render(report: dict[str, Any]) -> str:
         )
     else:
         out.append(f"  image <= 600 MB, no torch: {im['error']} -> MISSED")
+    return out
+
+
+def _render_budget(report: dict[str, Any]) -> list[str]:
+    """The bench's wall time by section, and the runs cut to fit the budget."""
+    out: list[str] = []
     bud = report["budget"]
     cached = [k for k, v in report["models"].items() if v["cached"]]
     out.append(
@@ -848,7 +1008,7 @@ def render(report: dict[str, Any]) -> str:
                 f"{c['what']} {c['ran']} of {c['wanted']} ({c['each_s']:.1f} s each)" for c in bud["cuts"]
             )
         )
-    return "\n".join(out)
+    return out
 
 
 def main(argv: list[str] | None = None) -> None:
