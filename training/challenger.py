@@ -16,21 +16,22 @@ from collections.abc import Sequence
 from typing import Any
 
 from core import registry
+from training import promotion
 
 log = logging.getLogger(__name__)
 
 
-def shadow_criteria(cfg: Any) -> registry.ShadowCriteria:
+def shadow_criteria(cfg: Any) -> promotion.ShadowCriteria:
     """The shadow criteria of the composed config's ``training.shadow``."""
     shadow = cfg.training.shadow
-    return registry.ShadowCriteria(
+    return promotion.ShadowCriteria(
         min_scenes=int(shadow.min_scenes),
         min_agreement=float(shadow.min_agreement),
         max_area_shift=float(shadow.max_area_shift),
     )
 
 
-def after_decision(cfg: Any, decision: registry.PromotionDecision) -> dict[str, Any] | None:
+def after_decision(cfg: Any, decision: promotion.PromotionDecision) -> dict[str, Any] | None:
     """Name ``decision``'s candidate the challenger when it should predict in shadow; the pointer.
 
     A promoted candidate leaves no challenger behind that names it. One that awaits shadow
@@ -39,7 +40,7 @@ def after_decision(cfg: Any, decision: registry.PromotionDecision) -> dict[str, 
     """
     root, name = cfg.storage.registry_uri, cfg.model_name
     if decision.promoted:
-        registry.clear_challenger(root, name, decision.version)
+        promotion.clear_challenger(root, name, decision.version)
         return None
     current = registry.challenger(root, name)
     champion = registry.champion(root, name)
@@ -50,18 +51,18 @@ def after_decision(cfg: Any, decision: registry.PromotionDecision) -> dict[str, 
         if not stale and decision.candidate_miou <= float(current["miou"]):
             log.info("challenger %s stays (held-out mIoU %.4f)", current["version"], float(current["miou"]))
             return None
-    pointer = registry.name_challenger(root, name, decision.version, decision.reason)
+    pointer = promotion.name_challenger(root, name, decision.version, decision.reason)
     log.info("challenger is now %s: it predicts new scenes in shadow beside the champion", decision.version)
     return pointer
 
 
-def promote_candidate(cfg: Any, version: str) -> tuple[registry.PromotionDecision, dict[str, Any] | None]:
+def promote_candidate(cfg: Any, version: str) -> tuple[promotion.PromotionDecision, dict[str, Any] | None]:
     """The promotion decision on a newly registered ``version``, and the challenger pointer it names.
 
     There is no shadow evidence for a new version yet: with shadow criteria required, a
     candidate that passes the held-out gate awaits them as the challenger.
     """
-    decision = registry.promote_if_better(
+    decision = promotion.promote_if_better(
         cfg.storage.registry_uri,
         cfg.model_name,
         version,
@@ -81,7 +82,7 @@ def shadow_evidence(cfg: Any, champion_version: str, challenger_version: str) ->
         return repository.shadow_evidence(s, champion_version, challenger_version)
 
 
-def promote_challenger(cfg: Any) -> registry.PromotionDecision:
+def promote_challenger(cfg: Any) -> promotion.PromotionDecision:
     """The promotion gate, held-out and shadow criteria, for the registry's challenger.
 
     Raises:
@@ -96,7 +97,7 @@ def promote_challenger(cfg: Any) -> registry.PromotionDecision:
         )
     version = str(pointer["version"])
     evidence = shadow_evidence(cfg, str(champion["version"]), version)
-    decision = registry.promote_if_better(
+    decision = promotion.promote_if_better(
         root,
         name,
         version,
@@ -105,7 +106,7 @@ def promote_challenger(cfg: Any) -> registry.PromotionDecision:
         evidence=evidence,
     )
     if decision.promoted:
-        registry.clear_challenger(root, name, version)
+        promotion.clear_challenger(root, name, version)
     log.info(
         "[promote-challenger] %s: %s (shadow: %d scenes, agreement %s)",
         decision.outcome,

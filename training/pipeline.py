@@ -579,6 +579,7 @@ def promote(run: Run) -> dict[str, Any]:
     log.info("[promote] %s: %s", decision.outcome, decision.reason)
     result = {"decision": decision.to_dict(), "challenger": None if named is None else named["version"]}
     if cfg.logging.style in ("mlflow", "both") and cfg.logging.mlflow.register_model:
+        from training import registry_mlflow
         from training.mlflow_model import log_served_model
 
         info = registry.get_version(cfg.storage.registry_uri, cfg.model_name, version)
@@ -590,7 +591,7 @@ def promote(run: Run) -> dict[str, Any]:
             if mlflow_run
             else None
         )
-        result["mlflow"] = registry.register_in_mlflow(
+        result["mlflow"] = registry_mlflow.register_in_mlflow(
             info, cfg.logging.mlflow.tracking_uri, promoted=decision.promoted, model_source=source
         )
     tracker = _tracker(run)

@@ -17,6 +17,7 @@ import numpy as np
 from core import registry, storage
 from inference.settings import ChainSettings
 from tests.data.builders import write_bad_naip
+from training import promotion
 
 MODEL_NAME = "chesapeake-landcover"
 SCENE_SIZE = 256
@@ -61,7 +62,7 @@ def make_champion(registry_uri: str, model_name: str = MODEL_NAME, miou: float =
     manifest = registry.register_version(
         registry_uri, model_name, tiny_export(), metrics, "model: tiny\n", caveat="test model"
     )
-    decision = registry.promote_if_better(registry_uri, model_name, manifest["version"])
+    decision = promotion.promote_if_better(registry_uri, model_name, manifest["version"])
     assert decision.promoted
     pointer = registry.champion(registry_uri, model_name)
     assert pointer is not None
@@ -74,7 +75,7 @@ def make_challenger(registry_uri: str, model_name: str = MODEL_NAME, seed: int =
     manifest = registry.register_version(
         registry_uri, model_name, tiny_export(seed), metrics, "model: tiny\n", caveat="test challenger"
     )
-    registry.name_challenger(registry_uri, model_name, manifest["version"], reason="test challenger")
+    promotion.name_challenger(registry_uri, model_name, manifest["version"], reason="test challenger")
     return str(manifest["version"])
 
 

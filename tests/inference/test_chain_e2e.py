@@ -146,6 +146,7 @@ def test_a_promotion_mid_run_does_not_change_the_runs_model(local_settings) -> N
     every block and the scene to that version, and the next run takes the new champion."""
     from core import registry
     from tests.inference.chain_fixtures import MODEL_NAME, tiny_export, tiny_throughput
+    from training import promotion
 
     settings = local_settings
     write_scene(storage.join(settings.input_uri, "scene-0.tif"), seed=410)
@@ -162,7 +163,7 @@ def test_a_promotion_mid_run_does_not_change_the_runs_model(local_settings) -> N
         "model: tiny\n",
         caveat="promoted mid-run",
     )
-    assert registry.promote_if_better(settings.registry_uri, MODEL_NAME, newer["version"]).promoted
+    assert promotion.promote_if_better(settings.registry_uri, MODEL_NAME, newer["version"]).promoted
     assert registry_version(settings) == newer["version"] != planned["model_version"]
 
     for block in blocks:

@@ -20,6 +20,7 @@ from tests.inference.chain_fixtures import (
     tiny_export,
     write_scene,
 )
+from training import promotion
 
 
 def test_compare_matches_a_direct_count() -> None:
@@ -207,28 +208,30 @@ def test_promotion_can_wait_for_shadow_evidence_from_the_ledger(settings) -> Non
     better = registry.register_version(
         settings.registry_uri, settings.model_name, tiny_export(1), {"miou": 0.9}, "model: tiny\n"
     )["version"]
-    criteria = registry.ShadowCriteria(min_scenes=1, min_agreement=0.0, max_area_shift=1.0)
-    decision = registry.promote_if_better(settings.registry_uri, settings.model_name, better, shadow=criteria)
+    criteria = promotion.ShadowCriteria(min_scenes=1, min_agreement=0.0, max_area_shift=1.0)
+    decision = promotion.promote_if_better(
+        settings.registry_uri, settings.model_name, better, shadow=criteria
+    )
     assert decision.outcome == "awaiting-shadow" and "no shadow evidence" in decision.reason
-    registry.name_challenger(settings.registry_uri, settings.model_name, better, decision.reason)
+    promotion.name_challenger(settings.registry_uri, settings.model_name, better, decision.reason)
 
     write_scene(storage.join(settings.input_uri, "scene.tif"), 5)
     out = _run_champion(settings, "exec-1")
     _run_shadow(settings, "exec-1", out)
     with chain.session(settings) as s:
         evidence = repository.shadow_evidence(s, champion, better)
-    strict = registry.ShadowCriteria(min_scenes=1, min_agreement=1.0, max_area_shift=1.0)
+    strict = promotion.ShadowCriteria(min_scenes=1, min_agreement=1.0, max_area_shift=1.0)
     assert evidence["agreement"] < 1.0  # two random models disagree somewhere: the floor holds it back
-    held = registry.promote_if_better(
+    held = promotion.promote_if_better(
         settings.registry_uri, settings.model_name, better, shadow=strict, evidence=evidence
     )
     assert held.outcome == "awaiting-shadow" and "agreement" in held.reason
     stale = {**evidence, "champion_version": "someone-else"}
-    held = registry.promote_if_better(
+    held = promotion.promote_if_better(
         settings.registry_uri, settings.model_name, better, shadow=criteria, evidence=stale
     )
     assert held.outcome == "awaiting-shadow" and "not champion" in held.reason
-    promoted = registry.promote_if_better(
+    promoted = promotion.promote_if_better(
         settings.registry_uri, settings.model_name, better, shadow=criteria, evidence=evidence
     )
     assert promoted.outcome == "promoted" and promoted.shadow["scenes"] == 1
@@ -238,13 +241,13 @@ def test_promotion_can_wait_for_shadow_evidence_from_the_ledger(settings) -> Non
 def test_challenger_pointer_is_named_and_cleared(settings) -> None:
     champion = registry.champion(settings.registry_uri, settings.model_name)["version"]
     with pytest.raises(registry.RegistryError, match="champion"):
-        registry.name_challenger(settings.registry_uri, settings.model_name, champion, "itself")
+        promotion.name_challenger(settings.registry_uri, settings.model_name, champion, "itself")
     with pytest.raises(registry.VersionNotFoundError):
-        registry.name_challenger(settings.registry_uri, settings.model_name, "no-such-version", "x")
+        promotion.name_challenger(settings.registry_uri, settings.model_name, "no-such-version", "x")
     version = make_challenger(settings.registry_uri)
     assert registry.challenger(settings.registry_uri, settings.model_name)["version"] == version
-    assert not registry.clear_challenger(settings.registry_uri, settings.model_name, "another")
-    assert registry.clear_challenger(settings.registry_uri, settings.model_name, version)
+    assert not promotion.clear_challenger(settings.registry_uri, settings.model_name, "another")
+    assert promotion.clear_challenger(settings.registry_uri, settings.model_name, version)
     assert registry.challenger(settings.registry_uri, settings.model_name) is None
 
 

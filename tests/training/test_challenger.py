@@ -11,7 +11,7 @@ from inference import chain
 from inference.ledger import repository
 from inference.settings import settings_from_config
 from tests.inference.chain_fixtures import make_champion, migrated, tiny_export
-from training import challenger
+from training import challenger, promotion
 
 
 @pytest.fixture
@@ -36,7 +36,7 @@ def _candidate(cfg, miou: float) -> str:
     )["version"]
 
 
-def _decide(cfg, version: str) -> registry.PromotionDecision:
+def _decide(cfg, version: str) -> promotion.PromotionDecision:
     return challenger.promote_candidate(cfg, version)[0]
 
 
@@ -64,7 +64,7 @@ def test_missed_gate_names_the_best_challenger(cfg) -> None:
     assert registry.challenger(root, name)["version"] == worse  # not replaced by a weaker one
     off = compose([*_overrides(cfg), "training.shadow.name_challenger=false"])
     assert (
-        challenger.after_decision(off, registry.promote_if_better(root, name, _candidate(cfg, 0.4))) is None
+        challenger.after_decision(off, promotion.promote_if_better(root, name, _candidate(cfg, 0.4))) is None
     )
     assert registry.challenger(root, name)["version"] == worse
 

@@ -15,6 +15,7 @@ import torch
 
 from core import registry, storage
 from core.config import REPO_ROOT
+from training import promotion, registry_mlflow
 from training.mlflow_model import log_served_model, model_signature
 
 MODEL = "chesapeake-landcover"
@@ -47,8 +48,10 @@ def test_champion_alias_loads_as_pyfunc_in_a_fresh_process(tmp_path) -> None:
     info = registry.register_version(
         root, MODEL, export, {"miou": 0.5, "per_class_iou": {}}, "model: {}\n", version="v1"
     )
-    assert registry.promote_if_better(root, MODEL, "v1").promoted
-    mirrored = registry.register_in_mlflow(info, tracking_uri, run_id, promoted=True, model_source=model_uri)
+    assert promotion.promote_if_better(root, MODEL, "v1").promoted
+    mirrored = registry_mlflow.register_in_mlflow(
+        info, tracking_uri, run_id, promoted=True, model_source=model_uri
+    )
     assert mirrored["alias_moved"]
 
     _signature, example = model_signature()
