@@ -71,7 +71,7 @@ def _error_text(error: Any) -> str | None:
     if error is None or error == {}:
         return None
     if isinstance(error, dict):
-        from inference.chain import error_text
+        from inference.payloads import error_text
 
         return error_text(error)[:1000]
     return str(error)[:1000]
@@ -152,7 +152,8 @@ def build_summary(
     settings: ChainSettings, execution_id: str, outcome: str, error: Any = None
 ) -> dict[str, Any]:
     """The compact summary of one execution, from the ledger (see the module doc)."""
-    from inference import chain, shadow
+    from inference import shadow
+    from inference.transactions import transaction
 
     if outcome not in OUTCOMES:
         raise NotifyError(f"outcome must be one of {OUTCOMES}, got {outcome!r}")
@@ -192,7 +193,7 @@ def build_summary(
         )
         return summary
 
-    return chain.transaction(settings, f"read the summary of {execution_id}", read)
+    return transaction(settings, f"read the summary of {execution_id}", read)
 
 
 def subject(summary: dict[str, Any]) -> str:
@@ -251,11 +252,11 @@ def publish(topic_arn: str, summary: dict[str, Any]) -> str:
 
 def notify(settings: ChainSettings, execution_id: str, outcome: str, error: Any = None) -> dict[str, Any]:
     """Send the notice of ``execution_id`` once; returns where it went (``channel``, ``uri``, ...)."""
-    from inference import chain
+    from inference.storage_endpoint import configure_storage
 
     if outcome not in OUTCOMES:
         raise NotifyError(f"outcome must be one of {OUTCOMES}, got {outcome!r}")
-    chain.configure_storage(settings)
+    configure_storage(settings)
     uri = notice_uri(settings, execution_id, outcome)
     if storage.exists(uri):
         sent = json.loads(storage.read_text(uri))

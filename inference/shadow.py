@@ -33,21 +33,16 @@ from core import artifacts, storage
 from core.classes import CLASS_NAMES, NODATA_CLASS_ID
 from core.naip import NaipValidationError
 from inference import block_outputs, retry
-from inference.chain import (
-    BlockItem,
-    ChainError,
-    SceneItem,
-    configure_storage,
-    deadline,
-    get_scene,
-    load_version,
-    local_copy,
-    predict_item,
-    transaction,
-)
+from inference.block_prediction import predict_item
+from inference.errors import ChainError
+from inference.inputs import local_copy
 from inference.ledger import repository
 from inference.ledger.models import SceneStatus, ShadowComparison, ShadowStatus
+from inference.model_cache import load_version
+from inference.payloads import BlockItem, SceneItem
 from inference.settings import ChainSettings
+from inference.storage_endpoint import configure_storage
+from inference.transactions import deadline, get_scene, transaction
 
 log = logging.getLogger(__name__)
 
@@ -218,21 +213,11 @@ def assemble_scene(
     what = f"the shadow comparison of scene {item.scene_id}"
     result = {"scene_id": item.scene_id, "challenger_version": challenger_version}
 
-    def claim(s: Session) -> tuple[str, Any]:
-        outcome, row = _claim(settings, s, execution_id, item.scene_id, challenger_version)
-        if outcome != "claimed":
-            return outcome, row
-        champion_version = row.champion_version
-        served = repository.prediction_by(s, get_scene(s, item.scene_id), champion_version)
-        if served is None:
-            repository.fail_shadow(
-                s, row, "no_champion_prediction", f"{champion_version} has not predicted it"
-            )
-            return "no_champion_prediction", None
-        windows = [b.window for b in repository.blocks_of(s, item.scene_id, champion_version)]
-        return "claimed", (row.id, served.class_uri, windows, repository.get_run(s, execution_id).id)
-
-    outcome, value = transaction(settings, f"claim {what}", claim)
+    outcome, value = transaction(
+        settings,
+        f"claim {what}",
+        lambda s: _claim_comparison(settings, s, execution_id, item, challenger_version),
+    )
     if outcome != "claimed":
         return _not_claimed(result, outcome, value)
     row_id, champion_uri, windows, run_id = value
@@ -249,13 +234,79 @@ def assemble_scene(
         log.warning("%s not made: %s", what, detail)
         return {**result, "status": "incomplete", "detail": detail}
 
+    try:
+        pred, out, comparison = _build_and_compare(
+            settings, item, challenger_version, champion_uri, list(zip(windows, uris, strict=True))
+        )
+    except Exception as exc:
+        _fail(settings, row_id, what, f"assembly_{type(exc).__name__}", str(exc))
+        raise
+
+    def record(s: Session) -> bool:
+        row = s.get(ShadowComparison, row_id)
+        won = repository.record_shadow(
+            s,
+            row,
+            pixels=comparison.pixels,
+            agreement=comparison.agreement,
+            seconds=pred.seconds,
+            class_uri=out.class_uri,
+            run_id=run_id,
+        )
+        if won:  # the figures belong to the one run that recorded the comparison
+            repository.record_metrics(s, run_id, item.scene_id, challenger_version, comparison.metric_rows())
+        repository.touch_run(s, execution_id, deadline(settings))
+        return won
+
+    won = transaction(settings, f"record {what}", record)
+    _remove_shadow_blocks(settings, item, challenger_version)
+    log.info(
+        "scene %s: challenger %s agrees on %.2f %% of %d pixels (%.1f s)",
+        item.scene_id,
+        challenger_version,
+        100 * comparison.agreement,
+        comparison.pixels,
+        pred.seconds,
+    )
+    return {
+        **result,
+        "status": "compared" if won else "skipped",
+        "class_uri": out.class_uri,
+        "agreement": round(comparison.agreement, 6),
+    }
+
+
+def _claim_comparison(
+    settings: ChainSettings, s: Session, execution_id: str, item: SceneItem, challenger_version: str
+) -> tuple[str, Any]:
+    """Claim a scene's comparison for assembly: ``("claimed", (row id, the champion's class
+    URI, the block windows, run id))``, or why not (a scene the champion has not predicted
+    fails the attempt)."""
+    outcome, row = _claim(settings, s, execution_id, item.scene_id, challenger_version)
+    if outcome != "claimed":
+        return outcome, row
+    champion_version = row.champion_version
+    served = repository.prediction_by(s, get_scene(s, item.scene_id), champion_version)
+    if served is None:
+        repository.fail_shadow(s, row, "no_champion_prediction", f"{champion_version} has not predicted it")
+        return "no_champion_prediction", None
+    windows = [b.window for b in repository.blocks_of(s, item.scene_id, champion_version)]
+    return "claimed", (row.id, served.class_uri, windows, repository.get_run(s, execution_id).id)
+
+
+def _build_and_compare(
+    settings: ChainSettings,
+    item: SceneItem,
+    challenger_version: str,
+    champion_uri: str,
+    blocks: list[tuple[Any, str]],
+) -> tuple[Any, artifacts.SceneOutputs, Comparison]:
+    """Assemble the challenger's ``blocks`` (window, output URI), compare the result with the
+    champion's class COG and write the challenger's COGs and quicklook."""
     path, temporary = item.uri, False
     try:
         path, temporary = retry.call(lambda: local_copy(settings, item), f"read scene {item.scene_id}")
-        parts = [
-            (w, retry.call(lambda u=u: storage.read_bytes(u), f"read {u}"))
-            for w, u in zip(windows, uris, strict=True)
-        ]
+        parts = [(w, retry.call(lambda u=u: storage.read_bytes(u), f"read {u}")) for w, u in blocks]
         pred = block_outputs.assemble(path, parts, max_pixels=settings.max_pixels)
         pred.seconds = float(sum(float(block_outputs.from_bytes(data)["seconds"]) for _, data in parts))
         out = artifacts.shadow_outputs(settings.output_uri, item.sha256, challenger_version)
@@ -278,49 +329,19 @@ def assemble_scene(
             )
 
         retry.call(write, f"write the shadow outputs of scene {item.scene_id}")
-    except Exception as exc:
-        _fail(settings, row_id, what, f"assembly_{type(exc).__name__}", str(exc))
-        raise
     finally:
         if temporary:
             Path(path).unlink(missing_ok=True)
+    return pred, out, comparison
 
-    def record(s: Session) -> bool:
-        row = s.get(ShadowComparison, row_id)
-        won = repository.record_shadow(
-            s,
-            row,
-            pixels=comparison.pixels,
-            agreement=comparison.agreement,
-            seconds=pred.seconds,
-            class_uri=out.class_uri,
-            run_id=run_id,
-        )
-        if won:  # the figures belong to the one run that recorded the comparison
-            repository.record_metrics(s, run_id, item.scene_id, challenger_version, comparison.metric_rows())
-        repository.touch_run(s, execution_id, deadline(settings))
-        return won
 
-    won = transaction(settings, f"record {what}", record)
+def _remove_shadow_blocks(settings: ChainSettings, item: SceneItem, challenger_version: str) -> None:
+    """Remove a compared scene's shadow block outputs (the lifecycle rule expires what a failure leaves)."""
     prefix = artifacts.blocks_prefix(settings.output_uri, item.sha256, challenger_version, shadow=True)
-    try:  # the lifecycle rule expires what is left if this fails
+    try:
         storage.delete(prefix, recursive=True)
     except Exception as exc:  # cleanup only
         log.warning("could not remove the shadow block outputs under %s: %s", prefix, exc)
-    log.info(
-        "scene %s: challenger %s agrees on %.2f %% of %d pixels (%.1f s)",
-        item.scene_id,
-        challenger_version,
-        100 * comparison.agreement,
-        comparison.pixels,
-        pred.seconds,
-    )
-    return {
-        **result,
-        "status": "compared" if won else "skipped",
-        "class_uri": out.class_uri,
-        "agreement": round(comparison.agreement, 6),
-    }
 
 
 def run_rows(

@@ -253,8 +253,8 @@ def trigger(sfn: Any, state_machine_arn: str, event_time: datetime, window_s: fl
 
 
 def is_image_key(key: str) -> bool:
-    """Whether ``key`` is an input the chain lists (the same suffixes as :func:`inference.chain.list_objects`)."""
-    from inference.chain import IMAGE_SUFFIXES
+    """Whether ``key`` is an input the chain lists (the same suffixes as :func:`inference.inputs.list_objects`)."""
+    from inference.inputs import IMAGE_SUFFIXES
 
     return key.lower().endswith(IMAGE_SUFFIXES)
 

@@ -74,11 +74,11 @@ def promote_candidate(cfg: Any, version: str) -> tuple[promotion.PromotionDecisi
 
 def shadow_evidence(cfg: Any, champion_version: str, challenger_version: str) -> dict[str, Any]:
     """What the ledger of the config's inference chain holds on the challenger."""
-    from inference import chain
     from inference.ledger import repository
     from inference.settings import settings_from_config
+    from inference.transactions import session
 
-    with chain.session(settings_from_config(cfg)) as s:
+    with session(settings_from_config(cfg)) as s:
         return repository.shadow_evidence(s, champion_version, challenger_version)
 
 

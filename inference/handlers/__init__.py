@@ -1,5 +1,5 @@
 """Lambda entry points: each handler parses its event, calls one library function
-(:mod:`inference.chain`, :mod:`inference.shadow`, :mod:`inference.notify`,
+(:mod:`inference.steps`, :mod:`inference.shadow`, :mod:`inference.notify`,
 :mod:`inference.trigger`) and returns ids and URIs.
 
 One container image serves every function of :data:`HANDLER_MODULES`; each picks its entry

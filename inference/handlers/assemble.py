@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from inference import chain
 from inference.handlers import InferEvent, cold_start, settings, time_budget
+from inference.steps.assemble import assemble
 
 cold_start()
 
@@ -23,4 +23,4 @@ def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
             return shadow.assemble_scene(
                 settings(), parsed.execution_id, parsed.item, parsed.challenger_version
             )
-        return chain.assemble(settings(), parsed.execution_id, parsed.item)
+        return assemble(settings(), parsed.execution_id, parsed.item)

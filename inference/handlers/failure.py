@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from inference import chain
 from inference.handlers import FailureEvent, cold_start, settings, time_budget
+from inference.steps.failure import record_failure
 
 cold_start()
 
@@ -14,4 +14,4 @@ def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
     """``{"execution_id", "error": {"Error", "Cause"}}`` -> ``{"execution_id", "status", "error"}``."""
     parsed = FailureEvent.model_validate(event)
     with time_budget(context):
-        return chain.record_failure(settings(), parsed.execution_id, parsed.error)
+        return record_failure(settings(), parsed.execution_id, parsed.error)

@@ -16,8 +16,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from inference import chain
 from inference.handlers import InferEvent, cold_start, settings, time_budget
+from inference.model_cache import load_champion
+from inference.steps.infer import infer
 
 cold_start()
 
@@ -33,7 +34,7 @@ def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
             from inference import shadow
 
             return shadow.infer_block(settings(), parsed.execution_id, parsed.item, parsed.challenger_version)
-        return chain.infer(settings(), parsed.execution_id, parsed.item)
+        return infer(settings(), parsed.execution_id, parsed.item)
 
 
 def _sync_request(event: dict[str, Any]) -> dict[str, Any] | None:
@@ -54,7 +55,7 @@ def predict_sync(request: dict[str, Any]) -> dict[str, Any]:
     from inference.sync_api import predict_request
 
     s = settings()
-    model = chain.load_champion(s)
+    model = load_champion(s)
     try:
         body = predict_request(model.predictor, request, s)
     except InvalidImageError as exc:

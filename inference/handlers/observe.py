@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from inference import chain
 from inference.handlers import ExecutionEvent, cold_start, settings, time_budget
+from inference.steps.observe import observe
 
 cold_start()
 
@@ -13,4 +13,4 @@ cold_start()
 def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
     """``{"execution_id"}`` -> ``{"execution_id", "scenes", "failed", "drift", "model_version"}``."""
     with time_budget(context):
-        return chain.observe(settings(), ExecutionEvent.model_validate(event).execution_id)
+        return observe(settings(), ExecutionEvent.model_validate(event).execution_id)

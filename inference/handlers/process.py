@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from inference import chain
 from inference.handlers import ExecutionEvent, cold_start, settings, time_budget
+from inference.steps.process import process
 
 cold_start()
 
@@ -13,4 +13,4 @@ cold_start()
 def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
     """``{"execution_id"}`` -> ``{"execution_id", "manifest_uri", "manifest_key", "scenes", ...}``."""
     with time_budget(context):
-        return chain.process(settings(), ExecutionEvent.model_validate(event).execution_id)
+        return process(settings(), ExecutionEvent.model_validate(event).execution_id)

@@ -99,7 +99,7 @@ def prepare_ledger(settings: ChainSettings) -> None:
 def seed_input(settings: ChainSettings, repo_root: Path) -> list[str]:
     """Copy the synthetic test scenes into an input prefix that holds no image yet."""
     from core import storage
-    from inference.chain import list_objects
+    from inference.inputs import list_objects
 
     if list_objects(settings.input_uri):
         return []
@@ -235,10 +235,10 @@ def load_report(settings: ChainSettings, summary: dict[str, Any], rss: RssSample
     """The load run's checks: each scene predicted exactly once, exact run totals, flat memory."""
     import statistics
 
-    from inference import chain
     from inference.ledger import repository
+    from inference.transactions import session
 
-    with chain.session(settings) as s:
+    with session(settings) as s:
         run = repository.get_run(s, summary["execution_id"])
         mine = repository.predictions_of_run(s, run.id, run.model_version)
         by_scene: dict[int, int] = {}
@@ -303,10 +303,10 @@ def scale_report(
 
 def summarize(settings: ChainSettings, execution: Any) -> dict[str, Any]:
     """The run as the ledger recorded it: counts, area, class areas, drift, quarantine."""
-    from inference import chain
     from inference.ledger import repository
+    from inference.transactions import session
 
-    with chain.session(settings) as s:
+    with session(settings) as s:
         try:
             run = repository.get_run(s, execution.execution_id)
         except repository.RunNotFound:

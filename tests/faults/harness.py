@@ -25,7 +25,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from inference import chain, handlers
+from inference import handlers, transactions
 from inference.ledger import RunStatus, SceneStatus
 from inference.ledger.models import Block, BlockStatus, Prediction, Run, Scene
 from inference.settings import ChainSettings
@@ -204,7 +204,7 @@ def child_command(settings: ChainSettings, execution_id: str, stall_marker: Path
 
 @contextmanager
 def ledger(settings: ChainSettings) -> Iterator[Any]:
-    with chain.session(settings) as s:
+    with transactions.session(settings) as s:
         yield s
 
 

@@ -19,9 +19,13 @@ import pytest
 import sqlalchemy as sa
 
 from core import storage
-from inference import chain
+from inference import transactions
 from inference.ledger import RunStatus, SceneStatus
 from inference.ledger.models import Block, BlockStatus, Prediction, Run, Scene
+from inference.steps.assemble import assemble
+from inference.steps.infer import infer
+from inference.steps.observe import observe
+from inference.steps.process import process
 from tests.faults.harness import (
     OUTAGE_S,
     REPO_ROOT,
@@ -139,7 +143,7 @@ def test_database_down_mid_run(world) -> None:
         _rerun_changes_nothing(settings, "outage-2", bad)
         log.warning(summary_line("database-down", started, {**figures, "outage_s": OUTAGE_S}))
     finally:
-        chain._engine.cache_clear()
+        transactions._engine.cache_clear()
         pg.destroy()
 
 
@@ -201,12 +205,12 @@ def test_lease_that_expires_mid_block(world, monkeypatch) -> None:
         return real_predict(*args, **kwargs)
 
     monkeypatch.setattr(inference.predict, "predict_block", slow_for_the_first_attempt)
-    first = chain.process(settings, "lease-a")
-    chain.process(settings, "lease-b")
+    first = process(settings, "lease-a")
+    process(settings, "lease-b")
     (item, *_) = __import__("json").loads(storage.read_text(first["manifest_uri"]))
     outcome: dict = {}
     attempt_a = threading.Thread(
-        target=lambda: outcome.update(a=chain.infer(settings, "lease-a", item)), name="attempt-a"
+        target=lambda: outcome.update(a=infer(settings, "lease-a", item)), name="attempt-a"
     )
     attempt_a.start()
 
@@ -216,15 +220,15 @@ def test_lease_that_expires_mid_block(world, monkeypatch) -> None:
 
     wait_for(claimed_by_a, 60, "attempt A to claim the scene")
     time.sleep(1.2)  # A's lease has expired; B takes the scene over
-    outcome["b"] = chain.infer(settings, "lease-b", item)
+    outcome["b"] = infer(settings, "lease-b", item)
     b_done.set()
     attempt_a.join()
     assert outcome["b"]["status"] == "predicted" and outcome["a"]["status"] == "skipped", outcome
     scene_item = {k: item[k] for k in ("scene_id", "uri", "sha256", "model_version")}
-    assert chain.assemble(settings, "lease-b", scene_item)["status"] == "predicted"
-    assert chain.assemble(settings, "lease-a", scene_item)["status"] == "skipped"
+    assert assemble(settings, "lease-b", scene_item)["status"] == "predicted"
+    assert assemble(settings, "lease-a", scene_item)["status"] == "skipped"
     for execution_id in ("lease-a", "lease-b"):
-        chain.observe(settings, execution_id)
+        observe(settings, execution_id)
     with ledger(settings) as s:
         (prediction,) = s.execute(sa.select(Prediction)).scalars()
         owner = s.get(Run, prediction.run_id).execution_id

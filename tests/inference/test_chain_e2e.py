@@ -10,9 +10,12 @@ import json
 import pytest
 
 from core import artifacts, storage
-from inference import chain, handlers
+from inference import handlers, model_cache, transactions
 from inference.ledger import RunStatus, SceneStatus, repository
 from inference.ledger.models import Scene
+from inference.steps.assemble import assemble
+from inference.steps.infer import infer
+from inference.steps.process import process
 from setup.tools import local_statemachine as local
 from tests.data.builders import BAD_KINDS
 from tests.inference.chain_fixtures import (
@@ -33,12 +36,12 @@ def run(settings, execution_id: str) -> local.LocalExecution:
 
 
 def scenes(settings) -> list[Scene]:
-    with chain.session(settings) as s:
+    with transactions.session(settings) as s:
         return list(s.query(Scene).order_by(Scene.id))
 
 
 def predictions(settings) -> list:
-    with chain.session(settings) as s:
+    with transactions.session(settings) as s:
         return [p for scene in scenes(settings) for p in repository.predictions_for(s, scene)]
 
 
@@ -69,7 +72,7 @@ def test_end_to_end_on_s3_quarantines_every_bad_input_and_predicts_the_good(s3_s
     version = registry_version(settings)
 
     assert len(scenes(settings)) == 3 + len(BAD_KINDS)  # the duplicate is an alias, not a scene
-    with chain.session(settings) as s:
+    with transactions.session(settings) as s:
         by_uri = {uri: repository.known_source(s, uri) for uri in [*good, duplicate, *bad.values()]}
     assert by_uri[duplicate].id == by_uri[good[0]].id
     for kind, uri in bad.items():
@@ -78,7 +81,7 @@ def test_end_to_end_on_s3_quarantines_every_bad_input_and_predicts_the_good(s3_s
         assert scene.error_message
 
     preds = {p.scene_id: p for p in predictions(settings)}
-    with chain.session(settings) as s:
+    with transactions.session(settings) as s:
         run_row = repository.get_run(s, "e2e-1")
         run_metrics = {(m.name, m.key): m.value for m in repository.metrics_for(s, run_row.id)}
         scene_metrics = repository.metrics_for(s, run_row.id, by_uri[good[1]].id)
@@ -104,7 +107,7 @@ def test_end_to_end_on_s3_quarantines_every_bad_input_and_predicts_the_good(s3_s
 
 
 def registry_version(settings) -> str:
-    return str(chain.champion(settings)["version"])
+    return str(model_cache.champion(settings)["version"])
 
 
 def test_rerun_is_idempotent_and_does_not_rehash(local_settings, monkeypatch) -> None:
@@ -123,7 +126,7 @@ def test_rerun_is_idempotent_and_does_not_rehash(local_settings, monkeypatch) ->
     assert [c for c, _ in second.calls] == ["process", "observe", "notify"]  # nothing to predict
     assert hashed == []  # known (uri, etag) pairs are not re-read
     assert {p.scene_id: (p.id, p.class_uri, p.finished_at) for p in predictions(settings)} == first
-    with chain.session(settings) as s:
+    with transactions.session(settings) as s:
         assert repository.get_run(s, "idem-2").scenes_predicted == 0
 
     # Redelivered Map items are no-ops too.
@@ -135,8 +138,8 @@ def test_rerun_is_idempotent_and_does_not_rehash(local_settings, monkeypatch) ->
         "model_version": registry_version(settings),
     }
     block = {**item, "block": 0, "block_chips": 8, "window": [0, 0, 256, 256]}
-    assert chain.infer(settings, "idem-2", block)["status"] == "skipped"
-    out = chain.assemble(settings, "idem-2", item)
+    assert infer(settings, "idem-2", block)["status"] == "skipped"
+    out = assemble(settings, "idem-2", item)
     assert out["status"] == "skipped" and out["class_uri"] == first[scene.id][1]
     assert len(predictions(settings)) == 2
 
@@ -150,7 +153,7 @@ def test_a_promotion_mid_run_does_not_change_the_runs_model(local_settings) -> N
 
     settings = local_settings
     write_scene(storage.join(settings.input_uri, "scene-0.tif"), seed=410)
-    planned = chain.process(settings, "pin-1")
+    planned = process(settings, "pin-1")
     blocks = json.loads(storage.read_text(planned["manifest_uri"]))
     items = json.loads(storage.read_text(planned["scenes_uri"]))
     assert blocks and {b["model_version"] for b in blocks + items} == {planned["model_version"]}
@@ -167,17 +170,17 @@ def test_a_promotion_mid_run_does_not_change_the_runs_model(local_settings) -> N
     assert registry_version(settings) == newer["version"] != planned["model_version"]
 
     for block in blocks:
-        out = chain.infer(settings, "pin-1", block)
+        out = infer(settings, "pin-1", block)
         assert (out["status"], out["model_version"]) == ("predicted", planned["model_version"])
     for item in items:
-        out = chain.assemble(settings, "pin-1", item)
+        out = assemble(settings, "pin-1", item)
         assert out["status"] == "predicted" and out["model_version"] == planned["model_version"]
-    with chain.session(settings) as s:
+    with transactions.session(settings) as s:
         (scene,) = list(s.query(Scene))
         assert [p.model_version for p in repository.predictions_for(s, scene)] == [planned["model_version"]]
 
     write_scene(storage.join(settings.input_uri, "scene-1.tif"), seed=411)  # new imagery
-    following = chain.process(settings, "pin-2")
+    following = process(settings, "pin-2")
     assert following["model_version"] == newer["version"] and following["scenes"] == 1
     new_blocks = json.loads(storage.read_text(following["manifest_uri"]))
     assert {b["model_version"] for b in new_blocks} == {newer["version"]}
@@ -241,7 +244,7 @@ def test_a_scene_in_many_blocks_equals_its_one_call_prediction(tmp_uri, postgres
     assert sorted(seen) == list(range(9)) and predictions(settings) == []
     (scene,) = scenes(settings)
     assert scene.status == SceneStatus.failed and scene.error == "blocks_incomplete"
-    with chain.session(settings) as s:
+    with transactions.session(settings) as s:
         blocks = repository.blocks_of(s, scene.id, registry_version(settings))
         assert [b.status.value for b in blocks].count("predicted") == 8
         assert first.output["scenes"] == 0 and repository.get_run(s, "blocks-1").scenes_failed == 1
@@ -253,7 +256,7 @@ def test_a_scene_in_many_blocks_equals_its_one_call_prediction(tmp_uri, postgres
     second = run(settings, "blocks-2")
     assert second.succeeded and seen == [4]  # only the lost block is redone
     (pred,) = predictions(settings)
-    with chain.session(settings) as s:
+    with transactions.session(settings) as s:
         run_row = repository.get_run(s, "blocks-2")
         assert (run_row.scenes_predicted, run_row.scenes_failed) == (1, 0) and pred.run_id == run_row.id
         assert repository.blocks_of_run(s, run_row.id) == 1
@@ -261,7 +264,7 @@ def test_a_scene_in_many_blocks_equals_its_one_call_prediction(tmp_uri, postgres
     # The assembled COGs equal a one-call prediction of the scene, and the block files are gone.
     import rasterio
 
-    model = chain.load_champion(settings)
+    model = model_cache.load_champion(settings)
     one = real_block(
         model.predictor,
         storage.local_path(uri),

@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from core import registry, storage
-from inference import chain
+from inference import transactions
 from inference.ledger import RunStatus, SceneStatus, repository
 from inference.ledger.models import Run, Scene
 from inference.runtime_cpu import choose_path, detect_cpu
@@ -153,7 +153,7 @@ def test_the_whole_chain_runs_from_the_lambda_env(
     assert steps["observe"]["scenes"] == 2 and steps["notify"]["status"] == "sent", steps
     assert storage.exists(steps["notify"]["uri"])
 
-    with chain.session(settings) as s:
+    with transactions.session(settings) as s:
         run = s.query(Run).filter_by(execution_id="lambda-env-1").one()
         by_uri = {scene.source_uri: scene for scene in s.query(Scene)}
         assert run.status == RunStatus.succeeded and run.scenes_predicted == 2

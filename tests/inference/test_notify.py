@@ -14,7 +14,7 @@ from datetime import timedelta
 import pytest
 
 from core import storage
-from inference import chain, notify
+from inference import notify, transactions
 from inference.ledger import RunStatus, SceneStatus, repository
 from inference.ledger.models import utcnow
 from tests.inference.chain_fixtures import chain_settings, make_champion, migrated, write_bad, write_scene
@@ -77,7 +77,7 @@ def _predict(s, scene, run, i: int, output_uri: str) -> None:
 def ledger(tmp_uri, postgres_url):
     """A run with 3 predicted scenes (0.25 km² each), one quarantined input and a drift flag."""
     settings = chain_settings(tmp_uri, migrated(postgres_url))
-    with chain.session(settings) as s:
+    with transactions.session(settings) as s:
         run, _ = repository.start_run(s, "exec-1", model_version=VERSION)
         for i in range(3):
             scene, _ = repository.register_scene(s, _sha(i + 1), f"file:///in/s{i}.tif", 10, area_km2=0.25)
@@ -109,7 +109,7 @@ def test_summary_is_the_ledger_s(ledger) -> None:
 
 def test_summary_counts_predictions_of_an_earlier_attempt_after_a_redrive(ledger) -> None:
     """A redriven execution keeps its id: the predictions its first attempt recorded still count."""
-    with chain.session(ledger) as s:
+    with transactions.session(ledger) as s:
         run, _ = repository.start_run(s, "exec-1", model_version=VERSION)  # reopened, as a redrive does
         scene, _ = repository.register_scene(s, _sha(7), "file:///in/late.tif", 10, area_km2=0.5)
         _predict(s, scene, run, 7, ledger.output_uri)
@@ -190,7 +190,7 @@ def test_real_chain_publishes_one_notice_per_execution(s3_bucket, postgres_url, 
     assert result.output["notice"]["channel"] == "sns"
     (envelope,) = receive()
     body = json.loads(envelope["Message"])
-    with chain.session(settings) as s:
+    with transactions.session(settings) as s:
         run = repository.get_run(s, "notice-e2e-1")
         assert run.status == RunStatus.succeeded
         predictions = repository.predictions_of_run(s, run.id, run.model_version)
@@ -199,7 +199,7 @@ def test_real_chain_publishes_one_notice_per_execution(s3_bucket, postgres_url, 
         )
     assert body["scenes"] == {"predicted": 2, "failed": 0, "new": 3, "quarantined": 1}
     assert len(predictions) == 2 and body["km2"] == pytest.approx(area)
-    with chain.session(settings) as s:
+    with transactions.session(settings) as s:
         mapped = {(m.name, m.key): m.value for m in repository.metrics_for(s, run.id)}[("area_km2", "")]
     assert body["valid_km2"] == pytest.approx(mapped) and 0 < mapped < area  # the nodata border
     assert body["drift"] in (True, False) and body["model_version"] == run.model_version

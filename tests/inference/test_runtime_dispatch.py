@@ -328,7 +328,7 @@ def test_chain_picks_the_artifact_of_the_dispatched_path(registered: Path) -> No
     from types import SimpleNamespace
 
     from core import storage
-    from inference import chain
+    from inference import errors, model_cache
 
     pointer = {
         "version": "v1",
@@ -336,13 +336,13 @@ def test_chain_picks_the_artifact_of_the_dispatched_path(registered: Path) -> No
         "export_uri": storage.to_uri(str(registered / EXPORT_NAME)),
     }
     expected = choose_path(detect_cpu(), lambda n: (registered / n).exists())
-    backend, uri, choice = chain.model_artifact(SimpleNamespace(backend="auto"), pointer)
+    backend, uri, choice = model_cache.model_artifact(SimpleNamespace(backend="auto"), pointer)
     assert choice.path.name == expected.path.name and backend == expected.backend
     assert uri.endswith(expected.artifact)
-    backend, uri, choice = chain.model_artifact(SimpleNamespace(backend="onnx"), pointer)
+    backend, uri, choice = model_cache.model_artifact(SimpleNamespace(backend="onnx"), pointer)
     assert backend == "onnx" and choice.path.name in ("ort-int8-avx2", "ort-int8-vnni")
-    backend, uri, _ = chain.model_artifact(SimpleNamespace(backend="torch"), pointer)
+    backend, uri, _ = model_cache.model_artifact(SimpleNamespace(backend="torch"), pointer)
     assert (backend, uri) == ("torch", pointer["export_uri"])
     bare = {**pointer, "version_uri": storage.to_uri(str(registered / "missing"))}
-    with pytest.raises(chain.ChainError, match="cannot run here"):
-        chain.model_artifact(SimpleNamespace(backend="onnx"), bare)
+    with pytest.raises(errors.ChainError, match="cannot run here"):
+        model_cache.model_artifact(SimpleNamespace(backend="onnx"), bare)

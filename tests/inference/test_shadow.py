@@ -9,9 +9,13 @@ import rasterio
 
 from core import artifacts, registry, storage
 from core.classes import CLASS_NAMES, NODATA_CLASS_ID
-from inference import chain, shadow
+from inference import shadow, transactions
 from inference.ledger import repository
 from inference.ledger.models import Metric, ShadowComparison, ShadowStatus
+from inference.steps.assemble import assemble
+from inference.steps.infer import infer
+from inference.steps.observe import observe
+from inference.steps.process import process
 from tests.inference.chain_fixtures import (
     chain_settings,
     make_challenger,
@@ -53,11 +57,11 @@ def settings(tmp_uri, postgres_url):
 
 
 def _run_champion(settings, execution_id: str) -> dict:
-    out = chain.process(settings, execution_id)
+    out = process(settings, execution_id)
     for item in _read_json(out["manifest_uri"]):
-        chain.infer(settings, execution_id, item)
+        infer(settings, execution_id, item)
     for item in _read_json(out["scenes_uri"]):
-        chain.assemble(settings, execution_id, item)
+        assemble(settings, execution_id, item)
     return out
 
 
@@ -92,15 +96,15 @@ def test_shadow_run_writes_both_outputs_and_records_what_a_direct_comparison_fin
     blocks, scenes = _run_shadow(settings, "exec-1", out)
     assert {b["status"] for b in blocks} == {"predicted"}
     assert {s["status"] for s in scenes} == {"compared"}
-    observed = chain.observe(settings, "exec-1")
+    observed = observe(settings, "exec-1")
     assert observed["shadow"]["scenes"] == 2 and observed["shadow"]["challenger_version"] == challenger
     assert observed["shadow"]["cost_usd"] > 0
 
-    with chain.session(settings) as s:
+    with transactions.session(settings) as s:
         rows = list(s.query(ShadowComparison).order_by(ShadowComparison.scene_id))
         assert [r.status for r in rows] == [ShadowStatus.compared] * 2
         for row in rows:
-            scene = chain.get_scene(s, row.scene_id)
+            scene = transactions.get_scene(s, row.scene_id)
             served = repository.prediction_by(s, scene, row.champion_version)
             champion_map, challenger_map = _read(served.class_uri), _read(row.class_uri)
             # The challenger's COG is under the shadow prefix, never beside the served outputs.
@@ -147,13 +151,13 @@ def test_shadow_run_writes_both_outputs_and_records_what_a_direct_comparison_fin
     # Re-running the shadow pass (a redrive) changes nothing and counts nothing twice.
     blocks, scenes = _run_shadow(settings, "exec-1", out)
     assert {b["status"] for b in blocks} == {"skipped"} and {s["status"] for s in scenes} == {"skipped"}
-    with chain.session(settings) as s:
+    with transactions.session(settings) as s:
         assert s.query(ShadowComparison).count() == 2
         assert s.query(Metric).filter_by(name=repository.SHADOW_AREA_DELTA).count() == 2 * (
             len(CLASS_NAMES) - 1
         )
     # A run with nothing new has no shadow pass.
-    assert chain.process(settings, "exec-2")["challenger_version"] is None
+    assert process(settings, "exec-2")["challenger_version"] is None
 
 
 def test_missing_shadow_blocks_fail_the_comparison_and_the_next_pass_finishes_it(settings) -> None:
@@ -164,7 +168,7 @@ def test_missing_shadow_blocks_fail_the_comparison_and_the_next_pass_finishes_it
     shadow.infer_block(settings, "exec-1", items[0], challenger)  # the other blocks' calls died
     (scene_item,) = _read_json(out["scenes_uri"])
     assert shadow.assemble_scene(settings, "exec-1", scene_item, challenger)["status"] == "incomplete"
-    with chain.session(settings) as s:
+    with transactions.session(settings) as s:
         (row,) = s.query(ShadowComparison).all()
         assert (
             row.status == ShadowStatus.failed and row.error == "blocks_incomplete" and row.lease_owner is None
@@ -172,19 +176,19 @@ def test_missing_shadow_blocks_fail_the_comparison_and_the_next_pass_finishes_it
 
     # The next run's process offers the scene again (the champion's calls on it are no-ops) and
     # its shadow pass predicts only the missing blocks, then records the comparison once.
-    out2 = chain.process(settings, "exec-2")
+    out2 = process(settings, "exec-2")
     assert out2["challenger_version"] == challenger and out2["scenes"] == 1
     assert _read_json(out2["manifest_uri"]) == items
-    assert {chain.infer(settings, "exec-2", i)["status"] for i in items} == {"skipped"}
+    assert {infer(settings, "exec-2", i)["status"] for i in items} == {"skipped"}
     blocks, scenes = _run_shadow(settings, "exec-2", out2)
     assert [b["status"] for b in blocks] == ["skipped"] + ["predicted"] * (len(items) - 1)
     assert [s["status"] for s in scenes] == ["compared"]
-    with chain.session(settings) as s:
+    with transactions.session(settings) as s:
         (row,) = s.query(ShadowComparison).all()
         # The failed assembly was one attempt, the pass that finished it another.
         assert row.status == ShadowStatus.compared and row.attempts == 2 and 0.0 <= row.agreement <= 1.0
         assert row.run_id == repository.get_run(s, "exec-2").id
-    assert chain.process(settings, "exec-3")["scenes"] == 0  # nothing left
+    assert process(settings, "exec-3")["scenes"] == 0  # nothing left
 
 
 def test_a_live_shadow_lease_of_another_execution_is_left_alone(settings) -> None:
@@ -194,11 +198,11 @@ def test_a_live_shadow_lease_of_another_execution_is_left_alone(settings) -> Non
     out = _run_champion(live, "exec-1")
     items = _read_json(out["manifest_uri"])
     assert shadow.infer_block(live, "exec-1", items[0], challenger)["status"] == "predicted"
-    chain.process(live, "exec-2")
+    process(live, "exec-2")
     assert shadow.infer_block(live, "exec-2", items[1], challenger)["status"] == "leased_elsewhere"
     (scene_item,) = _read_json(out["scenes_uri"])
     assert shadow.assemble_scene(live, "exec-2", scene_item, challenger)["status"] == "leased_elsewhere"
-    with chain.session(settings) as s:
+    with transactions.session(settings) as s:
         (row,) = s.query(ShadowComparison).all()
         assert row.lease_owner == "exec-1" and row.attempts == 1 and row.status == ShadowStatus.predicting
 
@@ -218,7 +222,7 @@ def test_promotion_can_wait_for_shadow_evidence_from_the_ledger(settings) -> Non
     write_scene(storage.join(settings.input_uri, "scene.tif"), 5)
     out = _run_champion(settings, "exec-1")
     _run_shadow(settings, "exec-1", out)
-    with chain.session(settings) as s:
+    with transactions.session(settings) as s:
         evidence = repository.shadow_evidence(s, champion, better)
     strict = promotion.ShadowCriteria(min_scenes=1, min_agreement=1.0, max_area_shift=1.0)
     assert evidence["agreement"] < 1.0  # two random models disagree somewhere: the floor holds it back
@@ -267,9 +271,9 @@ def test_state_machine_runs_the_shadow_maps_after_the_champions(settings) -> Non
     assert execution.status == "SUCCEEDED", execution.error
     infer_calls = [outcome for name, outcome in execution.calls if name == "infer"]
     assert len(infer_calls) == 2 * 9  # nine blocks, each once by the champion and once in shadow
-    with chain.session(settings) as s:
+    with transactions.session(settings) as s:
         (row,) = s.query(ShadowComparison).all()
-        scene = chain.get_scene(s, row.scene_id)
+        scene = transactions.get_scene(s, row.scene_id)
         served = repository.prediction_by(s, scene, row.champion_version)
         assert row.status == ShadowStatus.compared and row.challenger_version == challenger
         champion_map, challenger_map = _read(served.class_uri), _read(row.class_uri)

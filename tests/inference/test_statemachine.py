@@ -283,7 +283,7 @@ def test_a_failing_step_goes_through_the_catch_path(tmp_path, exc, error) -> Non
 def test_catch_path_records_the_failure_in_the_ledger(tmp_path, postgres_url) -> None:
     """Real handlers: process finds no champion, RecordFailure marks the run failed with the reason."""
     from core import storage
-    from inference import chain, handlers
+    from inference import handlers, transactions
     from inference.ledger import RunStatus, repository
 
     settings = chain_settings(storage.to_uri(tmp_path), migrated(postgres_url))
@@ -294,7 +294,7 @@ def test_catch_path_records_the_failure_in_the_ledger(tmp_path, postgres_url) ->
         handlers.configure(None)
     assert result.status == "FAILED"
     assert [c for c, _ in result.calls] == ["process", "failure", "notify"]
-    with chain.session(settings) as s:
+    with transactions.session(settings) as s:
         run = repository.get_run(s, "no-champion-1")
         assert run.status == RunStatus.failed and run.finished_at is not None
         assert run.error.startswith("NoChampionError:") and "make train_baseline" in run.error

@@ -2,7 +2,7 @@
 
 This is the *hand-seeded* ledger: it writes the contract's metric names (see
 ``observability.panels.METRIC_NAMES``) with ``inference.ledger.repository`` exactly as the observe
-step does. Tests that can run the real chain (``inference.chain.observe``) use that instead;
+step does. Tests that can run the real chain (``inference.steps.observe.observe``) use that instead;
 this seed stays as the deterministic fixture for shapes the chain does not produce in a few
 seconds (a failed run, a champion change, quarantined inputs with several reasons, a backlog).
 

@@ -7,7 +7,7 @@ import pytest
 
 from core import registry
 from core.config import compose
-from inference import chain
+from inference import transactions
 from inference.ledger import repository
 from inference.settings import settings_from_config
 from tests.inference.chain_fixtures import make_champion, migrated, tiny_export
@@ -42,7 +42,7 @@ def _decide(cfg, version: str) -> promotion.PromotionDecision:
 
 def _shadow_scene(cfg, n: int, champion: str, version: str, agreement: float, shift: float) -> None:
     """One compared scene in the ledger, as the shadow pass records it."""
-    with chain.session(settings_from_config(cfg)) as s:
+    with transactions.session(settings_from_config(cfg)) as s:
         run, _ = repository.start_run(s, f"exec-{n}", model_version=champion)
         scene, _ = repository.register_scene(s, f"{n:064x}", f"file:///in/{n}.tif", 10)
         row = repository.claim_shadow(s, scene.id, champion, version, f"exec-{n}", 60.0)

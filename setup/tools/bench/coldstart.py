@@ -3,7 +3,7 @@
 The parent writes a sample chip (and a small uint8 scene) to disk, notes the wall clock and
 starts ``python -m setup.tools.bench.coldstart``. The child does what the infer Lambda does on a
 cold start: import the infer handler module (Lambda's init: settings, chain, ledger, raster
-packages), pick and load the model the way ``chain.load_champion`` does (``--backend auto``:
+packages), pick and load the model the way ``inference.model_cache.load_champion`` does (``--backend auto``:
 :func:`inference.runtime_cpu.choose_path` over the artifacts in the model folder, then
 ``load_chosen`` with the compiled-graph cache in ``<folder>/compiled``; ``--backend torch``: the
 eager export), and predict one chip; it reports
