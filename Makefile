@@ -40,6 +40,10 @@ test: setup_env iac_tools browser lint ## Lint, then run the whole test suite (t
 	@# pytest exits 5 when it collects no tests: not a failure of the code.
 	$(VENV)/bin/pytest -q; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
 
+.PHONY: test-fast
+test-fast: setup_env iac_tools browser lint ## Lint, then the suite without the tests marked slow
+	$(VENV)/bin/pytest -q -m "not slow"; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
+
 .PHONY: lambda_requirements
 lambda_requirements: setup_env ## Re-lock the Lambda image's packages (pyproject's inference extra) for x86_64 and arm64 with hashes
 	$(PY) setup/lambda_requirements.py

@@ -12,39 +12,16 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from core import registry, storage
 from inference.settings import ChainSettings
 from tests.data.builders import write_bad_naip
+from tests.inference.helpers_core import tiny_export
 from training import promotion
 
 MODEL_NAME = "chesapeake-landcover"
 SCENE_SIZE = 256
-
-
-@functools.cache
-def tiny_export(seed: int = 0) -> Path:
-    """A random tiny segmenter exported with reference stats from synthetic chips (built once per seed)."""
-    import torch
-
-    from core.classes import remap_lc
-    from training.data.stats import StatsAccumulator
-    from training.data.synthetic import generate_scene
-    from training.models.export import save_export
-    from training.models.head import build_segmenter
-
-    torch.manual_seed(seed)
-    model = build_segmenter("tiny", head_width=32).eval()
-    scenes = [generate_scene(seed, 64) for seed in range(4)]
-    chips = np.stack([image for image, _ in scenes])  # (4, 4, 64, 64) uint8
-    labels = np.stack([remap_lc(lc) for _, lc in scenes])  # model class ids
-    accumulator = StatsAccumulator()
-    accumulator.update(chips, chips.any(axis=1), labels)
-    stats = accumulator.result()
-    path = Path(tempfile.mkdtemp(prefix="chain-export-")) / "model.safetensors"
-    save_export(model, str(path), reference_stats=stats.to_dict(), extra={"test": "tiny random"})
-    return path
+#: The chain's tiny champion: the model as initialised, with drift reference statistics.
+CHAMPION_EXPORT = {"content_scale": None, "reference_stats": True}
 
 
 @functools.cache
@@ -53,14 +30,19 @@ def tiny_throughput() -> dict[str, Any]:
     from inference.blocks import measure_throughput
     from training.models.predictor import TorchPredictor
 
-    return measure_throughput(TorchPredictor(str(tiny_export())), 128, chips=4).to_dict()
+    return measure_throughput(TorchPredictor(tiny_export(**CHAMPION_EXPORT)), 128, chips=4).to_dict()
 
 
 def make_champion(registry_uri: str, model_name: str = MODEL_NAME, miou: float = 0.5) -> dict[str, Any]:
     """Register the tiny export in ``registry_uri`` and promote it; returns the champion pointer."""
     metrics = {"miou": miou, "throughput": tiny_throughput()}
     manifest = registry.register_version(
-        registry_uri, model_name, tiny_export(), metrics, "model: tiny\n", caveat="test model"
+        registry_uri,
+        model_name,
+        tiny_export(**CHAMPION_EXPORT),
+        metrics,
+        "model: tiny\n",
+        caveat="test model",
     )
     decision = promotion.promote_if_better(registry_uri, model_name, manifest["version"])
     assert decision.promoted
@@ -73,7 +55,12 @@ def make_challenger(registry_uri: str, model_name: str = MODEL_NAME, seed: int =
     """Register another tiny export (weights from ``seed``) and name it the challenger; its version."""
     metrics = {"miou": miou, "throughput": tiny_throughput()}
     manifest = registry.register_version(
-        registry_uri, model_name, tiny_export(seed), metrics, "model: tiny\n", caveat="test challenger"
+        registry_uri,
+        model_name,
+        tiny_export(seed=seed, **CHAMPION_EXPORT),
+        metrics,
+        "model: tiny\n",
+        caveat="test challenger",
     )
     promotion.name_challenger(registry_uri, model_name, manifest["version"], reason="test challenger")
     return str(manifest["version"])

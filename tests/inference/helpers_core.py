@@ -38,8 +38,8 @@ class LocalPredictor:
 
 
 @functools.cache
-def tiny_export(content_scale: float = 1000.0, seed: int = 0) -> str:
-    """A tiny random Clay segmenter saved with ``save_export``; cached per process.
+def tiny_export(content_scale: float | None = 1000.0, seed: int = 0, reference_stats: bool = False) -> str:
+    """A tiny random Clay segmenter saved with ``save_export``; cached per process and arguments.
 
     A freshly initialised Clay has a 0.02-scaled patch embedding, so its tokens are mostly the
     position code and its softmax nearly uniform: its argmax follows where a pixel sits in the
@@ -47,6 +47,9 @@ def tiny_export(content_scale: float = 1000.0, seed: int = 0) -> str:
     ~67 % agreement, ~64 % on tile borders). Trained models decide from content; scaling the
     folded patch embedding by ``content_scale`` gives a random model that does too, keeping the
     real architecture (global attention, zero-padded convs at chip borders, pixel shuffle).
+    ``content_scale=None`` keeps the model as initialised, dynamic patch embedding included (the
+    chain tests' champion). ``reference_stats`` stores drift reference statistics computed from
+    four synthetic chips, as the training pipeline stores them.
     """
     import torch
 
@@ -54,13 +57,31 @@ def tiny_export(content_scale: float = 1000.0, seed: int = 0) -> str:
     from training.models.head import build_segmenter
 
     torch.manual_seed(seed)
-    model = build_segmenter("tiny", head_width=32).fold_patch_embedding()
-    with torch.no_grad():
-        model.encoder.patch_embedding.proj.weight.mul_(content_scale)
-        model.encoder.patch_embedding.proj.bias.mul_(content_scale)
-    path = Path(tempfile.mkdtemp(prefix="icore-")) / f"tiny-{content_scale:g}-{seed}.safetensors"
-    save_export(model, str(path))
+    model = build_segmenter("tiny", head_width=32).eval()
+    if content_scale is not None:
+        model = model.fold_patch_embedding()
+        with torch.no_grad():
+            model.encoder.patch_embedding.proj.weight.mul_(content_scale)
+            model.encoder.patch_embedding.proj.bias.mul_(content_scale)
+    stats = _synthetic_reference_stats() if reference_stats else None
+    folder = Path(tempfile.mkdtemp(prefix="tiny-export-"))
+    path = folder / f"tiny-{content_scale}-{seed}-{'stats' if reference_stats else 'plain'}.safetensors"
+    save_export(model, str(path), reference_stats=stats, extra={"test": "tiny random"})
     return str(path)
+
+
+def _synthetic_reference_stats() -> dict:
+    """Reference statistics of four 64 px synthetic scenes and their labels (model class ids)."""
+    from core.classes import remap_lc
+    from training.data.stats import StatsAccumulator
+    from training.data.synthetic import generate_scene
+
+    scenes = [generate_scene(seed, 64) for seed in range(4)]
+    chips = np.stack([image for image, _ in scenes])  # (4, 4, 64, 64) uint8
+    labels = np.stack([remap_lc(lc) for _, lc in scenes])
+    accumulator = StatsAccumulator()
+    accumulator.update(chips, chips.any(axis=1), labels)
+    return accumulator.result().to_dict()
 
 
 def border_mask(

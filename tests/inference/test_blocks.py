@@ -7,12 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers_core import LocalPredictor, tiny_predictor
 
 from inference import block_outputs
 from inference.blocks import WHOLE_SCENE, Throughput, block_sizing, measure_throughput
 from inference.predict import plan_blocks, plan_tiling, predict_block, predict_scene
 from inference.settings import DEFAULTS, ChainDefaults
+from tests.inference.helpers_core import LocalPredictor, tiny_predictor
 from training.data.synthetic import make_scene, write_naip_tif
 
 

@@ -1,34 +1,16 @@
 """The Lambda image's build context holds the handlers' code and none of the tools (no Docker here:
-the context is computed from inference/Dockerfile.dockerignore the way BuildKit reads it)."""
+the context is :func:`setup.tools.bench.image.shipped_files`: inference/Dockerfile.dockerignore read
+the way BuildKit reads it)."""
 
 from __future__ import annotations
 
-import fnmatch
 import subprocess
 import sys
 from pathlib import Path
 
+from setup.tools.bench.image import shipped_files
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
-IGNORE_FILE = REPO_ROOT / "inference" / "Dockerfile.dockerignore"
-
-
-def _patterns() -> list[tuple[bool, str]]:
-    out = []
-    for line in IGNORE_FILE.read_text().splitlines():
-        line = line.strip()
-        if line and not line.startswith("#"):
-            keep = line.startswith("!")
-            out.append((keep, line.lstrip("!").rstrip("/")))
-    return out
-
-
-def in_context(relative: str) -> bool:
-    """Whether BuildKit sends ``relative`` (a path under the repo root): the last match decides."""
-    included = True
-    for keep, pattern in _patterns():
-        if fnmatch.fnmatch(relative, pattern) or relative.startswith(pattern + "/"):
-            included = keep
-    return included
 
 
 def _tracked() -> list[str]:
@@ -37,7 +19,7 @@ def _tracked() -> list[str]:
 
 
 def test_tools_and_training_stay_out_of_the_lambda_image() -> None:
-    shipped = [p for p in _tracked() if in_context(p)]
+    shipped = shipped_files()
     assert shipped, "nothing would be sent to the build"
     for tool in (
         "setup/tools/bench/__main__.py",
@@ -45,7 +27,7 @@ def test_tools_and_training_stay_out_of_the_lambda_image() -> None:
         "setup/cli.py",
         "training/pipeline.py",
     ):
-        assert tool in _tracked() and not in_context(tool), tool
+        assert tool in _tracked() and tool not in shipped, tool
     assert not [
         p for p in shipped if p.startswith(("training/", "setup/", "observability/", "inference/tf/"))
     ]
@@ -61,8 +43,8 @@ def test_every_handler_module_is_listed() -> None:
 
 def test_the_handlers_import_from_what_the_image_ships(tmp_path) -> None:
     # Copy exactly the shipped files and import every handler from that copy, not the checkout.
-    for relative in _tracked():
-        if in_context(relative) and relative.endswith(".py"):
+    for relative in shipped_files():
+        if relative.endswith(".py"):
             dest = tmp_path / relative
             dest.parent.mkdir(parents=True, exist_ok=True)
             dest.write_bytes((REPO_ROOT / relative).read_bytes())

@@ -6,7 +6,6 @@ import json
 
 import numpy as np
 import pytest
-from helpers_core import LocalPredictor
 
 from core.classes import CLASS_NAMES, NODATA_CLASS_ID
 from core.naip import NAIP_BANDS
@@ -23,6 +22,7 @@ from inference.monitor import (
 from inference.predict import predict_array
 from inference.settings import DEFAULTS
 from observability.panels import METRIC_NAMES
+from tests.inference.helpers_core import LocalPredictor
 from training.data.stats import StatsAccumulator
 from training.data.synthetic import generate_scene
 

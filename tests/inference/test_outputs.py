@@ -9,7 +9,6 @@ import numpy as np
 import pystac
 import pytest
 import rasterio
-from helpers_core import LocalPredictor
 from rio_cogeo.cogeo import cog_validate
 
 from core import storage
@@ -24,6 +23,7 @@ from inference.outputs import (
 )
 from inference.predict import CONFIDENCE_SCALE, ScenePrediction, predict_array, predict_scene
 from tests.data.builders import naip_array, write_naip
+from tests.inference.helpers_core import LocalPredictor
 
 # rio-cogeo builds a WarpedVRT with an Affine `*` product that affine deprecates.
 pytestmark = pytest.mark.filterwarnings("ignore::PendingDeprecationWarning")

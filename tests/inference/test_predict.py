@@ -9,7 +9,6 @@ import tracemalloc
 import numpy as np
 import pytest
 import rasterio
-from helpers_core import LocalPredictor, border_mask, tiny_predictor
 from rasterio.io import MemoryFile
 
 from core.classes import NODATA_CLASS_ID
@@ -25,6 +24,7 @@ from inference.predict import (
 from inference.settings import DEFAULTS
 from inference.sync_api import predict_request
 from tests.data.builders import CRS, TRANSFORM, naip_array, write_naip
+from tests.inference.helpers_core import LocalPredictor, border_mask, tiny_predictor
 from training.data.synthetic import make_scene
 
 

@@ -9,7 +9,6 @@ import logging
 
 import numpy as np
 import pytest
-from helpers_core import LocalPredictor
 from PIL import Image
 
 from core.classes import CLASSES, NODATA_CLASS_ID
@@ -17,6 +16,7 @@ from inference.outputs import stac_item, write_class_cog
 from inference.predict import predict_scene
 from inference.quicklook import legend_entries, render_quicklook, write_quicklook
 from tests.data.builders import naip_array, write_naip
+from tests.inference.helpers_core import LocalPredictor
 
 pytestmark = pytest.mark.filterwarnings("ignore::PendingDeprecationWarning")
 

@@ -8,10 +8,10 @@ import sys
 
 import numpy as np
 import pytest
-from helpers_core import tiny_export, tiny_predictor
 
 from core.naip import normalize
 from inference.runtime import Predictor, check_chips, default_num_threads, load_predictor
+from tests.inference.helpers_core import tiny_export, tiny_predictor
 from training.models.predictor import TorchPredictor
 
 

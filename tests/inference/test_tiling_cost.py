@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from helpers_core import border_mask, tiny_predictor
 
 from core.naip import normalize
 from inference.predict import MAX_TILING_COST, plan_tiling, predict_array
+from tests.inference.helpers_core import border_mask, tiny_predictor
 from training.data.synthetic import make_scene
 
 

@@ -22,11 +22,16 @@ from pathlib import Path
 import pytest
 
 from core.config import compose
+from tests.infra.terraform_tools import (
+    CHECKOV,
+    REPO_ROOT,
+    find_provider_mirror,
+    require_success,
+    terraform_env,
+)
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 TF_DIR = REPO_ROOT / "inference" / "tf"
 ASL_FILE = REPO_ROOT / "inference" / "statemachine" / "pipeline.asl.json"
-CHECKOV = REPO_ROOT / ".cache" / "checkov-venv" / "bin" / "checkov"
 ASL_VALIDATOR = REPO_ROOT / ".cache" / "npm" / "node_modules" / ".bin" / "asl-validator"
 # The only variables the ASL template may use (the contract with the chain).
 ASL_VARIABLES = {
@@ -38,46 +43,11 @@ ASL_VARIABLES = {
     "notify_function_arn",
     "manifest_bucket",
 }
-# Where a provider mirror may be; TF_PLUGIN_MIRROR wins.
-MIRROR_CANDIDATES = (
-    "/opt/tf-plugins",
-    "/usr/share/terraform/plugins",
-    "/usr/local/share/terraform/plugins",
-    str(Path.home() / ".terraform.d" / "plugins"),
-    str(Path.home() / ".local" / "share" / "terraform" / "plugins"),
-)
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-
-def _tf_env() -> dict[str, str]:
-    """Terraform with no user config, no update check, and no AWS credentials from the caller."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "TF_VAR_"))}
-    env.update(TF_CLI_CONFIG_FILE=os.devnull, CHECKPOINT_DISABLE="1", TF_IN_AUTOMATION="1")
-    return env
 
 
 def _run(cmd: list[str], cwd: Path = TF_DIR, env: dict[str, str] | None = None, timeout: int = 300):
-    return subprocess.run(cmd, cwd=cwd, env=env or _tf_env(), capture_output=True, text=True, timeout=timeout)
-
-
-def _ok(proc: subprocess.CompletedProcess) -> str:
-    assert proc.returncode == 0, (
-        f"{' '.join(proc.args)} failed:\n{proc.stdout[-6000:]}\n{proc.stderr[-6000:]}"
-    )
-    return proc.stdout
-
-
-def find_provider_mirror() -> Path:
-    """The plugin directory holding hashicorp/aws 5.x, or a failure saying how to provide one."""
-    candidates = [os.environ["TF_PLUGIN_MIRROR"]] if os.environ.get("TF_PLUGIN_MIRROR") else []
-    for root in [*candidates, *MIRROR_CANDIDATES]:
-        if list(Path(root).glob("registry.terraform.io/hashicorp/aws/5.*/*/terraform-provider-aws_*")):
-            return Path(root)
-    pytest.fail(
-        "No local Terraform provider mirror with hashicorp/aws 5.x: looked in "
-        f"{', '.join([*candidates, *MIRROR_CANDIDATES])}. Set TF_PLUGIN_MIRROR to the directory that holds "
-        "registry.terraform.io/hashicorp/aws/<version>/<os_arch>/ (tests never download providers)."
+    return subprocess.run(
+        cmd, cwd=cwd, env=env or terraform_env(), capture_output=True, text=True, timeout=timeout
     )
 
 
@@ -99,14 +69,6 @@ FAKE_VALUES = {
 
 
 # --- fixtures ---------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def terraform() -> str:
-    path = shutil.which("terraform")
-    if path is None:
-        pytest.fail("terraform is not on PATH (Terraform >= 1.11 is required for the IaC tests)")
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -152,7 +114,7 @@ def initialised(terraform, checkov_run) -> Path:
         "-lockfile=readonly",
         f"-plugin-dir={mirror}",
     ]
-    _ok(_run(init))
+    require_success(_run(init))
     return mirror
 
 
@@ -165,15 +127,16 @@ def test_fmt(terraform) -> None:
 
 
 def test_validate(terraform, initialised) -> None:
-    out = _ok(_run([terraform, "validate", "-json"]))
+    out = require_success(_run([terraform, "validate", "-json"]))
     result = json.loads(out)
     assert result["valid"], result["diagnostics"]
     assert result["warning_count"] == 0, result["diagnostics"]
 
 
+@pytest.mark.slow
 def test_terraform_test_with_mock_provider(terraform, initialised) -> None:
     """tests/main.tftest.hcl: definition == ASL with ARNs, schedule target, memory/timeouts, RDS, S3."""
-    out = _ok(_run([terraform, "test", "-no-color"], timeout=600))
+    out = require_success(_run([terraform, "test", "-no-color"], timeout=600))
     assert re.search(r"Success! \d+ passed, 0 failed", out), out[-3000:]
 
 
@@ -295,8 +258,7 @@ def test_trigger_rule_pattern_is_the_code_s() -> None:
 
 
 def test_tfvars_carry_triggers_and_notices(tmp_path) -> None:
-    sys.path.insert(0, str(REPO_ROOT / "setup"))
-    import render_tfvars
+    from setup import render_tfvars
 
     tfvars = render_tfvars.render(
         [
@@ -347,8 +309,7 @@ def test_backend_defaults_to_the_dispatcher() -> None:
 
 
 def test_tfvars_carry_backend_and_architecture() -> None:
-    sys.path.insert(0, str(REPO_ROOT / "setup"))
-    import render_tfvars
+    from setup import render_tfvars
 
     default = render_tfvars.render([])
     assert (default["backend"], default["lambda_architecture"]) == ("auto", "x86_64")
@@ -526,7 +487,8 @@ def _provider_block(alias: str | None, endpoint: str) -> str:
 @pytest.mark.skipif(os.environ.get("RUN_TF_APPLY") != "1", reason="opt-in: set RUN_TF_APPLY=1")
 def test_apply_and_destroy_against_moto(terraform, tmp_path) -> None:
     import boto3
-    from moto_sfn_server import MotoSfnServer
+
+    from tests.infra.moto_sfn_server import MotoSfnServer
 
     mirror = find_provider_mirror()
     work = tmp_path / "tf"
@@ -553,12 +515,12 @@ def test_apply_and_destroy_against_moto(terraform, tmp_path) -> None:
             PROVIDER_OVERRIDE
             % {"blocks": _provider_block(None, endpoint) + _provider_block("secrets", endpoint)}
         )
-        env = _tf_env()
+        env = terraform_env()
         init = [terraform, "init", "-input=false", "-lockfile=readonly", f"-plugin-dir={mirror}"]
-        _ok(_run(init, cwd=work, env=env))
+        require_success(_run(init, cwd=work, env=env))
 
         start = time.monotonic()
-        _ok(
+        require_success(
             _run(
                 [terraform, "apply", "-auto-approve", "-input=false", "-no-color"],
                 cwd=work,
@@ -569,7 +531,9 @@ def test_apply_and_destroy_against_moto(terraform, tmp_path) -> None:
         timings["apply_s"] = time.monotonic() - start
         outputs = {
             k: v["value"]
-            for k, v in json.loads(_ok(_run([terraform, "output", "-json"], cwd=work, env=env))).items()
+            for k, v in json.loads(
+                require_success(_run([terraform, "output", "-json"], cwd=work, env=env))
+            ).items()
         }
 
         session = boto3.Session(
@@ -602,7 +566,7 @@ def test_apply_and_destroy_against_moto(terraform, tmp_path) -> None:
             set(secret) >= {"username", "password", "host", "port", "dbname"}
             and len(secret["password"]) == 32
         )
-        state = _ok(_run([terraform, "show", "-json"], cwd=work, env=env))
+        state = require_success(_run([terraform, "show", "-json"], cwd=work, env=env))
         assert secret["password"] not in state, "the generated password must not be in the state"
 
         # Runs triggered by new imagery and completion notices, as provisioned.
@@ -653,7 +617,7 @@ def test_apply_and_destroy_against_moto(terraform, tmp_path) -> None:
         assert described["status"] in {"RUNNING", "SUCCEEDED", "FAILED"}
 
         start = time.monotonic()
-        _ok(
+        require_success(
             _run(
                 [terraform, "destroy", "-auto-approve", "-input=false", "-no-color"],
                 cwd=work,

@@ -10,26 +10,26 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
-from test_terraform import CHECKOV, REPO_ROOT, _ok, _tf_env, find_provider_mirror
+
+from tests.infra.terraform_tools import (
+    CHECKOV,
+    REPO_ROOT,
+    find_provider_mirror,
+    require_success,
+    terraform_env,
+)
 
 TF_DIR = REPO_ROOT / "training" / "tf"
 
 
 def _run(cmd: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
-    return subprocess.run(cmd, cwd=TF_DIR, env=_tf_env(), capture_output=True, text=True, timeout=timeout)
-
-
-@pytest.fixture(scope="module")
-def terraform() -> str:
-    path = shutil.which("terraform")
-    if path is None:
-        pytest.fail("terraform is not on PATH (Terraform >= 1.11 is required for the IaC tests)")
-    return path
+    return subprocess.run(
+        cmd, cwd=TF_DIR, env=terraform_env(), capture_output=True, text=True, timeout=timeout
+    )
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +44,7 @@ def initialised(terraform) -> Path:
         "-lockfile=readonly",
         f"-plugin-dir={mirror}",
     ]
-    _ok(_run(init))
+    require_success(_run(init))
     return mirror
 
 
@@ -54,13 +54,14 @@ def test_fmt(terraform) -> None:
 
 
 def test_validate(terraform, initialised) -> None:
-    report = json.loads(_ok(_run([terraform, "validate", "-json"])))
+    report = json.loads(require_success(_run([terraform, "validate", "-json"])))
     assert report["valid"] and report["error_count"] == 0 and report["warning_count"] == 0, report
 
 
+@pytest.mark.slow
 def test_terraform_test_with_mock_provider(terraform, initialised) -> None:
     """tests/main.tftest.hcl: names, spot GPU capacity, image, GPU per job, retries, least privilege."""
-    out = _ok(_run([terraform, "test", "-no-color"], timeout=600))
+    out = require_success(_run([terraform, "test", "-no-color"], timeout=600))
     assert re.search(r"Success! 3 passed, 0 failed", out), out
 
 

@@ -6,9 +6,9 @@ from pathlib import Path, PurePosixPath
 
 import pytest
 import torch
-from fakes import NAIP_WAVELENGTHS_UM, write_clay_pretrain_ckpt
 from safetensors.torch import save_file
 
+from tests.models.fakes import NAIP_WAVELENGTHS_UM, write_clay_pretrain_ckpt
 from training.models.checkpoint import (
     CheckpointMismatchError,
     checkpoint_filter_fn,

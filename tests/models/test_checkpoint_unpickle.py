@@ -29,10 +29,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from fakes import write_clay_pretrain_ckpt, write_seed_segmenter_ckpt
 from safetensors.torch import load_file
 
 from core import storage
+from tests.models.fakes import write_clay_pretrain_ckpt, write_seed_segmenter_ckpt
 from training.models import unpickler
 from training.models.checkpoint import (
     ArchitectureMismatchError,
@@ -657,6 +657,7 @@ def _kept_bytes(preset: str) -> int:
     )
 
 
+@pytest.mark.slow
 def test_large_sparse_checkpoint_peak_rss_is_the_encoders(tmp_path: Path) -> None:
     path = tmp_path / "clay-sparse.ckpt"
     preset = "small"
@@ -672,6 +673,7 @@ def test_large_sparse_checkpoint_peak_rss_is_the_encoders(tmp_path: Path) -> Non
         path.unlink(missing_ok=True)
 
 
+@pytest.mark.slow
 def test_large_sparse_checkpoint_via_s3_peak_rss_is_the_encoders(
     tmp_path: Path, s3_bucket: str, moto_server: str
 ) -> None:

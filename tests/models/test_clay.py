@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -18,7 +19,8 @@ from training.models.clay import (
 )
 
 NAIP_WAVES = (0.65, 0.56, 0.48, 0.842)
-TSV = Path(__file__).resolve().parents[3] / "shared" / "clay_v15_state_dict.tsv"
+#: Key names and shapes of the official checkpoints, written by ``python -m tests.data.clay_v15_keys``.
+OFFICIAL_KEYS = Path(__file__).resolve().parents[1] / "data" / "clay_v15_state_dict.json"
 
 
 @pytest.fixture(scope="module")
@@ -35,30 +37,25 @@ def test_parameter_counts_match_design(preset: str, expected: float) -> None:
     assert abs(n - expected) / expected < 0.02, f"{preset}: {n:,} params vs ~{expected:,.0f}"
 
 
-def _official_large_keys() -> dict[str, list[int]]:
-    if not TSV.exists():
-        pytest.skip(f"{TSV} not available")
-    listed: dict[str, list[int]] = {}
-    for line in TSV.read_text().splitlines():
-        if line.startswith("#"):
-            if "Chesapeake" in line:
-                break
-            continue
-        key, shape, _ = line.split("\t")
-        listed[key] = [int(s) for s in shape.strip("[]").split(",") if s.strip()]
-    keys = {k: v for k, v in listed.items() if not k.startswith("transformer.layers.")}
-    block = {k.split(".", 3)[3]: v for k, v in listed.items() if k.startswith("transformer.layers.0.")}
-    for i in range(24):  # layers 1..22 repeat layer 0's keys
-        keys.update({f"transformer.layers.{i}.{k}": v for k, v in block.items()})
-    return keys
-
-
 def test_large_keys_and_shapes_equal_the_official_checkpoint() -> None:
-    official = _official_large_keys()
+    """Our large encoder's state dict has exactly the official Clay v1.5 encoder's keys and shapes
+    (tests/data/clay_v15_state_dict.json, without the checkpoint's 'model.encoder.' prefix)."""
+    official = json.loads(OFFICIAL_KEYS.read_text())["encoder"]
     ours = {k: list(v.shape) for k, v in build_encoder("large", device="meta").state_dict().items()}
     assert sorted(ours) == sorted(official)
     assert {k: v for k, v in ours.items() if official[k] != v} == {}
     assert not any(re.search(r"to_(qkv|out)\.bias", k) for k in ours)
+
+
+def test_shipped_official_keys_are_the_listing_s() -> None:
+    """Where the listing of the official checkpoints is at hand, the shipped JSON is what it gives."""
+    from tests.data.clay_v15_keys import parse_listing
+
+    listing = Path(__file__).resolve().parents[3] / "shared" / "clay_v15_state_dict.tsv"
+    if not listing.exists():
+        pytest.skip(f"{listing} not available (the shipped JSON is checked against it where it is)")
+    shipped = json.loads(OFFICIAL_KEYS.read_text())
+    assert {k: shipped[k] for k in ("encoder", "seed_head")} == parse_listing(listing.read_text())
 
 
 @pytest.mark.parametrize("size", [224, 256])

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from fakes import write_seed_segmenter_ckpt
 from safetensors import safe_open
 
+from tests.models.fakes import write_seed_segmenter_ckpt
 from training.convert_seed import convert_seed_checkpoint, main
 from training.models.checkpoint import CheckpointMismatchError, load_seed_segmenter
 from training.models.export import load_export, read_export_metadata, save_export

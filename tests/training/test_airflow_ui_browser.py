@@ -22,11 +22,11 @@ from pathlib import Path
 
 import pytest
 import requests
-from pipeline_fixtures import TINY_OVERRIDES, make_tiny_home
 
 from core.config import REPO_ROOT
-from tests.observability.test_obs_report import _chromium
+from tests.chromium import run_headless_chromium
 from tests.ports import free_port
+from tests.training.pipeline_fixtures import TINY_OVERRIDES, make_tiny_home
 from training.airflow_runner import run_embedded
 from training.airflow_ui import ui_env
 
@@ -82,7 +82,7 @@ def test_ui_shows_the_in_process_run_and_its_task_log(tmp_path, monkeypatch) -> 
         assert [(r["state"], r["run_type"]) for r in runs] == [("success", "manual")]
         run_id = runs[0]["dag_run_id"]
         page = f"{url}/dags/baseline/runs/{urllib.parse.quote(run_id, safe='')}/tasks/train_head"
-        proc = _chromium(tmp_path, page, "--window-size=1500,1000", "--dump-dom")
+        proc = run_headless_chromium(tmp_path, page, "--window-size=1500,1000", "--dump-dom")
         assert proc.returncode == 0, proc.stderr[-2000:]
         dom = re.sub(r"<[^>]+>", " ", proc.stdout)
         # The grid's tasks, the task's state and its log lines (per step and per epoch, from 1).
@@ -92,6 +92,6 @@ def test_ui_shows_the_in_process_run_and_its_task_log(tmp_path, monkeypatch) -> 
         assert "[train_head] epoch 2:" in dom and "[train_head] epoch 3:" not in dom
         assert "[train_head] done in" in dom
         shot = tmp_path / "airflow-ui.png"
-        proc = _chromium(tmp_path, page, "--window-size=1500,1000", f"--screenshot={shot}")
+        proc = run_headless_chromium(tmp_path, page, "--window-size=1500,1000", f"--screenshot={shot}")
         assert proc.returncode == 0 and shot.exists(), proc.stderr[-2000:]
     print(f"screenshot: {shot}")

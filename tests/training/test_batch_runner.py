@@ -22,11 +22,11 @@ from threading import Thread
 from typing import Any
 
 import pytest
-from pipeline_fixtures import TINY_OVERRIDES
 
 from core import storage
 from core.config import REPO_ROOT, compose
 from tests.ports import free_port
+from tests.training.pipeline_fixtures import TINY_OVERRIDES
 from training import batch
 from training.airflow_runner import airflow_env, migrate_metadata
 from training.data.synthetic import generate_dataset

@@ -7,11 +7,10 @@ import re
 from pathlib import Path
 
 import pytest
-from pipeline_fixtures import TINY_OVERRIDES, make_tiny_home
 
 from core import registry
 from core.config import compose, training_variants, variant_overrides
-from tests.training.pipeline_fixtures import promotion_history
+from tests.training.pipeline_fixtures import TINY_OVERRIDES, make_tiny_home, promotion_history
 from training.airflow_runner import DAGS_FOLDER, run_embedded
 from training.pipeline import STEPS, load_run, run_uri_for
 

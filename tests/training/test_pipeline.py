@@ -5,10 +5,10 @@ from __future__ import annotations
 import logging
 
 import pytest
-from pipeline_fixtures import TINY_OVERRIDES, make_tiny_home
 
 from core import storage
 from core.config import compose
+from tests.training.pipeline_fixtures import TINY_OVERRIDES, make_tiny_home
 from training import pipeline
 
 

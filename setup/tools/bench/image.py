@@ -29,7 +29,7 @@ __all__ = [
     "strip_env",
 ]
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[3]
 #: Lambda architecture -> its lock file (written by setup/lambda_requirements.py).
 LOCK_FILES: dict[str, Path] = {
     "x86_64": REPO_ROOT / "inference" / "requirements-lambda.txt",
