@@ -148,7 +148,8 @@ def test_a_promotion_mid_run_does_not_change_the_runs_model(local_settings) -> N
     """process plans the run with the champion of that moment; a promotion before infer leaves
     every block and the scene to that version, and the next run takes the new champion."""
     from core import registry
-    from tests.inference.chain_fixtures import MODEL_NAME, tiny_export, tiny_throughput
+    from tests.inference.chain_fixtures import CHAMPION_EXPORT, MODEL_NAME, tiny_throughput
+    from tests.inference.helpers_core import tiny_export
     from training import promotion
 
     settings = local_settings
@@ -161,7 +162,7 @@ def test_a_promotion_mid_run_does_not_change_the_runs_model(local_settings) -> N
     newer = registry.register_version(
         settings.registry_uri,
         MODEL_NAME,
-        tiny_export(1),
+        tiny_export(seed=1, **CHAMPION_EXPORT),
         {"miou": 0.9, "throughput": tiny_throughput()},
         "model: tiny\n",
         caveat="promoted mid-run",
@@ -223,6 +224,7 @@ def test_crash_mid_run_then_rerun_completes_without_duplicates(local_settings, m
     assert folders == {s.sha256 for s in final}
 
 
+@pytest.mark.slow
 def test_a_scene_in_many_blocks_equals_its_one_call_prediction(tmp_uri, postgres_url, monkeypatch) -> None:
     # 256 px scenes in 128 px chips: 3 x 3 chips, so one chip a side makes 9 blocks.
     settings = chain_settings(tmp_uri, migrated(postgres_url), block_chips=1)

@@ -17,13 +17,14 @@ from inference.steps.infer import infer
 from inference.steps.observe import observe
 from inference.steps.process import process
 from tests.inference.chain_fixtures import (
+    CHAMPION_EXPORT,
     chain_settings,
     make_challenger,
     make_champion,
     migrated,
-    tiny_export,
     write_scene,
 )
+from tests.inference.helpers_core import tiny_export
 from training import promotion
 
 
@@ -85,6 +86,7 @@ def _read(uri: str) -> np.ndarray:
         return src.read(1)
 
 
+@pytest.mark.slow
 def test_shadow_run_writes_both_outputs_and_records_what_a_direct_comparison_finds(settings) -> None:
     challenger = make_challenger(settings.registry_uri)
     for seed in (1, 2):
@@ -160,6 +162,7 @@ def test_shadow_run_writes_both_outputs_and_records_what_a_direct_comparison_fin
     assert process(settings, "exec-2")["challenger_version"] is None
 
 
+@pytest.mark.slow
 def test_missing_shadow_blocks_fail_the_comparison_and_the_next_pass_finishes_it(settings) -> None:
     challenger = make_challenger(settings.registry_uri)
     write_scene(storage.join(settings.input_uri, "scene.tif"), 4, size=300)
@@ -210,7 +213,11 @@ def test_a_live_shadow_lease_of_another_execution_is_left_alone(settings) -> Non
 def test_promotion_can_wait_for_shadow_evidence_from_the_ledger(settings) -> None:
     champion = registry.champion(settings.registry_uri, settings.model_name)["version"]
     better = registry.register_version(
-        settings.registry_uri, settings.model_name, tiny_export(1), {"miou": 0.9}, "model: tiny\n"
+        settings.registry_uri,
+        settings.model_name,
+        tiny_export(seed=1, **CHAMPION_EXPORT),
+        {"miou": 0.9},
+        "model: tiny\n",
     )["version"]
     criteria = promotion.ShadowCriteria(min_scenes=1, min_agreement=0.0, max_area_shift=1.0)
     decision = promotion.promote_if_better(
@@ -255,6 +262,7 @@ def test_challenger_pointer_is_named_and_cleared(settings) -> None:
     assert registry.challenger(settings.registry_uri, settings.model_name) is None
 
 
+@pytest.mark.slow
 def test_state_machine_runs_the_shadow_maps_after_the_champions(settings) -> None:
     """The ASL on moto's interpreter with the real handlers: ShadowBlocks and ShadowScenes run the
     challenger after AssembleScenes; its COG matches the ledger's agreement."""

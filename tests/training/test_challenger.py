@@ -10,7 +10,8 @@ from core.config import compose
 from inference import transactions
 from inference.ledger import repository
 from inference.settings import settings_from_config
-from tests.inference.chain_fixtures import make_champion, migrated, tiny_export
+from tests.inference.chain_fixtures import CHAMPION_EXPORT, make_champion, migrated
+from tests.inference.helpers_core import tiny_export
 from training import challenger, promotion
 
 
@@ -32,7 +33,11 @@ def cfg(tmp_path):
 
 def _candidate(cfg, miou: float) -> str:
     return registry.register_version(
-        cfg.storage.registry_uri, cfg.model_name, tiny_export(1), {"miou": miou}, "model: tiny\n"
+        cfg.storage.registry_uri,
+        cfg.model_name,
+        tiny_export(seed=1, **CHAMPION_EXPORT),
+        {"miou": miou},
+        "model: tiny\n",
     )["version"]
 
 
