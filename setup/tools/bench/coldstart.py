@@ -32,6 +32,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from core.config import REPO_ROOT
+
 __all__ = ["measure", "vm_hwm_bytes"]
 
 
@@ -112,7 +114,7 @@ def measure(
     handler: bool = True,
 ) -> dict[str, Any]:
     """Run one cold-start child and return its report (raises on failure)."""
-    root = Path(__file__).resolve().parents[2]
+    root = REPO_ROOT
     env = {**os.environ, "PYTHONPATH": f"{root}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     cmd = [sys.executable, "-m", "setup.tools.bench.coldstart", "--backend", backend, "--path", path]
     cmd += ["--chip", chip_npy, "--batch-size", str(batch_size)]

@@ -23,6 +23,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from core.config import REPO_ROOT
+
 __all__ = ["HEAD_WIDTH", "BenchModel", "analytic_flops", "prepare_model", "prepare_variant"]
 
 #: Head widths of the model configs (setup/conf/model/clay_*.yaml).
@@ -62,16 +64,15 @@ class BenchModel:
 def _key(preset: str, seed: int, root: Path) -> str:
     digest = hashlib.sha256(f"{preset}:{seed}".encode())
     for rel in _SOURCES:
-        path = root / rel
-        if path.exists():
-            digest.update(path.read_bytes())
+        # A missing source is a moved file: fail rather than key the cache on nothing.
+        digest.update((root / rel).read_bytes())
     return digest.hexdigest()[:12]
 
 
 def recipe_key() -> str:
     """Digest of the sources that decide how exports and runtime artifacts are made: a folder of
     artifacts cached under it is rebuilt when the recipe changes."""
-    return _key("recipe", 0, Path(__file__).resolve().parents[2])
+    return _key("recipe", 0, REPO_ROOT)
 
 
 def prepare_model(
@@ -94,7 +95,7 @@ def prepare_model(
     from training.models.head import build_segmenter
     from training.models.onnx_export import write_runtime_artifacts
 
-    root = Path(__file__).resolve().parents[2]
+    root = REPO_ROOT
     folder = workdir / "models" / f"{preset}-{_key(preset, seed, root)}"
     export_path = folder / EXPORT_NAME
     names = RUNTIME_ARTIFACT_NAMES if names is None else names
@@ -147,7 +148,7 @@ def model_head(preset: str) -> dict[str, Any]:
 
     from training.models.head import head_spec
 
-    path = Path(__file__).resolve().parents[2] / "setup" / "conf" / "model" / f"clay_{preset}.yaml"
+    path = REPO_ROOT / "setup" / "conf" / "model" / f"clay_{preset}.yaml"
     return head_spec(yaml.safe_load(path.read_text()) if path.exists() else {})
 
 
