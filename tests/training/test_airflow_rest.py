@@ -17,6 +17,7 @@ import pytest
 import requests
 
 from core.config import REPO_ROOT
+from core.env_file import AIRFLOW_ADMIN_PASSWORD_VAR, read_env
 from setup import compose_env
 from tests.ports import free_port
 from training.airflow_runner import AirflowClient, default_credentials, run_remote
@@ -142,11 +143,11 @@ def test_default_credentials_use_the_generated_password(tmp_path: Path, monkeypa
     monkeypatch.delenv("AIRFLOW_USERNAME", raising=False)
     monkeypatch.delenv("AIRFLOW_PASSWORD", raising=False)
     env_file = tmp_path / ".env"
-    monkeypatch.setattr(compose_env, "ENV_FILE", env_file)
+    monkeypatch.setattr("core.env_file.ENV_FILE", env_file)  # where the REST runner looks
     with pytest.raises(SystemExit, match="No Airflow password"):  # no admin/admin fallback
         default_credentials()
     compose_env.ensure_env_file(env_file)  # the compose stack's generated .env
-    stack_password = compose_env.read_env(env_file)[compose_env.AIRFLOW_ADMIN_PASSWORD_VAR]
+    stack_password = read_env(env_file)[AIRFLOW_ADMIN_PASSWORD_VAR]
     assert default_credentials() == ("admin", stack_password)
     password = ensure_password(tmp_path / "outputs" / "airflow")  # the one Airflow home
     assert default_credentials() == ("admin", password)
