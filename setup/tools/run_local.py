@@ -71,18 +71,6 @@ def load_settings(overrides: Sequence[str], ledger_url: str | None, s3_prefix: s
     return settings_from_config(cfg, **extra)
 
 
-def check_champion(settings: ChainSettings) -> dict[str, Any]:
-    from core import registry
-
-    pointer = registry.champion(settings.registry_uri, settings.model_name)
-    if pointer is None:
-        raise RunLocalError(
-            f"no champion {settings.model_name!r} in the registry at {settings.registry_uri}. "
-            "Run `make train_baseline` first: it trains the baseline and promotes it."
-        )
-    return pointer
-
-
 def prepare_ledger(settings: ChainSettings) -> None:
     """Create/upgrade the ledger schema (idempotent); SQLite files get their folder made."""
     import sqlalchemy as sa
@@ -514,11 +502,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     log.setLevel(logging.INFO)  # this command's own lines, whatever the libraries' level
 
     from core.config import REPO_ROOT
+    from inference.errors import NoChampionError
+    from inference.model_cache import champion
     from inference.retry import TransientFaultError
 
     try:
         settings = load_settings(args.overrides, args.ledger_url, args.s3_prefix)
-        pointer = check_champion(settings)
+        pointer = champion(settings)
         prepare_ledger(settings)
         log.info(
             "champion %s %s (mIoU %s); input %s",
@@ -558,7 +548,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             settings, args.scenes, args.interval, args.size, seed, window_s, args.concurrency
         )
         return 0 if all(s["status"] == "SUCCEEDED" for s in summaries) else 1
-    except (RunLocalError, TransientFaultError) as exc:
+    except (RunLocalError, NoChampionError, TransientFaultError) as exc:
         log.error("error: %s", exc)
         return 2
     except Exception as exc:  # the command line ends in one clear line, not a traceback
