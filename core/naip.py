@@ -4,6 +4,24 @@
 URI and checks it before anyone reads a pixel. Each way a file can be unusable has its own
 exception class, all subclasses of :class:`NaipValidationError`, and each carries a short
 ``reason`` code that the inference ledger stores when it quarantines a scene.
+
+What real NAIP deliveries get (the contract of DESIGN §3: red, green, blue, nir as uint8, 1 m):
+
+* 3-band RGB (NAIP's "visualization" product): ``band_count``; the model needs NIR and there is
+  no RGB-only model.
+* 16-bit (uint16) files: ``dtype``. Their digital numbers are on a producer-specific scale
+  (sensor counts, commonly 11-12 of the 16 bits used), and the 8-bit product is not a fixed
+  rescale of them (it is tone-balanced per tile); Clay's NAIP means and stds describe 8-bit
+  DNs, so any guessed rule would feed the model shifted inputs silently. Convert to 8 bits first.
+* Pixels other than 1 m (0.6 m and 0.3 m NAIP since 2018 in many states): ``resolution``. The
+  chain reads pixels as they are and the model was trained at 1 m, so objects would be the
+  wrong size in pixels; resample to 1 m first (``gdalwarp -tr 1 1 -r average``).
+* JPEG-compressed tiles, YCbCr 3-band ones included: GDAL decodes them to RGB(N) when read, so
+  they are checked like any other (and a 3-band YCbCr file is still ``band_count``).
+* Nodata: a pixel is nodata when *every* band equals the file's declared nodata value (0 or
+  255 alike), or where the file's own mask band says so. Without a declared value no pixel is
+  nodata: 0 and 255 are data. A band GDAL tags as alpha (some NAIP files tag NIR so) is never
+  taken as the mask (:func:`data_mask`).
 """
 
 from __future__ import annotations
@@ -26,6 +44,8 @@ NAIP_BANDS: tuple[str, ...] = ("red", "green", "blue", "nir")
 #: Central wavelengths (µm) that Clay's dynamic patch embedding uses for NAIP.
 NAIP_WAVELENGTHS_UM: tuple[float, ...] = (0.65, 0.56, 0.48, 0.842)
 NAIP_GSD_M: float = 1.0
+#: Relative deviation from NAIP_GSD_M a pixel side may have (reprojection rounding) and still pass.
+NAIP_GSD_TOLERANCE: float = 0.05
 #: Clay v1.5 metadata normalisation for NAIP (per band, in band order).
 NAIP_MEANS: tuple[float, ...] = (110.16, 115.41, 98.15, 139.04)
 NAIP_STDS: tuple[float, ...] = (47.23, 39.82, 35.43, 49.86)
@@ -75,6 +95,12 @@ class NaipMissingCrsError(NaipValidationError):
     reason = "missing_crs"
 
 
+class NaipResolutionError(NaipValidationError):
+    """The pixels are not 1 m (e.g. 0.6 m NAIP); the chain does not resample."""
+
+    reason = "resolution"
+
+
 class NaipAllNodataError(NaipValidationError):
     """Every pixel is nodata."""
 
@@ -96,6 +122,7 @@ REASON_CODES: dict[str, type[NaipValidationError]] = {
         NaipBandCountError,
         NaipDtypeError,
         NaipMissingCrsError,
+        NaipResolutionError,
         NaipAllNodataError,
         NaipTooLargeError,
     )
@@ -243,17 +270,53 @@ def open_naip(uri: str, max_pixels: int | None = DEFAULT_MAX_PIXELS, check_nodat
 
 
 def validate_naip(uri: str, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> dict[str, Any]:
-    """Validate a scene and return its metadata (width, height, crs, bounds); raises like
+    """Validate a scene and return its metadata (:func:`raster_header`'s keys); raises like
     :func:`open_naip`."""
     with open_naip(uri, max_pixels=max_pixels) as scene:
-        return {
-            "uri": uri,
-            "width": scene.width,
-            "height": scene.height,
-            "crs": scene.crs.to_string(),
-            "bounds": list(scene.bounds),
-            "nodata": scene.nodata,
-        }
+        return {"uri": uri, **raster_header(scene.dataset)}
+
+
+def raster_header(ds: Any) -> dict[str, Any]:
+    """What an open dataset's header says: size, CRS, bounds, nodata, bands, dtypes, compression and
+    pixel size in metres (None without a CRS). Reads no pixel."""
+    return {
+        "width": int(ds.width),
+        "height": int(ds.height),
+        "crs": ds.crs.to_string() if ds.crs is not None else None,
+        "bounds": list(ds.bounds),
+        "nodata": ds.nodata,
+        "count": int(ds.count),
+        "dtypes": list(ds.dtypes),
+        "compression": ds.compression.value if ds.compression is not None else None,
+        "photometric": ds.photometric.name if ds.photometric is not None else None,
+        "gsd_m": list(pixel_size_m(ds)) if ds.crs is not None else None,
+    }
+
+
+def describe_raster(uri: str) -> dict[str, Any] | None:
+    """:func:`raster_header` of whatever raster is at ``uri``, valid NAIP or not; None when GDAL
+    cannot open it (an empty or corrupt file)."""
+    with ExitStack() as stack:
+        try:
+            return {"uri": str(uri), **raster_header(open_raster(str(uri), stack))}
+        except (RasterioError, FileNotFoundError, OSError):
+            return None
+
+
+def pixel_size_m(ds: Any) -> tuple[float, float]:
+    """``(x, y)`` pixel side in metres of a dataset with a CRS.
+
+    Projected CRSs scale by their linear unit; geographic ones (degrees) convert at the
+    scene's central latitude, which is close enough to tell 0.6 m from 1 m.
+    """
+    xres, yres = (abs(float(r)) for r in ds.res)
+    if ds.crs.is_geographic:
+        bounds = ds.bounds
+        lat = math.radians((bounds.bottom + bounds.top) / 2)
+        # Metres per degree of longitude and latitude on the WGS84 ellipsoid (first terms).
+        return (xres * 111_320.0 * math.cos(lat), yres * 110_574.0)
+    factor = float(ds.crs.linear_units_factor[1])
+    return (xres * factor, yres * factor)
 
 
 def data_mask(ds: Any, window: Window | None = None) -> np.ndarray:
@@ -279,22 +342,30 @@ def _validate(uri: str, ds: Any, max_pixels: int | None, check_nodata: bool) -> 
             f"{ds.width}x{ds.height} = {pixels:,} pixels exceeds the limit of {max_pixels:,}; "
             "split the scene into tiles or raise max_pixels",
         )
+    if ds.count == 3:
+        raise NaipBandCountError(
+            uri,
+            "has 3 bands (RGB, no near-infrared); the model needs 4 bands red, green, blue, nir: NIR is "
+            "required (use NAIP's 4-band product, not the 3-band RGB one)",
+        )
     if ds.count != len(NAIP_BANDS):
         raise NaipBandCountError(
             uri, f"has {ds.count} band(s); expected 4 (red, green, blue, nir) in NAIP band order"
         )
     dtypes = set(ds.dtypes)
     if dtypes != {NAIP_DTYPE}:
-        found = ", ".join(sorted(dtypes))
-        extra = ""
-        if any(np.dtype(d).kind == "f" for d in dtypes) and _has_nan(ds):
-            extra = " and contains NaN values"
-        raise NaipDtypeError(
-            uri, f"has dtype {found}{extra}; expected uint8 digital numbers (0..255) as NAIP is delivered"
-        )
+        raise NaipDtypeError(uri, _dtype_detail(ds, dtypes))
     if ds.crs is None:
         raise NaipMissingCrsError(
             uri, "has no CRS; expected a georeferenced GeoTIFF (NAIP tiles are in UTM, e.g. EPSG:26918)"
+        )
+    gsd = pixel_size_m(ds)
+    if any(abs(side / NAIP_GSD_M - 1.0) > NAIP_GSD_TOLERANCE for side in gsd):
+        raise NaipResolutionError(
+            uri,
+            f"has {gsd[0]:.3g} x {gsd[1]:.3g} m pixels; expected {NAIP_GSD_M:g} m (the model was trained "
+            f"at {NAIP_GSD_M:g} m and the chain does not resample): resample first, e.g. "
+            "`gdalwarp -tr 1 1 -r average in.tif out.tif` in the scene's projected CRS",
         )
     if check_nodata and not _any_valid(uri, ds):
         raise NaipAllNodataError(
@@ -302,14 +373,29 @@ def _validate(uri: str, ds: Any, max_pixels: int | None, check_nodata: bool) -> 
         )
 
 
-def _has_nan(ds: Any) -> bool:
+def _dtype_detail(ds: Any, dtypes: set[str]) -> str:
+    """Why a non-uint8 raster is refused, worded for what it holds."""
+    found = ", ".join(sorted(dtypes))
+    sample = _sample(ds)
+    if any(np.dtype(d).kind == "f" for d in dtypes):
+        nan = " and contains NaN values" if sample is not None and bool(np.isnan(sample).any()) else ""
+        return f"has dtype {found}{nan}; expected uint8 digital numbers (0..255) as NAIP is delivered"
+    top = "" if sample is None else f" (values up to about {int(np.max(sample))})"
+    return (
+        f"has dtype {found}{top}; expected uint8 digital numbers (0..255). A 16-bit file's scale "
+        "depends on its producer and the 8-bit NAIP product is no fixed rescale of it, so no rule here "
+        "maps it onto the 8-bit values the model's normalisation expects: convert it to 8 bits first "
+        "(e.g. `gdal_translate -ot Byte -scale <min> <max> 0 255`, with the range your provider states)"
+    )
+
+
+def _sample(ds: Any) -> np.ndarray | None:
     # A decimated read is enough to word the message; it is not the check itself.
     scale = max(1, math.ceil(max(ds.height, ds.width) / 512))
     try:
-        sample = ds.read(out_shape=(ds.count, max(1, ds.height // scale), max(1, ds.width // scale)))
+        return ds.read(out_shape=(ds.count, max(1, ds.height // scale), max(1, ds.width // scale)))
     except RasterioError:
-        return False
-    return bool(np.isnan(sample).any())
+        return None
 
 
 def _any_valid(uri: str, ds: Any) -> bool:

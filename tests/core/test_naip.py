@@ -14,6 +14,7 @@ from core.naip import (
     NaipDtypeError,
     NaipEmptyError,
     NaipMissingCrsError,
+    NaipResolutionError,
     NaipTooLargeError,
     NaipUnreadableError,
     NaipValidationError,
@@ -36,6 +37,7 @@ EXPECTED = {
     "band_count": NaipBandCountError,
     "dtype": NaipDtypeError,
     "missing_crs": NaipMissingCrsError,
+    "resolution": NaipResolutionError,
     "all_nodata": NaipAllNodataError,
     "too_large": NaipTooLargeError,
 }
@@ -62,7 +64,7 @@ def test_each_bad_input_raises_its_own_error(tmp_path, kind):
 
 
 def test_messages_say_expected_and_found(tmp_path):
-    with pytest.raises(NaipBandCountError, match=r"has 3 band\(s\); expected 4"):
+    with pytest.raises(NaipBandCountError, match=r"has 3 bands \(RGB, no near-infrared\).*NIR is required"):
         open_naip(str(write_bad_naip(tmp_path / "a.tif", "band_count")))
     with pytest.raises(NaipDtypeError, match="float32 and contains NaN"):
         open_naip(str(write_bad_naip(tmp_path / "b.tif", "dtype")))

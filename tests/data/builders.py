@@ -110,6 +110,11 @@ def write_bad_naip(path: str | os.PathLike[str], kind: str, size: int = 32) -> P
         no_crs = {k: v for k, v in base.items() if k != "crs"}
         with rasterio.open(path, "w", count=4, dtype="uint8", nodata=0, **no_crs) as dst:
             dst.write(naip_array(size))
+    elif kind == "resolution":
+        # 0.6 m pixels, as NAIP has been delivered in many states since 2018.
+        fine = base["transform"] @ Affine.scale(0.6)
+        with rasterio.open(path, "w", count=4, dtype="uint8", nodata=0, **{**base, "transform": fine}) as dst:
+            dst.write(naip_array(size))
     elif kind == "all_nodata":
         write_naip(path, size=size, image=np.zeros((4, size, size), dtype=np.uint8))
     elif kind == "too_large":
