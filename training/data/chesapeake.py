@@ -10,21 +10,27 @@ Two folder styles are supported, because the real release and our synthetic data
 * synthetic data (``make synthetic_data``): ``<root>/{train,val,test}/<scene>_naip-new.tif``.
 
 A scene belongs to a split when its parent folder is named after the split or ends with
-``-{split}_tiles``. In ``lc`` rasters both 15 and 0 mean No Data (see
+``-{split}_tiles``. :func:`find_scenes` can keep some states of the release and cap a split's
+scenes by count or by km² (``data.states``, ``data.max_scenes``, ``data.max_km2``, read by
+:func:`scenes_from_config`). In ``lc`` rasters both 15 and 0 mean No Data (see
 :mod:`core.classes`); :func:`label_nodata_counts` counts them for the validation report.
 """
 
 from __future__ import annotations
 
+import itertools
+import re
+from collections.abc import Iterable
 from contextlib import ExitStack
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from rasterio.windows import Window
 
 from core import storage
 from core.classes import EXTRA_NODATA_SOURCE_VALUES, NODATA_SOURCE_VALUE, remap_lc
-from core.naip import open_raster
+from core.naip import open_raster, pixel_size_m
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 IMAGE_SUFFIX = "_naip-new.tif"
@@ -40,6 +46,10 @@ IGNORED_LAYERS: tuple[str, ...] = (
     "buildings",
     "prior_from_cooccurrences_101_31_no_osm_no_buildings",
 )
+
+
+#: A release folder's name starts with its state: ``<state>_1m_<year>_...``.
+_STATE_FOLDER = re.compile(r"^([a-z]{2})_1m_\d{4}_")
 
 
 def release_folder(state: str, split: str) -> str:
@@ -85,16 +95,82 @@ def split_of_folder(folder: str) -> str | None:
     return None
 
 
-def find_scenes(root_uri: str, split: str | None = None) -> list[SceneRecord]:
-    """All scenes under ``root_uri`` (optionally of one split), sorted by split then URI.
+def state_of_folder(folder: str) -> str | None:
+    """The release state a folder holds (``de`` for ``de_1m_2013_...``), or None (synthetic layout)."""
+    match = _STATE_FOLDER.match(folder)
+    return match.group(1) if match else None
+
+
+def state_of(record: SceneRecord) -> str | None:
+    """The release state of a scene, from its folder."""
+    return state_of_folder(record.image_uri.rsplit("/", 2)[-2])
+
+
+def check_states(states: Iterable[str] | None) -> tuple[str, ...] | None:
+    """States as sorted lower-case codes, each one the release has; None keeps every state.
 
     Raises:
-        ValueError: ``split`` is not one of train/val/test.
+        ValueError: a state the release does not have, or an empty list.
+    """
+    if states is None:
+        return None
+    if isinstance(states, str):
+        states = [states]
+    codes = sorted({str(s).strip().lower() for s in states})
+    if not codes:
+        raise ValueError("data.states is an empty list; use null for every state or name some of them")
+    unknown = [s for s in codes if s not in RELEASE_YEARS]
+    if unknown:
+        raise ValueError(
+            f"unknown state(s) {', '.join(map(repr, unknown))}; the release has {', '.join(RELEASE_YEARS)}"
+        )
+    return tuple(codes)
+
+
+def scene_km2(record: SceneRecord) -> float:
+    """Ground area of a scene's image in km², from its header."""
+    with ExitStack() as stack:
+        ds = open_raster(record.image_uri, stack)
+        if ds.crs is None:
+            raise ValueError(f"{record.image_uri} has no CRS, so its area (for data.max_km2) is unknown")
+        x, y = pixel_size_m(ds)
+        return int(ds.width) * int(ds.height) * x * y / 1e6
+
+
+def find_scenes(
+    root_uri: str,
+    split: str | None = None,
+    states: Iterable[str] | None = None,
+    max_scenes: int | None = None,
+    max_km2: float | None = None,
+) -> list[SceneRecord]:
+    """All scenes under ``root_uri`` (optionally of one split), sorted by split then URI.
+
+    Args:
+        states: keep only the release folders of these states (None: all; the synthetic layout
+            has no states, so naming any finds none of its scenes).
+        max_scenes: at most this many scenes (None: no cap).
+        max_km2: at most this much ground area in km² (None: no cap); reads image headers.
+
+    With a cap the scenes are taken in a fixed order, one from each state in turn (states
+    sorted, each state's scenes by URI), until the next one would pass a cap; the result is
+    then sorted like an uncapped one. The same files give the same selection every time.
+
+    Raises:
+        ValueError: ``split`` is not one of train/val/test, an unknown state, a cap that is not
+            positive, or a ``max_km2`` smaller than the first scene.
         DatasetNotFoundError: nothing matched, naming the root and how to get data.
         MissingLabelError: an image has no matching label file.
     """
     if split is not None and split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
+    wanted = check_states(states)
+    if max_scenes is not None and (
+        isinstance(max_scenes, bool) or int(max_scenes) != max_scenes or max_scenes < 1
+    ):
+        raise ValueError(f"data.max_scenes must be a positive integer or null, got {max_scenes!r}")
+    if max_km2 is not None and not float(max_km2) > 0:
+        raise ValueError(f"data.max_km2 must be a positive number of km² or null, got {max_km2!r}")
     root = storage.to_uri(root_uri)
     uris = storage.list_uris(root, suffix=".tif")
     present = set(uris)
@@ -123,7 +199,57 @@ def find_scenes(root_uri: str, split: str | None = None) -> list[SceneRecord]:
             "real CVPR 2019 release, or point the data root at an existing copy."
         )
     order = {s: i for i, s in enumerate(SPLITS)}
-    return sorted(records, key=lambda r: (order[r.split], r.image_uri))
+    records.sort(key=lambda r: (order[r.split], r.image_uri))
+    if wanted is not None:
+        found = sorted({state_of(r) or "none (synthetic layout)" for r in records})
+        records = [r for r in records if state_of(r) in wanted]
+        if not records:
+            raise DatasetNotFoundError(
+                f"no Chesapeake scenes of state(s) {', '.join(wanted)} under {root}"
+                f"{f' for split {split!r}' if split else ''}; the scenes there are of: {', '.join(found)}"
+            )
+    if max_scenes is None and max_km2 is None:
+        return records
+    chosen = _capped(records, max_scenes, max_km2)
+    return sorted(chosen, key=lambda r: (order[r.split], r.image_uri))
+
+
+def _capped(records: list[SceneRecord], max_scenes: int | None, max_km2: float | None) -> list[SceneRecord]:
+    """A prefix of ``records`` taken one state at a time, within both caps."""
+    by_state: dict[str, list[SceneRecord]] = {}
+    for r in sorted(records, key=lambda r: r.image_uri):
+        by_state.setdefault(state_of(r) or "", []).append(r)
+    turns = itertools.zip_longest(*(by_state[s] for s in sorted(by_state)))
+    chosen: list[SceneRecord] = []
+    km2 = 0.0
+    for record in (r for turn in turns for r in turn if r is not None):
+        if max_scenes is not None and len(chosen) >= max_scenes:
+            break
+        if max_km2 is not None:
+            area = scene_km2(record)
+            if km2 + area > max_km2:
+                if not chosen:
+                    raise ValueError(
+                        f"data.max_km2 = {max_km2:g} km² is smaller than the first scene, "
+                        f"{record.image_uri} ({area:.3f} km²)"
+                    )
+                break
+            km2 += area
+        chosen.append(record)
+    return chosen
+
+
+def scenes_from_config(data_cfg: Any, split: str) -> list[SceneRecord]:
+    """The scenes of ``split`` (train/val/test) the ``data`` config selects: its ``root_uri``, the
+    folder name ``splits[split]`` and the optional ``states``, ``max_scenes`` and ``max_km2``
+    (caps per split)."""
+    return find_scenes(
+        data_cfg.root_uri,
+        data_cfg.splits[split],
+        states=data_cfg.get("states"),
+        max_scenes=data_cfg.get("max_scenes"),
+        max_km2=data_cfg.get("max_km2"),
+    )
 
 
 def read_label(uri: str, window: Window | None = None) -> np.ndarray:
