@@ -7,8 +7,9 @@ need ``model.encoder.*`` (and, for the seed's Chesapeake checkpoint, its head).
 
 Reading (:mod:`training.models.unpickler`): the pickle is read by a restricted unpickler that
 imports and runs nothing from the file; tensors stay lazy records until the caller picks
-them. Only the picked storages are read: memory-mapped for local files, by ranged GETs for
-``s3://`` objects, so peak memory stays near the size of what is kept, not the file's.
+them. Only the picked storages are read (straight into the tensors' own memory from local
+files, by ranged GETs from ``s3://`` objects), so peak memory stays near the size of what is
+kept, not the file's; ``data.pkl`` and each storage are bounded by what the file declares.
 Classes a checkpoint pickles that are not on the built-in list can be accepted as inert data
 with ``allow_classes`` (the ``model.checkpoint_allow_classes`` config key); they are still
 never imported. Legacy (pre-1.6) torch files go through ``torch.load(weights_only=True)``;
@@ -21,8 +22,8 @@ that names every offending key, because a silently half-loaded foundation model 
 and predicts garbage. Its subclasses say what went wrong: :class:`PresetMismatchError` (a
 Clay checkpoint of another preset) and :class:`ArchitectureMismatchError` (not a Clay
 checkpoint). Reading failures are :class:`TruncatedCheckpointError`,
-:class:`NotACheckpointError`, :class:`UnsafeCheckpointError` and :class:`InsufficientDiskError`,
-all :class:`CheckpointError` (a ``ValueError``).
+:class:`NotACheckpointError`, :class:`UnsafeCheckpointError`, :class:`OversizedCheckpointError`
+and :class:`InsufficientDiskError`, all :class:`CheckpointError` (a ``ValueError``).
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from training.models.unpickler import (
     LazyTensor,
     NotACheckpointError,
     OpaqueObject,
+    OversizedCheckpointError,
     TruncatedCheckpointError,
     UnsafeCheckpointError,
 )
@@ -58,6 +60,7 @@ __all__ = [
     "InsufficientDiskError",
     "NotACheckpointError",
     "OpaqueObject",
+    "OversizedCheckpointError",
     "PresetMismatchError",
     "TruncatedCheckpointError",
     "UnsafeCheckpointError",
@@ -194,7 +197,9 @@ def _materialize(ckpt: unpickler.CheckpointFile, picked: Mapping[str, object]) -
         for k, v in picked.items()
         if isinstance(v, LazyTensor | unpickler.OpaqueTensor) or not isinstance(v, torch.Tensor)
     }
-    out = ckpt.materialize_all(lazy)
+    # copy=True: tensors handed out of this module are ordinary writable memory (a model may
+    # train them); the unpickler's read-only maps never leave it. Peak = what is kept.
+    out = ckpt.materialize_all(lazy, copy=True)
     return {k: out.get(k, v) for k, v in picked.items()}  # type: ignore[misc]
 
 
@@ -290,8 +295,8 @@ def load_state_dict_file(
 ) -> Mapping[str, object]:
     """The whole top-level object of a ``.ckpt``/``.pt``/``.pth`` or ``.safetensors`` file.
 
-    Every tensor in it is materialised: memory-mapped for local zip checkpoints (cheap until
-    touched), read in full for remote ones. Classes pickled beside the tensors become inert
+    Every tensor in it is materialised into ordinary (writable) memory: the whole file's
+    tensors are read, so prefer :func:`load_encoder_state_dict` for large checkpoints. Classes pickled beside the tensors become inert
     stand-ins (:mod:`training.models.unpickler`); nothing from the file is run. To read only
     the encoder, use :func:`load_encoder_state_dict`.
     """
@@ -299,7 +304,10 @@ def load_state_dict_file(
         if src.raw is None:  # safetensors
             return src.read(src.state)
         found: dict[int, LazyTensor] = {}
-        _collect_lazy(src.raw, found, set())
+        try:
+            _collect_lazy(src.raw, found, set())
+        except RecursionError as exc:  # a pickle can nest deeper than Python can walk
+            raise OversizedCheckpointError(f"{src.uri}: its objects nest too deeply to read") from exc
         if not found:
             return src.raw  # type: ignore[return-value]
         named = {str(i): t for i, t in found.items()}

@@ -32,16 +32,22 @@ import argparse
 import builtins
 import collections
 import datetime
+import errno
 import io
+import itertools
 import logging
+import mmap
 import os
 import pathlib
 import pickle
+import pickletools
 import shutil
 import struct
 import sys
 import tempfile
+import warnings
 import zipfile
+import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -54,6 +60,8 @@ from core import storage
 
 __all__ = [
     "KNOWN_CLASSES",
+    "MAX_PICKLE_BYTES",
+    "MAX_PICKLE_OBJECTS",
     "AttributeDict",
     "CheckpointError",
     "CheckpointFile",
@@ -64,6 +72,7 @@ __all__ = [
     "Namespace",
     "NotACheckpointError",
     "OpaqueObject",
+    "OversizedCheckpointError",
     "RestrictedUnpickler",
     "TruncatedCheckpointError",
     "UnsafeCheckpointError",
@@ -110,6 +119,11 @@ class UnsafeCheckpointError(CheckpointError):
 
 class InsufficientDiskError(CheckpointError):
     """A remote file must be copied to local disk first and there is not enough room."""
+
+
+class OversizedCheckpointError(CheckpointError):
+    """Reading the file would take more memory than it declares or than the configured limits
+    allow (a decompression, memo or nesting bomb, or a pickle over ``max_pickle_bytes``)."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -209,13 +223,16 @@ def _lazy(
 ) -> LazyTensor:
     if not isinstance(storage, _StorageRef):
         raise pickle.UnpicklingError(f"tensor rebuilt from {type(storage).__name__}, not a storage")
-    return LazyTensor(
-        storage,
-        int(offset),
-        tuple(int(s) for s in size),
-        tuple(int(s) for s in stride),
-        dtype or storage.dtype,
-    )
+    size, stride = tuple(int(s) for s in size), tuple(int(s) for s in stride)
+    # Checked here so that no later shape or byte arithmetic sees a negative or int64-overflowing value.
+    if not (0 <= int(offset) <= _MAX_DIM and all(0 <= v <= _MAX_DIM for v in size + stride)):
+        raise pickle.UnpicklingError(f"tensor with offset {offset}, size {list(size)}, stride {list(stride)}")
+    if len(size) != len(stride):
+        raise pickle.UnpicklingError(f"tensor with {len(size)} sizes but {len(stride)} strides")
+    return LazyTensor(storage, int(offset), size, stride, dtype or storage.dtype)
+
+
+_MAX_DIM = 1 << 48  # no real tensor dimension, stride or offset comes near this
 
 
 def _rebuild_tensor(storage: object, offset: int, size: Any, stride: Any) -> LazyTensor:
@@ -626,6 +643,14 @@ _DANGEROUS_MODULES = frozenset(
         "joblib",
     ]
 )
+#: The only torch attributes a pickle may name besides storages and rebuilders. Built once from
+#: ``vars(torch)``: ``getattr(torch, name)`` would run torch's lazy ``__getattr__``, which
+#: imports submodules (``torch.onnx``, ``torch._dynamo``, ...) on the file's say-so.
+_TORCH_VALUES: dict[str, object] = {
+    name: value
+    for name, value in vars(torch).items()
+    if isinstance(value, torch.dtype | torch.layout | torch.memory_format)
+} | {"device": torch.device, "Size": torch.Size}
 _COMPAT_MODULES = {"__builtin__": "builtins", "copy_reg": "copyreg", "UserDict": "collections"}
 _COMPAT_NAMES = {("builtins", "long"): ("builtins", "int"), ("builtins", "unicode"): ("builtins", "str")}
 
@@ -658,12 +683,8 @@ class RestrictedUnpickler(pickle.Unpickler):
             return _rebuild_from_type_v2
         if module == "torch" and name in self._storage_types:
             return self._storage_types[name]
-        if module == "torch" and name in ("device", "Size"):
-            return getattr(torch, name)
-        if module == "torch" and isinstance(
-            getattr(torch, name, None), (torch.dtype, torch.layout, torch.memory_format)
-        ):
-            return getattr(torch, name)
+        if module == "torch" and name in _TORCH_VALUES:
+            return _TORCH_VALUES[name]
         if qualname in KNOWN_CLASSES:
             return KNOWN_CLASSES[qualname]
         if qualname in _DATA_FUNCTIONS:
@@ -695,7 +716,9 @@ class RestrictedUnpickler(pickle.Unpickler):
         storage_type, key, _location, numel = pid[1:5]
         if not isinstance(storage_type, _StorageType):
             raise pickle.UnpicklingError(f"persistent id with storage type {storage_type!r}")
-        return _StorageRef(str(key), storage_type.dtype, int(numel))
+        if not isinstance(numel, int) or not 0 <= numel <= _MAX_DIM:
+            raise pickle.UnpicklingError(f"storage {str(key)[:40]} declares {str(numel)[:40]} elements")
+        return _StorageRef(str(key), storage_type.dtype, numel)
 
 
 def _is_torch_loader(module: str, name: str) -> bool:
@@ -863,13 +886,32 @@ class CheckpointFile:
     _cache: dict[str, torch.Tensor] = field(default_factory=dict)
     #: False for a remote archive whose storages are compressed (no ranged reads): copy it first.
     in_place: bool = True
+    remote: bool = False
 
     @property
     def bytes_read(self) -> int:
         return (self._counter.bytes_read if self._counter else 0) + self._range_bytes
 
-    def materialize_all(self, tensors: Mapping[str, LazyTensor]) -> dict[str, torch.Tensor]:
-        """Real tensors for ``{name: LazyTensor}``; only their storages are read (each once)."""
+    def materialize_all(
+        self, tensors: Mapping[str, LazyTensor], copy: bool = False
+    ) -> dict[str, torch.Tensor]:
+        """Real tensors for ``{name: LazyTensor}``; only their storages are read (each once).
+
+        Local stored members come back as views of read-only shared maps (pages read when
+        touched; **never write to them**, ``clone()`` first) unless ``copy``, which reads them
+        into fresh writable memory. Remote and compressed members are always copies.
+        Every failure is a :class:`CheckpointError` naming the file and the tensor.
+        """
+        try:
+            return self._materialize_all(tensors, copy)
+        except CheckpointError:
+            raise
+        except (*_LOW_LEVEL_ERRORS, OSError) as exc:
+            if isinstance(exc, OSError) and not _is_enomem(exc):
+                raise
+            raise _wrap(self.source, exc) from exc
+
+    def _materialize_all(self, tensors: Mapping[str, LazyTensor], copy: bool) -> dict[str, torch.Tensor]:
         if self.byteorder != sys.byteorder:
             raise NotACheckpointError(
                 f"{self.source} was saved {self.byteorder}-endian; this reader is {sys.byteorder}-endian"
@@ -900,7 +942,21 @@ class CheckpointFile:
             total / 1e6,
             self.size / 1e6,
         )
-        self._cache.update(self._reader(list(need.values())))
+        owner = {}
+        for name, lazy in tensors.items():
+            owner.setdefault(lazy.storage.key, name)
+        # One storage at a time, so a failure names its tensor (remote spans are batched inside).
+        batch = [list(need.values())] if self.remote else [[ref] for ref in need.values()]
+        for refs in batch:
+            try:
+                self._cache.update(self._reader(refs, copy))
+            except (CheckpointError, *_LOW_LEVEL_ERRORS, OSError) as exc:
+                if isinstance(exc, OSError) and not _is_enomem(exc):
+                    raise
+                what = f"tensor {owner[refs[0].key]}" if len(refs) == 1 else f"one of {len(refs)} tensors"
+                err = exc if isinstance(exc, CheckpointError) else _wrap(self.source, exc)
+                err.args = (f"{err.args[0] if err.args else err} ({what})",)
+                raise err from exc
         out = {}
         for name, lazy in tensors.items():
             flat = self._cache[lazy.storage.key]
@@ -911,8 +967,45 @@ class CheckpointFile:
             )
             if (lazy.offset + span) * _itemsize(lazy.dtype) > lazy.storage.nbytes:
                 raise NotACheckpointError(f"{self.source}: {name} {list(lazy.size)} reaches past its storage")
-            out[name] = torch.empty((0,), dtype=lazy.dtype).set_(flat, lazy.offset, lazy.size, lazy.stride)
+            try:
+                out[name] = torch.empty((0,), dtype=lazy.dtype).set_(
+                    flat, lazy.offset, lazy.size, lazy.stride
+                )
+            except _LOW_LEVEL_ERRORS as exc:
+                raise NotACheckpointError(f"{self.source}: tensor {name} cannot be rebuilt: {exc}") from exc
         return out
+
+
+#: What the standard library and torch raise on hostile input; wrapped as CheckpointError at the
+#: boundaries (open_checkpoint, materialize_all) so callers see one family naming the file.
+_LOW_LEVEL_ERRORS = (
+    RuntimeError,
+    ValueError,
+    TypeError,
+    RecursionError,
+    MemoryError,
+    OverflowError,
+    struct.error,
+    zipfile.BadZipFile,
+    zlib.error,
+    EOFError,
+    KeyError,
+    IndexError,
+)
+
+
+def _is_enomem(exc: BaseException) -> bool:
+    # mmap and read fail with ENOMEM under a memory limit; other OSErrors (network, missing
+    # file) are not about the file's content and pass through unchanged.
+    return isinstance(exc, OSError) and exc.errno == errno.ENOMEM
+
+
+def _wrap(source: str, exc: BaseException) -> CheckpointError:
+    if isinstance(exc, RecursionError | MemoryError) or _is_enomem(exc):
+        return OversizedCheckpointError(f"{source}: reading it needs more memory than is available: {exc!r}")
+    if isinstance(exc, EOFError):
+        return TruncatedCheckpointError(f"{source}: ends early: {exc}")
+    return NotACheckpointError(f"{source}: cannot be read as a torch checkpoint: {type(exc).__name__}: {exc}")
 
 
 def _describe(name: str, lazy: object) -> str:
@@ -931,18 +1024,93 @@ def _sniff(head: bytes) -> str:
     return "unknown"
 
 
-def _unpickle(raw: IO[bytes], source: str, allow_classes: Iterable[str]) -> tuple[object, set[str]]:
-    unpickler = RestrictedUnpickler(raw, source, allow_classes)
+#: Default bound on a checkpoint's ``data.pkl`` (inflated). Lightning checkpoints pickle their
+#: tensors as small records: even the 5.16 GB official Clay file's pickle is a few MB.
+MAX_PICKLE_BYTES = 64 << 20
+#: Bound on the objects a pickle may push (each costs ~50-100 bytes of Python memory however
+#: short its opcode): ~10x what a checkpoint of MAX_PICKLE_BYTES honestly holds.
+MAX_PICKLE_OBJECTS = 4_000_000
+_MEMO_OPS = frozenset(["PUT", "BINPUT", "LONG_BINPUT", "MEMOIZE"])
+
+
+def _scan_pickle(data: bytes, source: str) -> None:
+    """Refuse resource bombs before the C unpickler runs: memo indices past the number of memo
+    entries the pickle makes (CPython grows its memo array to the index: a 5-byte
+    LONG_BINPUT costs gigabytes) and more objects than :data:`MAX_PICKLE_OBJECTS`."""
+    memo_ops = pushes = 0
+    top_index = -1
+    try:
+        for op, arg, _pos in pickletools.genops(data):
+            if op.name in _MEMO_OPS:
+                memo_ops += 1
+                if op.name != "MEMOIZE":
+                    top_index = max(top_index, int(arg))
+            elif op.stack_after:
+                pushes += 1
+    except ValueError as exc:  # genops reads lengths and arguments; malformed data ends here
+        cls = (
+            TruncatedCheckpointError
+            if "exhausted" in str(exc) or "but only" in str(exc)
+            else NotACheckpointError
+        )
+        raise cls(f"{source}: its pickle (data.pkl, {len(data)} bytes) is malformed: {exc}") from exc
+    if top_index >= memo_ops:
+        raise OversizedCheckpointError(
+            f"{source}: its pickle stores memo entry {top_index} but makes only {memo_ops}: a memo bomb "
+            "(refused before unpickling)"
+        )
+    if pushes > MAX_PICKLE_OBJECTS:
+        raise OversizedCheckpointError(
+            f"{source}: its pickle builds {pushes} objects, over the limit of {MAX_PICKLE_OBJECTS}"
+        )
+
+
+def _unpickle(data: bytes, source: str, allow_classes: Iterable[str]) -> tuple[object, set[str]]:
+    _scan_pickle(data, source)
+    unpickler = RestrictedUnpickler(io.BytesIO(data), source, allow_classes)
     try:
         return unpickler.load(), unpickler.globals_seen
-    except UnsafeCheckpointError:
+    except CheckpointError:
         raise
+    except (RecursionError, MemoryError) as exc:
+        raise OversizedCheckpointError(
+            f"{source}: its pickle is too deep or too large to read: {exc!r}"
+        ) from exc
     except EOFError as exc:
         raise TruncatedCheckpointError(
             f"{source}: its pickle (data.pkl) ends early: the file is truncated"
         ) from exc
-    except (pickle.UnpicklingError, ValueError, TypeError, AttributeError, IndexError, KeyError) as exc:
+    except (
+        pickle.UnpicklingError,
+        ValueError,
+        TypeError,
+        AttributeError,
+        IndexError,
+        KeyError,
+        OverflowError,
+        RuntimeError,
+        struct.error,
+    ) as exc:
         raise NotACheckpointError(f"{source}: cannot read its pickle as a checkpoint: {exc}") from exc
+
+
+def _read_member(zf: zipfile.ZipFile, name: str, limit: int, source: str) -> bytes:
+    """A small member (``data.pkl``, ``byteorder``), refused past ``limit`` bytes inflated.
+
+    zipfile inflates incrementally (``decompress(data, max_length)``), so at most ``limit + 1``
+    bytes are ever produced, whatever the member expands to.
+    """
+    info = zf.getinfo(name)
+    if info.file_size > limit:
+        raise OversizedCheckpointError(
+            f"{source}: {name} declares {info.file_size} bytes, over the limit of {limit} "
+            "(open_checkpoint(max_pickle_bytes=...))"
+        )
+    with zf.open(info) as fh:
+        data = fh.read(limit + 1)
+    if len(data) > limit:
+        raise OversizedCheckpointError(f"{source}: {name} inflates past the limit of {limit} bytes")
+    return data
 
 
 def _root_and_pickle(names: Iterable[str], source: str) -> tuple[str, str]:
@@ -953,13 +1121,13 @@ def _root_and_pickle(names: Iterable[str], source: str) -> tuple[str, str]:
 
 
 def _open_zip(
-    raw: IO[bytes], size: int, source: str, allow_classes: Iterable[str]
+    raw: IO[bytes], size: int, source: str, allow_classes: Iterable[str], max_pickle_bytes: int
 ) -> tuple[object, dict[str, _Member], str, str, set[str]]:
     """Unpickle a torch zip archive read through ``raw``: (obj, members, root, byteorder, globals)."""
     try:
         zf = zipfile.ZipFile(raw)
     except zipfile.BadZipFile:
-        return _open_truncated_zip(raw, size, source, allow_classes)
+        return _open_truncated_zip(raw, size, source, allow_classes, max_pickle_bytes)
     with zf:
         root, pkl = _root_and_pickle(zf.namelist(), source)
         members = {
@@ -971,18 +1139,32 @@ def _open_zip(
             raise TruncatedCheckpointError(
                 f"{source}: the zip directory points past the end of the file ({size} bytes)"
             )
+        _check_no_overlap(members, source)
         byteorder = (
-            zf.read(f"{root}/byteorder").decode().strip() if f"{root}/byteorder" in members else "little"
+            _read_member(zf, f"{root}/byteorder", 16, source).decode(errors="replace").strip()
+            if f"{root}/byteorder" in members
+            else "little"
         )
         try:
             # One read of the whole (small) pickle: on S3 that is one ranged GET, not many.
-            obj, seen = _unpickle(io.BytesIO(zf.read(pkl)), source, allow_classes)
+            data = _read_member(zf, pkl, max_pickle_bytes, source)
+            obj, seen = _unpickle(data, source, allow_classes)
         except zipfile.BadZipFile as exc:
             raise NotACheckpointError(f"{source}: {pkl} is corrupt: {exc}") from exc
     return obj, members, root, byteorder, seen
 
 
-def _open_truncated_zip(raw: IO[bytes], size: int, source: str, allow_classes: Iterable[str]) -> tuple:
+def _check_no_overlap(members: dict[str, _Member], source: str) -> None:
+    # Overlapping members are how zip bombs reuse one compressed run many times.
+    ordered = sorted(members.values(), key=lambda m: m.header_offset)
+    for a, b in itertools.pairwise(ordered):
+        if a.header_offset + _LOCAL_HEADER.size + a.size > b.header_offset:
+            raise NotACheckpointError(f"{source}: zip members {a.name} and {b.name} overlap")
+
+
+def _open_truncated_zip(
+    raw: IO[bytes], size: int, source: str, allow_classes: Iterable[str], max_pickle_bytes: int
+) -> tuple:
     """No central directory. If it starts like a torch archive, it was cut short: say what is lost."""
     raw.seek(0)
     head = raw.read(_LOCAL_HEADER.size + 1024)
@@ -999,8 +1181,12 @@ def _open_truncated_zip(raw: IO[bytes], size: int, source: str, allow_classes: I
         )
     root = first.split("/", 1)[0]
     offset, length = present[first]
+    if length > max_pickle_bytes:
+        raise OversizedCheckpointError(
+            f"{source}: its data.pkl is {length} bytes, over the limit of {max_pickle_bytes}"
+        )
     raw.seek(offset)
-    obj, _seen = _unpickle(io.BytesIO(raw.read(length)), source, allow_classes)
+    obj, _seen = _unpickle(raw.read(length), source, allow_classes)
     storages = {f"{root}/data/{ref.key}": ref.nbytes for ref in _storage_refs(obj)}
     present = _scan_local_headers(raw, size, storages.get)
     state = _state_mapping(obj)
@@ -1044,34 +1230,97 @@ def _state_mapping(obj: object) -> Mapping | None:
 
 
 def _local_reader(path: Path, members: dict[str, _Member], root: str, size: int, source: str) -> Callable:
-    whole: list[torch.UntypedStorage] = []
-
-    def read(refs: list[_StorageRef]) -> dict[str, torch.Tensor]:
+    def read(refs: list[_StorageRef], copy: bool) -> dict[str, torch.UntypedStorage]:
         out = {}
         with open(path, "rb") as f:
-            for ref in refs:
-                member = members[f"{root}/data/{ref.key}"]
-                f.seek(member.header_offset)
-                header = f.read(_LOCAL_HEADER.size + 1024)
-                data_offset, method, _, _ = _parse_local_header(header, member.header_offset)
-                _check_member(member, ref, data_offset, size, source)
-                if method != zipfile.ZIP_STORED:
-                    out[ref.key] = _decompress(f, member, ref)
-                    continue
-                if not whole:  # one private mapping of the whole file: pages load when touched
-                    whole.append(torch.UntypedStorage.from_file(str(path), shared=False, nbytes=size))
-                out[ref.key] = whole[0][data_offset : data_offset + ref.nbytes]
+            zf: zipfile.ZipFile | None = None
+            try:
+                for ref in refs:
+                    member = members[f"{root}/data/{ref.key}"]
+                    f.seek(member.header_offset)
+                    header = f.read(_LOCAL_HEADER.size + 1024)
+                    data_offset, method, _, _ = _parse_local_header(header, member.header_offset)
+                    _check_member(member, ref, data_offset, size, source)
+                    if method != zipfile.ZIP_STORED:
+                        zf = zf or zipfile.ZipFile(f)
+                        out[ref.key] = _decompress(zf, member, ref, source)
+                    elif copy:
+                        out[ref.key] = _read_range(f, data_offset, ref.nbytes)
+                    else:
+                        out[ref.key] = _map_range(f, data_offset, ref.nbytes)
+            finally:
+                if zf is not None:
+                    zf.close()
         return out
 
     return read
 
 
-def _decompress(f: IO[bytes], member: _Member, ref: _StorageRef) -> torch.UntypedStorage:
-    f.seek(0)
-    with zipfile.ZipFile(f) as zf:
-        data = zf.read(member.name)
+def _read_range(f: IO[bytes], offset: int, nbytes: int) -> torch.UntypedStorage:
+    """``nbytes`` from ``offset`` into fresh (writable, anonymous) memory: what is kept, once."""
+    buf = torch.empty(nbytes, dtype=torch.uint8)
+    view, done = memoryview(buf.numpy()), 0
+    f.seek(offset)
+    while done < nbytes:
+        n = f.readinto(view[done : done + _CHUNK])
+        if not n:
+            raise TruncatedCheckpointError(f"file ends {nbytes - done} bytes before the storage does")
+        done += n
+    return buf.untyped_storage()
+
+
+def _map_range(f: IO[bytes], offset: int, nbytes: int) -> torch.UntypedStorage:
+    """A read-only, shared map of just ``[offset, offset + nbytes)`` (page-aligned).
+
+    Shared read-only pages are page cache: the kernel neither charges them as commit (a private
+    writable map of a 5 GB file fails on a host with less RAM+swap) nor counts untouched ones.
+    The storage must not be written (the pages are PROT_READ); copy it to modify it.
+    """
+    if nbytes == 0:
+        return torch.UntypedStorage(0)
+    start = offset - offset % mmap.ALLOCATIONGRANULARITY
+    mapped = mmap.mmap(f.fileno(), offset + nbytes - start, access=mmap.ACCESS_READ, offset=start)
+    with warnings.catch_warnings():
+        # torch warns that the buffer is not writable: that is the point, and it is documented.
+        warnings.filterwarnings("ignore", message="The given buffer is not writable")
+        flat = torch.frombuffer(mapped, dtype=torch.uint8, count=nbytes, offset=offset - start)
+    return flat.untyped_storage()
+
+
+_CHUNK = 1 << 20
+#: Deflate's best ratio is ~1032:1; a member claiming more is forged or truncated.
+_MAX_DEFLATE_RATIO = 1032
+
+
+def _decompress(zf: zipfile.ZipFile, member: _Member, ref: _StorageRef, source: str) -> torch.UntypedStorage:
+    """Inflate one storage into a buffer of its declared size; never past it.
+
+    zipfile inflates with ``max_length``: each ``read`` produces at most what was asked for,
+    so a member that inflates to gigabytes costs ``ref.nbytes`` + one chunk before refusal.
+    """
+    if ref.nbytes > member.size * _MAX_DEFLATE_RATIO + _CHUNK:
+        raise OversizedCheckpointError(
+            f"{source}: storage {ref.key} declares {ref.nbytes} bytes from {member.size} compressed ones"
+        )
+    if member.size > ref.nbytes + ref.nbytes // 100 + (64 << 10):  # deflate never grows data this much
+        raise OversizedCheckpointError(
+            f"{source}: storage {ref.key} is {member.size} bytes compressed for {ref.nbytes} declared"
+        )
     buf = torch.empty(ref.nbytes, dtype=torch.uint8)
-    buf.numpy()[:] = memoryview(data)[: ref.nbytes]
+    view, done = memoryview(buf.numpy()), 0
+    with zf.open(member.name) as fh:
+        while done < ref.nbytes:
+            chunk = fh.read(min(_CHUNK, ref.nbytes - done))
+            if not chunk:
+                raise TruncatedCheckpointError(
+                    f"{source}: storage {ref.key} inflates to {done} bytes, needs {ref.nbytes}"
+                )
+            view[done : done + len(chunk)] = chunk
+            done += len(chunk)
+        if fh.read(1):
+            raise OversizedCheckpointError(
+                f"{source}: storage {ref.key} inflates past its declared {ref.nbytes} bytes (refused)"
+            )
     return buf.untyped_storage()
 
 
@@ -1112,7 +1361,7 @@ def _spans(wanted: list[tuple[_Member, _StorageRef]], size: int) -> list[tuple[i
 def _remote_reader(
     uri: str, members: dict[str, _Member], root: str, size: int, source: str, file: CheckpointFile
 ) -> Callable:
-    def read(refs: list[_StorageRef]) -> dict[str, torch.UntypedStorage]:
+    def read(refs: list[_StorageRef], copy: bool) -> dict[str, torch.UntypedStorage]:
         wanted = [(members[f"{root}/data/{r.key}"], r) for r in refs]
         if any(m.compress_type != zipfile.ZIP_STORED for m, _ in wanted):
             raise NotACheckpointError(f"{source}: compressed zip members cannot be read in place")
@@ -1147,16 +1396,34 @@ def _remote_reader(
 
 @contextmanager
 def open_checkpoint(
-    source: str | os.PathLike[str], allow_classes: Iterable[str] = ()
+    source: str | os.PathLike[str],
+    allow_classes: Iterable[str] = (),
+    *,
+    max_pickle_bytes: int = MAX_PICKLE_BYTES,
 ) -> Iterator[CheckpointFile]:
     """Open a torch zip checkpoint (local path, ``file://`` or ``s3://``) without running it.
 
-    Local files are memory-mapped; ``s3://`` objects are read in place with ranged GETs.
-    Raises :class:`NotACheckpointError`, :class:`TruncatedCheckpointError` or
-    :class:`UnsafeCheckpointError`. Legacy (pre-1.6, non-zip) torch files and safetensors
-    files are not handled here (see :mod:`training.models.checkpoint`).
+    Local storages are mapped read-only and shared, each on its own byte range, when read;
+    ``s3://`` objects are read in place with ranged GETs. ``data.pkl`` may inflate to at most
+    ``max_pickle_bytes``; each storage to exactly the size the pickle declares for it.
+    Raises :class:`NotACheckpointError`, :class:`TruncatedCheckpointError`,
+    :class:`UnsafeCheckpointError` or :class:`OversizedCheckpointError` (all
+    :class:`CheckpointError`, naming the file). Legacy (pre-1.6, non-zip) torch files and
+    safetensors files are not handled here (see :mod:`training.models.checkpoint`).
     """
     uri = str(source)
+    try:
+        ckpt = _open(uri, allow_classes, max_pickle_bytes)
+    except CheckpointError:
+        raise
+    except (*_LOW_LEVEL_ERRORS, OSError) as exc:
+        if isinstance(exc, OSError) and not _is_enomem(exc):
+            raise
+        raise _wrap(uri, exc) from exc
+    yield ckpt  # outside the try: the caller's own errors in the with-block pass through
+
+
+def _open(uri: str, allow_classes: Iterable[str], max_pickle_bytes: int) -> CheckpointFile:
     local = storage.local_path(uri)
     if local is not None:
         if not local.exists():
@@ -1168,19 +1435,9 @@ def open_checkpoint(
                 raise NotACheckpointError(_not_zip_message(uri, kind, size))
             raw.seek(0)
             counter = _CountingReader(raw)
-            obj, members, root, order, seen = _open_zip(counter, size, uri, allow_classes)
-        yield CheckpointFile(
-            uri,
-            size,
-            obj,
-            members,
-            root,
-            _local_reader(local, members, root, size, uri),
-            order,
-            seen,
-            counter,
-        )
-        return
+            obj, members, root, order, seen = _open_zip(counter, size, uri, allow_classes, max_pickle_bytes)
+        reader = _local_reader(local, members, root, size, uri)
+        return CheckpointFile(uri, size, obj, members, root, reader, order, seen, counter)
     fs, path = storage.filesystem(uri)
     try:
         size = int(fs.size(path))
@@ -1192,15 +1449,16 @@ def open_checkpoint(
     # Small blocks: the zip directory and data.pkl are fetched without reading ahead 50 MB.
     with fs.open(path, "rb", block_size=_REMOTE_BLOCK_BYTES, cache_type="readahead") as handle:
         counter = _CountingReader(handle)
-        obj, members, root, order, seen = _open_zip(counter, size, uri, allow_classes)
-    ckpt = CheckpointFile(uri, size, obj, members, root, lambda refs: {}, order, seen, counter)
+        obj, members, root, order, seen = _open_zip(counter, size, uri, allow_classes, max_pickle_bytes)
+    ckpt = CheckpointFile(uri, size, obj, members, root, lambda refs, copy: {}, order, seen, counter)
     ckpt._reader = _remote_reader(uri, members, root, size, uri, ckpt)
+    ckpt.remote = True
     ckpt.in_place = all(
         m.compress_type == zipfile.ZIP_STORED
         for name, m in members.items()
         if name.startswith(f"{root}/data/")
     )
-    yield ckpt
+    return ckpt
 
 
 def _not_zip_message(uri: str, kind: str, size: int) -> str:
