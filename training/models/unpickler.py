@@ -1097,8 +1097,8 @@ def _unpickle(data: bytes, source: str, allow_classes: Iterable[str]) -> tuple[o
 def _read_member(zf: zipfile.ZipFile, name: str, limit: int, source: str) -> bytes:
     """A small member (``data.pkl``, ``byteorder``), refused past ``limit`` bytes inflated.
 
-    zipfile inflates incrementally (``decompress(data, max_length)``), so at most ``limit + 1``
-    bytes are ever produced, whatever the member expands to.
+    zipfile inflates incrementally (``decompress(data, max_length)``) and stops at the size the
+    zip declares (checked against ``limit`` first), whatever the member really expands to.
     """
     info = zf.getinfo(name)
     if info.file_size > limit:
@@ -1107,7 +1107,8 @@ def _read_member(zf: zipfile.ZipFile, name: str, limit: int, source: str) -> byt
             "(open_checkpoint(max_pickle_bytes=...))"
         )
     with zf.open(info) as fh:
-        data = fh.read(limit + 1)
+        # Asking for the declared size (+1) bounds each inflate step by it, not by ``limit``.
+        data = fh.read(info.file_size + 1)
     if len(data) > limit:
         raise OversizedCheckpointError(f"{source}: {name} inflates past the limit of {limit} bytes")
     return data
