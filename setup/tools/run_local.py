@@ -22,8 +22,16 @@
     measured large-preset throughput (``--bench``), the time and cost of the large preset per
     block and per scene on Lambda.
 
-All print a summary table: scenes, km², class areas, drift flags, quarantined inputs, time.
-A champion must exist in the registry (``make train_baseline`` makes one).
+``landcover infer --dry-run [--json] [hydra overrides]`` (``run --dry-run``)
+    What a run would do, writing nothing (no ledger row, no object): the scenes under the input
+    prefix with the process step's own listing and validation (size, CRS, bands, ok or
+    quarantined with the reason), their blocks as the process step plans them, and each scene's
+    estimated Lambda seconds and USD from a measured speed (the ledger's block durations, else
+    ``make bench``'s report), with totals; ``--json`` prints the same as JSON
+    (:mod:`inference.dry_run`). Without any measurement it says so and estimates nothing.
+
+All but the dry run print a summary table: scenes, km², class areas, drift flags, quarantined
+inputs, time. A champion must exist in the registry (``make train_baseline`` makes one).
 """
 
 from __future__ import annotations
@@ -458,6 +466,17 @@ def upload_and_run(
     return summaries
 
 
+def dry_run_command(settings: ChainSettings, bench: Path, preset: str, as_json: bool) -> int:
+    """Print the dry run's table (or JSON); no champion is required and nothing is written."""
+    import json
+
+    from inference.dry_run import dry_run, format_report
+
+    report = dry_run(settings, bench, preset)
+    log.info("%s", json.dumps(report.to_dict(), indent=2) if as_json else format_report(report))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m setup.tools.run_local", description=__doc__.split("\n")[0]
@@ -486,6 +505,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                 default=Path("outputs/bench/bench.json"),
                 help="make bench's report, for the large preset's measured throughput",
             )
+            p.add_argument(
+                "--dry-run",
+                action="store_true",
+                help="list the scenes, their verdicts, blocks and estimated Lambda time and cost; write nothing",
+            )
+            p.add_argument("--json", action="store_true", help="with --dry-run: print the report as JSON")
+            p.add_argument(
+                "--bench-preset",
+                default="large",
+                help="with --dry-run: the bench report's preset to estimate with (default large)",
+            )
         else:
             p.add_argument("--scenes", type=int, default=3, help="scenes to drop (default 3)")
             p.add_argument("--interval", type=float, default=10.0, help="seconds between drops (default 10)")
@@ -498,7 +528,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 help="coalescing window in seconds (default: infra.trigger_window_s, else TRIGGER_WINDOW_S)",
             )
     args = parser.parse_args(argv)
-    configure_console(logging.INFO if args.verbose else logging.WARNING, verbose=args.verbose)
+    dry = args.command == "run" and args.dry_run
+    if getattr(args, "json", False) and not dry:
+        parser.error("--json goes with --dry-run")
+    # With --json stdout carries the JSON alone: the libraries' warnings stay off it.
+    quiet = logging.ERROR if dry and args.json else logging.WARNING
+    configure_console(logging.INFO if args.verbose else quiet, verbose=args.verbose)
     log.setLevel(logging.INFO)  # this command's own lines, whatever the libraries' level
 
     from core.config import REPO_ROOT
@@ -508,6 +543,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         settings = load_settings(args.overrides, args.ledger_url, args.s3_prefix)
+        if dry:
+            return dry_run_command(settings, REPO_ROOT / args.bench, args.bench_preset, args.json)
         pointer = champion(settings)
         prepare_ledger(settings)
         log.info(
