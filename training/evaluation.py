@@ -41,8 +41,10 @@ __all__ = [
     "EvaluationReport",
     "evaluate_cached",
     "evaluate_foreign",
+    "evaluate_foreign_families",
     "evaluate_served",
     "majority_class",
+    "patch_majority_counts",
     "render_confusion_matrix",
     "render_samples",
     "served_throughput",
@@ -386,6 +388,30 @@ def _served_metrics(
     return metrics
 
 
+#: Smallest uniform patch (px) counted by the within-patch majority share.
+MIN_PATCH_AREA = 64
+
+
+def patch_majority_counts(truth: np.ndarray, pred: np.ndarray, keep: np.ndarray) -> tuple[int, int]:
+    """(pixels carrying their patch's majority prediction, pixels) over the uniform patches of
+    ``truth``: its 4-connected single-class regions of at least :data:`MIN_PATCH_AREA` kept pixels."""
+    from scipy import ndimage
+
+    ids = np.zeros(truth.shape, dtype=np.int64)
+    count = 0
+    for value in np.unique(truth[keep]):
+        labelled, n = ndimage.label(keep & (truth == value))
+        ids[labelled > 0] = labelled[labelled > 0] + count
+        count += n
+    inside = ids > 0
+    num_classes = int(max(pred.max(initial=0), truth.max(initial=0))) + 1
+    votes = np.bincount(ids[inside] * num_classes + pred[inside], minlength=(count + 1) * num_classes)
+    votes = votes.reshape(count + 1, num_classes)[1:]
+    area = votes.sum(1)
+    big = area >= MIN_PATCH_AREA
+    return int(votes.max(1)[big].sum()), int(area[big].sum())
+
+
 def evaluate_foreign(
     predictor: Any,
     scenes: list[SceneRecord],
@@ -394,14 +420,16 @@ def evaluate_foreign(
     overlap: int | None = None,
     batch_size: int | None = None,
 ) -> dict[str, Any]:
-    """Pixel accuracy (and per-class recall) of ``predictor`` on scenes of another family
-    (:mod:`training.data.foreign`), through the same scene predictor as :func:`evaluate_served`."""
+    """Pixel accuracy, per-class recall and within-patch majority share of ``predictor`` on
+    scenes of another family (:mod:`training.data.foreign`), through the same scene predictor
+    as :func:`evaluate_served`."""
     from inference.predict import predict_scene
     from inference.settings import ChainDefaults
 
     defaults = ChainDefaults()
     num_classes = int(predictor.num_classes)
     confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
+    majority, patch_pixels = 0, 0
     for scene in scenes:
         truth = read_label(scene.label_uri)
         pred = predict_scene(
@@ -415,15 +443,51 @@ def evaluate_foreign(
         confusion += np.bincount(
             truth[keep].astype(np.int64) * num_classes + pred.classes[keep], minlength=num_classes**2
         ).reshape(num_classes, num_classes)
+        got, pixels = patch_majority_counts(truth, pred.classes.astype(np.int64), keep)
+        majority, patch_pixels = majority + got, patch_pixels + pixels
     total = int(confusion.sum())
     support = confusion.sum(1)
     return {
         "pixel_accuracy": float(np.trace(confusion) / total) if total else None,
+        "patch_majority_share": majority / patch_pixels if patch_pixels else None,
         "per_class_recall": {
             CLASS_NAMES[i]: float(confusion[i, i] / support[i]) for i in range(num_classes) if support[i]
         },
         "pixels": total,
         "scenes": [s.scene_id for s in scenes],
+    }
+
+
+def evaluate_foreign_families(
+    predictor: Any, root_uri: str, seed: int, ignore_index: int | None = None, **window: Any
+) -> dict[str, Any]:
+    """:func:`evaluate_foreign` on every family of :data:`training.data.foreign.FOREIGN_FAMILIES`
+    (scenes written under ``root_uri/<family>``), with the worst family's figures on top: a
+    model is as robust as its worst family, not its mean."""
+    from core import storage
+    from training.data.foreign import FOREIGN_FAMILIES, write_family_scenes
+
+    results = {}
+    for family in FOREIGN_FAMILIES:
+        scenes = write_family_scenes(storage.join(root_uri, family.name), family, seed=seed)
+        results[family.name] = {
+            "family": family.describe(),
+            **evaluate_foreign(predictor, scenes, ignore_index=ignore_index, **window),
+        }
+        log.info(
+            "[foreign] %-14s pixel accuracy %.4f, within-patch majority %.4f",
+            family.name,
+            results[family.name]["pixel_accuracy"],
+            results[family.name]["patch_majority_share"],
+        )
+    worst = min(results, key=lambda name: results[name]["pixel_accuracy"])
+    least_consistent = min(results, key=lambda name: results[name]["patch_majority_share"])
+    return {
+        "worst_family": worst,
+        "pixel_accuracy": results[worst]["pixel_accuracy"],
+        "least_consistent_family": least_consistent,
+        "patch_majority_share": results[least_consistent]["patch_majority_share"],
+        "families": results,
     }
 
 

@@ -274,6 +274,10 @@ class CachedFeatures(Dataset):
             gain drawn from ``U(1 - brightness_jitter, 1 + brightness_jitter)``: exposure and sun
             elevation change overall brightness but keep band ratios (NDVI). 0 turns it off
             (the baseline's setting: 0.15 measured worse on the served path).
+        pixel_noise: with ``augment``, add independent per-pixel Gaussian noise to an item's
+            chip, its std (digital numbers) drawn from ``U(0, pixel_noise)`` per item: sensors
+            differ in noise, and a head that trusts single pixels labels a noisy uniform field
+            salt-and-pepper. The cached features stay those of the chip as acquired. 0 = off.
     """
 
     def __init__(
@@ -284,6 +288,7 @@ class CachedFeatures(Dataset):
         seed: int = 0,
         band_jitter: float = 0.0,
         brightness_jitter: float = 0.0,
+        pixel_noise: float = 0.0,
     ):
         manifest = json.loads(storage.read_text(storage.join(split_uri, artifacts.FEATURE_MANIFEST_NAME)))
         parts = [_download_tensors(shard["uri"]) for shard in manifest["shards"]]
@@ -304,6 +309,9 @@ class CachedFeatures(Dataset):
             raise ValueError(f"brightness_jitter must be in [0, 1), got {brightness_jitter}")
         self.augment, self.crop, self.band_jitter = augment, crop, float(band_jitter)
         self.brightness_jitter = float(brightness_jitter)
+        if pixel_noise < 0:
+            raise ValueError(f"pixel_noise must be >= 0, got {pixel_noise}")
+        self.pixel_noise = float(pixel_noise)
         self.generator = torch.Generator().manual_seed(seed)
         if crop is not None and len(self.features):
             size, grid = self.labels.shape[-1], self.features.shape[-1]  # the last axis in every layout
@@ -367,6 +375,10 @@ class CachedFeatures(Dataset):
                 gain = gain * (1.0 + self.brightness_jitter * (2.0 * draw - 1.0))
             # On digital numbers: x' = (g * (x * std + mean) - mean) / std.
             pixels = (gain * (pixels * self._std + self._mean) - self._mean) / self._std
+        if self.augment and pixels is not None and self.pixel_noise:
+            sigma = self.pixel_noise * float(torch.rand(1, generator=self.generator))
+            noise = torch.randn(pixels.shape, generator=self.generator) * sigma
+            pixels = pixels + noise / self._std  # DN noise in normalised units
         item = {"features": features.contiguous(), "mask": mask.contiguous()}
         if pixels is not None:
             item["pixels"] = pixels.contiguous()
