@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
 import struct
 import subprocess
 import sys
@@ -20,45 +19,15 @@ from collections import OrderedDict
 from pathlib import Path
 
 import pytest
-import torch
+
+from tests.models.ckpt_builders import ROOT, Storage, Tensor, torch_pickle
 
 REPO = Path(__file__).resolve().parents[2]
 GROWTH_LIMIT = 300 << 20  # what one refused bomb may cost, over the child's baseline
-ROOT = "archive"
 
 
-class _Storage:
-    """Pickles as torch's persistent id for a storage ``key`` of ``numel`` elements."""
-
-    def __init__(self, key: str, numel: int, dtype: type = torch.FloatStorage) -> None:
-        self.key, self.numel, self.dtype = key, numel, dtype
-
-
-class _Tensor:
-    def __init__(self, storage: _Storage, offset: int, size: tuple, stride: tuple) -> None:
-        self.args = (storage, offset, size, stride, False, OrderedDict())
-
-    def __reduce__(self) -> tuple:
-        return torch._utils._rebuild_tensor_v2, self.args
-
-
-class _Pickler(pickle.Pickler):
-    def persistent_id(self, obj: object) -> object:
-        if isinstance(obj, _Storage):
-            return ("storage", obj.dtype, obj.key, "cpu", obj.numel)
-        return None
-
-
-def _pickle(obj: object) -> bytes:
-    import io
-
-    buf = io.BytesIO()
-    _Pickler(buf, protocol=2).dump(obj)
-    return buf.getvalue()
-
-
-def _state(*tensors: tuple[str, _Tensor]) -> bytes:
-    return _pickle({"state_dict": OrderedDict(tensors)})
+def _state(*tensors: tuple[str, Tensor]) -> bytes:
+    return torch_pickle({"state_dict": OrderedDict(tensors)})
 
 
 def _write(
@@ -110,8 +79,8 @@ def _write_inflating(path: Path, pkl: bytes, member: str, inflated: int, declare
 
 def _overlapping(path: Path) -> Path:
     """Two storages whose central-directory entries point at the same local header."""
-    s0, s1 = _Storage("0", 4), _Storage("1", 4)
-    pkl = _state(("a", _Tensor(s0, 0, (4,), (1,))), ("b", _Tensor(s1, 0, (4,), (1,))))
+    s0, s1 = Storage("0", 4), Storage("1", 4)
+    pkl = _state(("a", Tensor(s0, 0, (4,), (1,))), ("b", Tensor(s1, 0, (4,), (1,))))
     _write(path, pkl, {"0": bytes(16), "1": bytes(16)})
     with zipfile.ZipFile(path) as zf:
         first = zf.getinfo(f"{ROOT}/data/0").header_offset
@@ -144,12 +113,12 @@ def _torch_submodules(path: Path) -> Path:
 
 def _cases(tmp: Path) -> dict[str, dict]:
     """name -> {path, call, expect, [env]}: what the child does with each file."""
-    small = _Storage("0", 1024)
-    small_pkl = _state(("w", _Tensor(small, 0, (1024,), (1,))))
+    small = Storage("0", 1024)
+    small_pkl = _state(("w", Tensor(small, 0, (1024,), (1,))))
     n = 200_000  # {"state_dict": {}, "x": [[[...]]]} nested n deep
     deep = b"\x80\x02}U\x0astate_dict}sU\x01x" + b"]" * n + b"a" * (n - 1) + b"s."
     objects = b"\x80\x02]" + b"}a" * 300_000 + b"."
-    huge = _Storage("0", 1 << 40)
+    huge = Storage("0", 1 << 40)
     return {
         # 512 MiB inflated from ~500 KB; the pickle says 4 KB.
         "storage_bomb": {
@@ -161,7 +130,7 @@ def _cases(tmp: Path) -> dict[str, dict]:
         "declared_past_deflate": {
             "path": _write(
                 tmp / "ratio.ckpt",
-                _state(("w", _Tensor(_Storage("0", 1 << 29), 0, (1 << 29,), (1,)))),
+                _state(("w", Tensor(Storage("0", 1 << 29), 0, (1 << 29,), (1,)))),
                 {"0": os.urandom(64 << 10)},
                 deflate={"0"},
             ),
@@ -196,7 +165,7 @@ def _cases(tmp: Path) -> dict[str, dict]:
         },
         "huge_numel": {
             "path": _write(
-                tmp / "numel.ckpt", _state(("w", _Tensor(huge, 0, (1 << 40,), (1,)))), {"0": bytes(64)}
+                tmp / "numel.ckpt", _state(("w", Tensor(huge, 0, (1 << 40,), (1,)))), {"0": bytes(64)}
             ),
             "call": "materialize",
             "expect": "TruncatedCheckpointError",
@@ -204,7 +173,7 @@ def _cases(tmp: Path) -> dict[str, dict]:
         "absurd_numel": {
             "path": _write(
                 tmp / "absurd.ckpt",
-                _state(("w", _Tensor(_Storage("0", 1 << 62), 0, (4,), (1,)))),
+                _state(("w", Tensor(Storage("0", 1 << 62), 0, (4,), (1,)))),
                 {"0": bytes(16)},
             ),
             "call": "open",
@@ -212,14 +181,14 @@ def _cases(tmp: Path) -> dict[str, dict]:
         },
         "negative_offset": {
             "path": _write(
-                tmp / "neg.ckpt", _state(("w", _Tensor(_Storage("0", 4), -2, (4,), (1,)))), {"0": bytes(16)}
+                tmp / "neg.ckpt", _state(("w", Tensor(Storage("0", 4), -2, (4,), (1,)))), {"0": bytes(16)}
             ),
             "call": "open",
             "expect": "NotACheckpointError",
         },
         "past_storage": {
             "path": _write(
-                tmp / "past.ckpt", _state(("w", _Tensor(_Storage("0", 4), 2, (4,), (1,)))), {"0": bytes(16)}
+                tmp / "past.ckpt", _state(("w", Tensor(Storage("0", 4), 2, (4,), (1,)))), {"0": bytes(16)}
             ),
             "call": "materialize",
             "expect": "NotACheckpointError",
