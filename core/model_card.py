@@ -31,6 +31,13 @@ DEFAULT_LIMITATIONS: tuple[str, ...] = (
     "Not validated for decisions about individual parcels or for change detection without review.",
 )
 
+#: ``encoder_weights["source"]`` of a randomly initialised encoder (training.models.weights records it).
+RANDOM_INIT = "random-init"
+RANDOM_ENCODER_LIMITATION = (
+    "The Clay encoder was randomly initialised, not pretrained: its features carry no pretraining, so "
+    "expect far lower accuracy than with the official Clay v1.5 weights (model.pretrained=clay-v1.5)."
+)
+
 # Keys shown first in the metrics table, in this order; any other scalar follows sorted.
 _HEADLINE_METRICS = ("miou", "weighted_iou", "pixel_accuracy", "accuracy", "loss")
 _PER_CLASS_KEYS = ("per_class_iou", "iou_per_class", "class_iou")
@@ -76,6 +83,22 @@ def _scalars(metrics: Mapping[str, Any]) -> dict[str, Any]:
     }
     head = [k for k in _HEADLINE_METRICS if k in found]
     return {k: found[k] for k in [*head, *sorted(set(found) - set(head))]}
+
+
+def _encoder_weights_text(weights: Mapping[str, Any]) -> str:
+    """One line for the Summary table: where the encoder's weights came from and their digest."""
+    source = weights.get("source") or "unknown"
+    if source == RANDOM_INIT:
+        return "random-init (not pretrained)"
+    parts = [str(source)]
+    if weights.get("uri") and weights.get("uri") != source:
+        parts.append(f"from {weights['uri']}")
+    if weights.get("sha256"):
+        pinned = (
+            "verified against the pinned digest" if weights.get("verified") else "not verified against a pin"
+        )
+        parts.append(f"sha256 {weights['sha256']} ({pinned})")
+    return ", ".join(parts)
 
 
 def _metrics_section(
@@ -130,6 +153,7 @@ def render_model_card(
     class_names: Sequence[str] | None = None,
     export_sha256: str | None = None,
     export_bytes: int | None = None,
+    encoder_weights: Mapping[str, Any] | None = None,
 ) -> str:
     """Render the Markdown model card of one registry version.
 
@@ -149,7 +173,11 @@ def render_model_card(
         class_names: Names for a per-class IoU given as a list in class order.
         export_sha256: sha256 of the compact export file.
         export_bytes: Size of the compact export file.
+        encoder_weights: The encoder's weights, ``{"source": "random-init" | <name or uri>,
+            "uri": ..., "sha256": ..., "verified": bool}``; default ``source["encoder_weights"]``.
     """
+    if encoder_weights is None and source:
+        encoder_weights = source.get("encoder_weights")
     lines = [f"# Model card: {model_name} {version}", ""]
     if caveat:
         lines += [f"> **Caveat:** {caveat}", ""]
@@ -165,6 +193,8 @@ def render_model_card(
         f"| location | {_cell(version_uri)} |",
         f"| source run id | {_cell(run_id or 'none')} |",
     ]
+    if encoder_weights:
+        lines.append(f"| encoder weights | {_cell(_encoder_weights_text(encoder_weights))} |")
     if export_sha256:
         lines.append(f"| export sha256 | {export_sha256} |")
     if export_bytes is not None:
@@ -189,6 +219,8 @@ def render_model_card(
     lines += ["## Limitations", ""]
     if caveat:
         lines.append(f"- {caveat}")
+    if encoder_weights and encoder_weights.get("source") == RANDOM_INIT:
+        lines.append(f"- {RANDOM_ENCODER_LIMITATION}")
     lines += [f"- {item}" for item in limitations]
     lines.append("")
     return "\n".join(lines)

@@ -8,11 +8,12 @@
     landcover bench [ARGS...]                    # the CPU inference benchmark
     landcover airflow-ui [--port N]              # Airflow standalone with its UI on 127.0.0.1
     landcover mlflow-ui [--port N]               # MLflow's UI on the project's tracking store
+    landcover weights fetch [NAME] [--cache DIR] # download + verify pretrained weights (clay-v1.5)
 
 Each subcommand is a thin shell over an existing entry point (``training.airflow_runner``,
 ``training.train``, ``setup.tools.run_local``, ``training.challenger``, ``observability.report``, ``setup.tools.bench``,
-``training.airflow_ui``), imported only when that subcommand runs: ``landcover --help`` is
-instant, and an image with the inference extras alone can run ``infer``, ``report`` and ``bench``.
+``training.airflow_ui``, ``training.models.weights``), imported only when that subcommand runs:
+``landcover --help`` is instant, and an image with the inference extras alone can run ``infer``, ``report`` and ``bench``.
 ``landcover <subcommand> --help`` shows that entry point's own options.
 """
 
@@ -112,6 +113,54 @@ def _mlflow_ui(argv: list[str]) -> int:
     return 0
 
 
+def _weights(argv: list[str]) -> int:
+    """``landcover weights fetch``: download a catalog weight into the cache and verify it."""
+    import logging
+
+    p = argparse.ArgumentParser(
+        prog="landcover weights",
+        description="Pretrained encoder weights by name (the catalog in setup/conf/weights).",
+    )
+    sub = p.add_subparsers(dest="action", metavar="<action>", required=True)
+    f = sub.add_parser(
+        "fetch",
+        help="download (resumable) and verify a weight into the cache",
+        description="Download a catalog weight into the cache (resuming a .part file) and check its sha256. "
+        "Then train with e.g. `landcover train --no-airflow model=clay_large model.pretrained=clay-v1.5`.",
+    )
+    f.add_argument("name", nargs="?", default=None, help="catalog name (default: weights.default, clay-v1.5)")
+    f.add_argument(
+        "--cache", default=None, help="cache folder (default: weights.cache_dir, <repo>/.cache/weights)"
+    )
+    f.add_argument("--url", default=None, help="download from here instead (a mirror, or a file:// copy)")
+    f.add_argument("--sha256", default=None, help="expected sha256 (default: the catalog's pinned one)")
+    f.add_argument("--no-progress", action="store_true", help="no progress bar")
+    args = p.parse_args(argv)
+
+    from dataclasses import replace
+
+    from core.config import compose
+    from training.data.download import DownloadError
+    from training.models.weights import WeightsConfigError, fetch_weights, is_sha256_hex, weight_spec
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    cfg = compose()
+    try:
+        spec = weight_spec(cfg.weights, args.name)
+        if args.url:
+            spec = replace(spec, url=args.url)
+        if args.sha256:
+            if not is_sha256_hex(args.sha256):
+                raise WeightsConfigError(f"--sha256 {args.sha256!r} is not a 64-digit hex digest")
+            spec = replace(spec, sha256=args.sha256.lower())
+        path = fetch_weights(spec, args.cache or cfg.weights.cache_dir, progress=not args.no_progress)
+    except (DownloadError, WeightsConfigError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(path)
+    return 0
+
+
 COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "train": (_train, "train a variant (Airflow DAG in-process, on AIRFLOW_URL, or --no-airflow)"),
     "infer": (_infer, "run the inference state machine locally (run | upload new scenes)"),
@@ -123,6 +172,7 @@ COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "bench": (_bench, "CPU inference benchmark (eager fp32 vs ONNX int8, memory, cold start, cost)"),
     "airflow-ui": (_airflow_ui, "Airflow standalone with its UI on 127.0.0.1 (shares train's runs)"),
     "mlflow-ui": (_mlflow_ui, "MLflow's UI on the project's tracking store (not a stray ./mlflow.db)"),
+    "weights": (_weights, "fetch and verify pretrained encoder weights (the official Clay v1.5 checkpoint)"),
 }
 
 

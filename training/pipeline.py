@@ -133,14 +133,18 @@ def _build_segmenter(cfg: DictConfig):
 
     from training.models.checkpoint import load_encoder, load_encoder_state_dict
     from training.models.head import build_segmenter, head_spec
+    from training.models.weights import encoder_weights_uri, warn_random_encoder
 
     torch.manual_seed(cfg.seed)
     model = build_segmenter(
         cfg.model.preset, cfg.model.num_classes, cfg.model.head_width, **head_spec(cfg.model)
     )
-    if cfg.model.pretrained_uri:
+    uri = encoder_weights_uri(cfg)  # model.pretrained (a fetched catalog name) or model.pretrained_uri
+    if uri:
         allow = cfg.model.get("checkpoint_allow_classes") or ()
-        load_encoder(model.encoder, load_encoder_state_dict(cfg.model.pretrained_uri, allow_classes=allow))
+        load_encoder(model.encoder, load_encoder_state_dict(uri, allow_classes=allow))
+    else:
+        warn_random_encoder("training")
     return model
 
 
@@ -528,6 +532,7 @@ def register(run: Run) -> dict[str, Any]:
     from core import registry
     from training.models.export import save_export
     from training.models.onnx_export import register_onnx
+    from training.models.weights import RANDOM_INIT, encoder_weights_record, warn_random_encoder
 
     cfg = run.cfg
     root, version = cfg.storage.registry_uri, run.run_id
@@ -538,7 +543,11 @@ def register(run: Run) -> dict[str, Any]:
         stats = json.loads(storage.read_text(run.result("validate_data")["stats_uri"]))
         tracking = run.result("train_head")["tracking"]
         model = _trained_segmenter(run, with_encoder=True)
-        synthetic = cfg.data.name == "synthetic" and not cfg.model.pretrained_uri
+        encoder_weights = encoder_weights_record(cfg)
+        random_encoder = encoder_weights["source"] == RANDOM_INIT
+        if random_encoder:
+            warn_random_encoder(f"registering {cfg.model_name} {version}")
+        synthetic = cfg.data.name == "synthetic" and random_encoder
         with tempfile.TemporaryDirectory() as tmp:
             export_path = Path(tmp) / artifacts.EXPORT_NAME
             save_export(
@@ -556,7 +565,12 @@ def register(run: Run) -> dict[str, Any]:
                 metrics,
                 storage.read_text(storage.join(run.uri, artifacts.RUN_CONFIG_NAME)),
                 run_id=tracking.get("mlflow") or run.run_id,
-                source={"kind": "training-run", "run_id": run.run_id, "run_uri": run.uri},
+                source={
+                    "kind": "training-run",
+                    "run_id": run.run_id,
+                    "run_uri": run.uri,
+                    "encoder_weights": encoder_weights,
+                },
                 data_description=f"{cfg.data.name} data at {cfg.data.root_uri}; held-out split: test",
                 caveat=SYNTHETIC_CAVEAT if synthetic else None,
                 version=version,

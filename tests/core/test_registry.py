@@ -77,6 +77,43 @@ def test_register_seed_import_from_uri(root: str, export_file: Path) -> None:
     assert "seed-import" in storage.read_text(storage.join(got["uri"], "MODEL_CARD.md"))
 
 
+def test_card_records_the_encoder_weights(tmp_uri: str, export_file: Path) -> None:
+    from core.model_card import RANDOM_ENCODER_LIMITATION, RANDOM_INIT, render_model_card
+
+    root = tmp_uri + "/registry"
+    random_init = {"source": RANDOM_INIT, "uri": None, "sha256": None, "verified": False}
+    register(
+        root, export_file, 0.5, version="v1", source={"kind": "training-run", "encoder_weights": random_init}
+    )
+    got = registry.get_version(root, MODEL, "v1")
+    assert got["source"]["encoder_weights"] == random_init  # the manifest keeps it too
+    card = storage.read_text(storage.join(got["uri"], "MODEL_CARD.md"))
+    assert "| encoder weights | random-init (not pretrained) |" in card
+    assert f"- {RANDOM_ENCODER_LIMITATION}" in card
+
+    official = {"source": "clay-v1.5", "uri": "/cache/clay-v1.5.ckpt", "sha256": "ab" * 32, "verified": True}
+    card = render_model_card(
+        model_name=MODEL,
+        version="v2",
+        created_at="2026-01-01T00:00:00Z",
+        version_uri="file:///r/v2",
+        metrics={"miou": 0.7},
+        encoder_weights=official,
+    )
+    row = next(line for line in card.splitlines() if line.startswith("| encoder weights |"))
+    assert "clay-v1.5" in row and "ab" * 32 in row and "verified against the pinned digest" in row
+    assert RANDOM_ENCODER_LIMITATION not in card
+    unpinned = render_model_card(
+        model_name=MODEL,
+        version="v3",
+        created_at="2026-01-01T00:00:00Z",
+        version_uri="file:///r/v3",
+        metrics={"miou": 0.7},
+        source={"encoder_weights": {**official, "verified": False}},
+    )
+    assert "not verified against a pin" in unpinned
+
+
 def test_versions_are_immutable(root: str, export_file: Path) -> None:
     register(root, export_file, 0.5, version="v1")
     before = storage.read_bytes(storage.join(registry.version_uri(root, MODEL, "v1"), "metrics.json"))

@@ -33,6 +33,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 import requests
+import urllib3
 
 log = logging.getLogger(__name__)
 
@@ -105,11 +106,23 @@ def verify_checksum(path: Path, expected_sha256: str | None = None, expected_md5
                 )
 
 
-def fetch(url: str, dest: Path, progress: bool = True, timeout: tuple[float, float] | None = None) -> Path:
+def fetch(
+    url: str,
+    dest: Path,
+    progress: bool = True,
+    timeout: tuple[float, float] | None = None,
+    expected_sha256: str | None = None,
+) -> Path:
     """Download ``url`` to ``dest``, resuming a partial ``dest.part`` with an HTTP Range request.
+
+    A server that ignores the Range header (200 with the whole body) is read from byte 0 again.
+    With ``expected_sha256`` the finished part file is checked before it becomes ``dest``: a
+    mismatch deletes it (resuming a wrong file cannot fix it), so ``dest`` only ever holds a
+    verified file.
 
     Raises:
         DownloadError: the server cannot be reached or answers with an error.
+        ChecksumMismatchError: the finished file does not match ``expected_sha256``.
     """
     from tqdm import tqdm
 
@@ -118,8 +131,10 @@ def fetch(url: str, dest: Path, progress: bool = True, timeout: tuple[float, flo
     dest.parent.mkdir(parents=True, exist_ok=True)
     have = part.stat().st_size if part.exists() else 0
     if url.startswith("file://"):
-        return _copy_local(url, dest, part, have)
-    headers = {"Range": f"bytes={have}-"} if have else {}
+        _copy_local(url, part, have)
+        return _finish(part, dest, expected_sha256)
+    # Identity encoding: Range offsets and Content-Length must count the file's own bytes.
+    headers = {"Accept-Encoding": "identity", **({"Range": f"bytes={have}-"} if have else {})}
     try:
         response = requests.get(url, headers=headers, stream=True, timeout=timeout)
     except requests.exceptions.ConnectionError as exc:
@@ -129,12 +144,16 @@ def fetch(url: str, dest: Path, progress: bool = True, timeout: tuple[float, flo
     with response:
         if response.status_code == 416 and have:
             # Range not satisfiable: the part file already holds the whole object.
-            part.replace(dest)
-            return dest
+            return _finish(part, dest, expected_sha256)
         if response.status_code not in (200, 206):
             raise DownloadError(f"{url} answered HTTP {response.status_code}")
         if response.status_code == 200 and have:
             have = 0  # the server ignored the Range header: start over
+        elif response.status_code == 206 and not _range_starts_at(response, have):
+            raise DownloadError(
+                f"{url} answered Range bytes={have}- with Content-Range "
+                f"{response.headers.get('Content-Range')!r}; delete {part} and run again"
+            )
         length = response.headers.get("Content-Length")
         total = have + int(length) if length is not None else None
         mode = "ab" if have else "wb"
@@ -145,20 +164,43 @@ def fetch(url: str, dest: Path, progress: bool = True, timeout: tuple[float, flo
                     total=total, initial=have, unit="B", unit_scale=True, desc=dest.name, disable=not progress
                 ) as bar,
             ):
-                for block in response.iter_content(CHUNK):
+                # read1 hands over whatever has arrived: when the connection breaks, every byte
+                # received so far is in the part file (iter_content would drop its last chunk).
+                while block := response.raw.read1(CHUNK):
                     out.write(block)
                     bar.update(len(block))
-        except requests.exceptions.RequestException as exc:
+        except (requests.exceptions.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
             raise DownloadError(
                 f"download of {url} broke off at {part.stat().st_size} bytes; run again to resume"
             ) from exc
     if total is not None and part.stat().st_size != total:
         raise DownloadError(f"{url}: got {part.stat().st_size} of {total} bytes; run again to resume")
+    return _finish(part, dest, expected_sha256)
+
+
+def _range_starts_at(response: requests.Response, start: int) -> bool:
+    """Whether a 206 answer's ``Content-Range: bytes START-END/TOTAL`` begins at ``start``."""
+    value = response.headers.get("Content-Range", "")
+    first = value.removeprefix("bytes ").split("-", 1)[0].strip()
+    return first.isdigit() and int(first) == start
+
+
+def _finish(part: Path, dest: Path, expected_sha256: str | None) -> Path:
+    """Move the complete ``part`` to ``dest``, after checking it when a digest is expected."""
+    if expected_sha256:
+        actual = file_digest(part, "sha256")
+        if actual.lower() != expected_sha256.lower():
+            part.unlink()
+            raise ChecksumMismatchError(
+                f"{part.name[: -len('.part')]} downloaded with sha256 {actual}, expected {expected_sha256}; "
+                "the file was deleted, not kept. The download is corrupt or the file changed upstream: run "
+                "again, or pass the right sha256 if the published file changed."
+            )
     part.replace(dest)
     return dest
 
 
-def _copy_local(url: str, dest: Path, part: Path, have: int) -> Path:
+def _copy_local(url: str, part: Path, have: int) -> None:
     """``fetch`` for a ``file://`` URL: copy with the same part-file resume."""
     source = Path(unquote(urlparse(url).path))
     if not source.is_file():
@@ -171,8 +213,6 @@ def _copy_local(url: str, dest: Path, part: Path, have: int) -> Path:
         shutil.copyfileobj(src, out, CHUNK)
     if part.stat().st_size != size:
         raise DownloadError(f"{url}: copied {part.stat().st_size} of {size} bytes; run again to resume")
-    part.replace(dest)
-    return dest
 
 
 def extract(archive: Path, dest: Path) -> None:
