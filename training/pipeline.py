@@ -117,9 +117,9 @@ def step(fn: Callable[[Run], dict[str, Any]]) -> Callable[[Run], dict[str, Any]]
 
 
 def _scenes(cfg: DictConfig) -> dict[str, list]:
-    from training.data.chesapeake import SPLITS, find_scenes
+    from training.data.chesapeake import SPLITS, scenes_from_config
 
-    return {split: find_scenes(cfg.data.root_uri, cfg.data.splits[split]) for split in SPLITS}
+    return {split: scenes_from_config(cfg.data, split) for split in SPLITS}
 
 
 def _calibration_scenes(cfg: DictConfig) -> list[str]:
@@ -343,6 +343,7 @@ def train_head(run: Run) -> dict[str, Any]:
         crop=cfg.training.get("crop_size"),
         band_jitter=cfg.training.get("band_jitter", 0.0),
         brightness_jitter=cfg.training.get("brightness_jitter", 0.0),
+        pixel_noise=cfg.training.get("pixel_noise", 0.0),
         seed=cfg.seed,
     )
     val_set = CachedFeatures(storage.join(features_uri, "val"))
@@ -443,8 +444,12 @@ def evaluate(run: Run) -> dict[str, Any]:
     for this CPU (served; gates promotion) and in fp32, their pixel agreement, and the
     majority-class and per-pixel spectral baselines on the same pixels."""
     from training.baselines import fit_pixel_baseline
-    from training.data.foreign import write_patch_scenes
-    from training.evaluation import evaluate_foreign, evaluate_served, render_confusion_matrix, render_samples
+    from training.evaluation import (
+        evaluate_foreign_families,
+        evaluate_served,
+        render_confusion_matrix,
+        render_samples,
+    )
     from training.features import CachedFeatures
 
     cfg = run.cfg
@@ -476,12 +481,10 @@ def evaluate(run: Run) -> dict[str, Any]:
             reference="fp32",
             num_samples=max(1, cfg.logging.num_sample_images),
         )
-        # Robustness: a scene family the generator does not make (measured, never tuned to).
-        foreign = write_patch_scenes(storage.join(run.uri, "foreign_scenes"), seed=cfg.seed)
-        report.metrics["foreign_family"] = {
-            "family": "square patches of plain class spectra + sensor noise, other sizes, EPSG:5070",
-            **evaluate_foreign(predictors[served], foreign, ignore_index=ignore),
-        }
+        # Robustness: scene families the generator does not make (measured, never tuned to).
+        report.metrics["foreign_family"] = evaluate_foreign_families(
+            predictors[served], storage.join(run.uri, "foreign_scenes"), seed=cfg.seed, ignore_index=ignore
+        )
         report.metrics["runtime"] = predictors[served].runtime  # path, reason, CPU flags
     metrics = report.metrics
     metrics_uri = storage.join(run.uri, artifacts.RUN_METRICS_NAME)
@@ -508,6 +511,7 @@ def evaluate(run: Run) -> dict[str, Any]:
             "pixel_baseline_miou": metrics["pixel_baseline"]["miou"],
             "lead_over_pixel_baseline": metrics["lead_over_pixel_baseline"],
             "foreign_pixel_accuracy": metrics["foreign_family"]["pixel_accuracy"],
+            "foreign_patch_majority_share": metrics["foreign_family"]["patch_majority_share"],
             **{f"test_iou_{k}": v for k, v in metrics["per_class_iou"].items() if v is not None},
         }
     )
@@ -660,9 +664,11 @@ def _served_lines(metrics: dict[str, Any]) -> list[str]:
             f"({tp['chips']} chips, {tp['threads']} threads, {tp['cpu']})"
         )
     if "foreign_family" in metrics:
+        foreign = metrics["foreign_family"]
         lines.append(
-            f"  foreign scene family  pixel accuracy {metrics['foreign_family']['pixel_accuracy']:.4f} "
-            f"({metrics['foreign_family']['family']})"
+            f"  foreign scene families  worst pixel accuracy {foreign['pixel_accuracy']:.4f} "
+            f"({foreign['worst_family']}), worst within-patch majority {foreign['patch_majority_share']:.4f} "
+            f"({foreign['least_consistent_family']}) over {len(foreign['families'])} families"
         )
     return lines
 
