@@ -5,7 +5,7 @@ URI and checks it before anyone reads a pixel. Each way a file can be unusable h
 exception class, all subclasses of :class:`NaipValidationError`, and each carries a short
 ``reason`` code that the inference ledger stores when it quarantines a scene.
 
-What real NAIP deliveries get (the contract of DESIGN §3: red, green, blue, nir as uint8, 1 m):
+What real NAIP deliveries get (the contract: red, green, blue, nir as uint8, 1 m):
 
 * 3-band RGB (NAIP's "visualization" product): ``band_count``; the model needs NIR and there is
   no RGB-only model.
