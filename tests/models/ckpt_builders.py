@@ -113,6 +113,7 @@ def write_sparse_zip(
 
         member(f"{ROOT}/data.pkl", len(pkl), pkl)
         member(f"{ROOT}/byteorder", 6, b"little")
+        member(f"{ROOT}/version", 2, b"3\n")  # torch.load requires it; our reader ignores it
         for key, nbytes in sizes.items():
             member(f"{ROOT}/data/{key}", nbytes, bytes(fill.get(key, b""))[:nbytes])
         cd_start = f.tell()

@@ -38,6 +38,7 @@ def _write(
             f"{ROOT}/data.pkl", pkl, zipfile.ZIP_DEFLATED if "data.pkl" in deflate else zipfile.ZIP_STORED
         )
         zf.writestr(f"{ROOT}/byteorder", "little")
+        zf.writestr(f"{ROOT}/version", "3\n")
         for key, data in (members or {}).items():
             zf.writestr(
                 f"{ROOT}/data/{key}", data, zipfile.ZIP_DEFLATED if key in deflate else zipfile.ZIP_STORED
@@ -57,6 +58,7 @@ def _write_inflating(path: Path, pkl: bytes, member: str, inflated: int, declare
         if member != "data.pkl":
             zf.writestr(f"{ROOT}/data.pkl", pkl)
         zf.writestr(f"{ROOT}/byteorder", "little")
+        zf.writestr(f"{ROOT}/version", "3\n")
         # The raw deflate stream goes in as is: zipfile computes sizes and CRC from what we
         # declare, so write it through a stored member, then patch the method and sizes.
         zf.writestr(info.filename, body, zipfile.ZIP_STORED)

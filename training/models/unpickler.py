@@ -21,9 +21,20 @@ nothing from the checkpoint:
   ``subprocess.Popen``, ...) or asks to *call* an unknown function at load time is refused
   with :class:`UnsafeCheckpointError`. Nothing it names is ever called, refused or not.
 
-:func:`open_checkpoint` then reads only the storages the caller asks for: memory-mapped for a
-local file (pages are read when touched), by ranged reads for an ``s3://`` object (the zip's
-central directory, ``data.pkl`` and the wanted members; nothing else is transferred).
+:func:`open_checkpoint` then reads only the storages the caller asks for: from a local file,
+read-only shared maps of just their byte ranges (or copies, ``copy=True``); from an ``s3://``
+object, ranged reads (the zip's central directory, ``data.pkl`` and the wanted members).
+
+Bounds: ``data.pkl`` inflates to at most ``max_pickle_bytes`` (:data:`MAX_PICKLE_BYTES`), each
+storage to exactly the size its pickle declares; the opcodes are pre-scanned (memo indices,
+object count) before the C unpickler runs; every failure is a :class:`CheckpointError` naming
+the file (and the tensor). Nothing the pickle names is imported, not even a torch submodule.
+
+Why not ``torch.load(weights_only=True)`` with ``safe_globals``: it refuses Lightning's
+``AttributeDict`` even when allow-listed (SETITEMS only on exact dict types), has no
+placeholders for unknown classes, reads every storage (no subset, no ranged ``s3://``),
+inflates a 1 GiB ``data.pkl`` and an oversized storage before refusing, and ``mmap=True`` maps
+the whole file private-writable (fails under a memory limit). Legacy files still use it.
 """
 
 from __future__ import annotations
