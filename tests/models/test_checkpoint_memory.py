@@ -108,3 +108,42 @@ def test_five_gb_checkpoint_loads_the_large_encoder_under_an_address_space_limit
     growth = row["peak_rss"] - row["base_rss"]
     assert growth <= PEAK_GROWTH_LIMIT and growth < 1.1 * kept, f"growth {growth / 1e6:.0f} MB"
     assert row["peak_vsz"] < size  # the file was never mapped whole
+
+
+def _maps_of(path: Path) -> list[str]:
+    """This process's mappings of ``path``: their permission fields (``r--s``: read-only, shared)."""
+    with open("/proc/self/maps") as f:
+        return [line.split()[1] for line in f if line.rstrip().endswith(str(path))]
+
+
+def test_storages_are_read_only_shared_maps_of_their_ranges_and_loaders_copy(tmp_path: Path) -> None:
+    import warnings
+
+    import torch
+
+    from tests.models.fakes import write_clay_pretrain_ckpt
+    from training.models import unpickler
+    from training.models.checkpoint import load_encoder_state_dict
+
+    path = tmp_path / "tiny.ckpt"
+    source = write_clay_pretrain_ckpt(path, "tiny").state_dict()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # torch's "buffer is not writable" warning stays inside
+        with unpickler.open_checkpoint(path) as ckpt:
+            lazy = {k: v for k, v in ckpt.obj["state_dict"].items() if k.startswith("model.encoder.")}
+            mapped = ckpt.materialize_all(lazy)
+            perms = _maps_of(path)
+            assert perms and set(perms) == {"r--s"}  # never private or writable
+            assert len(perms) >= len({v.storage.key for v in lazy.values()})  # one small map each
+            for key, value in source.items():
+                assert torch.equal(mapped[f"model.encoder.{key}"], value)
+            copied = ckpt.materialize_all(lazy, copy=True)  # not the cached maps
+            assert len(_maps_of(path)) == len(perms)
+            assert torch.equal(copied["model.encoder.cls_token"], mapped["model.encoder.cls_token"])
+        del ckpt, mapped, copied  # the maps go with the last tensor and the file's cache
+        assert _maps_of(path) == []
+        state = load_encoder_state_dict(path)
+    assert _maps_of(path) == []  # the loaders' tensors are copies: nothing of the file stays mapped
+    for key, value in state.items():
+        assert torch.equal(value, source[key])
+        value.add_(1)  # writable

@@ -894,7 +894,8 @@ class CheckpointFile:
     globals_seen: set[str] = field(default_factory=set)
     _counter: _CountingReader | None = None
     _range_bytes: int = 0
-    _cache: dict[str, torch.Tensor] = field(default_factory=dict)
+    #: ``(copy, storage key) -> storage``: a mapped storage is never handed out as a copy.
+    _cache: dict[tuple[bool, str], torch.UntypedStorage] = field(default_factory=dict)
     #: False for a remote archive whose storages are compressed (no ranged reads): copy it first.
     in_place: bool = True
     remote: bool = False
@@ -935,7 +936,7 @@ class CheckpointFile:
                 )
             if not isinstance(lazy, LazyTensor):
                 raise NotACheckpointError(f"{self.source}: {name} is {type(lazy).__name__}, not a tensor")
-            if lazy.storage.key not in self._cache:
+            if (copy, lazy.storage.key) not in self._cache:
                 need[lazy.storage.key] = lazy.storage
         missing = [k for k in need if f"{self.root}/data/{k}" not in self.members]
         if missing:
@@ -960,7 +961,7 @@ class CheckpointFile:
         batch = [list(need.values())] if self.remote else [[ref] for ref in need.values()]
         for refs in batch:
             try:
-                self._cache.update(self._reader(refs, copy))
+                self._cache.update({(copy, k): v for k, v in self._reader(refs, copy).items()})
             except (CheckpointError, *_LOW_LEVEL_ERRORS, OSError) as exc:
                 if isinstance(exc, OSError) and not _is_enomem(exc):
                     raise
@@ -970,7 +971,7 @@ class CheckpointFile:
                 raise err from exc
         out = {}
         for name, lazy in tensors.items():
-            flat = self._cache[lazy.storage.key]
+            flat = self._cache[(copy, lazy.storage.key)]
             span = (
                 sum((s - 1) * st for s, st in zip(lazy.size, lazy.stride, strict=True)) + 1
                 if all(lazy.size)
