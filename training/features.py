@@ -274,6 +274,9 @@ class CachedFeatures(Dataset):
             gain drawn from ``U(1 - brightness_jitter, 1 + brightness_jitter)``: exposure and sun
             elevation change overall brightness but keep band ratios (NDVI). 0 turns it off
             (the baseline's setting: 0.15 measured worse on the served path).
+        band_offset: with ``augment``, also shift each band of an item's chip by an offset drawn
+            from ``U(-band_offset, band_offset)`` digital numbers (haze, path radiance and another
+            sensor's calibration add to the signal as well as scale it). 0 turns it off.
         pixel_noise: with ``augment``, add independent per-pixel Gaussian noise to an item's
             chip, its std (digital numbers) drawn from ``U(0, pixel_noise)`` per item: sensors
             differ in noise, and a head that trusts single pixels labels a noisy uniform field
@@ -288,6 +291,7 @@ class CachedFeatures(Dataset):
         seed: int = 0,
         band_jitter: float = 0.0,
         brightness_jitter: float = 0.0,
+        band_offset: float = 0.0,
         pixel_noise: float = 0.0,
     ):
         manifest = json.loads(storage.read_text(storage.join(split_uri, artifacts.FEATURE_MANIFEST_NAME)))
@@ -309,6 +313,9 @@ class CachedFeatures(Dataset):
             raise ValueError(f"brightness_jitter must be in [0, 1), got {brightness_jitter}")
         self.augment, self.crop, self.band_jitter = augment, crop, float(band_jitter)
         self.brightness_jitter = float(brightness_jitter)
+        if band_offset < 0:
+            raise ValueError(f"band_offset must be >= 0, got {band_offset}")
+        self.band_offset = float(band_offset)
         if pixel_noise < 0:
             raise ValueError(f"pixel_noise must be >= 0, got {pixel_noise}")
         self.pixel_noise = float(pixel_noise)
@@ -365,16 +372,24 @@ class CachedFeatures(Dataset):
             flip = bool(torch.randint(0, 2, (1,), generator=self.generator))
             features, mask = dihedral(features, k, flip), dihedral(mask, k, flip)
             pixels = dihedral(pixels, k, flip) if pixels is not None else None
-        if self.augment and pixels is not None and (self.band_jitter or self.brightness_jitter):
+        if (
+            self.augment
+            and pixels is not None
+            and (self.band_jitter or self.brightness_jitter or self.band_offset)
+        ):
             gain = torch.ones(pixels.shape[0], 1, 1)  # (C, 1, 1)
+            offset = torch.zeros(pixels.shape[0], 1, 1)
             if self.band_jitter:
                 draw = torch.rand(pixels.shape[0], 1, 1, generator=self.generator)
                 gain = gain * (1.0 + self.band_jitter * (2.0 * draw - 1.0))
             if self.brightness_jitter:
                 draw = torch.rand(1, generator=self.generator)
                 gain = gain * (1.0 + self.brightness_jitter * (2.0 * draw - 1.0))
-            # On digital numbers: x' = (g * (x * std + mean) - mean) / std.
-            pixels = (gain * (pixels * self._std + self._mean) - self._mean) / self._std
+            if self.band_offset:
+                draw = torch.rand(pixels.shape[0], 1, 1, generator=self.generator)
+                offset = self.band_offset * (2.0 * draw - 1.0)
+            # On digital numbers: x' = (g * (x * std + mean) + o - mean) / std.
+            pixels = (gain * (pixels * self._std + self._mean) + offset - self._mean) / self._std
         if self.augment and pixels is not None and self.pixel_noise:
             sigma = self.pixel_noise * float(torch.rand(1, generator=self.generator))
             noise = torch.randn(pixels.shape, generator=self.generator) * sigma

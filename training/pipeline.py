@@ -343,6 +343,7 @@ def train_head(run: Run) -> dict[str, Any]:
         crop=cfg.training.get("crop_size"),
         band_jitter=cfg.training.get("band_jitter", 0.0),
         brightness_jitter=cfg.training.get("brightness_jitter", 0.0),
+        band_offset=cfg.training.get("band_offset", 0.0),
         pixel_noise=cfg.training.get("pixel_noise", 0.0),
         seed=cfg.seed,
     )
