@@ -4,6 +4,13 @@ limit (``prlimit --as``), adding a peak RSS near the encoder's 1.25 GB (<= 1.5 G
 RLIMIT_AS counts mapped address space, so this fails for any reader that maps the whole file
 (as a private writable map did) and passes only when just the wanted storages are read. The
 checkpoint is sparse (see :mod:`tests.models.ckpt_builders`): no disk, a second to write.
+
+The same child also runs in a real memory cgroup of 2 GiB with no swap (the issue's 2 GB host):
+it must load without an OOM kill. Reads of the file only add clean page cache, which the cgroup
+reclaims, so its peak charge sits at the limit; what the load keeps is the child's RSS growth.
+A private map of the whole file that is only read also loads there (cgroups do not count
+address space or commit charge), so no such control is kept: RLIMIT_AS above is what tells them
+apart.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
@@ -147,3 +155,171 @@ def test_storages_are_read_only_shared_maps_of_their_ranges_and_loaders_copy(tmp
     for key, value in state.items():
         assert torch.equal(value, source[key])
         value.add_(1)  # writable
+
+
+#: The issue's host: 2 GB of RAM and no swap (``memory.max=2G``).
+CGROUP_LIMIT = 2 * GB
+
+
+def _mounts() -> list[tuple[str, str, str, set[str]]]:
+    """(mount root, mount point, fs type, super options) for each cgroup mount."""
+    rows = []
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            head, tail = line.split(" - ", 1)
+            fields, (fstype, _source, opts) = head.split(), tail.split()[:3]
+            if fstype in ("cgroup", "cgroup2"):
+                rows.append((fields[3], fields[4], fstype, set(opts.split(","))))
+    return rows
+
+
+def _own_dir(root: str, mountpoint: str, cgroup_path: str) -> Path:
+    """Where this process's cgroup (as /proc/self/cgroup names it) lies under a mount."""
+    rel = os.path.relpath(cgroup_path, root) if cgroup_path.startswith(root) else cgroup_path
+    return Path(mountpoint, rel.lstrip("/")) if rel != "." else Path(mountpoint)
+
+
+def _memory_parent() -> tuple[int, Path] | str:
+    """(cgroup version, a writable dir whose new child gets the memory controller) or why none.
+
+    v2: a process may only join a leaf, and a non-root cgroup holding processes cannot enable
+    controllers for its children, so the new cgroup goes under the nearest cgroup, this one or an
+    ancestor, whose ``cgroup.subtree_control`` already hands out memory (a sibling of ours when
+    it is the parent). v1 (a hybrid host: memory on its own hierarchy) has neither rule: under
+    our own memory cgroup, so the harness's own limit still applies above it.
+    """
+    with open("/proc/self/cgroup") as f:
+        lines = [line.rstrip("\n").split(":", 2) for line in f]
+    mounts = _mounts()
+    v2_path = next((p for h, c, p in lines if h == "0" and c == ""), None)
+    for root, mountpoint, fstype, _ in mounts:
+        if fstype != "cgroup2" or v2_path is None:
+            continue
+        here = _own_dir(root, mountpoint, v2_path)
+        for cand in [here, *here.parents]:
+            if not str(cand).startswith(mountpoint):
+                break
+            control = cand / "cgroup.subtree_control"
+            if control.exists() and "memory" in control.read_text().split() and os.access(cand, os.W_OK):
+                return 2, cand
+    v1_path = next((p for _, c, p in lines if "memory" in c.split(",")), None)
+    for root, mountpoint, fstype, opts in mounts:
+        if fstype == "cgroup" and "memory" in opts and v1_path is not None:
+            here = _own_dir(root, mountpoint, v1_path)
+            if (here / "memory.limit_in_bytes").exists() and os.access(here, os.W_OK):
+                return 1, here
+    return "no writable memory cgroup (cgroup v2 with memory in a subtree_control, or a v1 memory hierarchy)"
+
+
+class _MemoryCgroup:
+    """A fresh memory cgroup with a hard limit and no swap, removed on exit (even on failure)."""
+
+    def __init__(self, version: int, parent: Path, limit: int) -> None:
+        self.version, self.limit = version, limit
+        self.path = parent / f"ckpt-memory-test-{os.getpid()}"
+
+    def __enter__(self) -> _MemoryCgroup:
+        self.path.mkdir()
+        try:
+            if self.version == 2:
+                (self.path / "memory.max").write_text(str(self.limit))
+                if (self.path / "memory.swap.max").exists():
+                    (self.path / "memory.swap.max").write_text("0")
+            else:
+                (self.path / "memory.limit_in_bytes").write_text(str(self.limit))
+                if (self.path / "memory.memsw.limit_in_bytes").exists():  # memory + swap: no swap
+                    (self.path / "memory.memsw.limit_in_bytes").write_text(str(self.limit))
+        except BaseException:
+            self.path.rmdir()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for _ in range(50):  # the last task leaves the cgroup a moment after it is reaped
+            try:
+                self.path.rmdir()
+                return
+            except OSError:
+                time.sleep(0.1)
+        self.path.rmdir()
+
+    def argv(self, command: list[str]) -> list[str]:
+        """``command`` started inside this cgroup: the shell joins it, then execs the command."""
+        return ["sh", "-c", 'echo $$ > "$0/cgroup.procs" && exec "$@"', str(self.path), *command]
+
+    def peak(self) -> int | None:
+        """The cgroup's peak charge (memory.peak needs kernel 5.19 on v2), page cache included."""
+        name = "memory.peak" if self.version == 2 else "memory.max_usage_in_bytes"
+        return int((self.path / name).read_text()) if (self.path / name).exists() else None
+
+    def oom_kills(self) -> int | None:
+        """OOM kills inside the cgroup (memory.events on v2, memory.oom_control on v1)."""
+        name = "memory.events" if self.version == 2 else "memory.oom_control"
+        rows = dict(line.split() for line in (self.path / name).read_text().splitlines())
+        return int(rows["oom_kill"]) if "oom_kill" in rows else None
+
+
+_CGROUP = _memory_parent()
+
+
+def _drop_cached(path: Path) -> None:
+    """Drop ``path``'s clean page cache (pages the builder wrote are charged to this process)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(isinstance(_CGROUP, str), reason=str(_CGROUP))
+def test_five_gb_checkpoint_loads_the_large_encoder_in_a_two_gb_memory_cgroup(tmp_path: Path) -> None:
+    """The issue's host for real: a memory cgroup of 2 GiB, no swap; the child must not be OOM-killed."""
+    assert not isinstance(_CGROUP, str)
+    path = tmp_path / "clay-large-sparse.ckpt"
+    expected = _build(path)
+    size = path.stat().st_size
+    _drop_cached(path)  # every page the child reads is then charged to its cgroup
+    with _MemoryCgroup(*_CGROUP, CGROUP_LIMIT) as cgroup:
+        start = time.monotonic()
+        out = subprocess.run(
+            cgroup.argv([sys.executable, "-c", textwrap.dedent(_CHILD), str(path)]),
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+            timeout=300,
+        )
+        wall = time.monotonic() - start
+        peak, kills = cgroup.peak(), cgroup.oom_kills()
+    assert kills in (0, None), f"{kills} OOM kill(s) in the cgroup; rc {out.returncode}"
+    assert out.returncode == 0, out.stderr[-4000:]
+    row = json.loads(out.stdout.strip().splitlines()[-1])
+    assert row.pop("sums") == pytest.approx(expected, rel=1e-6, abs=1e-4)
+    assert row.pop("mapped_sums") == pytest.approx(expected, rel=1e-6, abs=1e-4)
+    print(
+        f"\nfile {size / 1e9:.2f} GB in a cgroup v{cgroup.version} of {CGROUP_LIMIT / 1e9:.2f} GB: "
+        f"wall {wall:.1f} s, cgroup peak {(peak or 0) / 1e6:.0f} MB, "
+        + ", ".join(f"{k} {v / 1e6:.0f} MB" for k, v in row.items())
+    )
+    assert peak is None or peak <= CGROUP_LIMIT
+    assert row["peak_rss"] <= CGROUP_LIMIT
+    assert row["peak_rss"] - row["base_rss"] <= PEAK_GROWTH_LIMIT
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(isinstance(_CGROUP, str), reason=str(_CGROUP))
+def test_the_two_gb_memory_cgroup_kills_a_child_that_outgrows_it() -> None:
+    """The cgroup above really bites: 2.5 GiB of anonymous memory there is OOM-killed, and counted."""
+    assert not isinstance(_CGROUP, str)
+    with _MemoryCgroup(*_CGROUP, CGROUP_LIMIT) as cgroup:
+        out = subprocess.run(
+            cgroup.argv([sys.executable, "-c", f"x = b'1' * {CGROUP_LIMIT + GB // 2}; print(len(x))"]),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        kills = cgroup.oom_kills()
+    assert out.returncode == -9 and out.stdout == "", (out.returncode, out.stderr[-2000:])
+    assert kills in (1, None)
