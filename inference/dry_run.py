@@ -3,8 +3,8 @@
 :func:`dry_run` lists the input prefix with the process step's own listing
 (:func:`inference.inputs.list_objects`), validates each image with its validation
 (:func:`core.naip.validate_naip`, the same ``max_pixels``, the same outside-the-prefix check),
-plans each valid scene's blocks as the process step does (its block sizing from the
-champion's measured throughput, then :func:`inference.predict.plan_blocks`), and estimates
+plans each valid scene's blocks as the process step does (:mod:`inference.planning`: the block
+side from the champion's measured throughput, then each scene's blocks), and estimates
 each scene's Lambda time and cost from a *measured* speed:
 
 1. the ledger's recorded block durations (predicted blocks of the champion version), when the
@@ -14,6 +14,10 @@ each scene's Lambda time and cost from a *measured* speed:
    chip, scaled to the infer Lambda's vCPUs (:meth:`inference.blocks.Throughput.lambda_seconds_per_chip`),
    or else
 3. no estimate at all ("no measurement yet: run make bench"), never a made-up figure.
+
+When the ledger exists, each valid scene is marked new, known or already predicted by the
+champion, found as the process step finds it (key and ETag, else the sha256 of its bytes); the
+totals count only the scenes a real run would predict, not those it skips as already predicted.
 
 Costs use :meth:`inference.settings.ChainDefaults.lambda_cost_usd` at the infer memory. Nothing
 is written: no ledger row (the ledger is only read, and not created or migrated when absent),
@@ -26,19 +30,35 @@ import json
 import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from core.naip import NaipValidationError, describe_raster, validate_naip
 from inference.blocks import WHOLE_SCENE, BlockSizing, Throughput, block_sizing, throughput_from_bench
 from inference.errors import NoChampionError
-from inference.inputs import list_objects
+from inference.inputs import ListedObject, list_objects
+from inference.planning import (
+    OUTSIDE_INPUT_ROOT,
+    block_chip_counts,
+    outside_input_root,
+    raster_metadata,
+    run_block_sizing,
+    scene_identity,
+)
 from inference.settings import ChainSettings
 from inference.storage_endpoint import configure_storage
+
+if TYPE_CHECKING:
+    import sqlalchemy as sa
 
 log = logging.getLogger(__name__)
 
 #: What the report says when nothing measured the model's speed yet.
 NO_MEASUREMENT = "no measurement yet: run make bench"
+
+#: A valid scene's standing in the ledger (``SceneRow.ledger``; None when there is no ledger):
+#: not in it, in it without the champion's prediction (both predicted by a real run), or
+#: already predicted by the champion (a real run skips it, so the totals leave it out).
+NEW, KNOWN, PREDICTED = "new", "known", "predicted"
 
 
 @dataclass(frozen=True)
@@ -66,6 +86,7 @@ class SceneRow:
     dtype: str | None = None
     gsd_m: list[float] | None = None
     nodata: float | None = None
+    ledger: str | None = None  # NEW, KNOWN or PREDICTED; None without a ledger
     area_km2: float | None = None
     blocks: int | None = None
     chips: int | None = None
@@ -86,18 +107,22 @@ class DryRunReport:
 
     @property
     def totals(self) -> dict[str, Any]:
+        """Counts, and the area, blocks, chips and estimates of the scenes a real run would predict."""
         ok = [r for r in self.scenes if r.verdict == "ok"]
-        estimated = self.measurement is not None and all(r.est_seconds is not None for r in ok)
-        costed = estimated and all(r.est_usd is not None for r in ok)
+        todo = [r for r in ok if r.ledger != PREDICTED]
+        estimated = self.measurement is not None and all(r.est_seconds is not None for r in todo)
+        costed = estimated and all(r.est_usd is not None for r in todo)
         return {
             "scenes": len(self.scenes),
             "ok": len(ok),
             "quarantined": len(self.scenes) - len(ok),
-            "area_km2": sum(r.area_km2 or 0.0 for r in ok),
-            "blocks": sum(r.blocks or 0 for r in ok),
-            "chips": sum(r.chips or 0 for r in ok),
-            "est_seconds": sum(r.est_seconds or 0.0 for r in ok) if estimated else None,
-            "est_usd": sum(r.est_usd or 0.0 for r in ok) if costed else None,
+            "to_predict": len(todo),
+            "already_predicted": len(ok) - len(todo),
+            "area_km2": sum(r.area_km2 or 0.0 for r in todo),
+            "blocks": sum(r.blocks or 0 for r in todo),
+            "chips": sum(r.chips or 0 for r in todo),
+            "est_seconds": sum(r.est_seconds or 0.0 for r in todo) if estimated else None,
+            "est_usd": sum(r.est_usd or 0.0 for r in todo) if costed else None,
         }
 
     def to_dict(self) -> dict[str, Any]:
@@ -121,7 +146,6 @@ def dry_run(
     """What a run over ``settings.input_uri`` would do and cost; reads only (see the module doc)."""
     from inference import retry
     from inference.model_cache import champion
-    from inference.steps import process
 
     configure_storage(settings)
     notes: list[str] = []
@@ -132,7 +156,7 @@ def dry_run(
         notes.append(f"{exc} (a real run stops there)")
     version = None if pointer is None else str(pointer["version"])
     if pointer is not None:
-        sizing = process._block_sizing(settings, pointer)
+        sizing = run_block_sizing(settings, pointer)
     else:
         sizing = block_sizing(settings, None, settings.infer_memory_mb)
 
@@ -154,20 +178,21 @@ def dry_run(
         notes=notes,
     )
     listed = retry.call(lambda: list_objects(settings.input_uri), f"list {settings.input_uri}")
-    for obj in listed:
-        report.scenes.append(_scene_row(settings, obj.uri, obj.size, sizing, measurement))
+    rows = [_scene_row(settings, obj.uri, obj.size, sizing, measurement) for obj in listed]
+    report.scenes = rows
+    note = mark_known(settings, version, list(zip(listed, rows, strict=True)))
+    if note:
+        notes.append(note)
     return report
 
 
 def _scene_row(
     settings: ChainSettings, uri: str, size: int, sizing: BlockSizing, measurement: Measurement | None
 ) -> SceneRow:
-    from inference.steps import process
-
     row = SceneRow(uri=uri, size_bytes=size, verdict="ok")
-    outside = process._outside_input_root(settings, uri)
+    outside = outside_input_root(settings, uri)
     if outside is not None:
-        row.verdict, row.reason = "quarantined", process.OUTSIDE_INPUT_ROOT
+        row.verdict, row.reason = "quarantined", OUTSIDE_INPUT_ROOT
         row.detail = f"{uri} resolves to {outside}, outside the input prefix {settings.input_uri}"
         return row
     try:
@@ -181,8 +206,8 @@ def _scene_row(
         row.detail = "gone between listing and reading (the process step skips it too)"
         return row
     _describe(row, info)
-    row.area_km2 = process._raster_metadata(info)["area_km2"]
-    blocks = planned_blocks(settings, row.height or 0, row.width or 0, sizing.block_chips)
+    row.area_km2 = raster_metadata(info)["area_km2"]
+    blocks = block_chip_counts(settings, row.height or 0, row.width or 0, sizing.block_chips)
     row.blocks, row.chips = len(blocks), sum(blocks)
     if measurement is not None:
         row.est_seconds = measurement.seconds_per_chip * row.chips
@@ -200,12 +225,76 @@ def _describe(row: SceneRow, info: dict[str, Any] | None) -> None:
     row.dtype = ",".join(sorted(set(info["dtypes"])))
 
 
-def planned_blocks(settings: ChainSettings, height: int, width: int, block_chips: int) -> list[int]:
-    """Chips (halo included) of each block the process step plans for a ``height x width`` scene."""
-    from inference.predict import PATCH_SIZE, plan_blocks, plan_tiling
+def existing_ledger(settings: ChainSettings, table: str) -> sa.Engine | None:
+    """The ledger's engine when it exists and has ``table``, else None; never created nor migrated."""
+    import sqlalchemy as sa
 
-    plan = plan_tiling(height, width, settings.chip_size, settings.overlap, PATCH_SIZE)
-    return [b.chips(plan) for b in plan_blocks(plan, block_chips)]
+    from inference.transactions import engine
+
+    try:
+        url = sa.make_url(settings.resolved_ledger_url())
+    except Exception as exc:  # no URL or an unreadable secret: no ledger to read
+        log.info("no ledger to read: %s", exc)
+        return None
+    if url.get_backend_name() == "sqlite" and (
+        url.database in (None, "", ":memory:") or not Path(url.database).exists()
+    ):
+        return None
+    try:
+        eng = engine(settings)
+        return eng if table in sa.inspect(eng).get_table_names() else None
+    except sa.exc.SQLAlchemyError as exc:
+        log.warning("could not read the ledger: %s", exc)
+        return None
+
+
+def mark_known(
+    settings: ChainSettings, model_version: str | None, listed: list[tuple[ListedObject, SceneRow]]
+) -> str | None:
+    """Set each valid row's ``ledger`` mark (NEW, KNOWN, PREDICTED) from the ledger, read only.
+
+    A scene is found as the process step finds it: by its key and listing ETag (no re-hash), else
+    by its identity, the sha256 of its bytes (:func:`inference.planning.scene_identity`), so a
+    copy at a new key is known too. Predicted means a prediction by ``model_version`` (by any
+    version without a champion). Without a ledger nothing is marked; returns a note for the
+    report when the ledger could not be read.
+    """
+    import sqlalchemy as sa
+    from sqlalchemy.orm import Session
+
+    from inference.ledger import repository
+    from inference.ledger.models import Scene, SceneStatus
+
+    eng = existing_ledger(settings, "scenes")
+    if eng is None:
+        return None
+    try:
+        with Session(eng) as s:  # never committed: closing rolls the read back
+            for obj, row in listed:
+                if row.verdict != "ok":
+                    continue
+                scene = repository.known_source(s, obj.uri, obj.etag)
+                if scene is None:
+                    try:
+                        sha, _ = scene_identity(obj.uri)
+                    except FileNotFoundError:
+                        row.verdict, row.reason = "skipped", "disappeared"
+                        row.detail = "gone between listing and reading (the process step skips it too)"
+                        continue
+                    scene = s.execute(sa.select(Scene).where(Scene.sha256 == sha)).scalar_one_or_none()
+                if scene is None:
+                    row.ledger = NEW
+                elif model_version is None:
+                    row.ledger = PREDICTED if scene.status == SceneStatus.predicted else KNOWN
+                else:
+                    done = repository.prediction_by(s, scene, model_version) is not None
+                    row.ledger = PREDICTED if done else KNOWN
+    except sa.exc.SQLAlchemyError as exc:
+        log.warning("could not read the ledger's scenes: %s", exc)
+        for _, row in listed:
+            row.ledger = None
+        return f"could not read the ledger's scenes ({exc.__class__.__name__}): scenes it knows are counted"
+    return None
 
 
 def ledger_measurement(settings: ChainSettings, model_version: str | None) -> Measurement | None:
@@ -219,22 +308,11 @@ def ledger_measurement(settings: ChainSettings, model_version: str | None) -> Me
     from sqlalchemy.orm import Session
 
     from inference.ledger.models import Block, BlockStatus, Scene
-    from inference.predict import PATCH_SIZE, plan_blocks, plan_tiling
-    from inference.transactions import engine
 
-    try:
-        url = sa.make_url(settings.resolved_ledger_url())
-    except Exception as exc:  # no URL or an unreadable secret: no ledger to learn from
-        log.info("no ledger to read durations from: %s", exc)
-        return None
-    if url.get_backend_name() == "sqlite" and (
-        url.database in (None, "", ":memory:") or not Path(url.database).exists()
-    ):
+    eng = existing_ledger(settings, "blocks")
+    if eng is None:
         return None
     try:
-        eng = engine(settings)
-        if "blocks" not in sa.inspect(eng).get_table_names():
-            return None
         query = (
             sa.select(
                 Block.block_index, Block.block_chips, Block.seconds, Scene.id, Scene.height, Scene.width
@@ -256,8 +334,7 @@ def ledger_measurement(settings: ChainSettings, model_version: str | None) -> Me
     for index, block_chips, took, scene_id, height, width in rows:
         key = (scene_id, block_chips)
         if key not in plans:
-            plan = plan_tiling(height, width, settings.chip_size, settings.overlap, PATCH_SIZE)
-            plans[key] = [b.chips(plan) for b in plan_blocks(plan, block_chips)]
+            plans[key] = block_chip_counts(settings, height, width, block_chips)
         if index < len(plans[key]):
             seconds, chips = seconds + float(took), chips + plans[key][index]
     if not chips:
@@ -319,7 +396,10 @@ def format_report(report: DryRunReport) -> str:
     for r in report.scenes:
         size = f"{r.width}x{r.height}" if r.width is not None else "-"
         bands = f"{r.bands}x{r.dtype}" if r.bands is not None else "-"
-        verdict = r.verdict if r.verdict == "ok" else f"{r.verdict} ({r.reason})"
+        if r.verdict != "ok":
+            verdict = f"{r.verdict} ({r.reason})"
+        else:
+            verdict = "ok (already predicted)" if r.ledger == PREDICTED else "ok"
         table.append(
             [
                 r.uri.rsplit("/", 1)[-1],
@@ -335,7 +415,8 @@ def format_report(report: DryRunReport) -> str:
     t = report.totals
     table.append(
         [
-            f"total ({t['ok']} ok, {t['quarantined']} not)",
+            f"total ({t['to_predict']} to predict, {t['already_predicted']} already predicted, "
+            f"{t['quarantined']} not ok)",
             f"{t['area_km2']:.3f} km²",
             "",
             "",

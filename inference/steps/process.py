@@ -14,21 +14,26 @@ from sqlalchemy.orm import Session
 from core import artifacts, registry, storage
 from core.naip import NaipValidationError, validate_naip
 from inference import retry
-from inference.blocks import WHOLE_SCENE, BlockSizing, Throughput, block_sizing
+from inference.blocks import WHOLE_SCENE
 from inference.errors import ChainError
 from inference.inputs import ListedObject, list_objects
 from inference.ledger import db, repository
 from inference.ledger.models import BlockStatus, Scene, SceneStatus
 from inference.model_cache import champion
 from inference.payloads import block_items, scene_item
+from inference.planning import (
+    OUTSIDE_INPUT_ROOT,
+    outside_input_root,
+    raster_metadata,
+    run_block_sizing,
+    scene_blocks,
+    scene_identity,
+)
 from inference.settings import ChainSettings
 from inference.storage_endpoint import configure_storage
 from inference.transactions import deadline, transaction
 
 log = logging.getLogger(__name__)
-
-#: Quarantine reason of an input that resolves outside the input prefix (never read).
-OUTSIDE_INPUT_ROOT = "outside_input_root"
 
 
 def process(settings: ChainSettings, execution_id: str) -> dict[str, Any]:
@@ -43,7 +48,7 @@ def process(settings: ChainSettings, execution_id: str) -> dict[str, Any]:
     challenger_version = _challenger_version(settings, version)
     discovered, quarantined, aliases = _register_inputs(settings)
 
-    sizing = _block_sizing(settings, pointer)
+    sizing = run_block_sizing(settings, pointer)
     if sizing.block_chips == WHOLE_SCENE:
         log.warning("%s", sizing.reason)
     else:
@@ -133,7 +138,7 @@ def _plan_manifests(
     blocks, scenes = [], []
     for scene in todo:
         planned = repository.plan_blocks(
-            s, scene, version, block_chips, _planned_blocks(settings, scene, block_chips)
+            s, scene, version, block_chips, planned_blocks(settings, scene, block_chips)
         )
         left = repository.blocks_to_predict(planned, settings.max_attempts)
         spent = [b for b in planned if b.status != BlockStatus.predicted and b not in left]
@@ -172,31 +177,6 @@ def _write_manifests(
     return uri, scenes_uri
 
 
-def _raster_metadata(info: dict[str, Any]) -> dict[str, Any]:
-    """Ledger fields from ``validate_naip``'s metadata: bounds, WGS84 bbox and area."""
-    from rasterio.crs import CRS
-    from rasterio.warp import transform_bounds
-
-    crs = CRS.from_user_input(info["crs"])
-    minx, miny, maxx, maxy = (float(b) for b in info["bounds"])
-    area_km2 = None
-    if crs.is_projected:
-        factor = float(crs.linear_units_factor[1])
-        area_km2 = abs(maxx - minx) * abs(maxy - miny) * factor * factor / 1e6
-    try:
-        bbox = [float(v) for v in transform_bounds(crs, "EPSG:4326", minx, miny, maxx, maxy)]
-    except Exception:  # a CRS PROJ cannot transform: keep the scene, skip the footprint
-        bbox = None
-    return {
-        "width": int(info["width"]),
-        "height": int(info["height"]),
-        "crs": crs.to_string(),
-        "bounds": [minx, miny, maxx, maxy],
-        "bbox_wgs84": bbox,
-        "area_km2": area_km2,
-    }
-
-
 def _validate_scene(settings: ChainSettings, s: Session, scene: Scene, uri: str) -> bool:
     """Validate a discovered scene: validated with its metadata, or quarantined with its reason."""
     try:
@@ -205,18 +185,9 @@ def _validate_scene(settings: ChainSettings, s: Session, scene: Scene, uri: str)
         repository.quarantine(s, scene, exc.reason, exc.detail)
         log.warning("quarantined %s (%s): %s", uri, exc.reason, exc.detail)
         return False
-    repository.describe_scene(s, scene, **_raster_metadata(info))
+    repository.describe_scene(s, scene, **raster_metadata(info))
     repository.transition(s, scene, SceneStatus.validated)
     return True
-
-
-def _outside_input_root(settings: ChainSettings, uri: str) -> str | None:
-    """Where a ``file://`` input really is, when a symlink takes it outside the input prefix."""
-    root, local = storage.local_path(settings.input_uri), storage.local_path(uri)
-    if root is None or local is None:
-        return None
-    target = local.resolve()
-    return None if target.is_relative_to(root.resolve()) else str(target)
 
 
 def _register(settings: ChainSettings, s: Session, obj: ListedObject) -> tuple[int, int, int]:
@@ -227,7 +198,7 @@ def _register(settings: ChainSettings, s: Session, obj: ListedObject) -> tuple[i
         if known.status == SceneStatus.discovered:
             return 0, int(not _validate_scene(settings, s, known, obj.uri)), 0
         return 0, 0, 0
-    outside = _outside_input_root(settings, obj.uri)
+    outside = outside_input_root(settings, obj.uri)
     if outside is not None:
         # Never read: the id is a hash of where it points, not of content it must not open.
         sha = hashlib.sha256(f"outside-input-root:{obj.uri}->{outside}".encode()).hexdigest()
@@ -239,7 +210,7 @@ def _register(settings: ChainSettings, s: Session, obj: ListedObject) -> tuple[i
             return int(created), 1, 0
         return 0, 0, 0
     try:
-        sha, size = storage.sha256_of(obj.uri)
+        sha, size = scene_identity(obj.uri)
     except FileNotFoundError:
         log.warning("%s disappeared between listing and reading; skipped", obj.uri)
         return 0, 0, 0
@@ -251,28 +222,11 @@ def _register(settings: ChainSettings, s: Session, obj: ListedObject) -> tuple[i
     return 1, int(not _validate_scene(settings, s, scene, obj.uri)), 0
 
 
-def _block_sizing(settings: ChainSettings, pointer: dict[str, Any]) -> BlockSizing:
-    """The block side for this run: configured, or from the champion's measured throughput."""
-    throughput = None
-    if settings.block_chips is None:
-        manifest = retry.call(
-            lambda: registry.get_version(settings.registry_uri, settings.model_name, str(pointer["version"])),
-            "read the champion's metrics",
-        )
-        throughput = Throughput.from_metrics(manifest.get("metrics"))
-    try:
-        return block_sizing(settings, throughput, settings.infer_memory_mb)
-    except ValueError as exc:
-        raise ChainError(f"champion {pointer['version']}: {exc}") from exc
-
-
-def _planned_blocks(settings: ChainSettings, scene: Scene, block_chips: int) -> list[dict[str, Any]]:
-    """Ledger rows of the blocks :func:`inference.predict.plan_blocks` makes of ``scene``."""
-    from inference.predict import PATCH_SIZE, plan_blocks, plan_tiling
-
+def planned_blocks(settings: ChainSettings, scene: Scene, block_chips: int) -> list[dict[str, Any]]:
+    """Ledger rows of the blocks :func:`inference.planning.scene_blocks` makes of ``scene``."""
     if scene.height is None or scene.width is None:
         raise ChainError(f"scene {scene.id} has no size in the ledger; it was never validated")
-    plan = plan_tiling(scene.height, scene.width, settings.chip_size, settings.overlap, PATCH_SIZE)
+    _, blocks = scene_blocks(settings, scene.height, scene.width, block_chips)
     return [
         {
             "block_index": b.index,
@@ -281,5 +235,5 @@ def _planned_blocks(settings: ChainSettings, scene: Scene, block_chips: int) -> 
             "height": b.window[2],
             "width": b.window[3],
         }
-        for b in plan_blocks(plan, block_chips)
+        for b in blocks
     ]

@@ -10,9 +10,11 @@ import pytest
 import sqlalchemy as sa
 
 from core import storage
-from inference.dry_run import NO_MEASUREMENT, dry_run, format_report, planned_blocks
+from inference.dry_run import KNOWN, NEW, NO_MEASUREMENT, PREDICTED, dry_run, format_report
+from inference.inputs import list_objects
 from inference.ledger import repository
-from inference.ledger.models import Base, utcnow
+from inference.ledger.models import Base, SceneStatus, utcnow
+from inference.planning import block_chip_counts, scene_identity
 from inference.transactions import session
 from tests.inference.chain_fixtures import chain_settings, make_champion, migrated, write_bad, write_scene
 
@@ -71,9 +73,12 @@ def test_dry_run_writes_nothing_and_estimates_nothing_unmeasured(inputs, s3_buck
     assert good.crs.startswith("EPSG:")
     # The process step's plan: the same blocks for this size and block side.
     from inference.ledger.models import Scene
-    from inference.steps.process import _planned_blocks
+    from inference.steps.process import planned_blocks
 
-    assert good.blocks == len(_planned_blocks(settings, Scene(height=SIDE, width=SIDE), 2)) > 1
+    assert good.blocks == len(planned_blocks(settings, Scene(height=SIDE, width=SIDE), 2)) > 1
+    # An empty ledger: every valid scene is new (a real run predicts them all).
+    assert [r.ledger for r in report.scenes if r.verdict == "ok"] == [NEW, NEW]
+    assert (report.totals["to_predict"], report.totals["already_predicted"]) == (2, 0)
     # No measurement: no number, and the report says how to get one.
     assert report.measurement is None and good.est_seconds is None and good.est_usd is None
     assert report.totals["est_seconds"] is None and NO_MEASUREMENT in report.notes
@@ -100,7 +105,7 @@ def test_estimate_from_the_bench_report(inputs, tmp_path) -> None:
     per_chip = 0.9 * 4 / settings.lambda_vcpus(3008)
     assert report.measurement.seconds_per_chip == pytest.approx(per_chip)
     good = next(r for r in report.scenes if r.verdict == "ok")
-    chips = sum(planned_blocks(settings, SIDE, SIDE, 2))
+    chips = sum(block_chip_counts(settings, SIDE, SIDE, 2))
     assert good.chips == chips
     assert good.est_seconds == pytest.approx(per_chip * chips)
     assert good.est_usd == pytest.approx(settings.lambda_cost_usd(per_chip * chips, 3008, good.blocks + 1))
@@ -113,7 +118,7 @@ def test_estimate_from_the_ledger_block_durations_wins(inputs, tmp_path) -> None
     from inference.model_cache import champion
 
     version = str(champion(settings)["version"])
-    blocks = planned_blocks(settings, SIDE, SIDE, 2)
+    blocks = block_chip_counts(settings, SIDE, SIDE, 2)
     now = utcnow()
     with session(settings) as s:
         scene, _ = repository.register_scene(
@@ -145,6 +150,48 @@ def test_estimate_from_the_ledger_block_durations_wins(inputs, tmp_path) -> None
     assert m.seconds_per_chip == pytest.approx(6.0 / (blocks[0] + blocks[1]))
     good = next(r for r in report.scenes if r.verdict == "ok")
     assert good.est_seconds == pytest.approx(m.seconds_per_chip * sum(blocks))
+
+
+def test_scenes_the_ledger_knows_are_marked_and_the_predicted_left_out_of_the_totals(
+    inputs, s3_bucket
+) -> None:
+    """good-0 is in the ledger at its own key (found by key and ETag) with the champion's
+    prediction; good-1's bytes are in it under another key (found by sha256), not yet predicted."""
+    settings = inputs
+    from inference.model_cache import champion
+
+    version = str(champion(settings)["version"])
+    listed = {o.uri.rsplit("/", 1)[-1]: o for o in list_objects(settings.input_uri)}
+    now = utcnow()
+    with session(settings) as s:
+        g0 = listed["good-0.tif"]
+        done, _ = repository.register_scene(s, scene_identity(g0.uri)[0], g0.uri, g0.size, etag=g0.etag)
+        repository.transition(s, done, SceneStatus.validated)
+        repository.claim_for_prediction(s, done, "earlier-run", 60.0)
+        repository.record_prediction(
+            s,
+            done,
+            version,
+            input_sha256=done.sha256,
+            class_uri="s3://out/classes.tif",
+            started_at=now - timedelta(seconds=1),
+            finished_at=now,
+        )
+        copy_sha, copy_size = scene_identity(listed["good-1.tif"].uri)
+        repository.register_scene(s, copy_sha, "s3://elsewhere/copy.tif", copy_size)
+    before_rows, before_keys = table_counts(settings.ledger_url), bucket_keys(s3_bucket)
+    report = dry_run(settings)
+    assert table_counts(settings.ledger_url) == before_rows
+    assert bucket_keys(s3_bucket) == before_keys
+
+    rows = {r.uri.rsplit("/", 1)[-1]: r for r in report.scenes}
+    assert (rows["good-0.tif"].ledger, rows["good-1.tif"].ledger) == (PREDICTED, KNOWN)
+    assert rows["rgb.tif"].ledger is None  # not valid: not looked up
+    t = report.totals
+    assert (t["ok"], t["to_predict"], t["already_predicted"]) == (2, 1, 1)
+    assert t["blocks"] == rows["good-1.tif"].blocks and t["chips"] == rows["good-1.tif"].chips
+    assert t["area_km2"] == pytest.approx(rows["good-1.tif"].area_km2)
+    assert "ok (already predicted)" in format_report(report)
 
 
 def test_cli_dry_run_json_creates_no_ledger(tmp_path, capsys) -> None:
