@@ -340,6 +340,29 @@ class CachedFeatures(Dataset):
             raise ValueError("this cache holds no chips (written before format 2); rebuild it")
         return (self.images[index].float() - self._mean) / self._std
 
+    def _radiometry(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Another acquisition of a normalised chip: band gains and offsets, then sensor noise, on
+        digital numbers clipped to 0..255 as a uint8 sensor saturates (an unclipped dark pixel
+        could go negative, and NDVI's denominator with it)."""
+        if not (self.band_jitter or self.brightness_jitter or self.band_offset or self.pixel_noise):
+            return pixels
+        bands = pixels.shape[0]
+        gain, offset = torch.ones(bands, 1, 1), torch.zeros(bands, 1, 1)
+        if self.band_jitter:
+            draw = torch.rand(bands, 1, 1, generator=self.generator)
+            gain = gain * (1.0 + self.band_jitter * (2.0 * draw - 1.0))
+        if self.brightness_jitter:
+            draw = torch.rand(1, generator=self.generator)
+            gain = gain * (1.0 + self.brightness_jitter * (2.0 * draw - 1.0))
+        if self.band_offset:
+            draw = torch.rand(bands, 1, 1, generator=self.generator)
+            offset = self.band_offset * (2.0 * draw - 1.0)
+        dn = gain * (pixels * self._std + self._mean) + offset
+        if self.pixel_noise:
+            sigma = self.pixel_noise * float(torch.rand(1, generator=self.generator))
+            dn = dn + torch.randn(pixels.shape, generator=self.generator) * sigma
+        return (dn.clamp(0.0, 255.0) - self._mean) / self._std
+
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         mask = self.labels[index].long()
         pixels = self.pixels(index) if self.images is not None else None
@@ -372,28 +395,8 @@ class CachedFeatures(Dataset):
             flip = bool(torch.randint(0, 2, (1,), generator=self.generator))
             features, mask = dihedral(features, k, flip), dihedral(mask, k, flip)
             pixels = dihedral(pixels, k, flip) if pixels is not None else None
-        if (
-            self.augment
-            and pixels is not None
-            and (self.band_jitter or self.brightness_jitter or self.band_offset)
-        ):
-            gain = torch.ones(pixels.shape[0], 1, 1)  # (C, 1, 1)
-            offset = torch.zeros(pixels.shape[0], 1, 1)
-            if self.band_jitter:
-                draw = torch.rand(pixels.shape[0], 1, 1, generator=self.generator)
-                gain = gain * (1.0 + self.band_jitter * (2.0 * draw - 1.0))
-            if self.brightness_jitter:
-                draw = torch.rand(1, generator=self.generator)
-                gain = gain * (1.0 + self.brightness_jitter * (2.0 * draw - 1.0))
-            if self.band_offset:
-                draw = torch.rand(pixels.shape[0], 1, 1, generator=self.generator)
-                offset = self.band_offset * (2.0 * draw - 1.0)
-            # On digital numbers: x' = (g * (x * std + mean) + o - mean) / std.
-            pixels = (gain * (pixels * self._std + self._mean) + offset - self._mean) / self._std
-        if self.augment and pixels is not None and self.pixel_noise:
-            sigma = self.pixel_noise * float(torch.rand(1, generator=self.generator))
-            noise = torch.randn(pixels.shape, generator=self.generator) * sigma
-            pixels = pixels + noise / self._std  # DN noise in normalised units
+        if self.augment and pixels is not None:
+            pixels = self._radiometry(pixels)
         item = {"features": features.contiguous(), "mask": mask.contiguous()}
         if pixels is not None:
             item["pixels"] = pixels.contiguous()

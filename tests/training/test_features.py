@@ -242,3 +242,29 @@ def test_brightness_jitter_scales_all_bands_of_the_chip_by_one_gain(tmp_path) ->
     assert len(set(round(g, 4) for g in gains)) == len(gains) and abs(gains[0] - 1.0) > 1e-3
     with pytest.raises(ValueError, match="brightness_jitter"):
         CachedFeatures(split_uri, brightness_jitter=1.0)
+
+
+def test_band_offset_and_pixel_noise_stay_digital_numbers_a_sensor_can_give(tmp_path) -> None:
+    """band_offset shifts each band by one offset per item, pixel_noise adds per-pixel noise, and
+    the result is clipped to 0..255 like a uint8 sensor (an unclipped dark pixel could go negative
+    and blow up NDVI's denominator); features and mask are untouched."""
+    model, scenes = _setup(tmp_path)
+    recipe = ChipRecipe(size=64, random_count=2, seed=6)
+    split_uri = storage.join(storage.to_uri(tmp_path / "cache"), "train")
+    cache_split(model, scenes, recipe, split_uri)
+    plain = CachedFeatures(split_uri, augment=True, seed=3)[0]
+    shifted = CachedFeatures(split_uri, augment=True, seed=3, band_offset=40.0)[0]
+    noisy = CachedFeatures(split_uri, augment=True, seed=3, pixel_noise=300.0)[0]
+    mean, std = CachedFeatures(split_uri)._mean, CachedFeatures(split_uri)._std
+    dn = {k: v["pixels"] * std + mean for k, v in (("plain", plain), ("shifted", shifted), ("noisy", noisy))}
+    assert torch.equal(plain["features"], shifted["features"]) and torch.equal(plain["mask"], noisy["mask"])
+    inside = (dn["plain"] > 45) & (dn["plain"] < 210)  # away from the clip at both ends
+    delta = (dn["shifted"] - dn["plain"])[inside]
+    assert 0 < float(delta.abs().max()) <= 40.0 + 1e-3
+    for name in ("shifted", "noisy"):
+        assert float(dn[name].min()) >= -1e-3 and float(dn[name].max()) <= 255.0 + 1e-3
+    assert float((dn["noisy"] - dn["plain"]).std()) > 5.0
+    with pytest.raises(ValueError, match="band_offset"):
+        CachedFeatures(split_uri, band_offset=-1.0)
+    with pytest.raises(ValueError, match="pixel_noise"):
+        CachedFeatures(split_uri, pixel_noise=-1.0)
