@@ -24,10 +24,12 @@ Sections (printed, and written as JSON to ``--out`` for run-to-run comparison):
 3. Whole-scene time at 1, 4 and 16 km² with the served path (:mod:`~setup.tools.bench.scene`).
 4. Estimated Lambda cost per km².
 5. The Lambda image's Python environment, built from its requirements (:mod:`~setup.tools.bench.image`).
-Targets: MET / MISSED against the targets of this CPU's class.
+Targets: MET / MISSED against the targets of this CPU's class, each with its floor.
 
 All timings are medians over the stated number of runs; every ratio is between figures of the
-same run. Exports are cached under ``--workdir`` (``--rebuild`` forces a fresh build). The run
+same run. Exports are cached by content hash under ``--export-cache`` (default
+``$XDG_CACHE_HOME/landcover/bench``, see :mod:`~setup.tools.bench.models`; ``--rebuild`` forces a
+fresh build). Targets: relative to this CPU's floors (:data:`TARGETS`). The run
 keeps to ``--budget-s`` (:mod:`~setup.tools.bench.budget`): on a slow CPU the repeated
 measurements stop early, never below each figure's minimum, and the report lists each cut
 and the seconds of every section.
@@ -67,25 +69,22 @@ SCENE_RUNS = 3
 BUDGET_S = 570.0
 #: Kept back for the Lambda image build at the end (pip install --target of the image's packages).
 IMAGE_RESERVE_S = 60.0
-#: Targets by CPU class (the issue's table): AVX2-only CPUs, and CPUs with AMX / AVX512-BF16 / VNNI.
-TARGETS_BY_CLASS: dict[str, dict[str, float]] = {
-    "avx2": {
-        "speedup": 1.8,
-        "agreement": 0.99,
-        "share_of_peak": 0.60,
-        "rss_gb": 1.0,
-        "cold_s": 3.0,
-        "scene": 1.3,
-    },
-    "accelerated": {
-        "speedup": 5.0,
-        "agreement": 0.99,
-        "share_of_peak": 0.60,
-        "rss_gb": 1.0,
-        "cold_s": 2.0,
-        "scene": 1.3,
-    },
+#: The targets, relative to this CPU's own floors so they hold on every CPU class (issue 35):
+#: the served chip within ``chip_ratio_to_floor`` x its ideal chip (every FLOP at the measured
+#: peak of the precision it runs in), the cold start within ``cold_start_over_floor_s`` of its
+#: floor (these imports and load + one ideal chip); the absolute ones as before. The image's
+#: limit lives with its measurement (:data:`setup.tools.bench.image.IMAGE_BUDGET_BYTES`).
+TARGETS: dict[str, float] = {
+    "chip_ratio_to_floor": 1.6,
+    "cold_start_over_floor_s": 0.5,
+    "agreement": 0.99,
+    "share_of_peak": 0.60,
+    "rss_gb": 1.0,
+    "scene": 1.3,
 }
+#: Every CPU class the bench tells apart (AVX2-only, and AMX / AVX512-BF16 / VNNI) is judged by
+#: the same relative targets: the floors carry what the class's instructions allow.
+TARGETS_BY_CLASS: dict[str, dict[str, float]] = {"avx2": TARGETS, "accelerated": TARGETS}
 
 
 def _log(msg: str) -> None:
@@ -359,7 +358,10 @@ def _prepare_models(
     _log("[bench] building/reusing exports and runtime artifacts ...")
     needed = chips_mod.artifacts_needed(cpu)
     with budget.section("exports"):
-        models = {p: prepare_model(p, workdir, rebuild=args.rebuild, names=needed) for p in presets}
+        models = {
+            p: prepare_model(p, Path(args.export_cache), rebuild=args.rebuild, names=needed) for p in presets
+        }
+    report["export_cache"] = str(Path(args.export_cache))
     report["models"] = {p: m.to_dict() for p, m in models.items()}
     choices = {p: _served(m, cpu) for p, m in models.items()}
     report["dispatch"] = {p: c.to_dict() for p, c in choices.items()}
@@ -623,7 +625,34 @@ def _image_section(args: argparse.Namespace, workdir: Path, budget: Budget) -> d
         return {"error": f"{type(exc).__name__}: {str(exc)[-500:]}"}
 
 
+def _gap_parts(chip_s: float, profile: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """Where the served chip's seconds beyond its floor go, by profiled group, largest first:
+    each group's seconds in the chip (its share of the operators' time x the chip) less its
+    seconds at 100 % of its precision's peak (none for "other", which has no FLOPs counted)."""
+    groups = (profile or {}).get("groups") or {}
+    parts = []
+    for name, g in groups.items():
+        if g.get("share_of_time") is None:
+            continue
+        seconds = chip_s * g["share_of_time"]
+        ideal = g["gflop"] / (g["gflops"] / g["share_of_peak"]) if g.get("share_of_peak") else 0.0
+        parts.append(
+            {
+                "group": name,
+                "seconds": seconds,
+                "ideal_s": ideal,
+                "excess_s": seconds - ideal,
+                "share_of_time": g["share_of_time"],
+                "share_of_peak": g.get("share_of_peak"),
+                "peak": g.get("peak_name"),
+            }
+        )
+    return sorted(parts, key=lambda p: -p["excess_s"])
+
+
 def _targets(report: dict[str, Any], t: dict[str, float], cpu_class: str) -> dict[str, Any]:
+    """Each target with its floor (where it has one), the measured value and ``met``: the JSON a
+    regression check reads (``targets.chip.ratio_to_floor``, ``targets.cold_start.met``, ...)."""
     preset = "large" if "large" in report["presets"] else list(report["presets"])[-1]
     res = report["presets"][preset]
     opt = res["optimized"]
@@ -637,19 +666,34 @@ def _targets(report: dict[str, Any], t: dict[str, float], cpu_class: str) -> dic
     champion_agreement = (report.get("champion") or {}).get("pixel_agreement")
     agreement = min(res["pixel_agreement"], champion_agreement if champion_agreement is not None else 1.0)
     ideal = res["ideal_chip_s"]
+    chip_s = opt["ms_per_chip"] / 1e3
     cold = opt["cold"]
+    cold_floor = cold["import_s"] + cold["load_s"] + ideal
+    groups = (res.get("profile") or {}).get("groups") or {}
+    attention = groups.get("attention") or {}
     out: dict[str, Any] = {
         "preset": preset,
         "cpu_class": cpu_class,
         "served_path": res["served_path"],
-        "a_throughput": {
-            "speedup": res["speedup"],
-            # The served path at 100 % of its precisions' peaks: no runtime gets past this.
-            "ceiling": res["eager_fp32"]["ms_per_chip"] / 1e3 / ideal,
-            "target": t["speedup"],
-            "met": res["speedup"] >= t["speedup"],
+        "chip": {
+            "seconds": chip_s,
+            # The served path at 100 % of the measured peaks of its precisions.
+            "floor_s": ideal,
+            "ratio_to_floor": chip_s / ideal,
+            "target_ratio": t["chip_ratio_to_floor"],
+            "met": chip_s <= t["chip_ratio_to_floor"] * ideal,
+            # Information, no target: the speedup over eager fp32 and its ceiling (the floor's).
+            "speedup_vs_eager": res["speedup"],
+            "ceiling_vs_eager": res["eager_fp32"]["ms_per_chip"] / 1e3 / ideal,
+            "attention": {
+                "share_of_time": attention.get("share_of_time"),
+                "share_of_peak": attention.get("share_of_peak"),
+                "peak": attention.get("peak_name"),
+            },
+            "gap_s": chip_s - ideal,
+            "gap_by_group": _gap_parts(chip_s, res.get("profile")),
         },
-        "a_agreement": {
+        "agreement": {
             # The worse of random weights and the trained champion (when the registry has one).
             "agreement": agreement,
             "random_weights": res["pixel_agreement"],
@@ -657,31 +701,37 @@ def _targets(report: dict[str, Any], t: dict[str, float], cpu_class: str) -> dic
             "target": t["agreement"],
             "met": agreement >= t["agreement"],
         },
-        "b_efficiency": {
+        "efficiency": {
             "share_of_peak": opt["share_of_peak"],
             "peak": opt["peak_name"],
             "profile": {
                 name: (g["share_of_peak"], g["peak_name"])
-                for name, g in (res.get("profile") or {}).get("groups", {}).items()
+                for name, g in groups.items()
                 if g["share_of_peak"] is not None
             },
             "target": t["share_of_peak"],
             "met": opt["share_of_peak"] >= t["share_of_peak"],
         },
-        "c_memory": {
-            "peak_rss_gb": opt["cold"]["peak_rss_bytes"] / 2**30,
+        "memory": {
+            "peak_rss_gb": cold["peak_rss_bytes"] / 2**30,
             "target": t["rss_gb"],
-            "met": opt["cold"]["peak_rss_bytes"] <= t["rss_gb"] * 2**30,
+            "met": cold["peak_rss_bytes"] <= t["rss_gb"] * 2**30,
         },
-        "d_cold_start": {
-            "seconds": opt["cold"]["cold_start_s"],
-            "uncached_seconds": opt["cold"]["uncached_cold_start_s"],
+        "cold_start": {
+            "seconds": cold["cold_start_s"],
+            "uncached_seconds": cold["uncached_cold_start_s"],
             # This run's imports and load plus a first chip at 100 % of the peaks.
-            "floor": cold["import_s"] + cold["load_s"] + ideal,
-            "target": t["cold_s"],
-            "met": opt["cold"]["cold_start_s"] <= t["cold_s"],
+            "floor_s": cold_floor,
+            "target_s": cold_floor + t["cold_start_over_floor_s"],
+            "met": cold["cold_start_s"] <= cold_floor + t["cold_start_over_floor_s"],
+            # The parts of the measured cold start, for a miss: what lies beyond the floor.
+            "import_s": cold["import_s"],
+            "load_s": cold["load_s"],
+            "first_predict_s": cold["first_predict_s"],
+            "first_chip_over_ideal_s": cold["first_predict_s"] - ideal,
+            "first_chip_over_steady_s": cold["first_predict_s"] - chip_s,
         },
-        "e_scene": {
+        "scene": {
             "worst_cost_ratio": worst,
             "judged_on": f"{preset} estimate",
             "measured_by_km2": {k: round(v, 3) for k, v in measured.items()},
@@ -690,9 +740,9 @@ def _targets(report: dict[str, Any], t: dict[str, float], cpu_class: str) -> dic
             "met": worst <= t["scene"],
         },
     }
-    if "installed_mb" in image:
-        from setup.tools.bench.image import IMAGE_BUDGET_BYTES
+    from setup.tools.bench.image import IMAGE_BUDGET_BYTES
 
+    if "installed_mb" in image:
         out["image"] = {
             "installed_mb": image["installed_mb"],
             "torch_installed": image["torch_installed"],
@@ -700,16 +750,24 @@ def _targets(report: dict[str, Any], t: dict[str, float], cpu_class: str) -> dic
             "met": image["installed_bytes"] <= IMAGE_BUDGET_BYTES and not image["torch_installed"],
         }
     else:
-        out["image"] = {"met": False, "error": image.get("error", "not measured (--no-image)")}
+        out["image"] = {
+            "met": False,
+            "target_mb": IMAGE_BUDGET_BYTES / 1e6,
+            "error": image.get("error", "not measured (--no-image)"),
+        }
     return out
 
 
 def main(argv: list[str] | None = None) -> None:
+    from setup.tools.bench.models import default_cache_dir
+
     parser = argparse.ArgumentParser(
         description="CPU inference benchmark: eager fp32 against the served path"
     )
     parser.add_argument("--out", default="outputs/bench/bench.json", help="JSON report path")
-    parser.add_argument("--workdir", default="outputs/bench/work", help="cached exports, scenes")
+    parser.add_argument(
+        "--workdir", default="outputs/bench/work", help="scenes, cold-start inputs, Lambda env"
+    )
     parser.add_argument("--quick", action="store_true", help="tiny preset only, few runs, small scenes")
     parser.add_argument("--presets", nargs="+", default=["tiny", "large"])
     parser.add_argument("--experiments-preset", default="tiny", help="preset of the quantisation experiments")
@@ -722,6 +780,11 @@ def main(argv: list[str] | None = None) -> None:
         type=int,
         default=[1000, 2000, 4000],
         help="scene sides in px (1 m: km² = side²/1e6)",
+    )
+    parser.add_argument(
+        "--export-cache",
+        default=str(default_cache_dir()),
+        help="where the random-weight exports are cached by content hash (default: $XDG_CACHE_HOME/landcover/bench)",
     )
     parser.add_argument("--rebuild", action="store_true", help="rebuild cached exports")
     parser.add_argument(

@@ -9,35 +9,64 @@ a large share of the bench's budget, and on an AVX2-only CPU no path uses it.
 Random weights stand in for trained ones (same shapes, same cost); pixel agreement on random
 weights is pessimistic, because their logits sit close together (see the closing note).
 
-The exports are cached under ``<workdir>/models/<preset>-<key>/`` where ``key`` hashes the
-seed and the source of the model/export code, so a second bench run skips the build; the
-build seconds are reported either way (``cached: true`` says they are from the run that built).
+The exports are cached under ``<cache>/models/<preset>-<key>/`` where ``key`` hashes the
+preset, the seed, every source that shapes the export and its runtime artifacts
+(:data:`_SOURCES`) and the versions of the packages that build them (:data:`_PACKAGES`), so a
+later run skips the build; the build seconds are reported either way (``cached: true`` says
+they are from the run that built). The default cache is ``$XDG_CACHE_HOME/landcover/bench``
+(:func:`default_cache_dir`): a random-weight model is a pure function of that key, so a fresh
+clone of the same code on the same environment may honestly reuse what an earlier clone built.
+The registry's artifacts are not reused: they hold trained weights, of the champion's preset.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from dataclasses import asdict, dataclass
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from core.config import REPO_ROOT
 
-__all__ = ["HEAD_WIDTH", "BenchModel", "analytic_flops", "prepare_model", "prepare_variant"]
+__all__ = [
+    "HEAD_WIDTH",
+    "BenchModel",
+    "analytic_flops",
+    "default_cache_dir",
+    "export_key",
+    "prepare_model",
+    "prepare_variant",
+]
 
 #: Head widths of the model configs (setup/conf/model/clay_*.yaml).
 HEAD_WIDTH = {"tiny": 64, "small": 256, "base": 512, "large": 512}
 
+#: Every file that shapes a bench model's export or its runtime artifacts: the model configs
+#: (heads), the model and export code, the artifact names and metadata, and what the static int8
+#: graph's calibration reads (normalisation and the synthetic scenes).
 _SOURCES = (
     "setup/conf/model/clay_tiny.yaml",
+    "setup/conf/model/clay_small.yaml",
+    "setup/conf/model/clay_base.yaml",
     "setup/conf/model/clay_large.yaml",
+    "setup/tools/bench/models.py",
     "training/models/clay.py",
     "training/models/head.py",
+    "training/models/checkpoint.py",
     "training/models/export.py",
     "training/models/onnx_export.py",
+    "training/data/synthetic.py",
+    "training/data/chips.py",
+    "core/artifacts.py",
+    "core/naip.py",
+    "core/classes.py",
 )
+#: The packages whose versions change what an export or a quantised graph contains.
+_PACKAGES = ("torch", "numpy", "onnx", "onnxruntime", "onnxscript", "safetensors")
 
 
 @dataclass
@@ -61,29 +90,48 @@ class BenchModel:
         return asdict(self)
 
 
-def _key(preset: str, seed: int, root: Path) -> str:
+def _version(package: str) -> str:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return "absent"
+
+
+def export_key(preset: str, seed: int, root: Path = REPO_ROOT) -> str:
+    """Content hash of everything a bench model is made from: preset, seed, :data:`_SOURCES`
+    and the :data:`_PACKAGES` versions."""
     digest = hashlib.sha256(f"{preset}:{seed}".encode())
     for rel in _SOURCES:
         # A missing source is a moved file: fail rather than key the cache on nothing.
-        digest.update((root / rel).read_bytes())
-    return digest.hexdigest()[:12]
+        digest.update(rel.encode() + b"\0" + (root / rel).read_bytes())
+    for package in _PACKAGES:
+        digest.update(f"{package}=={_version(package)}".encode())
+    return digest.hexdigest()[:16]
+
+
+def default_cache_dir() -> Path:
+    """``$XDG_CACHE_HOME/landcover/bench`` (``~/.cache`` without it): outside the checkout, so a
+    fresh clone finds the exports an earlier clone built under the same :func:`export_key`."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "landcover" / "bench"
 
 
 def recipe_key() -> str:
     """Digest of the sources that decide how exports and runtime artifacts are made: a folder of
     artifacts cached under it is rebuilt when the recipe changes."""
-    return _key("recipe", 0, REPO_ROOT)
+    return export_key("recipe", 0, REPO_ROOT)
 
 
 def prepare_model(
     preset: str,
-    workdir: Path,
+    cache_dir: Path,
     seed: int = 0,
     rebuild: bool = False,
     names: tuple[str, ...] | None = None,
 ) -> BenchModel:
-    """Build (or reuse) the export and the runtime artifacts ``names`` (default: every one) of a
-    random ``preset`` model; artifacts missing from a cached folder are added to it.
+    """Build (or reuse, from ``cache_dir/models``) the export and the runtime artifacts ``names``
+    (default: every one) of a random ``preset`` model; artifacts missing from a cached folder
+    are added to it. A folder is complete once its ``build.json`` exists (written last).
 
     The fp32 model is built, written as the compact (fp16) export and dropped before the
     ONNX conversion reloads the export, so at most one torch copy of the weights is alive.
@@ -96,7 +144,7 @@ def prepare_model(
     from training.models.onnx_export import write_runtime_artifacts
 
     root = REPO_ROOT
-    folder = workdir / "models" / f"{preset}-{_key(preset, seed, root)}"
+    folder = cache_dir / "models" / f"{preset}-{export_key(preset, seed, root)}"
     export_path = folder / EXPORT_NAME
     names = RUNTIME_ARTIFACT_NAMES if names is None else names
     paths = {name: str(folder / name) for name in names}
