@@ -138,6 +138,11 @@ def test_bench_quick_writes_all_sections(tmp_path: Path) -> None:
         assert row["status"].startswith(("ran", "not run: not available on this CPU")), (name, row["status"])
         if row["status"].startswith("ran"):
             assert row["ms_per_chip"] > 0 and 0.0 <= row["pixel_agreement"] <= 1.0
+    # The served path's row is section 2's run of it, not a second, shorter one.
+    served_row = rows[tiny["served_path"]]
+    assert served_row["status"].startswith("ran (the served path")
+    assert served_row["ms_per_chip"] == tiny["optimized"]["ms_per_chip"] and served_row["load_s"] > 0
+    assert sum(r["status"] == "ran" for r in rows.values()) >= 1  # the others are timed here
     experiments = {r["name"]: r for r in report["experiments"]["rows"]}
     assert {"ort-int8-attn", "ort-int8-conv", "ort-int8-static"} <= set(experiments)
     assert all(r["status"].startswith("ran") for r in experiments.values()), experiments

@@ -299,15 +299,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     cold_inputs = _cold_start_inputs(workdir)
     report["presets"] = {}
     refs: dict[str, tuple[np.ndarray, np.ndarray, float]] = {}
+    served_runs: dict[str, dict[str, Any]] = {}
     runs_table = QUICK_RUNS if args.quick else FULL_RUNS
     for preset in presets:
         runs = runs_table.get(preset, (3, 5, 3, 3))
-        report["presets"][preset], refs[preset] = _bench_preset(
+        report["presets"][preset], refs[preset], served_runs[preset] = _bench_preset(
             preset, models[preset], choices[preset], runs, peaks, cold_inputs, budget
         )
     top = presets[-1]
     if not args.no_candidates:
-        report.update(_side_by_side(args, report, models, refs, peaks, cpu, budget, top))
+        report.update(_side_by_side(args, report, models, refs, served_runs[top], peaks, cpu, budget, top))
     if args.champion:
         report["champion"] = _champion_section(args, workdir, budget)
     report["scenes"] = _whole_scenes(args, report, models, choices, workdir, budget, top)
@@ -403,7 +404,7 @@ def _bench_preset(
     peaks: dict[str, Any],
     cold_inputs: tuple[str, str],
     budget: Budget,
-) -> tuple[dict[str, Any], tuple[np.ndarray, np.ndarray, float]]:
+) -> tuple[dict[str, Any], tuple[np.ndarray, np.ndarray, float], dict[str, Any]]:
     """Section 2 for one preset: eager fp32 vs the served path on chips, the served chip's
     profile and the cold starts. Returns the preset's figures and its reference (the chips,
     eager classes and eager seconds per chip) for the side-by-side tables."""
@@ -433,6 +434,14 @@ def _bench_preset(
             preset=preset,
         )
     ref = (res.pop("chips"), res.pop("eager_classes"), res["eager_fp32"]["ms_per_chip"] / 1e3)
+    # Section 2's served run, for the side-by-side row of the same path (not timed twice).
+    served_run = {
+        "backend": choice.backend,
+        "artifact": choice.artifact,
+        "kwargs": dict(choice.path.options),
+        "summary": dict(res["optimized"]),
+        "classes": res.pop("served_classes"),
+    }
     res["flops"] = flops
     res["served_path"] = choice.path.name
     res["quantised_share"] = _quantised_share(m.artifacts[choice.artifact], choice.path.precision, flops)
@@ -468,7 +477,7 @@ def _bench_preset(
         res["eager_fp32"]["cold"]["peak_rss_bytes"] / res["optimized"]["cold"]["peak_rss_bytes"]
     )
     res["load_average_after"] = _load_average()
-    return res, ref
+    return res, ref, served_run
 
 
 def _side_by_side(
@@ -476,13 +485,15 @@ def _side_by_side(
     report: dict[str, Any],
     models: dict[str, Any],
     refs: dict[str, tuple[np.ndarray, np.ndarray, float]],
+    served_run: dict[str, Any],
     peaks: dict[str, Any],
     cpu: Any,
     budget: Budget,
     top: str,
 ) -> dict[str, Any]:
     """Sections 2b and 2c: every candidate path on the top preset, then the quantisation
-    experiments, each on the eager reference's chips."""
+    experiments, each on the eager reference's chips. The served path's row is section 2's
+    run of it (``served_run``), on the same chips with more of them."""
     from setup.tools.bench import chips as chips_mod
 
     chips, ref_cls, ref_s = refs[top]
@@ -491,7 +502,16 @@ def _side_by_side(
     flops = report["presets"][top]["flops"]["total"]
     with budget.section("candidates"):
         rows = chips_mod.run_candidates(
-            models[top], chips_mod.candidates(), chips[:n], ref_cls[:n], ref_s, flops, peaks, cpu, budget
+            models[top],
+            chips_mod.candidates(),
+            chips[:n],
+            ref_cls[:n],
+            ref_s,
+            flops,
+            peaks,
+            cpu,
+            budget,
+            served=served_run,
         )
     candidates = {
         "preset": top,

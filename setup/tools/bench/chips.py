@@ -112,7 +112,9 @@ def bench_chips(
     del eager
     gc.collect()
     time.sleep(0.5)  # let torch's OpenMP workers stop spinning before the next runtime starts
+    t0 = time.perf_counter()
     opt = load_predictor(served_path, backend=served_backend, **(served_kwargs or {}))
+    opt_load_s = time.perf_counter() - t0
     opt_s, opt_cls = _timed(
         opt, chips[:opt_runs], repeats=budget.repeats(f"{preset} served chips", opt_runs, 3, 0.1)
     )
@@ -123,6 +125,7 @@ def bench_chips(
     eager_sum = _summary(eager_s, flops, peaks["fp32"]["gflops"], "fp32")
     opt_sum = _summary(opt_s, flops, peaks[served_precision]["gflops"], served_precision)
     opt_sum["share_of_fp32_peak"] = opt_sum["gflops"] / peaks["fp32"]["gflops"]
+    opt_sum["load_s"] = opt_load_s
     return {
         "chip": chip,
         "batch": 1,
@@ -133,6 +136,7 @@ def bench_chips(
         "agreement_chips": n,
         "chips": chips,
         "eager_classes": eager_cls,
+        "served_classes": opt_cls,
     }
 
 
@@ -277,10 +281,15 @@ def run_candidates(
     peaks: dict[str, Any],
     cpu: Any,
     budget: Budget,
+    served: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """Time each candidate on ``chips`` (after a warm-up); agreement with ``reference`` classes.
 
-    On a slow CPU ``budget`` may time a candidate on its first chip alone.
+    On a slow CPU ``budget`` may time a candidate on its first chip alone. ``served`` (section
+    2's run of the served path on the same chips: its ``backend``, ``artifact``, ``kwargs``,
+    ``summary`` and ``classes``) stands
+    for the candidate that is that very path (same backend, artifact and options) instead of
+    timing it again with fewer chips.
 
     A candidate whose CPU feature is missing and that would only run emulated or on a fallback
     kernel (:meth:`Candidate.runs_on` is false) is reported "not available on this CPU" and not
@@ -298,6 +307,21 @@ def run_candidates(
             row["cpu_note"] = f"not available on this CPU (lacks {' / '.join(sorted(c.needs_any))})"
         if not c.runs_on(cpu):
             row["status"] = "not run: " + row["cpu_note"]
+            rows.append(row)
+            continue
+        if served is not None and (served["backend"], served["artifact"], served["kwargs"]) == (
+            c.backend,
+            c.artifact,
+            c.kwargs,
+        ):
+            n = min(len(served["classes"]), len(reference))
+            row.update({k: v for k, v in served["summary"].items() if k != "cold"})
+            row["speedup"] = reference_s / row["ms_per_chip"] * 1e3
+            row["pixel_agreement"] = float((served["classes"][:n] == reference[:n]).mean())
+            row["agreement_chips"] = n
+            row["status"] = "ran (the served path: section 2's chips)" + (
+                "" if has else f" ({row['cpu_note']}: measured anyway)"
+            )
             rows.append(row)
             continue
         try:
