@@ -133,7 +133,29 @@ def _metrics_section(
         label = baseline.get("class") or baseline.get("majority_class")
         if label is not None:
             lines += [f"The baseline predicts the majority class ({_cell(label)}) everywhere.", ""]
-    return lines
+    return lines + _foreign_section(metrics.get("foreign_family"))
+
+
+def _foreign_section(foreign: Any) -> list[str]:
+    """The foreign scene families' table, worst first (a model is as robust as its worst family)."""
+    if not isinstance(foreign, Mapping) or not foreign.get("families"):
+        return []
+    rows = sorted(foreign["families"].items(), key=lambda item: item[1].get("pixel_accuracy") or 0.0)
+    lines = [
+        "### Foreign scene families",
+        "",
+        "Scenes the training generator does not make (square patches of plain class spectra), one "
+        "change per family; measured on the served path, never tuned to.",
+        "",
+        "| family | what changes | pixel accuracy | within-patch majority |",
+        "|---|---|---|---|",
+    ]
+    lines += [
+        f"| {_cell(name)} | {_cell(r.get('family', ''))} | {_fmt(r.get('pixel_accuracy'))} "
+        f"| {_fmt(r.get('patch_majority_share'))} |"
+        for name, r in rows
+    ]
+    return [*lines, ""]
 
 
 def render_model_card(

@@ -250,3 +250,31 @@ def test_registry_imports_neither_torch_nor_mlflow() -> None:
         "sys.exit(f'imported {bad}' if bad else 0)"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[2])
+
+
+def test_card_lists_the_foreign_families_worst_first() -> None:
+    from core.model_card import render_model_card
+
+    families = {
+        "plain": {"family": "noise 6 DN", "pixel_accuracy": 0.99, "patch_majority_share": 0.99},
+        "gain_offset": {"family": "band gain ±10%", "pixel_accuracy": 0.77, "patch_majority_share": 0.96},
+    }
+    card = render_model_card(
+        model_name=MODEL,
+        version="v1",
+        created_at="2026-01-01T00:00:00Z",
+        version_uri="file:///r/v1",
+        metrics={"miou": 0.9, "foreign_family": {"pixel_accuracy": 0.77, "families": families}},
+    )
+    rows = [line for line in card.splitlines() if line.startswith(("| gain_offset |", "| plain |"))]
+    assert rows == [
+        "| gain_offset | band gain ±10% | 0.7700 | 0.9600 |",
+        "| plain | noise 6 DN | 0.9900 | 0.9900 |",
+    ]
+    assert "### Foreign scene families" not in render_model_card(
+        model_name=MODEL,
+        version="v2",
+        created_at="2026-01-01T00:00:00Z",
+        version_uri="file:///r/v2",
+        metrics={},
+    )
