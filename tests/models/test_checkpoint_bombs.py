@@ -222,7 +222,7 @@ def _corrupt_deflate(path: Path, pkl: bytes) -> Path:
 _CHILD = """
 import json, sys
 import torch
-from training.models import unpickler
+from training.models import checkpoint_errors, checkpoint_file, unpickler
 from training.models.checkpoint import load_state_dict_file
 
 def status(key):
@@ -241,14 +241,14 @@ for name, case in json.loads(sys.argv[1]).items():
             if case["call"] == "open_small_object_limit":
                 unpickler.MAX_PICKLE_OBJECTS = 100_000
             try:
-                with unpickler.open_checkpoint(case["path"]) as ckpt:
+                with checkpoint_file.open_checkpoint(case["path"]) as ckpt:
                     if case["call"] == "materialize":
                         ckpt.materialize_all(dict(ckpt.obj["state_dict"]))
             finally:
                 unpickler.MAX_PICKLE_OBJECTS = limit
     except Exception as exc:
         outcome, message = type(exc).__name__, str(exc)
-        assert isinstance(exc, unpickler.CheckpointError), repr(exc)
+        assert isinstance(exc, checkpoint_errors.CheckpointError), repr(exc)
     results[name] = {"outcome": outcome, "message": message[:500], "growth": status("VmHWM") - base}
 print(json.dumps(results))
 """
@@ -305,9 +305,9 @@ def test_failures_of_one_tensor_name_it(outcomes: dict[str, dict]) -> None:
 _NO_IMPORTS = """
 import json, sys
 import torch
-from training.models import unpickler
+from training.models import checkpoint_file
 before = set(sys.modules)
-with unpickler.open_checkpoint(sys.argv[1]) as ckpt:
+with checkpoint_file.open_checkpoint(sys.argv[1]) as ckpt:
     names = sorted(ckpt.globals_seen)
 print(json.dumps({"new": sorted(set(sys.modules) - before), "names": names}))
 """

@@ -63,7 +63,7 @@ def _build(path: Path) -> dict[str, float]:
 _CHILD = """
 import json, sys
 import torch
-from training.models import unpickler
+from training.models import checkpoint_file
 from training.models.checkpoint import load_encoder, load_encoder_state_dict
 from training.models.clay import build_encoder
 
@@ -80,7 +80,7 @@ out["peak_rss"], out["peak_vsz"] = status("VmHWM"), status("VmPeak")  # the load
 out["sums"] = {k: float(v.sum(dtype=torch.float64)) for k, v in params.items()}
 del encoder, params
 # The unpickler's own path: read-only shared maps of only the encoder's byte ranges.
-with unpickler.open_checkpoint(path) as ckpt:
+with checkpoint_file.open_checkpoint(path) as ckpt:
     lazy = {k: v for k, v in ckpt.obj["state_dict"].items() if k.startswith("model.encoder.")}
     mapped = ckpt.materialize_all(lazy)
     out["mapped_sums"] = {k[len("model.encoder."):]: float(v.double().sum()) for k, v in mapped.items()}
@@ -130,14 +130,14 @@ def test_storages_are_read_only_shared_maps_of_their_ranges_and_loaders_copy(tmp
     import torch
 
     from tests.models.fakes import write_clay_pretrain_ckpt
-    from training.models import unpickler
+    from training.models import checkpoint_file
     from training.models.checkpoint import load_encoder_state_dict
 
     path = tmp_path / "tiny.ckpt"
     source = write_clay_pretrain_ckpt(path, "tiny").state_dict()
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # torch's "buffer is not writable" warning stays inside
-        with unpickler.open_checkpoint(path) as ckpt:
+        with checkpoint_file.open_checkpoint(path) as ckpt:
             lazy = {k: v for k, v in ckpt.obj["state_dict"].items() if k.startswith("model.encoder.")}
             mapped = ckpt.materialize_all(lazy)
             perms = _maps_of(path)

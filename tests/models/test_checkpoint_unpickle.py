@@ -33,7 +33,7 @@ from safetensors.torch import load_file
 
 from core import storage
 from tests.models.fakes import write_clay_pretrain_ckpt, write_seed_segmenter_ckpt
-from training.models import unpickler
+from training.models import checkpoint_file, unpickler
 from training.models.checkpoint import (
     ArchitectureMismatchError,
     CheckpointError,
@@ -286,7 +286,7 @@ _HP_KEYS = {
 def test_lazy_tensors_outside_the_kept_prefixes_are_never_read(tmp_path: Path) -> None:
     path = tmp_path / "full.ckpt"
     write_clay_pretrain_ckpt(path, "tiny")
-    with unpickler.open_checkpoint(path) as ckpt:
+    with checkpoint_file.open_checkpoint(path) as ckpt:
         state = ckpt.obj["state_dict"]
         assert all(isinstance(v, unpickler.LazyTensor) for v in state.values())
         before = ckpt.bytes_read  # the central directory and data.pkl only
@@ -510,7 +510,7 @@ def test_s3_checkpoint_reads_only_the_encoder_members(s3_bucket: str, tiny_ckpt:
     assert remote.source == uri
     for key, value in local.items():
         torch.testing.assert_close(remote[key], value, rtol=0, atol=0)
-    with unpickler.open_checkpoint(uri) as ckpt:
+    with checkpoint_file.open_checkpoint(uri) as ckpt:
         picked = {k: v for k, v in ckpt.obj["state_dict"].items() if k.startswith("model.encoder.")}
         ckpt.materialize_all(picked)
         kept = sum(v.nbytes for v in picked.values())
@@ -552,7 +552,7 @@ def test_s3_seed_checkpoint_and_legacy_copy(
     # No room for the copy: the error says how much it needs. (A full disk cannot be made
     # here, so the free-space query is the one thing mocked.)
     usage = shutil.disk_usage(tmp_path)
-    monkeypatch.setattr(unpickler.shutil, "disk_usage", lambda _: usage._replace(free=1000))
+    monkeypatch.setattr(checkpoint_file.shutil, "disk_usage", lambda _: usage._replace(free=1000))
     with pytest.raises(InsufficientDiskError, match=r"needs 0\.0\d GB free in .* has 0\.00 GB"):
         load_encoder_state_dict(f"{s3_bucket}/legacy.pt")
 
@@ -689,7 +689,7 @@ def test_large_sparse_checkpoint_via_s3_peak_rss_is_the_encoders(
         path.unlink()
         row = _measure(uri, preset, expected, kept, size, "s3", env={"AWS_ENDPOINT_URL": moto_server})
         assert row["growth"] < kept + (64 << 20)
-        with unpickler.open_checkpoint(uri) as ckpt:
+        with checkpoint_file.open_checkpoint(uri) as ckpt:
             picked = {k: v for k, v in ckpt.obj["state_dict"].items() if k.startswith("model.encoder.")}
             ckpt.materialize_all(picked)
             assert ckpt.bytes_read < kept * 1.05 + (1 << 20)  # what was kept, not the file

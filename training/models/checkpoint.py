@@ -5,7 +5,7 @@ DINOv2 teacher and optimizer state, plus whatever Lightning pickled beside them
 (``AttributeDict``, omegaconf or jsonargparse configs, paths, callback state). We only ever
 need ``model.encoder.*`` (and, for the seed's Chesapeake checkpoint, its head).
 
-Reading (:mod:`training.models.unpickler`): the pickle is read by a restricted unpickler that
+Reading (:mod:`training.models.checkpoint_file`): the pickle is read by a restricted unpickler that
 imports and runs nothing from the file; tensors stay lazy records until the caller picks
 them. Only the picked storages are read (straight into the tensors' own memory from local
 files, by ranged GETs from ``s3://`` objects), so peak memory stays near the size of what is
@@ -38,17 +38,16 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from training.models import unpickler
-from training.models.unpickler import (
+from training.models import checkpoint_file
+from training.models.checkpoint_errors import (
     CheckpointError,
     InsufficientDiskError,
-    LazyTensor,
     NotACheckpointError,
-    OpaqueObject,
     OversizedCheckpointError,
     TruncatedCheckpointError,
     UnsafeCheckpointError,
 )
+from training.models.unpickler import LazyTensor, OpaqueObject, OpaqueTensor
 
 __all__ = [
     "ENCODER_PREFIX",
@@ -191,14 +190,14 @@ def _flat_state_dict(raw: object, source: str) -> Mapping[str, object]:
     return state
 
 
-def _materialize(ckpt: unpickler.CheckpointFile, picked: Mapping[str, object]) -> StateDict:
+def _materialize(ckpt: checkpoint_file.CheckpointFile, picked: Mapping[str, object]) -> StateDict:
     lazy = {
         k: v
         for k, v in picked.items()
-        if isinstance(v, LazyTensor | unpickler.OpaqueTensor) or not isinstance(v, torch.Tensor)
+        if isinstance(v, LazyTensor | OpaqueTensor) or not isinstance(v, torch.Tensor)
     }
     # copy=True: tensors handed out of this module are ordinary writable memory (a model may
-    # train them); the unpickler's read-only maps never leave it. Peak = what is kept.
+    # train them); the checkpoint reader's read-only maps never leave it. Peak = what is kept.
     out = ckpt.materialize_all(lazy, copy=True)
     return {k: out.get(k, v) for k, v in picked.items()}  # type: ignore[misc]
 
@@ -206,13 +205,13 @@ def _materialize(ckpt: unpickler.CheckpointFile, picked: Mapping[str, object]) -
 @contextmanager
 def _open_source(path_or_uri: str | os.PathLike[str], allow_classes: Iterable[str] = ()) -> Iterator[_Source]:
     uri = str(path_or_uri)
-    kind = unpickler.sniff(uri)
+    kind = checkpoint_file.sniff(uri)
     if kind == "zip":
         with ExitStack() as stack:
-            ckpt = stack.enter_context(unpickler.open_checkpoint(uri, allow_classes))
+            ckpt = stack.enter_context(checkpoint_file.open_checkpoint(uri, allow_classes))
             if not ckpt.in_place:  # compressed members cannot be ranged-read: copy, then map
-                local = stack.enter_context(unpickler.local_copy(uri))
-                ckpt = stack.enter_context(unpickler.open_checkpoint(local, allow_classes))
+                local = stack.enter_context(checkpoint_file.local_copy(uri))
+                ckpt = stack.enter_context(checkpoint_file.open_checkpoint(local, allow_classes))
                 ckpt.source = uri
             yield _Source(
                 uri, _flat_state_dict(ckpt.obj, uri), lambda picked: _materialize(ckpt, picked), ckpt.obj
@@ -220,7 +219,7 @@ def _open_source(path_or_uri: str | os.PathLike[str], allow_classes: Iterable[st
             log.info("%s: read %.1f MB of %.1f MB", uri, ckpt.bytes_read / 1e6, ckpt.size / 1e6)
         return
     if kind == "legacy":
-        with unpickler.local_copy(uri) as local:
+        with checkpoint_file.local_copy(uri) as local:
             try:
                 raw = torch.load(local, weights_only=True, map_location="cpu")
             except pickle.UnpicklingError as exc:
@@ -233,11 +232,14 @@ def _open_source(path_or_uri: str | os.PathLike[str], allow_classes: Iterable[st
     if kind == "safetensors":
         from safetensors import safe_open
 
-        with unpickler.local_copy(uri) as local, safe_open(str(local), framework="pt", device="cpu") as f:
+        with (
+            checkpoint_file.local_copy(uri) as local,
+            safe_open(str(local), framework="pt", device="cpu") as f,
+        ):
             state = {k: _ShapeOnly(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118
             yield _Source(uri, state, lambda picked: {k: f.get_tensor(k) for k in picked})
         return
-    raise NotACheckpointError(unpickler._not_zip_message(uri, kind, _size(uri)))
+    raise NotACheckpointError(checkpoint_file._not_zip_message(uri, kind, _size(uri)))
 
 
 def _size(uri: str) -> int:
