@@ -250,6 +250,20 @@ def test_export_key_follows_the_recipe_and_the_runtime_versions(tmp_path: Path, 
     assert models.default_cache_dir() == tmp_path / "xdg" / "landcover" / "bench"
 
 
+def test_prune_cache_keeps_the_newest_complete_folders(tmp_path: Path) -> None:
+    import os
+
+    from setup.tools.bench.models import prune_cache
+
+    for i, name in enumerate(("large-a", "large-b", "large-c", "tiny-a")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "build.json").write_text("{}")
+        os.utime(tmp_path / name / "build.json", (1000 + i, 1000 + i))
+    (tmp_path / "large-building").mkdir()  # no build.json: a build in progress
+    assert prune_cache(tmp_path, "large", keep=2) == [tmp_path / "large-a"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["large-b", "large-building", "large-c", "tiny-a"]
+
+
 def test_bench_builds_and_runs_only_what_this_cpu_can_use() -> None:
     """On AVX2 alone neither int8-dot-product candidate runs, so their artifacts are not built;
     a VNNI CPU measures both; an AMX CPU needs every runtime artifact."""

@@ -15,7 +15,8 @@ preset, the seed, every source that shapes the export and its runtime artifacts
 later run skips the build; the build seconds are reported either way (``cached: true`` says
 they are from the run that built). The default cache is ``$XDG_CACHE_HOME/landcover/bench``
 (:func:`default_cache_dir`): a random-weight model is a pure function of that key, so a fresh
-clone of the same code on the same environment may honestly reuse what an earlier clone built.
+clone of the same code on the same environment may honestly reuse what an earlier clone built
+(the newest :data:`CACHE_KEEP_PER_PRESET` folders of each preset are kept).
 The registry's artifacts are not reused: they hold trained weights, of the champion's preset.
 """
 
@@ -40,6 +41,7 @@ __all__ = [
     "export_key",
     "prepare_model",
     "prepare_variant",
+    "prune_cache",
 ]
 
 #: Head widths of the model configs (setup/conf/model/clay_*.yaml).
@@ -65,6 +67,9 @@ _SOURCES = (
     "core/naip.py",
     "core/classes.py",
 )
+#: Cached folders kept per preset (newest first): a large preset's folder holds gigabytes, and
+#: every change to a source or a package makes a new key.
+CACHE_KEEP_PER_PRESET = 2
 #: The packages whose versions change what an export or a quantised graph contains.
 _PACKAGES = ("torch", "numpy", "onnx", "onnxruntime", "onnxscript", "safetensors")
 
@@ -114,6 +119,19 @@ def default_cache_dir() -> Path:
     fresh clone finds the exports an earlier clone built under the same :func:`export_key`."""
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "landcover" / "bench"
+
+
+def prune_cache(models_dir: Path, preset: str, keep: int = CACHE_KEEP_PER_PRESET) -> list[Path]:
+    """Remove all but the ``keep`` newest complete folders of ``preset`` under ``models_dir``
+    (by their ``build.json``'s time; folders without one are builds in progress, left alone).
+    Returns the removed folders."""
+    import shutil
+
+    done = [f for f in models_dir.glob(f"{preset}-*") if (f / "build.json").exists()]
+    done.sort(key=lambda f: (f / "build.json").stat().st_mtime, reverse=True)
+    for folder in done[keep:]:
+        shutil.rmtree(folder, ignore_errors=True)
+    return done[keep:]
 
 
 def recipe_key() -> str:
@@ -187,6 +205,7 @@ def prepare_model(
         flops_counted=counted,
     )
     info_path.write_text(json.dumps(result.to_dict(), indent=2))
+    prune_cache(cache_dir / "models", preset)
     return result
 
 
