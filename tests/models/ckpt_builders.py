@@ -3,16 +3,23 @@
 The pickles use torch's own persistent ids and ``torch._utils._rebuild_tensor_v2``; the zip is
 written here byte by byte (zip64, stored members, data 64-byte aligned as torch does), with
 each member's data left as a hole, so a 5 GB checkpoint costs no disk and no time.
+:func:`run_child` runs a measuring script against them in a fresh interpreter.
 """
 
 from __future__ import annotations
 
 import io
+import json
+import os
 import pickle
 import struct
+import subprocess
+import sys
+import textwrap
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -132,3 +139,30 @@ def _crc(data: bytes) -> int:
     import zlib
 
     return zlib.crc32(data)
+
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def run_child(
+    code: str,
+    *args: str,
+    wrap: Callable[[list[str]], list[str]] = list,
+    timeout: float = 300,
+) -> subprocess.CompletedProcess[str]:
+    """``code`` (dedented) in a fresh interpreter at the repo root, its argv ``args``; ``wrap``
+    puts something around the command (``prlimit``, a cgroup's shell)."""
+    return subprocess.run(
+        wrap([sys.executable, "-c", textwrap.dedent(code), *args]),
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        timeout=timeout,
+    )
+
+
+def child_result(out: subprocess.CompletedProcess[str]) -> Any:
+    """The JSON a successful child printed last (its stderr tail when it failed)."""
+    assert out.returncode == 0, out.stderr[-4000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])

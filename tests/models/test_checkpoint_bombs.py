@@ -10,9 +10,6 @@ from __future__ import annotations
 import json
 import os
 import struct
-import subprocess
-import sys
-import textwrap
 import zipfile
 import zlib
 from collections import OrderedDict
@@ -20,9 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.models.ckpt_builders import ROOT, Storage, Tensor, torch_pickle
+from tests.models.ckpt_builders import ROOT, Storage, Tensor, child_result, run_child, torch_pickle
 
-REPO = Path(__file__).resolve().parents[2]
 GROWTH_LIMIT = 300 << 20  # what one refused bomb may cost, over the child's baseline
 
 
@@ -258,16 +254,7 @@ print(json.dumps(results))
 def outcomes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
     cases = _cases(tmp_path_factory.mktemp("bombs"))
     arg = json.dumps({k: {**v, "path": str(v["path"])} for k, v in cases.items()})
-    out = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(_CHILD), arg],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-        timeout=300,
-    )
-    assert out.returncode == 0, out.stderr[-4000:]
-    results = json.loads(out.stdout.strip().splitlines()[-1])
+    results = child_result(run_child(_CHILD, arg))
     return {k: {**results[k], **cases[k]} for k in cases}
 
 
@@ -315,15 +302,6 @@ print(json.dumps({"new": sorted(set(sys.modules) - before), "names": names}))
 
 def test_naming_torch_submodules_imports_nothing(tmp_path: Path) -> None:
     path = _torch_submodules(tmp_path / "submodules.ckpt")
-    out = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(_NO_IMPORTS), str(path)],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-        timeout=120,
-    )
-    assert out.returncode == 0, out.stderr[-4000:]
-    row = json.loads(out.stdout.strip().splitlines()[-1])
+    row = child_result(run_child(_NO_IMPORTS, str(path), timeout=120))
     assert "torch.onnx" in row["names"] and "torch.fx.GraphModule" in row["names"]
     assert [m for m in row["new"] if m.startswith("torch")] == []

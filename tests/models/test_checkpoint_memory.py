@@ -18,18 +18,21 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
-import textwrap
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tests.models.ckpt_builders import contiguous, torch_pickle, write_sparse_zip
+from tests.models.ckpt_builders import (
+    REPO,
+    child_result,
+    contiguous,
+    run_child,
+    torch_pickle,
+    write_sparse_zip,
+)
 
-REPO = Path(__file__).resolve().parents[2]
 KEYS = json.loads((REPO / "tests/data/clay_v15_state_dict.json").read_text())["encoder"]
 GB = 1 << 30
 AS_LIMIT = 3 * GB  # a bare `import torch` child maps ~0.63 GB of address space (CPU torch)
@@ -96,16 +99,7 @@ def test_five_gb_checkpoint_loads_the_large_encoder_under_an_address_space_limit
     expected = _build(path)
     size = path.stat().st_size
     assert size > 5e9 and path.stat().st_blocks * 512 < 0.01 * size  # big, and sparse on disk
-    out = subprocess.run(
-        ["prlimit", f"--as={AS_LIMIT}", sys.executable, "-c", textwrap.dedent(_CHILD), str(path)],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-        timeout=300,
-    )
-    assert out.returncode == 0, out.stderr[-4000:]
-    row = json.loads(out.stdout.strip().splitlines()[-1])
+    row = child_result(run_child(_CHILD, str(path), wrap=lambda argv: ["prlimit", f"--as={AS_LIMIT}", *argv]))
     assert row.pop("sums") == pytest.approx(expected, rel=1e-6, abs=1e-4)
     assert row.pop("mapped_sums") == pytest.approx(expected, rel=1e-6, abs=1e-4)
     print(
@@ -283,19 +277,11 @@ def test_five_gb_checkpoint_loads_the_large_encoder_in_a_two_gb_memory_cgroup(tm
     _drop_cached(path)  # every page the child reads is then charged to its cgroup
     with _MemoryCgroup(*_CGROUP, CGROUP_LIMIT) as cgroup:
         start = time.monotonic()
-        out = subprocess.run(
-            cgroup.argv([sys.executable, "-c", textwrap.dedent(_CHILD), str(path)]),
-            capture_output=True,
-            text=True,
-            cwd=REPO,
-            env={**os.environ, "PYTHONPATH": str(REPO)},
-            timeout=300,
-        )
+        out = run_child(_CHILD, str(path), wrap=cgroup.argv)
         wall = time.monotonic() - start
         peak, kills = cgroup.peak(), cgroup.oom_kills()
     assert kills in (0, None), f"{kills} OOM kill(s) in the cgroup; rc {out.returncode}"
-    assert out.returncode == 0, out.stderr[-4000:]
-    row = json.loads(out.stdout.strip().splitlines()[-1])
+    row = child_result(out)
     assert row.pop("sums") == pytest.approx(expected, rel=1e-6, abs=1e-4)
     assert row.pop("mapped_sums") == pytest.approx(expected, rel=1e-6, abs=1e-4)
     print(
@@ -314,12 +300,7 @@ def test_the_two_gb_memory_cgroup_kills_a_child_that_outgrows_it() -> None:
     """The cgroup above really bites: 2.5 GiB of anonymous memory there is OOM-killed, and counted."""
     assert not isinstance(_CGROUP, str)
     with _MemoryCgroup(*_CGROUP, CGROUP_LIMIT) as cgroup:
-        out = subprocess.run(
-            cgroup.argv([sys.executable, "-c", f"x = b'1' * {CGROUP_LIMIT + GB // 2}; print(len(x))"]),
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        out = run_child(f"x = b'1' * {CGROUP_LIMIT + GB // 2}; print(len(x))", wrap=cgroup.argv, timeout=120)
         kills = cgroup.oom_kills()
     assert out.returncode == -9 and out.stdout == "", (out.returncode, out.stderr[-2000:])
     assert kills in (1, None)
