@@ -178,6 +178,17 @@ def encode_time_latlon(
     return time, latlon
 
 
+def small_normal(*shape: int, std: float = 0.02) -> torch.Tensor:
+    """``N(0, std²)`` values of ``shape`` on the current device; uninitialised on ``meta``.
+
+    Random ops on meta tensors run torch's Python meta kernels, whose first use imports sympy
+    and torch._dynamo (~75 MB of RSS): more than loading the large encoder can spare under its
+    1.5 GB target, for values that ``load_state_dict(assign=True)`` replaces anyway.
+    """
+    values = torch.empty(*shape)
+    return values if values.is_meta else values.normal_(0.0, std)
+
+
 def _as_wavelengths(wavelengths: torch.Tensor | Sequence[float], device: torch.device) -> torch.Tensor:
     return torch.as_tensor(wavelengths, dtype=torch.float32, device=device).reshape(-1)
 
@@ -241,8 +252,8 @@ class KernelGenerator(nn.Module):
         self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
         self.fc_weight = nn.Linear(wave_dim, out_dim)
         self.fc_bias = nn.Linear(wave_dim, embed_dim)
-        self.weight_tokens = nn.Parameter(torch.randn(n_weight_tokens, wave_dim) * 0.02)
-        self.bias_token = nn.Parameter(torch.randn(1, wave_dim) * 0.02)
+        self.weight_tokens = nn.Parameter(small_normal(n_weight_tokens, wave_dim))
+        self.bias_token = nn.Parameter(small_normal(1, wave_dim))
 
     def forward(self, band_codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         tokens = torch.cat((self.weight_tokens, band_codes, self.bias_token), dim=0)  # (T+C+1, wave_dim)
@@ -465,7 +476,7 @@ class ClayEncoder(nn.Module):
         self.config = resolve_config(config)
         c = self.config
         self.dim, self.patch_size = c.dim, c.patch_size
-        self.cls_token = nn.Parameter(torch.randn(1, 1, c.dim) * 0.02)
+        self.cls_token = nn.Parameter(small_normal(1, 1, c.dim))
         self.patch_embedding: DynamicPatchEmbed | FoldedPatchEmbed
         if folded_wavelengths is None:
             self.patch_embedding = DynamicPatchEmbed(
