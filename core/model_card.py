@@ -33,6 +33,8 @@ DEFAULT_LIMITATIONS: tuple[str, ...] = (
 
 #: ``encoder_weights["source"]`` of a randomly initialised encoder (training.models.weights records it).
 RANDOM_INIT = "random-init"
+#: ``encoder_weights["source"]`` of an encoder version from the encoder registry (core.encoder_registry).
+ENCODER_REGISTRY = "encoder-registry"
 RANDOM_ENCODER_LIMITATION = (
     "The Clay encoder was randomly initialised, not pretrained: its features carry no pretraining, so "
     "expect far lower accuracy than with the official Clay v1.5 weights (model.pretrained=clay-v1.5)."
@@ -90,6 +92,17 @@ def _encoder_weights_text(weights: Mapping[str, Any]) -> str:
     source = weights.get("source") or "unknown"
     if source == RANDOM_INIT:
         return "random-init (not pretrained)"
+    if source == ENCODER_REGISTRY:
+        parts = [f"encoder registry: {weights.get('encoder_name')} version {weights.get('version')}"]
+        if weights.get("objective"):
+            parts.append(f"objective {weights['objective']}")
+        if weights.get("input_uri"):
+            parts.append(f"pretrained on {weights['input_uri']}")
+        if weights.get("sha256"):
+            parts.append(f"sha256 {weights['sha256']}")
+        if weights.get("uri"):
+            parts.append(f"from {weights['uri']}")
+        return ", ".join(parts)
     parts = [str(source)]
     if weights.get("uri") and weights.get("uri") != source:
         parts.append(f"from {weights['uri']}")
@@ -212,6 +225,11 @@ def render_model_card(
         f"| version | {_cell(version)} |",
         f"| created (UTC) | {_cell(created_at)} |",
         f"| held-out mIoU | {_fmt(metrics.get('miou'))} |",
+    ]
+    if metrics.get("probe_miou") is not None:
+        # What the frozen encoder's features alone separate (training.probe), beside the served figure.
+        lines.append(f"| linear probe mIoU (frozen encoder features only) | {_fmt(metrics['probe_miou'])} |")
+    lines += [
         f"| location | {_cell(version_uri)} |",
         f"| source run id | {_cell(run_id or 'none')} |",
     ]

@@ -11,6 +11,7 @@ instead of redoing work. Steps hand each other URIs and ids only (what goes over
 
 from __future__ import annotations
 
+import copy
 import functools
 import json
 import logging
@@ -69,15 +70,28 @@ def start_run(cfg: DictConfig, run_id: str | None = None) -> Run:
     """Create the run folder and store the resolved config in it.
 
     Starting a run id that exists resumes it, provided the config is the same.
+    ``model.encoder_version=latest`` is pinned here, once: the stored config names the concrete
+    version, so every step of the run (and a resume after a newer version registered) uses the
+    same encoder.
     """
+    from training.models.weights import LATEST, pin_encoder_version
+
     apply_storage(cfg)
     run_id = artifacts.safe_name(run_id or new_run_id(cfg.training.name))
     uri = run_uri_for(cfg, run_id)
     config_uri = storage.join(uri, artifacts.RUN_CONFIG_NAME)
-    text = to_yaml(cfg)
+    cfg = copy.deepcopy(cfg)  # the caller's config keeps `latest`
     if not storage.exists(config_uri):
-        storage.write_text(config_uri, text)
-    elif storage.read_text(config_uri) != text:
+        pin_encoder_version(cfg)
+        storage.write_text(config_uri, to_yaml(cfg))
+        return load_run(uri)
+    if str(cfg.model.get("encoder_version")) == LATEST:
+        # Resuming with `latest` means the version this run pinned, not a newer one.
+        cfg.model.encoder_version = OmegaConf.create(storage.read_text(config_uri)).model.get(
+            "encoder_version"
+        )
+    text = to_yaml(cfg)
+    if storage.read_text(config_uri) != text:
         raise ValueError(
             f"run {run_id} already exists at {uri} with a different config; "
             "start a new run id instead of changing an existing run"
@@ -128,17 +142,30 @@ def _calibration_scenes(cfg: DictConfig) -> list[str]:
 
 
 def _build_segmenter(cfg: DictConfig):
-    """The encoder (seeded random init, or the configured pretrained weights) plus a fresh head."""
+    """The encoder (seeded random init, the configured pretrained weights or an encoder registry
+    version) plus a fresh head."""
     import torch
 
     from training.models.checkpoint import load_encoder, load_encoder_state_dict
     from training.models.head import build_segmenter, head_spec
-    from training.models.weights import encoder_weights_uri, warn_random_encoder
+    from training.models.weights import (
+        encoder_weights_uri,
+        load_registry_encoder,
+        selected_weights,
+        warn_random_encoder,
+    )
 
     torch.manual_seed(cfg.seed)
     model = build_segmenter(
         cfg.model.preset, cfg.model.num_classes, cfg.model.head_width, **head_spec(cfg.model)
     )
+    if cfg.model.get("encoder_version"):  # an encoder registry version (pinned when the run started)
+        weights = selected_weights(cfg)
+        log.info(
+            "encoder: %s version %s (%s)", cfg.model.encoder_name, weights.registry["version"], weights.uri
+        )
+        load_encoder(model.encoder, load_registry_encoder(weights))
+        return model
     uri = encoder_weights_uri(cfg)  # model.pretrained (a fetched catalog name) or model.pretrained_uri
     if uri:
         allow = cfg.model.get("checkpoint_allow_classes") or ()
@@ -424,10 +451,17 @@ def _served_predictors(run: Run, model: Any, stats: dict, tmp: Path) -> tuple[st
     from inference.runtime_cpu import choose_path, load_chosen
     from training.models.export import save_export
     from training.models.onnx_export import write_runtime_artifacts
+    from training.models.weights import encoder_weights_record
 
     export_uri = storage.join(run.uri, artifacts.EXPORT_NAME)
     if not storage.exists(export_uri):
-        save_export(model, export_uri, reference_stats=stats, extra={"run_id": run.run_id})
+        save_export(
+            model,
+            export_uri,
+            reference_stats=stats,
+            extra={"run_id": run.run_id},
+            encoder_weights=encoder_weights_record(run.cfg),
+        )
     # The Lambda image's runtimes only (it ships no torch).
     choice = choose_path(backends={"onnx", "openvino"})
     uri = write_runtime_artifacts(
@@ -452,6 +486,7 @@ def evaluate(run: Run) -> dict[str, Any]:
         render_samples,
     )
     from training.features import CachedFeatures
+    from training.models.weights import encoder_weights_record
 
     cfg = run.cfg
     features_uri = run.result("cache_features")["features_uri"]
@@ -468,6 +503,7 @@ def evaluate(run: Run) -> dict[str, Any]:
         max_pixels=cfg.training.get("pixel_baseline_pixels", 200_000),
         seed=cfg.seed,
     )
+    probe = _probe(cfg, train, CachedFeatures(storage.join(features_uri, "test")))
     del train
     model = _trained_segmenter(run, with_encoder=True)
     with tempfile.TemporaryDirectory() as tmp:
@@ -488,6 +524,9 @@ def evaluate(run: Run) -> dict[str, Any]:
         )
         report.metrics["runtime"] = predictors[served].runtime  # path, reason, CPU flags
     metrics = report.metrics
+    metrics["probe"] = probe
+    metrics["probe_miou"] = probe["miou"]
+    metrics["encoder_weights"] = encoder_weights_record(cfg)
     metrics_uri = storage.join(run.uri, artifacts.RUN_METRICS_NAME)
     storage.write_text(metrics_uri, json.dumps(metrics, indent=2))
     log.info(
@@ -513,6 +552,7 @@ def evaluate(run: Run) -> dict[str, Any]:
             "lead_over_pixel_baseline": metrics["lead_over_pixel_baseline"],
             "foreign_pixel_accuracy": metrics["foreign_family"]["pixel_accuracy"],
             "foreign_patch_majority_share": metrics["foreign_family"]["patch_majority_share"],
+            "probe_miou": probe["miou"],
             **{f"test_iou_{k}": v for k, v in metrics["per_class_iou"].items() if v is not None},
         }
     )
@@ -527,7 +567,26 @@ def evaluate(run: Run) -> dict[str, Any]:
         "agreement": metrics["served_vs_reference_agreement"],
         "baseline_miou": metrics["majority_baseline"]["miou"],
         "pixel_baseline_miou": metrics["pixel_baseline"]["miou"],
+        "probe_miou": probe["miou"],
     }
+
+
+def _probe(cfg: DictConfig, train: Any, test: Any) -> dict[str, Any]:
+    """The linear probe (training.probe) on a run's cached train and test features."""
+    from core.classes import CLASS_NAMES
+    from training.probe import ProbeOptions, linear_probe
+
+    options = cfg.training.get("probe") or {}
+    return linear_probe(
+        train.features,
+        train.labels,
+        test.features,
+        test.labels,
+        CLASS_NAMES[: cfg.model.num_classes],
+        ignore_index=cfg.training.ignore_index,
+        options=ProbeOptions(**options),
+        seed=cfg.seed,
+    )
 
 
 @step
@@ -562,6 +621,7 @@ def register(run: Run) -> dict[str, Any]:
                 # of this model's own (served) predictions on the held-out scenes.
                 reference_stats={**stats, "predictions": metrics["prediction_reference"]},
                 extra={"run_id": run.run_id, "tracking": tracking},
+                encoder_weights=encoder_weights,
             )
             registry.register_version(
                 root,
@@ -674,6 +734,26 @@ def _served_lines(metrics: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _encoder_lines(metrics: dict[str, Any]) -> list[str]:
+    """Summary lines of the encoder and its linear probe (absent from older metrics files)."""
+    lines = []
+    weights = metrics.get("encoder_weights")
+    if weights:
+        from core.model_card import ENCODER_REGISTRY
+
+        source = weights.get("source")
+        if source == ENCODER_REGISTRY:
+            source = f"{weights.get('encoder_name')} version {weights.get('version')} (encoder registry)"
+        lines.append(f"  encoder               {source}")
+    probe = metrics.get("probe")
+    if probe:
+        lines.append(
+            f"  linear probe mIoU     {probe['miou']:.4f}   (1x1 conv on the frozen encoder features only, "
+            f"{probe['epochs']} epochs, {probe['test_chips']} held-out chips, {probe['seconds']:.1f} s)"
+        )
+    return lines
+
+
 def summary(run: Run) -> str:
     """A human summary of a finished run: metrics, baseline, tracking and the registry decision."""
     metrics = json.loads(storage.read_text(run.result("evaluate")["metrics_uri"]))
@@ -690,6 +770,7 @@ def summary(run: Run) -> str:
     for name, value in metrics["per_class_iou"].items():
         lines.append(f"    {name:<24} {'n/a' if value is None else f'{value:.4f}'}")
     lines += _served_lines(metrics)
+    lines += _encoder_lines(metrics)
     if "mlflow" in tracking:
         lines.append(f"  MLflow run            {tracking['mlflow']}  ({run.cfg.logging.mlflow.tracking_uri})")
     if "wandb" in tracking:

@@ -10,7 +10,11 @@ Layout of the file:
   conv activations can be large) and any tensor that would overflow fp16, which stay fp32;
 - header metadata (JSON strings): ``format``, ``format_version``, ``encoder_config``,
   ``head_config``, ``preset``, ``class_table``, ``normalization``, ``wavelengths_um``,
-  ``gsd_m``, ``reference_stats``, ``extra``, ``storage_dtype``, ``fp32_keys``, ``created_utc``.
+  ``gsd_m``, ``reference_stats``, ``extra``, ``encoder_weights``, ``storage_dtype``, ``fp32_keys``,
+  ``created_utc``. ``encoder_weights`` names where the encoder came from (``source``: random-init,
+  a catalog name, a file, or ``encoder-registry`` with ``encoder_name``, ``version``, ``sha256``,
+  lineage ``input_uri``); it rides into the ONNX artifacts' metadata, so the Lambda and the
+  ledger know which encoder served (null in exports written before it existed).
 
 Why fp16 rather than bf16: both halve the file (large: ~0.6 GB), but fp16 keeps 10 mantissa
 bits to bf16's 7, so the round trip error of the weights is 8x smaller, and trained ViT/conv
@@ -113,6 +117,7 @@ def save_export(
     dtype: torch.dtype = torch.float16,
     class_table: list[dict] | None = None,
     normalization: dict | None = None,
+    encoder_weights: dict | None = None,
 ) -> str:
     """Write the compact export of ``model`` to ``uri`` (local path, ``file://`` or ``s3://``).
 
@@ -125,6 +130,8 @@ def save_export(
         dtype: storage dtype of the weights, ``torch.float16`` (default) or ``torch.bfloat16``.
         class_table: the class table; defaults to ``core.classes.class_table()``.
         normalization: input normalisation; defaults to Clay's NAIP means/stds.
+        encoder_weights: where the encoder's weights came from
+            (:func:`training.models.weights.encoder_weights_record`); None: not recorded.
 
     Returns:
         The URI written.
@@ -153,6 +160,7 @@ def save_export(
         "gsd_m": json.dumps(float(model.gsd)),
         "reference_stats": json.dumps(reference_stats),
         "extra": json.dumps(extra),
+        "encoder_weights": json.dumps(encoder_weights),
         "storage_dtype": json.dumps(str(dtype).removeprefix("torch.")),
         "fp32_keys": json.dumps(fp32_keys),
         "created_utc": json.dumps(datetime.now(UTC).isoformat(timespec="seconds")),

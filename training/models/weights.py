@@ -6,19 +6,26 @@ what ``model.pretrained`` resolves to.
 :func:`training.data.download.fetch`) and writes ``<file>.sha256`` beside it. Training with
 ``model=clay_large model.pretrained=clay-v1.5`` then loads that file's encoder
 (:func:`encoder_weights_uri`). ``model.pretrained_uri`` (an explicit file) stays; setting both is
-an error. With neither, the encoder is randomly initialised and :func:`warn_random_encoder` says so.
+an error. ``model.encoder_version`` (``latest`` or a version id) trains on an encoder version of
+the encoder registry (:mod:`core.encoder_registry`, ``<storage.registry_uri>/encoders/<model.encoder_name>/``);
+it excludes the other two. :func:`pin_encoder_version` turns ``latest`` into the concrete version once,
+when a run starts, so every step of the run loads the same encoder. With none of the three, the
+encoder is randomly initialised and :func:`warn_random_encoder` says so.
 """
 
 from __future__ import annotations
 
 import logging
 import shutil
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from core.model_card import RANDOM_INIT  # the model card renders this source specially
+from core import encoder_registry, storage
+from core.encoder_registry import LATEST  # model.encoder_version=latest: the newest, pinned per run
+from core.model_card import ENCODER_REGISTRY, RANDOM_INIT  # the model card renders these sources specially
 from training.data.download import DownloadError, fetch, file_digest
 
 log = logging.getLogger(__name__)
@@ -191,27 +198,113 @@ def _record_existing(path: Path) -> str:
 
 @dataclass(frozen=True)
 class EncoderWeights:
-    """The encoder weights a model config selects: a catalog name or an explicit file."""
+    """The encoder weights a model config selects: a catalog name, an explicit file or an
+    encoder registry version."""
 
-    source: str  #: the catalog name, or the pretrained_uri
+    source: str  #: the catalog name, the pretrained_uri, or ENCODER_REGISTRY
     uri: str  #: the file the encoder is loaded from
     sha256: str | None = None  #: recorded digest, when known
-    verified: bool = False  #: the digest matched a pinned one
+    verified: bool = False  #: the digest matched a pinned one (registry: training refuses a mismatch)
     named: bool = False  #: selected by catalog name (model.pretrained), not by file
+    #: An encoder registry version: encoder_name, version, registry_uri, objective, lineage input_uri.
+    registry: dict[str, Any] | None = None
 
     def record(self) -> dict[str, Any]:
-        """For the model card and the registry's source (``encoder_weights``)."""
-        return {"source": self.source, "uri": self.uri, "sha256": self.sha256, "verified": self.verified}
+        """For the model card, the registry's source and the export (``encoder_weights``)."""
+        out = {"source": self.source, "uri": self.uri, "sha256": self.sha256, "verified": self.verified}
+        return {**out, **(self.registry or {})}
+
+
+def _encoder_registry_keys(cfg: Any) -> tuple[str, str, str]:
+    """``(registry_uri, encoder_name, version)`` of ``model.encoder_version``, checked against
+    the other two weight keys."""
+    version = str(cfg.model.get("encoder_version"))
+    for key in ("pretrained", "pretrained_uri"):
+        if cfg.model.get(key):
+            raise WeightsConfigError(
+                f"model.encoder_version={version} and model.{key}={cfg.model.get(key)} are both set; pick one "
+                "(an encoder registry version, a catalog name, or an explicit file)"
+            )
+    name = cfg.model.get("encoder_name")
+    if not name:
+        raise WeightsConfigError(
+            f"model.encoder_version={version} needs an encoder name: model.encoder_name (from "
+            "pretrain.encoder_name, setup/conf/pretrain) is null"
+        )
+    return str(cfg.storage.registry_uri), str(name), version
+
+
+def resolve_encoder_version(cfg: Any) -> dict[str, Any]:
+    """The encoder registry record ``model.encoder_version`` selects (``latest``: the newest now),
+    with its ``uri`` and concrete ``version``.
+
+    Raises:
+        WeightsConfigError: encoder_version set with pretrained / pretrained_uri, no encoder name,
+            no such version (or none registered) under the registry and name, or a version whose
+            preset is not ``model.preset``.
+    """
+    registry_uri, name, version = _encoder_registry_keys(cfg)
+    try:
+        record = encoder_registry.resolve_encoder_version(registry_uri, name, version)
+    except encoder_registry.EncoderNotFoundError as exc:  # its message names the folder and the versions
+        raise WeightsConfigError(
+            f"model.encoder_version={version}: encoder {name!r} in the encoder registry at {registry_uri}: {exc}"
+        ) from exc
+    preset = record.get("preset")
+    if preset != cfg.model.preset:
+        raise WeightsConfigError(
+            f"encoder {name} {record['version']} is a {preset!r} encoder but model.preset is {cfg.model.preset!r}; "
+            f"use model=clay_{preset} (its dimensions differ, so it cannot load into another preset)"
+        )
+    return record
+
+
+def pin_encoder_version(cfg: Any) -> str | None:
+    """Set ``model.encoder_version`` from ``latest`` to the concrete newest version, in place
+    (called once when a run starts); returns the version (None: no encoder registry version)."""
+    if not cfg.model.get("encoder_version"):
+        return None
+    record = resolve_encoder_version(cfg)
+    if str(cfg.model.encoder_version) == LATEST:
+        log.info(
+            "model.encoder_version=latest pinned to %s %s for this run",
+            record["encoder_name"],
+            record["version"],
+        )
+        cfg.model.encoder_version = record["version"]
+    return str(record["version"])
+
+
+def _registry_weights(cfg: Any) -> EncoderWeights:
+    record = resolve_encoder_version(cfg)
+    lineage = record.get("lineage") or {}
+    return EncoderWeights(
+        source=ENCODER_REGISTRY,
+        uri=str(record["uri"]),
+        sha256=record.get("sha256"),
+        # Training loads it only through load_registry_encoder, which refuses a digest mismatch.
+        verified=bool(record.get("sha256")),
+        registry={
+            "encoder_name": record.get("encoder_name"),
+            "version": record.get("version"),
+            "registry_uri": str(cfg.storage.registry_uri),
+            "objective": record.get("objective"),
+            "input_uri": lineage.get("input_uri"),
+        },
+    )
 
 
 def selected_weights(cfg: Any) -> EncoderWeights | None:
-    """What ``cfg.model.pretrained`` / ``cfg.model.pretrained_uri`` select, from the config alone
-    (the file need not exist); None: random init.
+    """What ``cfg.model.pretrained`` / ``pretrained_uri`` / ``encoder_version`` select, from the
+    config alone (a fetched file need not exist; an encoder version must be registered); None:
+    random init.
 
     Raises:
-        WeightsConfigError: both keys set, an unknown name, or a name whose preset is not
-            ``model.preset``.
+        WeightsConfigError: two keys set, an unknown name or version, or weights whose preset
+            is not ``model.preset``.
     """
+    if cfg.model.get("encoder_version"):
+        return _registry_weights(cfg)
     name = cfg.model.get("pretrained")
     uri = cfg.model.get("pretrained_uri")
     if name and uri:
@@ -279,17 +372,41 @@ def encoder_weights_record(cfg: Any) -> dict[str, Any]:
     )
 
 
+def load_registry_encoder(weights: EncoderWeights) -> dict[str, Any]:
+    """The encoder state dict of an encoder registry version, after checking the file's sha256
+    against the version's record (a remote file is downloaded to a temporary folder first).
+
+    Raises:
+        WeightsNotFetchedError: the file's digest is not the recorded one.
+    """
+    from training.models.checkpoint import load_encoder_state_dict
+
+    with tempfile.TemporaryDirectory(prefix="encoder-") as tmp:
+        local = storage.local_path(weights.uri) or storage.download(
+            weights.uri, Path(tmp) / "encoder.safetensors"
+        )
+        digest = file_digest(Path(local), "sha256")
+        if weights.sha256 and digest != weights.sha256:
+            raise WeightsNotFetchedError(
+                f"{weights.uri} has sha256 {digest}, not the {weights.sha256} its encoder registry record holds; "
+                "the version's file was changed after it was registered"
+            )
+        return load_encoder_state_dict(str(local))
+
+
 def warn_random_encoder(where: str) -> None:
     """The loud warning that the encoder is randomly initialised (features carry no pretraining)."""
     log.warning(
-        "!!! %s: the Clay encoder is RANDOMLY INITIALISED (model.pretrained and model.pretrained_uri are "
-        "null): its features carry no pretraining. For the official weights run `landcover weights fetch "
+        "!!! %s: the Clay encoder is RANDOMLY INITIALISED (model.pretrained, model.pretrained_uri and "
+        "model.encoder_version are null): its features carry no pretraining. For the official weights run `landcover weights fetch "
         "clay-v1.5` and train with model=clay_large model.pretrained=clay-v1.5.",
         where,
     )
 
 
 __all__ = [
+    "ENCODER_REGISTRY",
+    "LATEST",
     "RANDOM_INIT",
     "RECORD_SUFFIX",
     "EncoderWeights",
@@ -301,7 +418,10 @@ __all__ = [
     "encoder_weights_uri",
     "fetch_weights",
     "is_sha256_hex",
+    "load_registry_encoder",
+    "pin_encoder_version",
     "read_record",
+    "resolve_encoder_version",
     "selected_weights",
     "warn_random_encoder",
     "weight_spec",
