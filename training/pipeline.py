@@ -557,6 +557,14 @@ def evaluate(run: Run) -> dict[str, Any]:
         }
     )
     tracker.log_dict(metrics, artifacts.RUN_METRICS_NAME)
+    # The encoder the features came from, searchable beside the run's metrics.
+    encoder = metrics["encoder_weights"]
+    tracker.set_tags(
+        {
+            "encoder_source": encoder["source"],
+            **{f"encoder_{k}": encoder[k] for k in ("encoder_name", "version", "sha256") if encoder.get(k)},
+        }
+    )
     tracker.log_figure(render_confusion_matrix(metrics), "confusion_matrix.png")
     for i, figure in enumerate(render_samples(report, cfg.logging.num_sample_images)):
         tracker.log_figure(figure, f"sample_{i}.png", folder="samples")

@@ -181,3 +181,38 @@ def test_export_and_onnx_metadata_carry_the_encoder_record(home, tmp_path) -> No
     assert meta["encoder_weights"] == json.loads(json.dumps(record))
     # The ONNX conversion copies the export's metadata into metadata_props (what the Lambda reads).
     assert onnx_metadata(model, meta, chip_size=64)["encoder_weights"] == meta["encoder_weights"]
+
+
+@pytest.mark.slow
+def test_a_run_on_an_encoder_version_names_it_end_to_end(home, caplog) -> None:
+    """The whole pipeline on a registered version: the registry source, the card, the served
+    ONNX artifact's metadata, MLflow and the summary name it; every run reports probe_miou."""
+    import mlflow
+
+    from core import registry
+    from core.artifacts import CARD_NAME, ONNX_INT8_NAME
+    from training.models.onnx_export import read_onnx_metadata
+
+    v1, _ = _register(home, 1)
+    caplog.set_level(logging.INFO, logger="training.pipeline")
+    cfg = _cfg("model.encoder_version=latest")
+    run = pipeline.run_all(cfg, run_id="e2e")
+    metrics = json.loads(storage.read_text(run.result("evaluate")["metrics_uri"]))
+    assert 0.0 <= metrics["probe_miou"] <= 1.0 and metrics["probe"]["test_chips"] > 0
+    assert run.result("evaluate")["probe_miou"] == metrics["probe_miou"]
+
+    info = registry.get_version(cfg.storage.registry_uri, cfg.model_name, "e2e")
+    weights = info["source"]["encoder_weights"]
+    assert (weights["source"], weights["encoder_name"], weights["version"]) == (ENCODER_REGISTRY, NAME, v1)
+    card = storage.read_text(storage.join(info["uri"], CARD_NAME))
+    assert f"encoder registry: {NAME} version {v1}" in card and "linear probe mIoU" in card
+    onnx = storage.local_path(storage.join(info["uri"], ONNX_INT8_NAME))
+    assert read_onnx_metadata(onnx)["encoder_weights"]["version"] == v1
+
+    mlflow.set_tracking_uri(cfg.logging.mlflow.tracking_uri)
+    logged = mlflow.get_run(run.result("train_head")["tracking"]["mlflow"])
+    assert (
+        logged.data.tags["encoder_version"] == v1 and logged.data.tags["encoder_source"] == ENCODER_REGISTRY
+    )
+    assert "probe_miou" in logged.data.metrics
+    assert f"encoder               {NAME} version {v1}" in caplog.text and "linear probe mIoU" in caplog.text
