@@ -257,6 +257,11 @@ class Prediction(Base):
     started_at: Mapped[datetime]
     finished_at: Mapped[datetime]
     seconds: Mapped[float]
+    # The model version's encoder, from the served artifact's metadata (encoder_weights): the
+    # encoder registry name and version, or the source (random-init, catalog name, file) and no
+    # version; NULL when the artifact records none.
+    encoder_name: Mapped[str | None]
+    encoder_version: Mapped[str | None] = mapped_column(sa.String(128))
     # SET NULL: deleting a run's bookkeeping must not delete the predictions it made.
     run_id: Mapped[int | None] = mapped_column(sa.ForeignKey("runs.id", ondelete="SET NULL"), index=True)
 

@@ -70,6 +70,7 @@ def assemble(settings: ChainSettings, execution_id: str, item: dict[str, Any] | 
             finished_at=max(utcnow(), started),
             seconds=pred.seconds,
             run_id=run_id,
+            **encoder_lineage(model.metadata),
         )
         won = prediction.run_id == run_id
         if won:  # a prediction and its metrics belong to the one run that recorded it first
@@ -88,6 +89,19 @@ def assemble(settings: ChainSettings, execution_id: str, item: dict[str, Any] | 
         "blocks": len(parts),
         "drift": drift,
     }
+
+
+def encoder_lineage(metadata: dict[str, Any]) -> dict[str, str | None]:
+    """``{"encoder_name", "encoder_version"}`` of a served artifact's metadata (its
+    ``encoder_weights``, written by the export): the encoder registry name and version, else the
+    source (``random-init``, a catalog name, a file) and no version; both None when the
+    artifact records none (exported before the record existed)."""
+    from core.model_card import ENCODER_REGISTRY
+
+    weights = metadata.get("encoder_weights") or {}
+    if weights.get("source") == ENCODER_REGISTRY:
+        return {"encoder_name": weights.get("encoder_name"), "encoder_version": weights.get("version")}
+    return {"encoder_name": weights.get("source"), "encoder_version": None}
 
 
 def _claim_scene(

@@ -25,6 +25,8 @@ def record_prediction(
     finished_at: datetime,
     run_id: int | None = None,
     seconds: float | None = None,
+    encoder_name: str | None = None,
+    encoder_version: str | None = None,
 ) -> Prediction:
     """Record the prediction of ``model_version`` on ``scene``; scene → predicted.
 
@@ -33,6 +35,8 @@ def record_prediction(
     scene over — leaves the first row, and with it the run that gets the prediction in its
     totals. Check :attr:`Prediction.run_id` to see whether this call's run won. The scene must
     have been claimed (:func:`claim_for_prediction`) or already be ``predicted``.
+    ``encoder_name`` / ``encoder_version``: the model version's encoder (lineage), as
+    :func:`inference.steps.assemble.encoder_lineage` reads it from the served artifact.
     """
     if finished_at < started_at:
         raise ValueError(f"finished_at {finished_at} is before started_at {started_at}")
@@ -48,6 +52,8 @@ def record_prediction(
         # Compute time: the sum over a scene's blocks, which may have run side by side.
         "seconds": (finished_at - started_at).total_seconds() if seconds is None else seconds,
         "run_id": run_id,
+        "encoder_name": encoder_name,
+        "encoder_version": encoder_version,
     }
     stmt = dialect_insert(session)(Prediction).values(**values)
     session.execute(stmt.on_conflict_do_nothing(index_elements=["scene_id", "model_version"]))
