@@ -71,6 +71,11 @@ train: setup_env ## Run the training pipeline without Airflow: make train ARGS="
 	$(PY) -m training.data.synthetic
 	$(CLI) train --no-airflow $(ARGS)
 
+.PHONY: pretrain
+pretrain: setup_env ## Continued pretraining of the encoder (Clay's masked autoencoder) -> an encoder version in the registry (ARGS="pretrain.steps=100")
+	$(PY) -m training.data.synthetic
+	$(CLI) pretrain $(ARGS)
+
 # --- Observability: Grafana provisioning, the static report, the headless browser ---
 
 .PHONY: browser

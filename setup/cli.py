@@ -2,6 +2,8 @@
 
     landcover train [VARIANT] [OVERRIDES...]     # Airflow DAG in-process (or AIRFLOW_URL / make airflow_ui)
     landcover train --no-airflow [OVERRIDES...]  # the same pipeline steps without Airflow
+    landcover pretrain [OVERRIDES...]            # continued pretraining (the pretrain DAG in-process)
+    landcover pretrain --no-airflow [OVERRIDES...]  # the same pretraining steps without Airflow
     landcover infer [run|upload] [ARGS...]       # the inference state machine, locally
     landcover promote-challenger [OVERRIDES...]  # promotion gate for the challenger, with shadow evidence
     landcover report [ARGS...]                   # the static HTML report from the ledger
@@ -11,7 +13,7 @@
     landcover weights fetch [NAME] [--cache DIR] # download + verify pretrained weights (clay-v1.5)
 
 Each subcommand is a thin shell over an existing entry point (``training.airflow_runner``,
-``training.train``, ``setup.tools.run_local``, ``training.challenger``, ``observability.report``, ``setup.tools.bench``,
+``training.train``, ``training.pretrain``, ``setup.tools.run_local``, ``training.challenger``, ``observability.report``, ``setup.tools.bench``,
 ``training.airflow_ui``, ``training.models.weights``), imported only when that subcommand runs:
 ``landcover --help`` is instant, and an image with the inference extras alone can run ``infer``, ``report`` and ``bench``.
 ``landcover <subcommand> --help`` shows that entry point's own options.
@@ -52,6 +54,32 @@ def _train(argv: list[str]) -> int:
     from training import airflow_runner
 
     return airflow_runner.main([variant or DEFAULT_VARIANT, *argv])
+
+
+def _pretrain(argv: list[str]) -> int:
+    """Continued pretraining: the ``pretrain`` DAG in-process (default) or, with ``--no-airflow``,
+    the same steps in this process."""
+    direct = "--no-airflow" in argv
+    argv = [a for a in argv if a != "--no-airflow"]
+    if argv and argv[0] in ("-h", "--help"):
+        print(
+            "usage: landcover pretrain [HYDRA_OVERRIDES...] [--run-id ID] [--no-airflow]\n\n"
+            "Continue pretraining the encoder with Clay's masked-autoencoder objective on unlabelled scenes\n"
+            "(pretrain.input_uri, default the training split with labels ignored) and register it as an\n"
+            "encoder version under <storage.registry_uri>/encoders/<pretrain.encoder_name>/.\n"
+            "Settings: setup/conf/pretrain/default.yaml, e.g. pretrain.steps=100 pretrain.lr=5e-4.\n"
+            "With Airflow (the default) the run is a run of the `pretrain` DAG in-process (airflow dags test);\n"
+            "--no-airflow runs the same steps in this process (python -m training.pretrain run)."
+        )
+        return 0
+    run_id = None
+    if "--run-id" in argv:
+        at = argv.index("--run-id")
+        run_id = argv[at + 1]
+        del argv[at : at + 2]
+    from training import pretrain
+
+    return pretrain.cli(argv, run_id, airflow=not direct)
 
 
 def _infer(argv: list[str]) -> int:
@@ -163,6 +191,10 @@ def _weights(argv: list[str]) -> int:
 
 COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "train": (_train, "train a variant (Airflow DAG in-process, on AIRFLOW_URL, or --no-airflow)"),
+    "pretrain": (
+        _pretrain,
+        "continued pretraining of the encoder (masked autoencoder) -> an encoder version",
+    ),
     "infer": (_infer, "run the inference state machine locally (run | upload new scenes)"),
     "promote-challenger": (
         _promote_challenger,

@@ -13,6 +13,8 @@ from core.config import compose, training_variants, variant_overrides
 from tests.training.pipeline_fixtures import TINY_OVERRIDES, make_tiny_home, promotion_history
 from training.airflow_runner import DAGS_FOLDER, run_embedded
 from training.pipeline import STEPS, load_run, run_uri_for
+from training.pretrain import DAG_ID as PRETRAIN_DAG
+from training.pretrain import STEPS as PRETRAIN_STEPS
 
 # Airflow 2 spellings that Airflow 3 removed or deprecated.
 DEPRECATED = [
@@ -34,7 +36,8 @@ def dagbag():
 
 def test_dags_import_without_errors(dagbag) -> None:
     assert dagbag.import_errors == {}
-    assert set(dagbag.dag_ids) == set(training_variants()) >= {"baseline", "useful", "class_weighted"}
+    assert set(dagbag.dag_ids) == {*training_variants(), PRETRAIN_DAG}
+    assert set(training_variants()) >= {"baseline", "useful", "class_weighted"}
 
 
 @pytest.mark.parametrize("dag_id", training_variants())
@@ -130,3 +133,53 @@ def test_each_dag_runs_end_to_end(tmp_path, monkeypatch) -> None:
     assert stored["miou"] == pytest.approx(logged.data.metrics["test_miou"])
     alias = client.get_model_version_by_alias(cfg.model_name, "champion")
     assert alias.tags["registry_version"] == champion["version"]
+
+
+def test_pretrain_dag_shape(dagbag) -> None:
+    dag = dagbag.dags[PRETRAIN_DAG]
+    assert dag.catchup is False and dag.schedule is None
+    assert "pretraining" in dag.tags
+    assert [t.task_id for t in dag.topological_sort()] == list(PRETRAIN_STEPS)
+    assert all(task.retries >= 1 for task in dag.tasks)
+
+
+#: A pretraining run of a few seconds on the tiny home's one training scene.
+PRETRAIN_TINY = [
+    *TINY_OVERRIDES,
+    "pretrain.steps=6",
+    "pretrain.batch_size=2",
+    "pretrain.crop_size=32",
+    "pretrain.checkpoint_every=4",
+    "pretrain.log_every=2",
+    "pretrain.figure_chips=1",
+    "pretrain.decoder_depth=1",
+]
+
+
+@pytest.mark.slow
+def test_pretrain_dag_runs_end_to_end(tmp_path, monkeypatch) -> None:
+    """The pretrain DAG through `airflow dags test`: an encoder version with its figure, MLflow loss curve."""
+    from core import encoder_registry
+
+    monkeypatch.setenv("LANDCOVER_HOME", str(make_tiny_home(tmp_path)))
+    run_embedded(PRETRAIN_DAG, PRETRAIN_TINY, "test-pretrain")
+    cfg = compose(PRETRAIN_TINY)
+    run = load_run(run_uri_for(cfg, "test-pretrain"))
+    registered = run.result("register_encoder")
+    record = encoder_registry.resolve_encoder_version(cfg.storage.registry_uri, cfg.pretrain.encoder_name)
+    assert record["version"] == registered["version"]
+    assert record["lineage"]["run_uri"] == run.uri and record["lineage"]["scene_count"] == 1
+    assert record["objective"]["teacher_term"].startswith("omitted")
+    assert set(record["figures"]) == {"reconstruction.png"}
+
+    logs = tmp_path / "outputs" / "airflow" / "logs" / f"dag_id={PRETRAIN_DAG}"
+    task_log = next(logs.glob("run_id=*/task_id=pretrain_encoder/attempt=1.log")).read_text()
+    events = [json.loads(line)["event"] for line in task_log.splitlines()]
+    assert any("[pretrain_encoder] step 6/6 loss" in e for e in events), events[-20:]
+
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=cfg.logging.mlflow.tracking_uri)
+    mlflow_run = run.result("pretrain_encoder")["tracking"]["mlflow"]
+    assert [m.step for m in client.get_metric_history(mlflow_run, "pretrain_loss")] == list(range(1, 7))
+    assert "reconstruction.png" in {a.path for a in client.list_artifacts(mlflow_run)}
