@@ -216,3 +216,43 @@ def test_a_run_on_an_encoder_version_names_it_end_to_end(home, caplog) -> None:
     )
     assert "probe_miou" in logged.data.metrics
     assert f"encoder               {NAME} version {v1}" in caplog.text and "linear probe mIoU" in caplog.text
+
+
+def _finished(cfg, run_id: str, miou: float, road: float, probe: float | None) -> str:
+    """A run folder as the pipeline leaves it after evaluate (its real config; chosen figures)."""
+    from core import artifacts
+
+    run = pipeline.start_run(cfg, run_id=run_id)
+    per_class = {name: 0.9 for name in ("Water", "Tree Canopy", "Low Vegetation", "Barren")}
+    per_class.update({"Impervious (other)": 0.8, "Impervious (road)": road, "No Data": None})
+    metrics = {"miou": miou, "per_class_iou": per_class, "foreign_family": {"pixel_accuracy": miou - 0.1}}
+    if probe is not None:
+        metrics["probe_miou"] = probe
+    metrics_uri = storage.join(run.uri, artifacts.RUN_METRICS_NAME)
+    storage.write_text(metrics_uri, json.dumps(metrics))
+    storage.write_text(run.step_uri("evaluate"), json.dumps({"metrics_uri": metrics_uri}))
+    return run.uri
+
+
+def test_compare_encoders_reads_each_run_and_compares_the_means(home, capsys) -> None:
+    from setup.tools import compare_encoders
+
+    v1, _ = _register(home, 1)
+    uris = [
+        _finished(_cfg("seed=1"), "r1", 0.70, 0.50, 0.40),
+        _finished(_cfg("seed=2"), "r2", 0.72, 0.40, None),  # from before the probe: n/a
+        _finished(_cfg("seed=1", "model.encoder_version=latest"), "p1", 0.80, 0.60, 0.55),
+        _finished(_cfg("seed=2", "model.encoder_version=latest"), "p2", 0.84, 0.70, 0.65),
+    ]
+    assert compare_encoders.main(uris) == 0
+    out = capsys.readouterr().out
+    label = f"{NAME} {v1}"
+    assert f"| p1 | {label} | 1 | 0.8000 | Impervious (road) | 0.6000 | 0.6000 | 0.7000 | 0.5500 |" in out
+    assert "| r2 | random | 2 | 0.7200 | Impervious (road) | 0.4000 | 0.4000 | 0.6200 | n/a |" in out
+    assert "| random (mean) | 2 | 1, 2 | 0.7100 | 0.4500 | 0.4500 | 0.6100 | 0.4000 |" in out
+    assert f"| {label} (mean) | 2 | 1, 2 | 0.8200 | 0.6500 | 0.6500 | 0.7200 | 0.6000 |" in out
+    assert f"| {label} | +0.1100 | +0.2000 | +0.2000 | +0.1100 | +0.2000 |" in out
+    # A run whose evaluate step has not run is refused, not guessed.
+    unfinished = pipeline.start_run(_cfg(), run_id="unfinished").uri
+    with pytest.raises(RuntimeError, match="evaluate"):
+        compare_encoders.main([unfinished])
