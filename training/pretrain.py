@@ -292,9 +292,6 @@ def pretrain_encoder(run: Run) -> dict[str, Any]:
         betas=tuple(float(b) for b in p.betas),
     )
     total = int(p.steps)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda i: warmup_cosine(i, int(p.warmup), total, float(p.min_lr_ratio))
-    )
     checkpoint_uri = _pretrain_uri(run, CHECKPOINT_NAME)
     losses: list[float] = []
     start = 0
@@ -303,8 +300,6 @@ def pretrain_encoder(run: Run) -> dict[str, Any]:
         optimizer.load_state_dict(saved["optimizer"])
         start, losses = int(saved["step"]), [float(v) for v in saved["losses"]]
         log.info("[pretrain_encoder] resuming at step %d of %d from %s", start, total, checkpoint_uri)
-    for _ in range(start):  # the schedule is a pure function of the step
-        schedule.step()
 
     tracker = _tracker(run)
     tracker.log_params(
@@ -320,6 +315,9 @@ def pretrain_encoder(run: Run) -> dict[str, Any]:
     for index in bar:
         batch = sample_batch(images, int(p.batch_size), p.crop_size, int(cfg.seed), index).to(device.device)
         generator = torch.Generator(device.device).manual_seed(int(cfg.seed) * 1_000_003 + index)
+        lr = float(p.lr) * warmup_cosine(index, int(p.warmup), total, float(p.min_lr_ratio))
+        for group in optimizer.param_groups:  # a pure function of the step: nothing to restore on resume
+            group["lr"] = lr
         with device.autocast():
             out = mae(batch, generator=generator)
         optimizer.zero_grad(set_to_none=True)
@@ -327,12 +325,10 @@ def pretrain_encoder(run: Run) -> dict[str, Any]:
         if p.grad_clip:
             torch.nn.utils.clip_grad_norm_(mae.parameters(), float(p.grad_clip))
         optimizer.step()
-        schedule.step()
         loss = float(out.loss.detach())
         if not math.isfinite(loss):
             raise FloatingPointError(f"pretraining loss is {loss} at step {index + 1}; lower pretrain.lr")
         losses.append(loss)
-        lr = optimizer.param_groups[0]["lr"]
         tracker.log_metrics({"pretrain_loss": loss, "pretrain_lr": lr}, step=index + 1)
         bar.set_postfix(loss=f"{loss:.4f}")
         done = index + 1
