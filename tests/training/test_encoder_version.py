@@ -217,6 +217,14 @@ def test_a_run_on_an_encoder_version_names_it_end_to_end(home, caplog) -> None:
     assert "probe_miou" in logged.data.metrics
     assert f"encoder               {NAME} version {v1}" in caplog.text and "linear probe mIoU" in caplog.text
 
+    # The comparison script reads this run's own figures.
+    from setup.tools.compare_encoders import read_run
+
+    figures = read_run(run.uri)
+    assert figures.encoder == f"{NAME} {v1}" and figures.seed == cfg.seed
+    assert figures.values["miou"] == metrics["miou"] and figures.values["probe_miou"] == metrics["probe_miou"]
+    assert figures.values["foreign_accuracy"] == metrics["foreign_family"]["pixel_accuracy"]
+
 
 def _finished(cfg, run_id: str, miou: float, road: float, probe: float | None) -> str:
     """A run folder as the pipeline leaves it after evaluate (its real config; chosen figures)."""
