@@ -93,8 +93,14 @@ def test_bench_quick_writes_all_sections(tmp_path: Path) -> None:
     cold = targets["cold_start"]
     assert 0 < cold["floor_s"] < cold["seconds"] and cold["target_s"] == pytest.approx(cold["floor_s"] + 0.5)
     assert "served chip profile" in proc.stdout and "x the floor" in proc.stdout
-    assert f"attention ({targets['cpu_class']})" in proc.stdout
+    # Attention's share of peak is printed for the class the dispatcher detected (amx, vnni, ...).
+    attention = chip["attention"]
+    assert attention["cpu_class"] == report["machine"]["cpu_detected"]["cpu_class"]
+    assert attention["seconds"] == pytest.approx(chip["seconds"] * attention["share_of_time"])
+    assert f"attention ({attention['cpu_class']}): " in proc.stdout
     assert 0.0 <= tiny["pixel_agreement"] <= 1.0
+    assert 1 <= tiny["reference_classes"] <= 7
+    assert targets["agreement"]["random_weights_classes"] == tiny["reference_classes"]
     rows = report["scenes"]["scaling"]["scenes"]
     assert len(rows) >= 2 and all(
         r["median_s"] > 0 and r["chips_run"] >= r["chips_nonoverlapping"] for r in rows
@@ -171,11 +177,13 @@ def _synthetic_report(chip_s: float, floor_s: float, cold_s: float) -> dict:
         g["peak_name"] = "int8" if g["share_of_peak"] else None
     scene = [{"km2": 1.0, "cost_ratio": 1.1}, {"km2": 4.0, "cost_ratio": 1.05}]
     return {
+        "machine": {"cpu_detected": {"cpu_class": "vnni"}},
         "presets": {
             "large": {
                 "served_path": "ort-int8-vnni",
                 "speedup": 4.0,
                 "pixel_agreement": 0.995,
+                "reference_classes": 5,
                 "ideal_chip_s": floor_s,
                 "eager_fp32": {"ms_per_chip": chip_s * 4.0e3},
                 "optimized": {
@@ -209,14 +217,22 @@ def test_targets_are_judged_against_this_cpus_floors() -> None:
     top = chip["gap_by_group"][0]
     # Attention: 0.9 s of the chip against 0.09 s at its peak.
     assert top["group"] == "attention" and top["excess_s"] == pytest.approx(0.9 - 0.009)
-    assert chip["attention"] == {"share_of_time": 0.45, "share_of_peak": 0.1, "peak": "int8"}
+    assert chip["attention"] == {
+        "cpu_class": "vnni",
+        "share_of_time": 0.45,
+        "seconds": pytest.approx(0.9),
+        "gflops": 100.0,
+        "share_of_peak": 0.1,
+        "peak": "int8",
+    }
     # Cold floor = imports 0.4 + load 0.3 + ideal chip 1.0; 2.0 s is over floor + 0.5 s.
     cold = t["cold_start"]
     assert cold["floor_s"] == pytest.approx(1.7) and cold["target_s"] == pytest.approx(2.2)
     assert cold["met"] is True
     text = "\n".join(_render_targets({"targets": t}))
     assert "2.00x the floor 1.000 s -> MISSED" in text and "largest part of the 1.00 s gap: attention" in text
-    assert "attention (accelerated): 45% of the chip, 10% of the int8 peak" in text
+    assert "attention (vnni): 45% of the chip (0.900 s), 100 GFLOP/s = 10% of the int8 peak" in text
+    assert "says nothing" not in text  # eager predicts 5 classes: the agreement is informative
 
     fast = _targets(_synthetic_report(chip_s=1.5, floor_s=1.0, cold_s=2.3), TARGETS, "avx2")
     assert fast["chip"]["met"] is True and fast["cold_start"]["met"] is False
@@ -224,6 +240,15 @@ def test_targets_are_judged_against_this_cpus_floors() -> None:
     assert "1.50x the floor 1.000 s -> MET" in text and "gap" not in text.split("\n")[1]
     assert "0.60 s over the floor" in text
     assert all(fast[k]["met"] for k in ("agreement", "memory", "scene", "image"))
+    # A random-weight model that predicts one class agrees with anything: the report says so.
+    one_class = _synthetic_report(chip_s=1.5, floor_s=1.0, cold_s=2.3)
+    one_class["presets"]["large"]["reference_classes"] = 1
+    del one_class["machine"]  # no detected class recorded: the target class names the line
+    t = _targets(one_class, TARGETS, "avx2")
+    assert t["agreement"]["random_weights_classes"] == 1 and t["chip"]["attention"]["cpu_class"] is None
+    text = "\n".join(_render_targets({"targets": t}))
+    assert "predicts one class on every chip: its agreement says nothing" in text
+    assert "attention (avx2): 45% of the chip" in text
 
 
 def test_export_key_follows_the_recipe_and_the_runtime_versions(tmp_path: Path, monkeypatch) -> None:

@@ -705,8 +705,13 @@ def _targets(report: dict[str, Any], t: dict[str, float], cpu_class: str) -> dic
             # Information, no target: the speedup over eager fp32 and its ceiling (the floor's).
             "speedup_vs_eager": res["speedup"],
             "ceiling_vs_eager": res["eager_fp32"]["ms_per_chip"] / 1e3 / ideal,
+            # The attention products (with their softmax) on the served path, for this CPU's
+            # own class (amx, vnni, avx512_bf16, avx2, ...): what issue 35 compares across classes.
             "attention": {
+                "cpu_class": (report.get("machine") or {}).get("cpu_detected", {}).get("cpu_class"),
                 "share_of_time": attention.get("share_of_time"),
+                "seconds": chip_s * attention["share_of_time"] if attention.get("share_of_time") else None,
+                "gflops": attention.get("gflops"),
                 "share_of_peak": attention.get("share_of_peak"),
                 "peak": attention.get("peak_name"),
             },
@@ -717,6 +722,7 @@ def _targets(report: dict[str, Any], t: dict[str, float], cpu_class: str) -> dic
             # The worse of random weights and the trained champion (when the registry has one).
             "agreement": agreement,
             "random_weights": res["pixel_agreement"],
+            "random_weights_classes": res.get("reference_classes"),
             "champion": champion_agreement,
             "target": t["agreement"],
             "met": agreement >= t["agreement"],

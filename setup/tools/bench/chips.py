@@ -134,6 +134,9 @@ def bench_chips(
         "speedup": eager_sum["ms_per_chip"] / opt_sum["ms_per_chip"],
         "pixel_agreement": agreement,
         "agreement_chips": n,
+        # Classes eager fp32 predicts on these chips: a random-weight model that predicts one
+        # class everywhere agrees with any path, so its agreement says nothing.
+        "reference_classes": int(np.unique(eager_cls[:n]).size),
         "chips": chips,
         "eager_classes": eager_cls,
         "served_classes": opt_cls,

@@ -121,7 +121,7 @@ def _render_chips(report: dict[str, Any]) -> list[str]:
         oc = r["optimized"]["cold"]
         out.append(
             f"  {preset:6s} -> speedup {r['speedup']:.2f}x, pixel agreement {r['pixel_agreement']:.2%} "
-            f"({r['agreement_chips']} chips), RSS {r['rss_ratio']:.1f}x smaller, cold start {r['cold_start_ratio']:.1f}x faster; "
+            f"({r['agreement_chips']} chips, eager predicts {r.get('reference_classes', '?')} classes), RSS {r['rss_ratio']:.1f}x smaller, cold start {r['cold_start_ratio']:.1f}x faster; "
             f"{r['flops']['total'] / 1e9:.1f} GFLOP/chip ({r['quantised_share']:.0%} in quantised matmuls)"
         )
         uncached = oc["uncached_cold_start_s"]
@@ -278,6 +278,18 @@ def _cold_gap(d: dict[str, Any]) -> str:
     return f"{over:.2f} s over the floor; largest part: {name} {seconds:.2f} s"
 
 
+def _attention_line(att: dict[str, Any], target_class: str) -> str:
+    """The served path's attention products on this CPU's class: share of the chip, seconds,
+    rate and share of the peak of the precision they run in."""
+    cls = att.get("cpu_class") or target_class
+    seconds = "" if att.get("seconds") is None else f" ({att['seconds']:.3f} s)"
+    rate = "" if att.get("gflops") is None else f"{att['gflops']:.0f} GFLOP/s = "
+    return (
+        f"        attention ({cls}): {_pct(att['share_of_time'])} of the chip{seconds}, "
+        f"{rate}{_pct(att['share_of_peak'])} of the {att['peak'] or '-'} peak"
+    )
+
+
 def _render_targets(report: dict[str, Any]) -> list[str]:
     """The targets of this CPU's class: MET / MISSED with the figures, the floors and, for a
     miss, the largest part of the gap."""
@@ -295,15 +307,14 @@ def _render_targets(report: dict[str, Any]) -> list[str]:
     if not ch["met"]:
         line += f"; {_chip_gap(ch)}"
     out.append(line)
-    out.append(
-        f"        attention ({t['cpu_class']}): {_pct(att['share_of_time'])} of the chip, "
-        f"{_pct(att['share_of_peak'])} of the {att['peak'] or '-'} peak"
-    )
+    out.append(_attention_line(att, t["cpu_class"]))
     champ = (
         ""
         if ag["champion"] is None
         else f" (random weights {ag['random_weights']:.2%}, trained champion {ag['champion']:.2%})"
     )
+    if ag.get("random_weights_classes") == 1:
+        champ += " (the random-weight model predicts one class on every chip: its agreement says nothing)"
     out.append(
         f"  agree pixel agreement >= {ag['target']:.0%}: {ag['agreement']:.2%}{champ} -> {_yes(ag['met'])}"
     )
