@@ -188,6 +188,35 @@ def sample_batch(images: np.ndarray, batch_size: int, crop: int | None, seed: in
     return torch.stack(out)
 
 
+def cpu_threads(setting: int | str | None, load: float | None = None, cpus: int | None = None) -> int:
+    """The CPU threads of the pretrain step for ``pretrain.threads`` (see setup/conf/pretrain).
+
+    ``auto``: 1 when the 1-minute load average (``load``, default the system's) already exceeds
+    the CPU count (``cpus``), else torch's default; None: torch's default; a number: that many.
+    """
+    import os
+
+    import torch
+
+    default = torch.get_num_threads()
+    if setting is None:
+        return default
+    if setting != "auto":
+        if int(setting) < 1:
+            raise ValueError(f"pretrain.threads={setting!r}: use auto, null or a positive number")
+        return int(setting)
+    load = os.getloadavg()[0] if load is None else load
+    cpus = (os.cpu_count() or 1) if cpus is None else cpus
+    if load > cpus and default > 1:
+        log.info(
+            "[pretrain_encoder] load average %.1f on %d CPUs: 1 thread (busy threads would wait on each other)",
+            load,
+            cpus,
+        )
+        return 1
+    return default
+
+
 def _save_checkpoint(uri: str, mae, optimizer, step_done: int, losses: list[float]) -> None:
     import torch
 
@@ -282,7 +311,9 @@ def pretrain_encoder(run: Run) -> dict[str, Any]:
     if p.crop_size is not None and int(p.crop_size) % 8:
         raise ValueError(f"pretrain.crop_size={p.crop_size} must be a multiple of the patch size 8")
 
+    torch.set_num_threads(cpu_threads(p.get("threads", "auto")))
     device = select_device(str(p.precision), str(p.device))
+    log.info("[pretrain_encoder] %d CPU threads", torch.get_num_threads())
     mae = build_mae(cfg).to(device.device)
     optimizer = torch.optim.AdamW(
         mae.parameters(),

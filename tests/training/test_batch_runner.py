@@ -321,3 +321,92 @@ def test_batch_dag_shape(monkeypatch) -> None:
     ]
     job = dag.get_task("train_head")
     assert type(job).__name__ in ("MappedOperator", "BatchOperator")
+
+
+# -- pretrain.runner=batch: the pretrain_encoder step as one AWS Batch job ---------------------
+
+PRETRAIN_BATCH = [
+    *TINY_OVERRIDES,
+    "pretrain.steps=4",
+    "pretrain.batch_size=2",
+    "pretrain.crop_size=32",
+    "pretrain.checkpoint_every=2",
+    "pretrain.figure_chips=1",
+    "pretrain.decoder_depth=1",
+]
+
+
+@pytest.mark.slow
+def test_pretrain_batch_runner_end_to_end(batch_world) -> None:
+    """The pretrain DAG with pretrain.runner=batch: the step runs as a Batch job (the stand-in's
+    "container"), records its result on S3, and Airflow registers the encoder version."""
+    from core import encoder_registry
+    from training.pretrain_batch import BATCH_STEP
+
+    env = {**batch_world["airflow_env"]}
+    env["LANDCOVER_OVERRIDES"] = env["LANDCOVER_OVERRIDES"] + " pretrain.runner=batch"
+    conf = json.dumps({"overrides": PRETRAIN_BATCH, "run_id": "pt-batch"})
+    proc = subprocess.run(
+        [sys.executable, str(HARNESS), "pretrain", conf],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    app: ContainerStandIn = batch_world["app"]
+    assert proc.returncode == 0, _tail(proc) + "\njobs:\n" + json.dumps(app.runs, indent=1)[-4000:]
+    assert [r["jobName"] for r in app.submitted] == [f"pt-batch-{BATCH_STEP}"]
+    assert "arrayProperties" not in app.submitted[0] or not app.submitted[0]["arrayProperties"]
+    cfg = _cfg(batch_world, PRETRAIN_BATCH)
+    run_uri = run_uri_for(cfg, "pt-batch")
+    assert app.submitted[0]["containerOverrides"]["command"] == [
+        "python", "-m", "training.pretrain", "step", BATCH_STEP, "--run-uri", run_uri,
+    ]  # fmt: skip
+    assert all(r["rc"] == 0 for r in app.runs)
+
+    storage.configure(endpoint_url=batch_world["endpoint"], region=REGION)
+    run = load_run(run_uri)
+    assert run.result(BATCH_STEP)["steps"] == 4
+    record = encoder_registry.resolve_encoder_version(cfg.storage.registry_uri, cfg.pretrain.encoder_name)
+    assert record["version"] == run.result("register_encoder")["version"]
+    assert record["uri"].startswith(f"s3://{PROJECT}-registry/")
+    assert storage.exists(record["figures"]["reconstruction.png"])
+
+
+def test_pretrain_batch_plan_refuses_local_inputs() -> None:
+    from training.pretrain_batch import pretrain_runner_of, require_remote_inputs, step_command
+
+    with pytest.raises(ValueError, match=r"storage\.root_uri"):
+        require_remote_inputs(compose(["pretrain.runner=batch"]))
+    with pytest.raises(ValueError, match=r"pretrain\.input_uri"):
+        require_remote_inputs(compose(["pretrain.runner=batch", "storage=s3", "pretrain.input_uri=/tmp/x"]))
+    require_remote_inputs(compose(["storage=s3", "data.root_uri=s3://d/synthetic"]))
+    with pytest.raises(ValueError, match=r"pretrain\.runner"):
+        pretrain_runner_of(compose(["pretrain.runner=k8s"]))
+    command = step_command(compose([]), "s3://b/runs/p1")
+    assert command[1:] == [
+        "-m",
+        "training.pretrain",
+        "step",
+        "pretrain_encoder",
+        "--run-uri",
+        "s3://b/runs/p1",
+    ]
+
+
+def test_pretrain_batch_dag_shape(monkeypatch) -> None:
+    from airflow.dag_processing.dagbag import DagBag
+
+    from training.airflow_runner import DAGS_FOLDER
+
+    monkeypatch.setenv("LANDCOVER_OVERRIDES", "pretrain.runner=batch")
+    bag = DagBag(dag_folder=str(DAGS_FOLDER))
+    assert bag.import_errors == {}
+    dag = bag.dags["pretrain"]
+    assert [t.task_id for t in dag.topological_sort()] == [
+        "select_scenes",
+        "batch_plan",
+        "pretrain_encoder",
+        "register_encoder",
+    ]

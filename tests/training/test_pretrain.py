@@ -158,3 +158,13 @@ def test_registered_encoder_trains_a_segmenter_through_pretrained_uri(home: Path
     assert encoder_registry.list_encoder_versions(cfg.storage.registry_uri, cfg.pretrain.encoder_name) == [
         registered["version"]
     ]
+
+
+def test_cpu_threads_back_off_on_a_busy_machine() -> None:
+    default = torch.get_num_threads()
+    assert pretrain.cpu_threads(3) == 3
+    assert pretrain.cpu_threads(None) == default
+    assert pretrain.cpu_threads("auto", load=0.5, cpus=2) == default
+    assert pretrain.cpu_threads("auto", load=7.0, cpus=2) == (1 if default > 1 else default)
+    with pytest.raises(ValueError, match="threads"):
+        pretrain.cpu_threads(0)
