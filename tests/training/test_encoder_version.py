@@ -49,7 +49,7 @@ def _register(tmp_path, seed: int, preset: str = "tiny") -> tuple[str, dict[str,
     record = {
         "preset": preset,
         "encoder": encoder.config.to_dict(),
-        "objective": "mae",
+        "objective": {"name": "mae", "mask_ratio": 0.75},  # as training.pretrain records it
         "start": {"source": "random-init"},
         "lineage": {"input_uri": INPUT_URI, "scenes": 3, "run_uri": f"file:///runs/pretrain-{seed}"},
     }
@@ -162,7 +162,7 @@ def test_model_card_names_the_encoder_version(home) -> None:
     )
     row = next(line for line in card.splitlines() if line.startswith("| encoder weights |"))
     assert f"encoder registry: {NAME} version {v1}" in row
-    assert f"pretrained on {INPUT_URI}" in row and record["sha256"] in row
+    assert f"pretrained on {INPUT_URI}" in row and record["sha256"] in row and "objective mae," in row
     assert "| linear probe mIoU (frozen encoder features only) | 0.2500 |" in card
     assert "randomly initialised" not in card
 

@@ -278,6 +278,9 @@ def pin_encoder_version(cfg: Any) -> str | None:
 def _registry_weights(cfg: Any) -> EncoderWeights:
     record = resolve_encoder_version(cfg)
     lineage = record.get("lineage") or {}
+    objective = record.get("objective")
+    if isinstance(objective, Mapping):  # the full recipe stays in the encoder's record; its name here
+        objective = objective.get("name")
     return EncoderWeights(
         source=ENCODER_REGISTRY,
         uri=str(record["uri"]),
@@ -288,7 +291,7 @@ def _registry_weights(cfg: Any) -> EncoderWeights:
             "encoder_name": record.get("encoder_name"),
             "version": record.get("version"),
             "registry_uri": str(cfg.storage.registry_uri),
-            "objective": record.get("objective"),
+            "objective": objective,
             "input_uri": lineage.get("input_uri"),
         },
     )
