@@ -168,9 +168,20 @@ def build_mae(cfg: DictConfig):
     )
 
 
+def valid_patches(chips, patch_size: int = 8):
+    """(B, L) 1.0 where every pixel of the patch holds data (not all bands 0, NAIP's nodata), of
+    uint8 chips (B, 4, H, W) as a tensor."""
+    import torch
+
+    data = (torch.as_tensor(chips) > 0).any(dim=1).float()  # (B, H, W)
+    per_patch = torch.nn.functional.avg_pool2d(data[:, None], patch_size)  # (B, 1, h, w)
+    return (per_patch.flatten(1) == 1.0).float()  # (B, L)
+
+
 def sample_batch(images: np.ndarray, batch_size: int, crop: int | None, seed: int, step_index: int):
-    """The normalised batch (B, 4, c, c) of one step: chips, patch-aligned crops and dihedral
-    views drawn from a generator seeded by ``seed`` and ``step_index`` (resumable, reproducible)."""
+    """The batch of one step: normalised chips (B, 4, c, c) and their :func:`valid_patches` (B, L),
+    patch-aligned crops and dihedral views drawn from a generator seeded by ``seed`` and
+    ``step_index`` (resumable, reproducible)."""
     import torch
 
     from core.naip import normalize
@@ -183,9 +194,10 @@ def sample_batch(images: np.ndarray, batch_size: int, crop: int | None, seed: in
     out = []
     for index in picks:
         r, c = (int(rng.integers(0, (size - crop) // 8 + 1)) * 8 for _ in range(2))
-        chip = torch.from_numpy(normalize(images[index, :, r : r + crop, c : c + crop]))
+        chip = torch.from_numpy(images[index, :, r : r + crop, c : c + crop].copy())
         out.append(dihedral(chip, int(rng.integers(0, 4)), bool(rng.integers(0, 2))))
-    return torch.stack(out)
+    raw = torch.stack(out)  # (B, 4, c, c) uint8
+    return torch.from_numpy(normalize(raw.numpy())), valid_patches(raw)
 
 
 def cpu_threads(setting: int | str | None, load: float | None = None, cpus: int | None = None) -> int:
@@ -344,13 +356,14 @@ def pretrain_encoder(run: Run) -> dict[str, Any]:
     started = time.perf_counter()
     bar = tqdm(range(start, total), desc="pretrain", unit="step", initial=start, total=total, disable=None)
     for index in bar:
-        batch = sample_batch(images, int(p.batch_size), p.crop_size, int(cfg.seed), index).to(device.device)
+        batch, valid = sample_batch(images, int(p.batch_size), p.crop_size, int(cfg.seed), index)
+        batch, valid = batch.to(device.device), valid.to(device.device)
         generator = torch.Generator(device.device).manual_seed(int(cfg.seed) * 1_000_003 + index)
         lr = float(p.lr) * warmup_cosine(index, int(p.warmup), total, float(p.min_lr_ratio))
         for group in optimizer.param_groups:  # a pure function of the step: nothing to restore on resume
             group["lr"] = lr
         with device.autocast():
-            out = mae(batch, generator=generator)
+            out = mae(batch, generator=generator, valid=valid)
         optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
         if p.grad_clip:

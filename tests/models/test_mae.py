@@ -70,6 +70,19 @@ def test_loss_is_on_masked_patches_only(mae: MaskedAutoencoder) -> None:
     assert mae.masked_loss(out.pred, target, out.mask).item() > out.loss.item() + 0.1
 
 
+def test_invalid_patches_leave_the_loss(mae: MaskedAutoencoder) -> None:
+    x = _pixels()
+    masking = random_masking(2, 16, 0.75, generator=torch.Generator().manual_seed(0))
+    out = mae(x, masking=masking)
+    valid = torch.ones(2, 16)
+    valid[0, masking[1][0, 0]] = 0  # one masked patch holds nodata
+    target = out.target.clone()
+    target[0, masking[1][0, 0]] += 50.0  # ... whatever its pixels are
+    kept = mae.masked_loss(out.pred, target, out.mask, valid)
+    assert kept.item() == pytest.approx(mae.masked_loss(out.pred, out.target, out.mask, valid).item())
+    assert mae.masked_loss(out.pred, target, out.mask).item() > kept.item() + 1.0
+
+
 def test_norm_pix_loss_normalises_each_patch() -> None:
     torch.manual_seed(0)
     mae = MaskedAutoencoder(build_encoder("tiny"), decoder_dim=48, decoder_depth=1, norm_pix_loss=True)

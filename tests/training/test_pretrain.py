@@ -6,6 +6,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -80,13 +81,20 @@ def test_default_input_is_the_training_split_with_the_cache_recipe(home: Path) -
 
 
 def test_batches_are_a_function_of_seed_and_step() -> None:
-    import numpy as np
-
-    images = np.random.default_rng(0).integers(0, 255, (5, 4, 64, 64), dtype=np.uint8)
-    a = pretrain.sample_batch(images, 3, 32, seed=1, step_index=7)
+    images = np.random.default_rng(0).integers(1, 255, (5, 4, 64, 64), dtype=np.uint8)
+    a, valid = pretrain.sample_batch(images, 3, 32, seed=1, step_index=7)
     assert a.shape == (3, 4, 32, 32) and a.dtype == torch.float32
-    assert torch.equal(a, pretrain.sample_batch(images, 3, 32, seed=1, step_index=7))
-    assert not torch.equal(a, pretrain.sample_batch(images, 3, 32, seed=1, step_index=8))
+    assert valid.shape == (3, 16) and valid.eq(1).all()
+    assert torch.equal(a, pretrain.sample_batch(images, 3, 32, seed=1, step_index=7)[0])
+    assert not torch.equal(a, pretrain.sample_batch(images, 3, 32, seed=1, step_index=8)[0])
+
+
+def test_nodata_patches_are_not_valid() -> None:
+    chips = np.full((1, 4, 16, 16), 100, dtype=np.uint8)
+    chips[0, :, :8, :8] = 0  # patch 0: nodata
+    chips[0, :, 8, 8] = 0  # one nodata pixel in patch 3
+    chips[0, 0, 0, 8] = 0  # one band at 0 is still data (patch 1)
+    assert pretrain.valid_patches(chips).tolist() == [[0.0, 1.0, 1.0, 0.0]]
 
 
 @pytest.mark.slow

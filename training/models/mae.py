@@ -13,7 +13,8 @@ Continued pretraining (``landcover pretrain``) trains the encoder the way Clay p
    each token to the patch's pixels of all bands (C * p * p values).
 4. **Loss on masked patches only.** The per-pixel error (Clay: L1; MSE as in the original MAE
    is an option) against the normalised input pixels, optionally normalised per patch
-   (``norm_pix_loss``), averaged per patch, then over the masked patches alone.
+   (``norm_pix_loss``), averaged per patch, then over the masked patches alone (and, given a
+   validity map, the masked patches that hold data: Clay's chips have no nodata, NAIP edges do).
 
 What we leave out of Clay's recipe, and why:
 
@@ -269,21 +270,27 @@ class MaskedAutoencoder(nn.Module):
         var = patches.var(dim=-1, keepdim=True)
         return (patches - mean) / (var + 1e-6).sqrt()  # (B, L, C*p*p)
 
-    def masked_loss(self, pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Mean per-patch error over the masked patches only (visible patches count for nothing)."""
+    def masked_loss(
+        self, pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, valid: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Mean per-patch error over the masked patches only (visible patches count for nothing),
+        and of those only the ``valid`` (B, L) ones when given (a nodata patch has nothing to learn)."""
         error = F.l1_loss if self.loss_kind == "l1" else F.mse_loss
         per_patch = error(pred.float(), target, reduction="none").mean(dim=-1)  # (B, L)
-        return (per_patch * mask).sum() / mask.sum()
+        weight = mask if valid is None else mask * valid.to(mask.dtype)  # (B, L)
+        return (per_patch * weight).sum() / weight.sum().clamp_min(1.0)
 
     def forward(
         self,
         pixels: torch.Tensor,
         generator: torch.Generator | None = None,
         masking: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+        valid: torch.Tensor | None = None,
     ) -> MaeOutput:
         """Mask, encode, decode and score a batch of normalised chips (B, C, H, W).
 
-        ``masking`` (visible, masked, mask) replaces the random draw (tests, figures).
+        ``masking`` (visible, masked, mask) replaces the random draw (tests, figures); ``valid``
+        (B, L) leaves the patches where it is 0 (nodata) out of the loss.
         """
         B = pixels.shape[0]
         grid = self.encoder.grid_size(pixels.shape[-2], pixels.shape[-1])
@@ -294,7 +301,7 @@ class MaskedAutoencoder(nn.Module):
         encoded = self.encode_visible(pixels, visible)  # (B, 1+V, dim)
         pred = self.decoder(encoded, visible, masked, grid, self.gsd)  # (B, L, C*p*p)
         target = self.target(pixels)  # (B, L, C*p*p)
-        return MaeOutput(self.masked_loss(pred, target, mask), pred, target, mask)
+        return MaeOutput(self.masked_loss(pred, target, mask, valid), pred, target, mask)
 
     @torch.no_grad()
     def reconstruct(
