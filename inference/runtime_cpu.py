@@ -12,9 +12,9 @@ Order of preference (:data:`PATHS`, first one whose needs are met wins):
    pixels. The plugin fuses each attention (int8 Q.K^T, softmax, A.V) into one subgraph; on AMX
    (issue 35, large preset, 2 cores) the products left fp32 took 2.1-2.6x its time and cast to
    bf16 in the graph 0.97-1.5x (five runs), and OpenVINO converted from the PyTorch model gets
-   the same subgraph
-   (the plugin decomposes ScaledDotProductAttention outside stateful LLM graphs), so the int8
-   one stays: the softmax over the N x N scores, not the GEMMs, bounds it.
+   the same subgraph (the plugin decomposes ScaledDotProductAttention outside stateful LLM
+   graphs), so the int8 one stays: the element-wise work on the N x N scores (softmax,
+   requantisation), not the GEMMs, bounds it.
 2. ``openvino-bf16``: OpenVINO's CPU plugin in bf16 on the fp32 ONNX graph, for CPUs with AMX
    bf16 tiles (a champion without the int8 QDQ graph; 98.6 % pixel agreement on the trained
    champion, see 1). AVX512-BF16 alone (without AMX tiles) measured slower than
