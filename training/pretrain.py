@@ -229,6 +229,14 @@ def cpu_threads(setting: int | str | None, load: float | None = None, cpus: int 
     return default
 
 
+def figure_chip_indices(images: np.ndarray, count: int) -> list[int]:
+    """Chips for the figure: spread evenly over the chips that hold data in nearly every patch
+    (the first chips of a scene are often its nodata border)."""
+    full = (valid_patches(images).mean(dim=1) >= 0.95).nonzero().flatten().tolist()
+    pool = full if len(full) >= count else list(range(len(images)))
+    return [pool[i] for i in np.linspace(0, len(pool) - 1, min(count, len(pool))).round().astype(int)]
+
+
 def _save_checkpoint(uri: str, mae, optimizer, step_done: int, losses: list[float]) -> None:
     import torch
 
@@ -394,7 +402,8 @@ def pretrain_encoder(run: Run) -> dict[str, Any]:
         state = {k: v.detach().float().cpu().contiguous() for k, v in mae.encoder.state_dict().items()}
         save_file(state, str(Path(tmp) / artifacts.ENCODER_WEIGHTS_NAME))
         storage.upload(Path(tmp) / artifacts.ENCODER_WEIGHTS_NAME, encoder_uri)
-        shown = torch.from_numpy(normalize(images[: max(1, int(p.figure_chips))])).to(device.device)
+        picks = figure_chip_indices(images, max(1, int(p.figure_chips)))
+        shown = torch.from_numpy(normalize(images[picks])).to(device.device)
         with device.autocast():
             figure = render_reconstruction(mae, shown, int(cfg.seed))
         figure_path = Path(tmp) / encoder_registry.RECONSTRUCTION_FIGURE

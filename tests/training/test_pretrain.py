@@ -89,6 +89,13 @@ def test_batches_are_a_function_of_seed_and_step() -> None:
     assert not torch.equal(a, pretrain.sample_batch(images, 3, 32, seed=1, step_index=8)[0])
 
 
+def test_figure_chips_avoid_nodata_borders() -> None:
+    chips = np.full((6, 4, 16, 16), 100, dtype=np.uint8)
+    chips[:3, :, :8] = 0  # the first three chips: half nodata
+    assert pretrain.figure_chip_indices(chips, 2) == [3, 5]
+    assert pretrain.figure_chip_indices(chips[:3], 2) == [0, 2]  # none is full: any
+
+
 def test_nodata_patches_are_not_valid() -> None:
     chips = np.full((1, 4, 16, 16), 100, dtype=np.uint8)
     chips[0, :, :8, :8] = 0  # patch 0: nodata
