@@ -183,3 +183,31 @@ def test_cpu_threads_back_off_on_a_busy_machine() -> None:
     assert pretrain.cpu_threads("auto", load=7.0, cpus=2) == (1 if default > 1 else default)
     with pytest.raises(ValueError, match="threads"):
         pretrain.cpu_threads(0)
+
+
+def test_cli_pretrain_delegates(monkeypatch: pytest.MonkeyPatch) -> None:
+    from setup import cli
+
+    calls = []
+    monkeypatch.setattr(
+        pretrain, "cli", lambda argv, run_id=None, airflow=True: calls.append((argv, run_id, airflow))
+    )
+    assert cli.main(["pretrain", "pretrain.steps=3", "--run-id", "p1"]) == 0
+    assert cli.main(["pretrain", "--no-airflow", "pretrain.lr=1e-4"]) == 0
+    assert calls == [(["pretrain.steps=3"], "p1", True), (["pretrain.lr=1e-4"], None, False)]
+
+
+def test_make_pretrain_calls_the_cli() -> None:
+    import subprocess
+
+    from core.config import REPO_ROOT
+
+    proc = subprocess.run(
+        ["make", "-n", "--no-print-directory", "pretrain", "STAMP=/dev/null"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "landcover pretrain" in proc.stdout
