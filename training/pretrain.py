@@ -482,7 +482,9 @@ def encoder_card(record: dict[str, Any]) -> str:
             f"- run {lineage['run_uri']}",
             "",
             "## Training",
-            f"- {o['steps']} steps of {o['batch_size']} chips (random {o['crop_size'] or 'whole-chip'} px crops, flips and turns), "
+            f"- {o['steps']} steps of {o['batch_size']} chips ("
+            + (f"random {o['crop_size']} px crops" if o["crop_size"] else "whole chips")
+            + ", random flips and quarter turns), "
             f"AdamW lr {o['lr']:g} (warmup {o['warmup']} steps, cosine), weight decay {o['weight_decay']:g}",
             f"- loss {o['first_loss']:.4f} at the first step, {o['final_loss']:.4f} at the last; mean of the first 10% "
             f"{o['mean_loss_first_10pct']:.4f}, of the last 10% {o['mean_loss_last_10pct']:.4f}",
