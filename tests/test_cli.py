@@ -13,7 +13,17 @@ import pytest
 from core.config import REPO_ROOT
 from setup import cli
 
-SUBCOMMANDS = ("train", "infer", "promote-challenger", "report", "bench", "airflow-ui", "mlflow-ui")
+SUBCOMMANDS = (
+    "train",
+    "pretrain",
+    "weights",
+    "infer",
+    "promote-challenger",
+    "report",
+    "bench",
+    "airflow-ui",
+    "mlflow-ui",
+)
 
 
 def test_console_script_is_installed_and_lists_the_subcommands() -> None:

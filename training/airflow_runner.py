@@ -180,8 +180,10 @@ def run_remote(
     run_id: str,
     poll_seconds: float = 10.0,
     timeout_seconds: float = 4 * 3600,
+    result_task: str | None = "promote",
 ) -> dict:
-    """Trigger ``dag_id`` on a running Airflow and wait for it, printing task progress."""
+    """Trigger ``dag_id`` on a running Airflow and wait for it, printing task progress; the
+    result holds the DAG run and, under its name, ``result_task``'s XCom (None: no XCom)."""
     client = AirflowClient(url, *default_credentials())
     client.trigger(dag_id, run_id, {"overrides": list(overrides), "run_id": run_id})
     print(f"[airflow] triggered {dag_id} run {run_id} on {url}", flush=True)
@@ -204,7 +206,10 @@ def run_remote(
                 raise RuntimeError(
                     f"DAG run {run_id} ended {run['state']}; see the task logs in the Airflow UI"
                 )
-            return {"dag_run": run, "promote": client.xcom(dag_id, run_id, "promote")}
+            result: dict = {"dag_run": run}
+            if result_task:
+                result[result_task] = client.xcom(dag_id, run_id, result_task)
+            return result
         time.sleep(poll_seconds)
     raise TimeoutError(f"DAG run {run_id} did not finish within {timeout_seconds:.0f} s")
 

@@ -609,19 +609,6 @@ def run_all(cfg: DictConfig, run_id: str | None = None) -> Run:
     return run
 
 
-def _run_remote(url: str, overrides: Sequence[str], run_id: str, poll_seconds: float = 10.0) -> None:
-    """Trigger the pretrain DAG on a running Airflow (AIRFLOW_URL / make airflow_ui) and wait for it."""
-    from training.airflow_runner import TERMINAL_STATES, AirflowClient, default_credentials
-
-    client = AirflowClient(url, *default_credentials())
-    client.trigger(DAG_ID, run_id, {"overrides": list(overrides), "run_id": run_id})
-    print(f"[airflow] triggered {DAG_ID} run {run_id} on {url}", flush=True)
-    while (state := client.dag_run(DAG_ID, run_id)["state"]) not in TERMINAL_STATES:
-        time.sleep(poll_seconds)
-    if state != "success":
-        raise RuntimeError(f"DAG run {run_id} ended {state}; see the task logs at {url}/dags/{DAG_ID}")
-
-
 def cli(overrides: Sequence[str], run_id: str | None = None, airflow: bool = True) -> int:
     """``landcover pretrain``: the pretrain DAG (in-process, or on AIRFLOW_URL / a running
     ``make airflow_ui``), or with ``airflow=False`` the same steps in this process."""
@@ -636,11 +623,11 @@ def cli(overrides: Sequence[str], run_id: str | None = None, airflow: bool = Tru
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         run_all(compose(list(overrides)), run_id)
     else:
-        from training.airflow_runner import run_embedded, running_ui
+        from training.airflow_runner import run_embedded, run_remote, running_ui
 
         url = os.environ.get("AIRFLOW_URL") or running_ui()
         if url:
-            _run_remote(url, overrides, run_id)
+            run_remote(url, DAG_ID, overrides, run_id, result_task=None)
         else:
             run_embedded(DAG_ID, list(overrides), run_id)  # the last task logs the summary
     run = load_run(run_uri_for(compose(list(overrides)), run_id))
