@@ -495,7 +495,8 @@ def encoder_card(record: dict[str, Any]) -> str:
             + (f" ({start.get('uri')})" if start.get("uri") else " (seeded random init)"),
             "",
             "## Use",
-            "Train a head on it with `model.pretrained_uri=<this version's encoder.safetensors>` (the record's `uri`). "
+            "Train a head on it with `model.encoder_version=<this folder's version id>` (or `latest` while it is "
+            "the newest version of its name). "
             "The reconstruction figure (masked input | reconstruction | truth) is `reconstruction.png` beside this card.",
             "",
             "## Limitations",
@@ -590,7 +591,7 @@ def summary(run: Run) -> str:
             f"  encoder version       {registered['encoder_name']} {registered['version']}",
             f"  weights               {registered['uri']}",
             f"  reconstruction        {trained['figure_uri']}",
-            f"  use it                model.pretrained_uri={registered['uri']}",
+            f"  use it                model.encoder_version={registered['version']}",
         ]
     )
 
