@@ -23,18 +23,18 @@ from __future__ import annotations
 import json
 import logging
 import os
-import secrets
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from core import storage
-from core.artifacts import ENCODER_WEIGHTS_NAME, VERSION_CLAIM_NAME
+from core.artifacts import ENCODER_WEIGHTS_NAME
 from core.registry import (
     RegistryError,
     VersionExistsError,
     VersionNotFoundError,
     check_name,
+    claim_folder,
     iso_timestamp,
     json_bytes,
     new_version_id,
@@ -81,17 +81,6 @@ def encoder_version_uri(registry_uri: str, encoder_name: str, version: str) -> s
 def latest_uri(registry_uri: str, encoder_name: str) -> str:
     """The ``latest.json`` pointer of ``encoder_name``."""
     return storage.join(encoder_uri(registry_uri, encoder_name), LATEST_NAME)
-
-
-def _claim(prefix: str, encoder_name: str, version: str, created: str) -> None:
-    claim = {"version": version, "claimed_at": created, "token": secrets.token_hex(8)}
-    try:
-        storage.put_if_match(storage.join(prefix, VERSION_CLAIM_NAME), json_bytes(claim), None)
-    except storage.PreconditionFailed as exc:
-        raise VersionExistsError(
-            f"version {version} of encoder {encoder_name} is claimed or registered already ({prefix}); "
-            "encoder versions are immutable"
-        ) from exc
 
 
 def _move_latest(registry_uri: str, encoder_name: str, record: Mapping[str, Any]) -> bool:
@@ -158,7 +147,7 @@ def register_encoder_version(
     version = new_version_id(moment)
     created = iso_timestamp(moment)
     prefix = encoder_version_uri(registry_uri, encoder_name, version)
-    _claim(prefix, encoder_name, version, created)
+    claim_folder(prefix, f"encoder {encoder_name}", version, created, ENCODER_RECORD_NAME)
 
     weights_uri = storage.join(prefix, ENCODER_WEIGHTS_NAME)
     storage.upload(encoder_path, weights_uri)

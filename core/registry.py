@@ -210,14 +210,20 @@ def _claim_version(prefix: str, model_name: str, version: str, created: datetime
             f"version {version} of {model_name} is already registered at {prefix}; versions are "
             "immutable, so register under a new version id (omit version= to get a fresh one)"
         )
-    claim = {"version": version, "claimed_at": iso_timestamp(created), "token": secrets.token_hex(8)}
+    claim_folder(prefix, model_name, version, iso_timestamp(created), VERSION_MANIFEST_NAME)
+
+
+def claim_folder(prefix: str, name: str, version: str, created: str, manifest_name: str) -> None:
+    """Create ``prefix``'s claim file if absent (a conditional put), else raise
+    :class:`VersionExistsError`: one writer per version folder, for models and encoders alike."""
+    claim = {"version": version, "claimed_at": created, "token": secrets.token_hex(8)}
     try:
         storage.put_if_match(storage.join(prefix, VERSION_CLAIM_NAME), json_bytes(claim), None)
     except storage.PreconditionFailed as exc:
         raise VersionExistsError(
-            f"version {version} of {model_name} is claimed by another writer ({prefix}/{VERSION_CLAIM_NAME}); "
+            f"version {version} of {name} is claimed by another writer ({prefix}/{VERSION_CLAIM_NAME}); "
             "versions are immutable: pick another version id, or delete that folder if the writer "
-            f"crashed before writing {VERSION_MANIFEST_NAME}"
+            f"crashed before writing {manifest_name}"
         ) from exc
 
 
