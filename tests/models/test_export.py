@@ -147,17 +147,19 @@ def test_export_loads_without_training_frameworks(tmp_path: Path, model: ClaySeg
 
 
 def test_dilated_fusion_head_exports_to_safetensors_and_onnx_int8(tmp_path: Path) -> None:
-    """A fusion head with pixel_dilations rebuilds from its export's head config and runs in the
-    ONNX int8 runtime the Lambda uses (dilated convs quantise like the others)."""
+    """A fusion head with pixel_dilations and context_dilations rebuilds from its export's head
+    config and runs in the ONNX int8 runtime the Lambda uses (dilated convs quantise like the others)."""
     from inference.runtime import load_predictor
     from training.models.onnx_export import convert_export
 
     torch.manual_seed(3)
-    seg = build_segmenter("tiny", head="fusion", head_options={"pixel_dilations": [2, 4]}).eval()
+    options = {"pixel_dilations": [2, 4], "context_dilations": [2, 4]}
+    seg = build_segmenter("tiny", head="fusion", head_options=options).eval()
     uri = save_export(seg, str(tmp_path / "m.safetensors"), reference_stats=None)
     loaded, meta = load_export(uri)
     assert meta["head_config"]["pixel_dilations"] == [2, 4]
-    assert loaded.head.pixel_dilations == (2, 4)
+    assert meta["head_config"]["context_dilations"] == [2, 4]
+    assert loaded.head.pixel_dilations == (2, 4) and loaded.head.context_dilations == (2, 4)
     chips = torch.randn(2, 4, 64, 64, generator=torch.Generator().manual_seed(4))
     with torch.inference_mode():
         want = seg(chips).softmax(1)

@@ -223,6 +223,46 @@ def test_fusion_head_pixel_dilations_widen_the_full_resolution_view() -> None:
         make_head("fusion", 192, options={"pixel_dilations": [2, 0]})
 
 
+def test_fusion_head_context_dilations_widen_the_patch_grid_view() -> None:
+    """Dilated residual blocks on the patch grid let the context at one cell read cells 7 away
+    (a 2, 4 chain after the conv3x3: 1 + 2 + 4), rebuild from their config and export, and a
+    config written before the option existed gives the plain context with the keys of older
+    exports."""
+    torch.manual_seed(0)
+    plain = build_segmenter("tiny", head="fusion").eval()
+    wide = build_segmenter("tiny", head="fusion", head_options={"context_dilations": [2, 4]}).eval()
+    assert wide.head.config()["context_dilations"] == [2, 4]
+    assert len(plain.head.context_wide) == 0 and len(wide.head.context_wide) == 2
+    assert set(plain.head.state_dict()) < set(wide.head.state_dict())
+
+    def reach(model: ClaySegmenter, offset: int) -> float:
+        # How much a grid cell `offset` cells away moves the context branch's output at (12, 12).
+        grid = torch.randn(1, model.head.in_dim, 24, 24)
+        moved = grid.clone()
+        moved[0, :, 12, 12 + offset] += 3.0
+        head = model.head
+        with torch.inference_mode():
+            a = head.context[2](head.context_wide(head.context[:2](grid)))
+            b = head.context[2](head.context_wide(head.context[:2](moved)))
+        return float((a - b)[0, :, 12, 12].abs().amax())
+
+    assert reach(plain, 1) > 0.0 and reach(plain, 2) == 0.0  # one conv3x3 sees one cell to each side
+    assert reach(wide, 7) > 0.0 and reach(wide, 8) == 0.0
+    x = torch.randn(2, 4, 64, 48)
+    with torch.inference_mode():
+        out = wide(x)
+        cached = wide.forward_from_features(wide.forward_features(x), x)
+    assert out.shape == (2, 7, 64, 48)
+    torch.testing.assert_close(cached, out, rtol=0, atol=0)
+    rebuilt = build_head(wide.head.config())
+    rebuilt.load_state_dict(wide.head.state_dict())
+    older = {k: v for k, v in plain.head.config().items() if k != "context_dilations"}
+    assert build_head(older).context_dilations == ()
+    build_head(older).load_state_dict(plain.head.state_dict())
+    with pytest.raises(ValueError, match="context_dilations"):
+        make_head("fusion", 192, options={"context_dilations": [0]})
+
+
 def test_head_configs_rebuild_each_kind(fusion: ClaySegmenter, seg: ClaySegmenter) -> None:
     for model in (fusion, seg):
         rebuilt = build_head(model.head.config())
@@ -252,6 +292,7 @@ def test_head_spec_from_the_model_config() -> None:
             "feature_layers": [1, -1],
             "levels": [],
             "pixel_dilations": [],
+            "context_dilations": [],
         },
     }
     assert head_spec(compose(["model.head=seed"]).model) == {"head": "seed", "head_options": None}

@@ -108,8 +108,9 @@ def _conv_bn_relu(cin: int, cout: int, kernel: int = 3, stride: int = 1) -> nn.S
 
 
 class _DilatedResidual(nn.Module):
-    """``relu(x + bn(conv3x3_dilated(x)))``: widens the receptive field at full resolution by
-    ``2 * dilation`` px, while the identity path keeps the 1 px detail below it."""
+    """``relu(x + bn(conv3x3_dilated(x)))``: widens the receptive field by ``2 * dilation`` pixels
+    of its input (full-resolution pixels or patch-grid cells), while the identity path keeps the
+    detail below it."""
 
     def __init__(self, channels: int, dilation: int) -> None:
         super().__init__()
@@ -133,8 +134,10 @@ class FusionHead(nn.Module):
       are also seen over 2, 4, ... times the area: a 5 px street and a 4 px driveway have the
       same spectra and width, and differ in length and in what is around them;
     - **context branch** (patch grid): the encoder grids of ``feature_layers`` (concatenated)
-      through conv1x1 to ``context_channels``, a conv3x3, and conv1x1 to ``context_out``,
-      bilinearly upsampled to the deepest level (full resolution without ``levels``);
+      through conv1x1 to ``context_channels``, a conv3x3, (optional, ``context_dilations``)
+      residual dilated conv3x3 blocks on the grid, so the context sees a highway's length and a
+      roof's whole outline (a 2, 4 chain sees 15 patches, 120 px at patch 8), and conv1x1 to
+      ``context_out``, bilinearly upsampled to the deepest level (full resolution without ``levels``);
     - **decoder** (with ``levels``): from the deepest level up, a conv3x3 over that level's
       features concatenated with what comes from below (the context at the bottom), then
       bilinear x2 upsampling, U-Net style;
@@ -155,6 +158,8 @@ class FusionHead(nn.Module):
             pixel branch and the upsampled context meet at full resolution).
         pixel_dilations: dilation of each residual conv3x3 block appended to the pixel branch;
             empty: none (the pixel branch is the two plain convs).
+        context_dilations: dilation of each residual conv3x3 block on the patch grid, after the
+            context branch's conv3x3; empty: none.
     """
 
     kind = "fusion"
@@ -173,6 +178,7 @@ class FusionHead(nn.Module):
         std: Sequence[float] | None = None,
         levels: Sequence[int] = (),
         pixel_dilations: Sequence[int] = (),
+        context_dilations: Sequence[int] = (),
     ) -> None:
         super().__init__()
         if mean is None or std is None:
@@ -193,6 +199,11 @@ class FusionHead(nn.Module):
             raise ValueError(
                 f"fusion head pixel_dilations must be positive, got {list(self.pixel_dilations)}"
             )
+        self.context_dilations = tuple(int(d) for d in context_dilations)
+        if any(d <= 0 for d in self.context_dilations):
+            raise ValueError(
+                f"fusion head context_dilations must be positive, got {list(self.context_dilations)}"
+            )
         # Without dilations the keys (stem.0, stem.1) are those of heads exported before them.
         self.stem = nn.Sequential(
             _conv_bn_relu(len(self.mean) + 1, pixel_channels),
@@ -203,6 +214,10 @@ class FusionHead(nn.Module):
             _conv_bn_relu(in_dim, context_channels, 1),
             _conv_bn_relu(context_channels, context_channels),
             _conv_bn_relu(context_channels, context_out, 1),
+        )
+        # Apart from ``context`` so that the keys context.0-2 stay those of heads exported before them.
+        self.context_wide = nn.Sequential(
+            *(_DilatedResidual(context_channels, d) for d in self.context_dilations)
         )
         # down[i] makes level i + 1 (1/2^(i+1) resolution); up[i] decodes it, reading what
         # comes from the level below (the context for the deepest one).
@@ -238,6 +253,7 @@ class FusionHead(nn.Module):
             "std": self.std,
             "levels": list(self.levels),
             "pixel_dilations": list(self.pixel_dilations),
+            "context_dilations": list(self.context_dilations),
         }
 
     def _ndvi(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -252,7 +268,8 @@ class FusionHead(nn.Module):
         skips = [x]  # level i: (B, c_i, H / 2^i, W / 2^i)
         for down in self.down:
             skips.append(down(skips[-1]))
-        y = self.context(grid)  # (B, co, h, w)
+        local, to_out = self.context[:2], self.context[2]
+        y = to_out(self.context_wide(local(grid)))  # (B, co, h, w)
         y = F.interpolate(y, size=skips[-1].shape[-2:], mode="bilinear", align_corners=False)
         for i in range(len(self.levels) - 1, -1, -1):
             y = self.up[i](torch.cat((skips[i + 1], y), dim=1))  # (B, c_{i+1}, ...)
@@ -432,7 +449,7 @@ def build_segmenter(
         head: ``seed`` or ``fusion`` (see :data:`HEADS`).
         head_options: extra constructor arguments of the fusion head (``pixel_channels``,
             ``context_channels``, ``context_out``, ``fuse_channels``, ``feature_layers``,
-            ``levels``, ``pixel_dilations``).
+            ``levels``, ``pixel_dilations``, ``context_dilations``).
     """
     encoder = build_encoder(preset, device=device)
     with torch.device(device or "cpu"):
