@@ -179,6 +179,16 @@ def test_fusion_head_pyramid_levels() -> None:
         make_head("fusion", 192, options={"levels": [8, 0]})
 
 
+def _assert_cached_features_give_the_same_logits(model: ClaySegmenter, x: torch.Tensor) -> torch.Tensor:
+    """The model's logits on ``x``, checked equal to the feature-cache path's (train_head's)."""
+    with torch.inference_mode():
+        out = model(x)
+        cached = model.forward_from_features(model.forward_features(x), x)
+    assert out.shape == (x.shape[0], 7, *x.shape[-2:])
+    torch.testing.assert_close(cached, out, rtol=0, atol=0)
+    return out
+
+
 def test_fusion_head_pixel_dilations_widen_the_full_resolution_view() -> None:
     """Dilated residual blocks let a full-resolution pixel see farther than the plain stem
     does, keep 1 px detail, rebuild from their config, and a config written before the option
@@ -204,11 +214,7 @@ def test_fusion_head_pixel_dilations_widen_the_full_resolution_view() -> None:
     assert reach(dilated, 10) > 0.0 and reach(dilated, 16) > 0.0  # 2 + 2 + 4 + 8 = 16 px to each side
     assert reach(dilated, 17) == 0.0
     x = torch.randn(2, 4, 40, 56)
-    with torch.inference_mode():
-        out = dilated(x)
-        cached = dilated.forward_from_features(dilated.forward_features(x), x)
-    assert out.shape == (2, 7, 40, 56)
-    torch.testing.assert_close(cached, out, rtol=0, atol=0)
+    out = _assert_cached_features_give_the_same_logits(dilated, x)
     y = x.clone()
     y[0, :, 20, 20] += 3.0
     with torch.inference_mode():
@@ -242,18 +248,12 @@ def test_fusion_head_context_dilations_widen_the_patch_grid_view() -> None:
         moved[0, :, 12, 12 + offset] += 3.0
         head = model.head
         with torch.inference_mode():
-            a = head.context[2](head.context_wide(head.context[:2](grid)))
-            b = head.context[2](head.context_wide(head.context[:2](moved)))
+            a, b = head.context_features(grid), head.context_features(moved)
         return float((a - b)[0, :, 12, 12].abs().amax())
 
     assert reach(plain, 1) > 0.0 and reach(plain, 2) == 0.0  # one conv3x3 sees one cell to each side
     assert reach(wide, 7) > 0.0 and reach(wide, 8) == 0.0
-    x = torch.randn(2, 4, 64, 48)
-    with torch.inference_mode():
-        out = wide(x)
-        cached = wide.forward_from_features(wide.forward_features(x), x)
-    assert out.shape == (2, 7, 64, 48)
-    torch.testing.assert_close(cached, out, rtol=0, atol=0)
+    _assert_cached_features_give_the_same_logits(wide, torch.randn(2, 4, 64, 48))
     rebuilt = build_head(wide.head.config())
     rebuilt.load_state_dict(wide.head.state_dict())
     older = {k: v for k, v in plain.head.config().items() if k != "context_dilations"}

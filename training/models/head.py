@@ -261,6 +261,11 @@ class FusionHead(nn.Module):
         nir = pixels[:, 3:4] * self.std[3] + self.mean[3]
         return (nir - red) / (nir + red + 1.0)  # (B, 1, H, W) in [-1, 1]
 
+    def context_features(self, grid: torch.Tensor) -> torch.Tensor:
+        """The context branch on the patch grid ``(B, in_dim, h, w)`` -> ``(B, context_out, h, w)``."""
+        conv1x1_in, conv3x3, conv1x1_out = self.context
+        return conv1x1_out(self.context_wide(conv3x3(conv1x1_in(grid))))
+
     def forward(self, grid: torch.Tensor, pixels: torch.Tensor | None = None) -> torch.Tensor:
         if pixels is None:
             raise ValueError("the fusion head needs the normalised pixels beside the encoder grid")
@@ -268,8 +273,7 @@ class FusionHead(nn.Module):
         skips = [x]  # level i: (B, c_i, H / 2^i, W / 2^i)
         for down in self.down:
             skips.append(down(skips[-1]))
-        local, to_out = self.context[:2], self.context[2]
-        y = to_out(self.context_wide(local(grid)))  # (B, co, h, w)
+        y = self.context_features(grid)  # (B, co, h, w)
         y = F.interpolate(y, size=skips[-1].shape[-2:], mode="bilinear", align_corners=False)
         for i in range(len(self.levels) - 1, -1, -1):
             y = self.up[i](torch.cat((skips[i + 1], y), dim=1))  # (B, c_{i+1}, ...)
